@@ -1,0 +1,403 @@
+"""From chat messages to (context, prompt) -> my reply pairs.
+
+The steps mirror how a person reads a chat log: keep what humans wrote, merge one author's
+burst of messages into a turn, cut the log into sessions at long silences, and pair each of my
+turns with the turn it answers. Everything is vectorised over pandas columns because real
+exports reach millions of messages; only the final list-of-struct context column is assembled
+with Arrow offsets rather than Python loops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from echo_pipeline import schemas
+from echo_pipeline.redaction import redact_series
+
+HUMAN_KINDS = ("message", "reply")
+ME_IDS_METADATA_KEY = b"echo.me_ids"  # Parquet schema metadata: who "me" resolved to
+REDACTED_METADATA_KEY = b"echo.redacted"  # whether redaction ran (the user may turn it off)
+SPLITS = ("train", "val", "test")
+
+_RAW_USER_MENTION = r"<@!?\d+>"
+_RAW_ROLE_MENTION = r"<@&\d+>"
+_RAW_CHANNEL_MENTION = r"<#\d+>"
+_RAW_CUSTOM_EMOJI = r"<a?(:\w+:)\d+>"
+_LINK_ONLY = r"^\s*(?:<?https?://\S+>?\s*)+$"
+
+
+class MeNotFoundError(ValueError):
+    """Raised when "me" matches no author; the message lists who could be meant."""
+
+
+@dataclass(frozen=True)
+class PairingConfig:
+    """How messages become pairs. Defaults suit a casual 1:1 or small-group chat."""
+
+    me: tuple[str, ...]
+    merge_gap_s: float = 300.0
+    session_gap_s: float = 3600.0
+    context_turns: int = 3
+    attachments: Literal["placeholder", "drop"] = "placeholder"
+    redact: bool = True
+    min_reply_chars: int = 1
+    max_reply_chars: int = 2000
+    max_prompt_chars: int = 4000
+    drop_link_only: bool = True
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_method: Literal["hash", "chronological"] = "hash"
+
+    def __post_init__(self) -> None:
+        if not self.me:
+            raise ValueError("`me` needs at least one author id or name")
+        if self.val_fraction < 0 or self.test_fraction < 0:
+            raise ValueError("split fractions must be >= 0")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be < 1")
+        if self.merge_gap_s < 0 or self.session_gap_s <= 0:
+            raise ValueError("gaps must be positive")
+
+
+@dataclass
+class PairingReport:
+    """What happened on the way from messages to pairs, for metadata and the CLI."""
+
+    messages_in: int = 0
+    messages_kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    redactions: dict[str, int] = field(default_factory=dict)
+    me_ids: list[str] = field(default_factory=list)
+    turns: int = 0
+    sessions: int = 0
+    pairs: int = 0
+    explicit_reply_pairs: int = 0
+    pairs_by_split: dict[str, int] = field(default_factory=dict)
+    blank_share: float = 0.0
+    content_access_suspect: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _stable_hash(*parts: pd.Series) -> pd.Series:
+    """A 16-hex-digit content hash per row: ids that survive reruns and input reordering."""
+    joined = parts[0].astype(str)
+    for part in parts[1:]:
+        joined = joined + "\x1f" + part.astype(str)
+    return joined.map(lambda s: hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest())
+
+
+def author_counts(messages: pd.DataFrame) -> pd.DataFrame:
+    """Human authors with their message counts, most active first: the candidates for "me"."""
+    human = messages[messages["kind"].isin(HUMAN_KINDS) & ~messages["is_bot"]]
+    counts = (
+        human.groupby(["author_id", "author_name"], sort=False).size().rename("messages").reset_index()
+    )
+    return counts.sort_values("messages", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def resolve_me(messages: pd.DataFrame, me: Iterable[str]) -> list[str]:
+    """Author ids matching any of ``me`` (ids exactly, names case-insensitively).
+
+    Alt accounts across exports are simply several entries. Unknown names fail loudly with the
+    candidates, because a typo here would silently train on somebody else's voice.
+    """
+    wanted = [m.strip() for m in me if m and m.strip()]
+    lowered = {m.casefold() for m in wanted}
+    ids = messages["author_id"].astype(str)
+    names = messages["author_name"].astype(str).str.casefold()
+    hit = ids.isin(wanted) | names.isin(lowered)
+    found = sorted(set(ids[hit]))
+    if not found:
+        candidates = author_counts(messages).head(15)
+        listing = ", ".join(
+            f"{r.author_name} (id {r.author_id}, {r.messages} messages)"
+            for r in candidates.itertuples()
+        )
+        raise MeNotFoundError(
+            f"no author matches me={wanted!r}; candidates: {listing or 'none (no human messages)'}"
+        )
+    return found
+
+
+def clean_messages(
+    messages: pd.DataFrame, config: PairingConfig, report: PairingReport | None = None
+) -> pd.DataFrame:
+    """Human messages only, with readable mentions, attachment handling and redaction applied."""
+    report = report if report is not None else PairingReport()
+    report.messages_in = len(messages)
+    df = messages.copy()
+    df["content"] = df["content"].fillna("").astype(str)
+
+    non_human = ~df["kind"].isin(HUMAN_KINDS)
+    for kind, n in df.loc[non_human, "kind"].value_counts().items():
+        report.dropped[f"kind:{kind}"] += int(n)
+    bots = ~non_human & df["is_bot"]
+    report.dropped["bot"] += int(bots.sum())
+    df = df[~non_human & ~bots]
+
+    content = df["content"].str.strip()
+    blank = content.eq("")
+    attachment_only = blank & df["has_attachments"]
+    fully_blank = blank & ~df["has_attachments"]
+    report.blank_share = float(fully_blank.mean()) if len(df) else 0.0
+    if len(df) >= 20 and report.blank_share > 0.5:
+        report.content_access_suspect = True
+        report.warnings.append(
+            f"{report.blank_share:.0%} of human messages have no text and no attachment: the export "
+            "was probably made without message-content access (re-export with a user token)"
+        )
+    report.dropped["blank"] += int(fully_blank.sum())
+    if config.attachments == "drop":
+        report.dropped["attachment_only"] += int(attachment_only.sum())
+        keep = ~blank
+    else:
+        kinds = df["attachment_kind"].fillna("file").astype(str)
+        content = content.where(~attachment_only, "[" + kinds + "]")
+        keep = ~fully_blank
+    df = df.assign(content=content)[keep]
+
+    text = df["content"]
+    text = text.str.replace(_RAW_USER_MENTION, "@user", regex=True)
+    text = text.str.replace(_RAW_ROLE_MENTION, "@role", regex=True)
+    text = text.str.replace(_RAW_CHANNEL_MENTION, "#channel", regex=True)
+    text = text.str.replace(_RAW_CUSTOM_EMOJI, r"\1", regex=True)
+    if config.redact:
+        text, counts = redact_series(text)
+        report.redactions = {k: int(v) for k, v in counts.items() if v}
+    df = df.assign(content=text)
+    report.messages_kept = len(df)
+    return df.reset_index(drop=True)
+
+
+def build_turns(messages: pd.DataFrame, me_ids: Sequence[str], config: PairingConfig) -> pd.DataFrame:
+    """Merge bursts into turns and number sessions.
+
+    A turn is one author's consecutive messages within ``merge_gap_s`` of each other; a
+    message that explicitly replies to something starts its own turn so that its target stays
+    attached to it. A session ends after ``session_gap_s`` of silence.
+    """
+    df = messages.sort_values(["channel_id", "timestamp", "seq"], kind="stable").reset_index(drop=True)
+    if df.empty:
+        return _empty_turns()
+    ts = df["timestamp"]
+    channel = df["channel_id"]
+    new_channel = channel.ne(channel.shift())
+    gap_s = ts.diff().dt.total_seconds().fillna(np.inf)
+    new_session = new_channel | (gap_s > config.session_gap_s)
+    has_reply = df["reply_to_id"].notna() & df["reply_to_id"].astype(str).ne("")
+    new_turn = (
+        new_session
+        | df["author_id"].ne(df["author_id"].shift())
+        | (gap_s > config.merge_gap_s)
+        | has_reply
+    )
+    df["session_no"] = new_session.cumsum() - 1
+    df["turn_no"] = new_turn.cumsum() - 1
+
+    grouped = df.groupby("turn_no", sort=True)
+    turns = grouped.agg(
+        channel_id=("channel_id", "first"),
+        session_no=("session_no", "first"),
+        author_id=("author_id", "first"),
+        author_name=("author_name", "first"),
+        first_message_id=("message_id", "first"),
+        reply_to_id=("reply_to_id", "first"),
+        start=("timestamp", "first"),
+        end=("timestamp", "last"),
+    )
+    turns["text"] = grouped["content"].agg("\n".join)
+    turns = turns.reset_index()
+    turns["is_me"] = turns["author_id"].isin(list(me_ids))
+    first_of_session = turns.groupby("session_no", sort=True)["first_message_id"].transform("first")
+    turns["session_id"] = _stable_hash(turns["channel_id"], first_of_session)
+    # Where each message landed, so explicit replies can find the turn of their target.
+    turns.attrs["message_turn"] = pd.Series(
+        df["turn_no"].to_numpy(), index=df["channel_id"].astype(str) + "\x1f" + df["message_id"].astype(str)
+    )
+    return turns
+
+
+def _empty_turns() -> pd.DataFrame:
+    turns = pd.DataFrame(
+        {
+            "turn_no": pd.Series(dtype="int64"),
+            "channel_id": pd.Series(dtype="object"),
+            "session_no": pd.Series(dtype="int64"),
+            "author_id": pd.Series(dtype="object"),
+            "author_name": pd.Series(dtype="object"),
+            "first_message_id": pd.Series(dtype="object"),
+            "reply_to_id": pd.Series(dtype="object"),
+            "start": pd.Series(dtype="datetime64[us, UTC]"),
+            "end": pd.Series(dtype="datetime64[us, UTC]"),
+            "text": pd.Series(dtype="object"),
+            "is_me": pd.Series(dtype="bool"),
+            "session_id": pd.Series(dtype="object"),
+        }
+    )
+    turns.attrs["message_turn"] = pd.Series(dtype="int64")
+    return turns
+
+
+def _prompt_turns(turns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of my turns: the turn it answers (or -1) and whether that came from a reply.
+
+    An explicit reply takes its target's turn when the target is someone else's and lies in
+    the same session (pairs never cross sessions; an answer to a day-old message is better
+    left out than paired with a context it does not belong to). Otherwise the turn right
+    before mine answers to, if it is someone else's.
+    """
+    n = len(turns)
+    session = turns["session_no"].to_numpy()
+    is_me = turns["is_me"].to_numpy(dtype=bool)
+    prev = np.arange(n) - 1
+    adjacent_ok = (prev >= 0) & is_me
+    adjacent_ok[adjacent_ok] &= session[prev[adjacent_ok]] == session[adjacent_ok]
+    adjacent_ok[adjacent_ok] &= ~is_me[prev[adjacent_ok]]
+    prompt = np.where(adjacent_ok, prev, -1)
+
+    explicit = np.zeros(n, dtype=bool)
+    lookup: pd.Series = turns.attrs.get("message_turn", pd.Series(dtype="int64"))
+    reply_to = turns["reply_to_id"]
+    has_target = is_me & reply_to.notna().to_numpy() & reply_to.astype(str).ne("").to_numpy()
+    if has_target.any() and len(lookup):
+        keys = turns.loc[has_target, "channel_id"].astype(str) + "\x1f" + reply_to[has_target].astype(str)
+        target = lookup.reindex(keys.to_numpy()).to_numpy()
+        rows = np.flatnonzero(has_target)
+        found = ~pd.isna(target)
+        rows, target = rows[found], target[found].astype(np.int64)
+        ok = (session[target] == session[rows]) & ~is_me[target] & (target < rows)
+        prompt[rows[ok]] = target[ok]
+        explicit[rows[ok]] = True
+    return np.flatnonzero(prompt >= 0), prompt[prompt >= 0], explicit[prompt >= 0]
+
+
+def _context_column(turns: pd.DataFrame, prompt_idx: np.ndarray, k: int) -> pa.Array:
+    """Up to ``k`` turns of the same session before each prompt, oldest first, as Arrow lists."""
+    session = turns["session_no"].to_numpy()
+    lengths = np.zeros(len(prompt_idx), dtype=np.int64)
+    for back in range(1, k + 1):
+        idx = prompt_idx - back
+        ok = (idx >= 0) & (lengths == back - 1)
+        ok[ok] &= session[idx[ok]] == session[prompt_idx[ok]]
+        lengths += ok
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    # Flattened indices: for pair i, turns prompt_i - len_i .. prompt_i - 1.
+    starts = np.repeat(prompt_idx - lengths, lengths)
+    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+    flat = starts + within
+    values = pa.StructArray.from_arrays(
+        [
+            pa.array(turns["author_name"].to_numpy()[flat].astype(str), pa.string()),
+            pa.array(turns["text"].to_numpy()[flat].astype(str), pa.string()),
+            pa.array(turns["is_me"].to_numpy()[flat], pa.bool_()),
+        ],
+        fields=list(schemas.CONTEXT_TURN),
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+def assign_splits(sessions: pd.DataFrame, config: PairingConfig) -> pd.Series:
+    """train/val/test per session, deterministic, so no conversation spans two splits.
+
+    ``hash`` maps the stable session id to [0, 1): reruns and new exports keep old sessions in
+    their split. ``chronological`` holds out the latest sessions, the honest choice when the
+    question is "does it still sound like me next month".
+    """
+    test_cut = config.test_fraction
+    val_cut = config.test_fraction + config.val_fraction
+    if config.split_method == "hash":
+        u = sessions["session_id"].map(lambda s: int(s[:8], 16) / 2**32).to_numpy()
+    else:
+        order = sessions["start"].rank(method="first").to_numpy() - 1
+        u = 1.0 - (order + 1) / max(len(sessions), 1)
+    split = np.where(u < test_cut, "test", np.where(u < val_cut, "val", "train"))
+    return pd.Series(split, index=sessions.index)
+
+
+def build_pairs(
+    messages: pd.DataFrame, config: PairingConfig
+) -> tuple[pa.Table, PairingReport]:
+    """The whole path from ``chat_messages`` rows to ``conversation_pairs``."""
+    report = PairingReport()
+    me_ids = resolve_me(messages, config.me)
+    report.me_ids = me_ids
+    cleaned = clean_messages(messages, config, report)
+    turns = build_turns(cleaned, me_ids, config)
+    report.turns = len(turns)
+    report.sessions = int(turns["session_no"].nunique()) if len(turns) else 0
+    if not (cleaned["author_id"].isin(me_ids)).any():
+        report.warnings.append("none of my messages survived cleaning")
+    if cleaned["author_id"].nunique() < 2:
+        report.warnings.append("only one author in the export: nobody to reply to, so no pairs")
+
+    reply_idx, prompt_idx, explicit = _prompt_turns(turns)
+    replies = turns.iloc[reply_idx].reset_index(drop=True)
+    prompts = turns.iloc[prompt_idx].reset_index(drop=True)
+    context = _context_column(turns, prompt_idx, config.context_turns)
+
+    frame = pd.DataFrame(
+        {
+            "pair_id": _stable_hash(
+                replies["channel_id"], prompts["first_message_id"], replies["first_message_id"]
+            ),
+            "session_id": replies["session_id"],
+            "channel_id": replies["channel_id"].astype(str),
+            "prompt_author": prompts["author_name"].astype(str),
+            "prompt_author_id": prompts["author_id"].astype(str),
+            "reply_author_id": replies["author_id"].astype(str),
+            "prompt_session_id": prompts["session_id"].astype(str),
+            "prompt": prompts["text"].astype(str),
+            "reply": replies["text"].astype(str),
+            "prompt_timestamp": prompts["start"],
+            "reply_timestamp": replies["start"],
+            "is_explicit_reply": explicit,
+        }
+    )
+    frame["_context_pos"] = np.arange(len(frame))
+
+    keep = pd.Series(True, index=frame.index)
+    reply_len = frame["reply"].str.len()
+    for reason, bad in (
+        ("empty", frame["reply"].str.strip().eq("") | frame["prompt"].str.strip().eq("")),
+        ("reply_too_short", reply_len < config.min_reply_chars),
+        ("reply_too_long", reply_len > config.max_reply_chars),
+        ("prompt_too_long", frame["prompt"].str.len() > config.max_prompt_chars),
+        (
+            "link_only",
+            frame["reply"].str.match(_LINK_ONLY) if config.drop_link_only else pd.Series(False, index=frame.index),
+        ),
+    ):
+        report.dropped[f"pair:{reason}"] += int((keep & bad).sum())
+        keep &= ~bad
+    dup = frame.duplicated(subset=["prompt", "reply"], keep="first")
+    report.dropped["pair:duplicate"] += int((keep & dup).sum())
+    keep &= ~dup
+    frame = frame[keep]
+
+    sessions = turns.groupby("session_id", sort=False)["start"].min().rename("start").reset_index()
+    sessions["split"] = assign_splits(sessions, config)
+    frame = frame.merge(sessions[["session_id", "split"]], on="session_id", how="left")
+    frame = frame.sort_values(["channel_id", "reply_timestamp", "pair_id"], kind="stable")
+
+    table = pa.Table.from_pandas(
+        frame.drop(columns=["_context_pos"]), preserve_index=False
+    ).append_column("context", context.take(pa.array(frame["_context_pos"].to_numpy())))
+    table = table.select(schemas.CONVERSATION_PAIRS.names).cast(schemas.CONVERSATION_PAIRS)
+    table = table.replace_schema_metadata(
+        {ME_IDS_METADATA_KEY: json.dumps(me_ids), REDACTED_METADATA_KEY: json.dumps(config.redact)}
+    )
+
+    report.pairs = table.num_rows
+    report.explicit_reply_pairs = int(frame["is_explicit_reply"].sum())
+    counts = frame["split"].value_counts()
+    report.pairs_by_split = {s: int(counts.get(s, 0)) for s in SPLITS}
+    return table, report

@@ -1,0 +1,308 @@
+"""Ingest stage: export files -> one message table -> conversation pairs, with blocking checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+from pydantic import Field
+
+from echo_pipeline import conversations, schemas
+from echo_pipeline.exports import ExportError, detect_format, discover_export_files, read_exports
+from echo_pipeline.paths import sample_export_dir
+
+INGEST = "ingest"
+OWNERS = ["team:echo-pipeline"]
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("format", pa.string(), nullable=False),
+        pa.field("bytes", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+    ]
+)
+
+
+def default_export_location() -> str:
+    return os.environ.get("ECHO_EXPORT_DIR", str(sample_export_dir()))
+
+
+class ExportConfig(dg.Config):
+    """Where the chat export lives."""
+
+    path: str = Field(
+        default_factory=default_export_location,
+        description="A file or folder of exports (DiscordChatExporter JSON/CSV/TXT, WhatsApp .txt). "
+        "Folders are searched recursively; partitions and overlapping exports are merged. "
+        "Default: the bundled sample, or env ECHO_EXPORT_DIR.",
+    )
+
+
+class PairsConfig(dg.Config):
+    """Who "me" is and how turns become pairs."""
+
+    me: list[str] = Field(
+        default_factory=lambda: [
+            m.strip() for m in os.environ.get("ECHO_ME", "alex").split(",") if m.strip()
+        ],
+        description="Your author ids or names (several for alt accounts). Env ECHO_ME "
+        "(comma-separated) sets the default; 'alex' is 'me' in the bundled sample.",
+    )
+    merge_gap_s: float = Field(
+        default=300.0, description="Consecutive messages of one author closer than this merge into one turn."
+    )
+    session_gap_s: float = Field(
+        default=3600.0, description="A silence longer than this starts a new conversation session."
+    )
+    context_turns: int = Field(
+        default=3, ge=0, le=32, description="Earlier turns of the session kept as context for each pair."
+    )
+    attachments: str = Field(
+        default="placeholder",
+        description="Attachment-only messages: 'placeholder' keeps them as [image]/[video]/[file]; 'drop' removes them.",
+    )
+    redact: bool = Field(
+        default=True, description="Replace emails, phones, IPs, cards, tokens and credential URLs by typed placeholders."
+    )
+    min_reply_chars: int = Field(default=1, ge=1, description="Shorter replies are dropped.")
+    max_reply_chars: int = Field(default=2000, ge=1, description="Longer replies are dropped.")
+    drop_link_only: bool = Field(default=True, description="Drop replies that are only links.")
+    val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of sessions held out for validation.")
+    test_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of sessions held out for the final test.")
+    split_method: str = Field(
+        default="hash",
+        description="'hash' (stable per session across reruns) or 'chronological' (latest sessions held out).",
+    )
+
+    def to_core(self) -> conversations.PairingConfig:
+        if self.attachments not in ("placeholder", "drop"):
+            raise ValueError(f"attachments must be 'placeholder' or 'drop', got {self.attachments!r}")
+        if self.split_method not in ("hash", "chronological"):
+            raise ValueError(f"split_method must be 'hash' or 'chronological', got {self.split_method!r}")
+        return conversations.PairingConfig(
+            me=tuple(self.me),
+            merge_gap_s=self.merge_gap_s,
+            session_gap_s=self.session_gap_s,
+            context_turns=self.context_turns,
+            attachments=self.attachments,  # type: ignore[arg-type]
+            redact=self.redact,
+            min_reply_chars=self.min_reply_chars,
+            max_reply_chars=self.max_reply_chars,
+            drop_link_only=self.drop_link_only,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            split_method=self.split_method,  # type: ignore[arg-type]
+        )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_manifest(location: str) -> pa.Table:
+    """The export files under ``location`` with their detected format, size and content hash."""
+    files = discover_export_files([location])
+    if not files:
+        raise ExportError(location, "no export files found (expected .json, .csv or .txt exports)")
+    rows = [
+        {"path": str(f), "format": detect_format(f), "bytes": f.stat().st_size, "sha256": file_sha256(f)}
+        for f in files
+    ]
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def _failure(error: Exception) -> dg.Failure:
+    """A run failure whose one-line description says which file is wrong and what to do."""
+    return dg.Failure(description=str(error), allow_retries=False)
+
+
+@dg.asset(
+    group_name=INGEST,
+    kinds={"python", "parquet"},
+    owners=OWNERS,
+    description="The export files (with content hashes): what every later asset is derived from.",
+)
+def raw_chat_export(context: dg.AssetExecutionContext, config: ExportConfig) -> dg.Output[pa.Table]:
+    """Lists and fingerprints the exports so a changed file is visible as a new data version."""
+    try:
+        manifest = export_manifest(config.path)
+    except ExportError as error:
+        raise _failure(error) from error
+    combined = hashlib.sha256("".join(manifest.column("sha256").to_pylist()).encode()).hexdigest()
+    formats = pd.Series(manifest.column("format").to_pylist()).value_counts().to_dict()
+    return dg.Output(
+        manifest,
+        data_version=dg.DataVersion(combined[:16]),
+        metadata={
+            "location": config.path,
+            "files": manifest.num_rows,
+            "bytes": int(sum(manifest.column("bytes").to_pylist())),
+            "formats": formats,
+            "sha256": combined,
+        },
+    )
+
+
+@dg.asset(
+    group_name=INGEST,
+    kinds={"pandas", "parquet"},
+    owners=OWNERS,
+    description="Every message of every export in one schema (chat_messages), timestamps in UTC.",
+)
+def chat_messages(context: dg.AssetExecutionContext, raw_chat_export: pa.Table) -> dg.Output[pa.Table]:
+    """One row per message whatever the source format, deduplicated across overlapping exports."""
+    paths = raw_chat_export.column("path").to_pylist()
+    try:
+        table = read_exports(paths)
+    except ExportError as error:
+        raise _failure(error) from error
+    df = table.select(["kind", "author_id", "author_name", "is_bot", "timestamp", "channel_id"]).to_pandas()
+    kinds = df["kind"].value_counts().to_dict()
+    authors = conversations.author_counts(df.assign(content=""))
+    metadata: dict = {
+        "dagster/row_count": table.num_rows,
+        "channels": int(df["channel_id"].nunique()),
+        "kinds": {k: int(v) for k, v in kinds.items()},
+        "bots": int(df["is_bot"].sum()),
+        "authors": dg.MetadataValue.md(_authors_markdown(authors)),
+    }
+    if len(df):
+        metadata["first"] = df["timestamp"].min().isoformat()
+        metadata["last"] = df["timestamp"].max().isoformat()
+    context.log.info("read %d messages from %d files", table.num_rows, len(paths))
+    return dg.Output(table, metadata=metadata)
+
+
+def _authors_markdown(authors: pd.DataFrame, limit: int = 10) -> str:
+    lines = ["| author | id | messages |", "|---|---|---|"]
+    lines += [f"| {r.author_name} | {r.author_id} | {r.messages} |" for r in authors.head(limit).itertuples()]
+    return "\n".join(lines)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pairs_preview_markdown(pairs: pa.Table, limit: int = 5) -> str:
+    """A few (already redacted) pairs, cut short: enough to eyeball, too little to leak a chat."""
+    rows = pairs.slice(0, limit).select(["prompt_author", "prompt", "reply", "split"]).to_pylist()
+    lines = ["| from | prompt | my reply | split |", "|---|---|---|---|"]
+    lines += [
+        f"| {_short(r['prompt_author'], 20)} | {_short(r['prompt'])} | {_short(r['reply'])} | {r['split']} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+@dg.asset(
+    group_name=INGEST,
+    kinds={"pandas", "parquet"},
+    owners=OWNERS,
+    description="(context, someone else's turn) -> my reply, redacted and split by session.",
+)
+def conversation_pairs(
+    context: dg.AssetExecutionContext, config: PairsConfig, chat_messages: pa.Table
+) -> dg.Output[pa.Table]:
+    """The training examples in template-neutral form; every dataset and adapter starts here."""
+    try:
+        pairs, report = conversations.build_pairs(chat_messages.to_pandas(), config.to_core())
+    except (conversations.MeNotFoundError, ValueError) as error:
+        raise _failure(error) from error
+    for warning in report.warnings:
+        context.log.warning(warning)
+    context.log.info("built %d pairs from %d turns", report.pairs, report.turns)
+    return dg.Output(
+        pairs,
+        metadata={
+            "dagster/row_count": report.pairs,
+            "pairs_by_split": report.pairs_by_split,
+            "explicit_reply_pairs": report.explicit_reply_pairs,
+            "messages_in": report.messages_in,
+            "messages_kept": report.messages_kept,
+            "turns": report.turns,
+            "sessions": report.sessions,
+            "dropped": dict(sorted(report.dropped.items())),
+            "redactions": report.redactions,
+            "me_ids": report.me_ids,
+            "content_access_suspect": report.content_access_suspect,
+            "preview": dg.MetadataValue.md(pairs_preview_markdown(pairs)),
+        },
+    )
+
+
+# --- blocking checks: a failed one stops datasets and training from running on bad pairs ---
+
+
+def _me_ids(pairs: pa.Table) -> list[str]:
+    raw = (pairs.schema.metadata or {}).get(conversations.ME_IDS_METADATA_KEY, b"[]")
+    return json.loads(raw)
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(name=name, asset="conversation_pairs", blocking=True, description=desc)
+        for name, desc in (
+            ("has_pairs", "At least one pair in the train split."),
+            ("replies_are_mine", "Every reply was written by one of my author ids."),
+            ("prompts_are_others", "Every prompt was written by someone else."),
+            ("pairs_within_session", "Prompt, context and reply come from the same session."),
+            ("sessions_in_one_split", "No session is split across train/val/test."),
+            ("no_pii_left", "No email, phone, IP, card or token pattern survived redaction."),
+        )
+    ]
+)
+def conversation_pairs_checks(conversation_pairs: pa.Table):
+    """Invariants that, if broken, would train on the wrong voice or leak test data or secrets."""
+    df = conversation_pairs.to_pandas()
+    me = set(_me_ids(conversation_pairs))
+    train = int((df["split"] == "train").sum()) if len(df) else 0
+    yield dg.AssetCheckResult(
+        check_name="has_pairs", passed=train > 0, metadata={"pairs": len(df), "train": train}
+    )
+    not_mine = int((~df["reply_author_id"].isin(me)).sum())
+    yield dg.AssetCheckResult(check_name="replies_are_mine", passed=not_mine == 0, metadata={"violations": not_mine})
+    mine_prompts = int(df["prompt_author_id"].isin(me).sum())
+    yield dg.AssetCheckResult(
+        check_name="prompts_are_others", passed=mine_prompts == 0, metadata={"violations": mine_prompts}
+    )
+    crossing = int((df["prompt_session_id"] != df["session_id"]).sum())
+    yield dg.AssetCheckResult(check_name="pairs_within_session", passed=crossing == 0, metadata={"violations": crossing})
+    per_session = df.groupby("session_id")["split"].nunique() if len(df) else pd.Series(dtype=int)
+    leaking = int((per_session > 1).sum())
+    yield dg.AssetCheckResult(check_name="sessions_in_one_split", passed=leaking == 0, metadata={"violations": leaking})
+    from echo_pipeline.redaction import find_pii
+
+    redacted = json.loads((conversation_pairs.schema.metadata or {}).get(conversations.REDACTED_METADATA_KEY, b"true"))
+    if not redacted:
+        yield dg.AssetCheckResult(
+            check_name="no_pii_left", passed=True, metadata={"note": "redaction turned off in config"}
+        )
+        return
+
+    texts = pd.concat(
+        [df["prompt"], df["reply"], df["context"].explode().dropna().map(lambda t: t["text"])],
+        ignore_index=True,
+    )
+    found = texts.map(find_pii)
+    leftover = found[found.map(len) > 0]
+    kinds = pd.Series([k for ks in leftover for k in ks]).value_counts().to_dict() if len(leftover) else {}
+    yield dg.AssetCheckResult(
+        check_name="no_pii_left",
+        passed=len(leftover) == 0,
+        metadata={"texts_with_pii": len(leftover), "kinds": {k: int(v) for k, v in kinds.items()}},
+    )
+
+
+ingest_assets = [raw_chat_export, chat_messages, conversation_pairs]
+ingest_checks = [conversation_pairs_checks]

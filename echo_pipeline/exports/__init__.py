@@ -1,0 +1,22 @@
+"""Read chat exports (DiscordChatExporter JSON/CSV/PlainText, WhatsApp) into CHAT_MESSAGES.
+
+Pure logic, no Dagster: ``read_exports(paths)`` is what the ``chat_messages`` asset calls;
+``inspect_export(path)`` backs the CLI's ``inspect``. Every bad input raises ``ExportError``,
+whose one-line message names the file, the problem and, where there is one, the fix.
+"""
+
+from echo_pipeline.exports.detect import FORMATS, detect_format
+from echo_pipeline.exports.discover import discover_export_files
+from echo_pipeline.exports.errors import ExportError
+from echo_pipeline.exports.reader import HUMAN_KINDS, inspect_export, read_export, read_exports
+
+__all__ = [
+    "FORMATS",
+    "HUMAN_KINDS",
+    "ExportError",
+    "detect_format",
+    "discover_export_files",
+    "inspect_export",
+    "read_export",
+    "read_exports",
+]

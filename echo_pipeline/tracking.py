@@ -1,0 +1,131 @@
+"""MLflow plumbing: where runs go, failing fast when the store is unusable, and lineage tags.
+
+mlflow is imported inside functions: it costs seconds, and the Dagster code location must load
+fast. The default store is a sqlite database under ``mlruns/`` with artifacts beside it,
+because MLflow 3 refuses a bare file store.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from echo_pipeline.paths import PROJECT_ROOT, mlruns_dir
+
+DEFAULT_EXPERIMENT = "echo_pipeline"
+T = TypeVar("T")
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server or store cannot be used; raised before any training starts."""
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<abs>/mlruns/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
+
+
+def artifact_location_for(tracking_uri: str) -> str | None:
+    """Artifacts live under ``mlruns/artifacts`` for local sqlite stores; servers choose their own."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def retry_when_locked(fn: Callable[[], T], attempts: int = 10, delay_s: float = 0.5) -> T:
+    """Run ``fn``, retrying while sqlite says "database is locked" (parallel partitions)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as error:
+            if "locked" not in str(error).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(delay_s * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message if the store cannot be reached or written."""
+    if tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (user's own server)
+                if response.status >= 400:
+                    raise TrackingUnavailableError(f"MLflow server {tracking_uri} answered {response.status}")
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {tracking_uri} is unreachable ({error}); start it or unset "
+                "MLFLOW_TRACKING_URI to use the local store"
+            ) from error
+    elif tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrackingUnavailableError(f"{db.parent}: cannot create the MLflow store folder ({error})") from error
+        if not os.access(db.parent, os.W_OK):
+            raise TrackingUnavailableError(f"{db.parent}: the MLflow store folder is not writable")
+
+
+def ensure_experiment(tracking_uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
+    """The experiment id, creating it (with artifacts under mlruns/) on first use."""
+    import mlflow
+
+    check_tracking(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+    def get_or_create() -> str:
+        existing = client.get_experiment_by_name(name)
+        if existing is not None:
+            return existing.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri))
+        except Exception:
+            again = client.get_experiment_by_name(name)  # created by a parallel run meanwhile
+            if again is None:
+                raise
+            return again.experiment_id
+
+    try:
+        return retry_when_locked(get_or_create)
+    except TrackingUnavailableError:
+        raise
+    except Exception as error:
+        raise TrackingUnavailableError(f"MLflow store {tracking_uri} is not usable: {error}") from error
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (with ``-dirty`` when uncommitted changes exist), if any."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str, ui_base: str | None = None) -> str:
+    """Link to the run in the MLflow UI (``ECHO_MLFLOW_UI`` sets the UI address for local stores)."""
+    if tracking_uri.startswith(("http://", "https://")) and not ui_base:
+        ui_base = tracking_uri
+    ui_base = (ui_base or os.environ.get("ECHO_MLFLOW_UI", "http://127.0.0.1:5000")).rstrip("/")
+    return f"{ui_base}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -1,0 +1,696 @@
+"""LoRA fine-tuning on packed rows: a plain PyTorch loop with checkpoints and resume.
+
+One optimizer step is ``grad_accum`` packed rows (see :mod:`echo_pipeline.packing`). The loss is
+the mean cross-entropy over reply tokens, and the vocabulary projection is computed only at the
+positions that predict a reply token (prompts are masked, so that is most of the row's logits
+saved). Everything the run depends on is a function of the config, the data and the step number,
+so a run interrupted after a checkpoint resumes to the same weights as one that never stopped.
+
+torch, transformers and peft are imported inside functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from echo_pipeline.packing import (
+    IGNORE_INDEX,
+    PackedBatch,
+    example_fields,
+    pack_examples,
+)
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+_STATE_FILE = "trainer_state.json"
+_OPTIMIZER_FILE = "optimizer.pt"
+_RNG_FILE = "rng.pt"
+_BEST_FILE = "best_trainable.safetensors"
+
+# Fields that change how a run is observed, not what it computes: editing them keeps checkpoints.
+_NOT_FINGERPRINTED = frozenset(
+    {"log_every", "checkpoint_every", "keep_checkpoints", "torch_threads"}
+)
+
+OnLog = Callable[[int, dict[str, float]], None]
+ShouldStop = Callable[[int], bool]
+
+
+@dataclass
+class TrainingConfig:
+    """Hyper-parameters of one adapter. Defaults suit a small chat dataset on SmolLM2-135M."""
+
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 2e-4
+    warmup_ratio: float = 0.05
+    warmup_steps: int | None = None  # overrides warmup_ratio when set
+    min_lr_ratio: float = 0.0  # the cosine decays to learning_rate * min_lr_ratio
+    max_steps: int = 0  # 0: derived from epochs
+    epochs: float = 1.0
+    pack_tokens: int = 1024
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still reported)
+    weight_decay: float = 0.0
+    eval_every: int = 50  # 0: evaluate only at the end
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: off
+    early_stopping_min_delta: float = 0.0
+    restore_best: bool = True  # the final adapter is the one with the lowest eval loss
+    checkpoint_every: int = 50  # 0: checkpoint only when asked to stop
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 42
+    # quantization and dtype are for the caller's base_model.load_causal_lm(); train_lora reads
+    # the loaded model itself (k-bit weights get prepare_model_for_kbit_training).
+    quantization: Literal["auto", "4bit", "8bit", "none"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gradient_checkpointing: bool = False
+    adapter_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        positive = {"lora_r": self.lora_r, "pack_tokens": self.pack_tokens}
+        positive |= {"grad_accum": self.grad_accum, "log_every": self.log_every}
+        positive |= {"keep_checkpoints": self.keep_checkpoints}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"TrainingConfig.{name} must be positive, got {value}")
+        if self.max_steps < 0 or (self.epochs <= 0 and self.max_steps == 0):
+            raise ValueError("set max_steps > 0 or epochs > 0")
+        if self.quantization not in ("auto", "4bit", "8bit", "none"):
+            raise ValueError(f"unknown quantization {self.quantization!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainingResult:
+    """What a call to :func:`train_lora` did. ``model`` is the trained PEFT model, in memory."""
+
+    steps: int
+    total_steps: int
+    completed: bool  # False when should_stop interrupted the run (a checkpoint was saved)
+    early_stopped: bool
+    final_train_loss: float | None  # mean reply-token loss over the last log_every steps
+    final_eval_loss: float | None  # eval loss of the adapter in adapter_dir
+    best_eval_loss: float | None
+    best_step: int | None
+    eval_losses: list[tuple[int, float]]
+    train_losses: list[float]  # one per optimizer step, from step 1 (resumed runs included)
+    tokens_processed: int
+    real_tokens: int
+    padding_waste: float
+    seconds: float  # wall time of this call
+    tokens_per_s: float  # real tokens per second of training steps (evals and saves excluded)
+    resumed_from_step: int | None
+    adapter_dir: Path | None
+    fingerprint: str
+    model: Any = field(default=None, repr=False, compare=False)
+
+    def metrics(self) -> dict[str, float]:
+        """The numeric summary, ready for ``mlflow.log_metrics``."""
+        values = {
+            "steps": self.steps,
+            "final_train_loss": self.final_train_loss,
+            "final_eval_loss": self.final_eval_loss,
+            "best_eval_loss": self.best_eval_loss,
+            "tokens_processed": self.tokens_processed,
+            "real_tokens": self.real_tokens,
+            "padding_waste": self.padding_waste,
+            "train_seconds": self.seconds,
+            "tokens_per_s": self.tokens_per_s,
+        }
+        return {key: float(value) for key, value in values.items() if value is not None}
+
+
+@dataclass
+class _RunState:
+    """Everything besides tensors that a checkpoint restores."""
+
+    step: int = 0
+    train_losses: list[float] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    early_stopped: bool = False
+    tokens_processed: int = 0
+    real_tokens: int = 0
+    pad_tokens: int = 0
+    train_seconds: float = 0.0
+
+
+@dataclass
+class _Window:
+    """Sums over the steps since the last progress report."""
+
+    steps: int = 0
+    loss_sum: float = 0.0
+    labels: int = 0
+    grad_norm_sum: float = 0.0
+    real_tokens: int = 0
+    seconds: float = 0.0
+
+
+def fingerprint_run(
+    config: TrainingConfig,
+    train_examples: Sequence[Any],
+    val_examples: Sequence[Any],
+    *,
+    base_model_id: str = "",
+) -> str:
+    """A digest of what determines the trained weights: config, data and base model identity."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(base_model_id.encode())
+    for split in (train_examples, val_examples):
+        digest.update(b"|split|")
+        for example in split:
+            input_ids, labels = example_fields(example)
+            digest.update(json.dumps([input_ids, labels]).encode())
+    return digest.hexdigest()[:24]
+
+
+def lr_at(
+    step: int, *, peak: float, warmup_steps: int, total_steps: int, min_ratio: float
+) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine decay.
+
+    A pure function of the step, so resuming needs no scheduler object: the step is the state.
+    """
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return peak * (min_ratio + (1.0 - min_ratio) * cosine)
+
+
+def train_lora(
+    model: Any,
+    tokenizer: Any | None,
+    train_examples: Sequence[Any],
+    val_examples: Sequence[Any],
+    config: TrainingConfig,
+    output_dir: Path,
+    *,
+    run_fingerprint: str | None = None,
+    on_log: OnLog | None = None,
+    should_stop: ShouldStop | None = None,
+) -> TrainingResult:
+    """Train a LoRA adapter on ``model`` (a loaded base causal LM, modified in place).
+
+    ``output_dir`` receives ``checkpoints/step-N/`` while training and the final PEFT adapter in
+    ``adapter/`` (plus the tokenizer, when given). A checkpoint whose fingerprint equals
+    ``run_fingerprint`` (default: :func:`fingerprint_run` of the config, data and model) is
+    resumed; any other checkpoint is discarded. ``should_stop(step)`` is asked after every step;
+    when it says yes, a checkpoint is saved and the result has ``completed=False``.
+    """
+    import torch
+
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+
+    train = _examples_with_loss(train_examples, "train")
+    val = _examples_with_loss(val_examples, "val")
+    if not train:
+        raise ValueError("no training example has a labelled token after the first position")
+    if config.early_stopping_patience and not val:
+        raise ValueError("early stopping needs validation examples")
+
+    packs = pack_examples(train, max_tokens=config.pack_tokens, seed=config.seed, shuffle=False)
+    total_steps = config.max_steps or math.ceil(config.epochs * len(packs) / config.grad_accum)
+    warmup_steps = (
+        config.warmup_steps
+        if config.warmup_steps is not None
+        else math.ceil(config.warmup_ratio * total_steps)
+    )
+    fingerprint = run_fingerprint or fingerprint_run(
+        config, train, val, base_model_id=_model_identity(model)
+    )
+
+    torch.manual_seed(config.seed)
+    peft_model = _attach_lora(model, config)
+    device = _input_device(peft_model)
+    trainable = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    params = [p for _, p in trainable]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    logger.info(
+        "LoRA: %d trainable parameters, %d packs of <= %d tokens, %d steps (%d warmup)",
+        sum(p.numel() for p in params),
+        len(packs),
+        config.pack_tokens,
+        total_steps,
+        warmup_steps,
+    )
+
+    checkpoints = output_dir / CHECKPOINTS_DIR
+    state, best_snapshot = _RunState(), None
+    resumed_from = None
+    latest = _latest_checkpoint(checkpoints)
+    if latest is not None:
+        saved = json.loads((latest / _STATE_FILE).read_text())
+        if saved.get("fingerprint") == fingerprint and saved.get("total_steps") == total_steps:
+            state, best_snapshot = _load_checkpoint(latest, peft_model, optimizer, saved)
+            resumed_from = state.step
+            logger.info("resuming from checkpoint at step %d", state.step)
+            _emit(on_log, state.step, {"resumed_from_step": float(state.step)})
+        else:
+            logger.warning("checkpoints in %s belong to another run: starting over", checkpoints)
+            shutil.rmtree(checkpoints)
+            _emit(on_log, 0, {"checkpoints_discarded": 1.0})
+
+    orders: dict[int, list[int]] = {}
+
+    def pack_for(micro_step: int) -> PackedBatch:
+        epoch, index = divmod(micro_step, len(packs))
+        if epoch not in orders:
+            order = list(range(len(packs)))
+            random.Random(config.seed * 100_003 + epoch).shuffle(order)
+            orders[epoch] = order
+        return packs[orders[epoch][index]]
+
+    window = _Window()
+    interrupted = False
+    peft_model.train()
+    while state.step < total_steps and not state.early_stopped:
+        step_started = time.perf_counter()
+        lr = lr_at(
+            state.step,
+            peak=config.learning_rate,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            min_ratio=config.min_lr_ratio,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rows = [pack_for(state.step * config.grad_accum + k) for k in range(config.grad_accum)]
+        step_labels = sum(row.label_tokens for row in rows)
+        step_loss = 0.0
+        for row in rows:
+            loss_sum, _ = _row_loss_sum(peft_model, row, device)
+            (loss_sum / step_labels).backward()
+            step_loss += loss_sum.item()
+        max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        state.step += 1
+        state.train_losses.append(step_loss / step_labels)
+        state.tokens_processed += sum(row.num_tokens for row in rows)
+        state.real_tokens += sum(row.real_tokens for row in rows)
+        state.pad_tokens += sum(row.pad_tokens for row in rows)
+        seconds = time.perf_counter() - step_started
+        state.train_seconds += seconds
+        window.steps += 1
+        window.loss_sum += step_loss
+        window.labels += step_labels
+        window.grad_norm_sum += grad_norm
+        window.real_tokens += sum(row.real_tokens for row in rows)
+        window.seconds += seconds
+
+        if state.step % config.log_every == 0 or state.step == total_steps:
+            metrics = {
+                "loss": window.loss_sum / window.labels,
+                "learning_rate": lr,
+                "grad_norm": window.grad_norm_sum / window.steps,
+                "tokens_per_s": window.real_tokens / window.seconds,
+                "real_tokens": float(state.real_tokens),
+                "padding_waste": _waste(state),
+                "eta_s": window.seconds / window.steps * (total_steps - state.step),
+                "epoch": state.step * config.grad_accum / len(packs),
+            }
+            logger.info(
+                "step %d/%d loss %.4f lr %.2e grad_norm %.3f %.0f tok/s eta %.0fs",
+                state.step,
+                total_steps,
+                metrics["loss"],
+                lr,
+                metrics["grad_norm"],
+                metrics["tokens_per_s"],
+                metrics["eta_s"],
+            )
+            _emit(on_log, state.step, metrics)
+            window = _Window()
+
+        last_step = state.step == total_steps
+        if val and (last_step or (config.eval_every and state.step % config.eval_every == 0)):
+            best_snapshot = _evaluate(peft_model, val, config, state, trainable, best_snapshot)
+            _emit(on_log, state.step, {"eval_loss": state.eval_losses[-1][1]})
+            peft_model.train()
+
+        interrupted = should_stop is not None and not last_step and should_stop(state.step)
+        due = config.checkpoint_every and state.step % config.checkpoint_every == 0
+        if interrupted or (due and not last_step):
+            _save_checkpoint(
+                checkpoints, peft_model, optimizer, state, best_snapshot, fingerprint, total_steps
+            )
+            _prune_checkpoints(checkpoints, config.keep_checkpoints)
+        if interrupted:
+            logger.info("stopping at step %d on request; checkpoint saved", state.step)
+            break
+
+    final_eval = None
+    adapter_dir = None
+    if not interrupted:
+        if val and (not state.eval_losses or state.eval_losses[-1][0] != state.step):
+            best_snapshot = _evaluate(peft_model, val, config, state, trainable, best_snapshot)
+            _emit(on_log, state.step, {"eval_loss": state.eval_losses[-1][1]})
+        final_eval = state.eval_losses[-1][1] if state.eval_losses else None
+        if config.restore_best and best_snapshot is not None and state.best_step != state.step:
+            _restore_trainable(trainable, best_snapshot)
+            final_eval = state.best_eval_loss
+            logger.info("restored the adapter of step %s (lowest eval loss)", state.best_step)
+        adapter_dir = output_dir / ADAPTER_DIR
+        _save_adapter_atomically(peft_model, tokenizer, adapter_dir)
+    peft_model.eval()
+
+    recent = state.train_losses[-config.log_every :]
+    return TrainingResult(
+        steps=state.step,
+        total_steps=total_steps,
+        completed=not interrupted,
+        early_stopped=state.early_stopped,
+        final_train_loss=sum(recent) / len(recent) if recent else None,
+        final_eval_loss=final_eval,
+        best_eval_loss=state.best_eval_loss,
+        best_step=state.best_step,
+        eval_losses=list(state.eval_losses),
+        train_losses=list(state.train_losses),
+        tokens_processed=state.tokens_processed,
+        real_tokens=state.real_tokens,
+        padding_waste=_waste(state),
+        seconds=time.perf_counter() - started,
+        tokens_per_s=state.real_tokens / state.train_seconds if state.train_seconds else 0.0,
+        resumed_from_step=resumed_from,
+        adapter_dir=adapter_dir,
+        fingerprint=fingerprint,
+        model=peft_model,
+    )
+
+
+def reply_loss(model: Any, examples: Sequence[Any], *, batch_tokens: int = 1024) -> float:
+    """Mean cross-entropy over reply tokens (labels != -100), packed like training.
+
+    Works for a base model and for base + adapter, so the two can be compared on held-out pairs.
+    Rows hold at least the longest example, whatever ``batch_tokens`` says.
+    """
+    import torch
+
+    examples = _examples_with_loss(examples, "evaluation")
+    if not examples:
+        raise ValueError("reply_loss needs at least one example with labelled tokens")
+    longest = max(len(example_fields(example)[0]) for example in examples)
+    rows = pack_examples(examples, max_tokens=max(batch_tokens, longest), seed=0, shuffle=False)
+    device = _input_device(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.inference_mode():
+            for row in rows:
+                loss_sum, labelled = _row_loss_sum(model, row, device)
+                total += loss_sum.item()
+                count += labelled
+    finally:
+        model.train(was_training)
+    return total / count
+
+
+def _row_loss_sum(model: Any, row: PackedBatch, device: Any) -> tuple[Any, int]:
+    """Summed cross-entropy of one packed row, and the number of tokens it covers.
+
+    The targets are the labels shifted left by one (the packing put -100 at every sample's first
+    label, so no target crosses a sample boundary). Only positions with a target are projected
+    onto the vocabulary: a boolean ``logits_to_keep`` makes the model gather those hidden states
+    before its own ``lm_head`` (any final logit scaling or soft-capping is kept that way).
+    ``use_cache=False`` matters: with a cache transformers ignores the restarting position_ids and
+    the samples of a row attend to each other.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    input_ids = torch.tensor([row.input_ids], device=device)
+    position_ids = torch.tensor([row.position_ids], device=device)
+    targets = torch.tensor([*row.labels[1:], IGNORE_INDEX], device=device)
+    keep = targets != IGNORE_INDEX
+    if _accepts_logits_to_keep(model):
+        output = model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=keep[None],
+        )
+        logits = output.logits
+    else:
+        output = model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        logits = output.logits[0][keep]
+    loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return loss_sum, int(keep.sum())
+
+
+def _input_device(model: Any) -> Any:
+    """Where input ids must live: the embedding's device (models may span several devices)."""
+    return model.get_input_embeddings().weight.device
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cached = getattr(causal_lm, "_echo_accepts_logits_to_keep", None)
+    if cached is None:
+        cached = "logits_to_keep" in inspect.signature(causal_lm.forward).parameters
+        causal_lm._echo_accepts_logits_to_keep = cached
+    return cached
+
+
+def _examples_with_loss(examples: Sequence[Any], split: str) -> list[Any]:
+    """Drop examples with nothing to learn (no labelled token after the first position)."""
+    kept = [ex for ex in examples if any(x != IGNORE_INDEX for x in example_fields(ex)[1][1:])]
+    if len(kept) < len(examples):
+        logger.warning(
+            "%s: %d examples without labelled tokens skipped", split, len(examples) - len(kept)
+        )
+    return kept
+
+
+def _model_identity(model: Any) -> str:
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", "") or ""
+    parameters = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__}:{name}:{parameters}"
+
+
+def _attach_lora(model: Any, config: TrainingConfig) -> Any:
+    """Wrap the base model in a PEFT LoRA model; prepare it first when it is k-bit quantised."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if any(isinstance(module, BaseTunerLayer) for module in model.modules()):
+        raise ValueError(
+            "the model already carries adapter layers: pass a freshly loaded base model "
+            "(train_lora injects the LoRA layers in place)"
+        )
+    quantized = bool(
+        getattr(model, "is_quantized", False)
+        or getattr(model, "is_loaded_in_4bit", False)
+        or getattr(model, "is_loaded_in_8bit", False)
+    )
+    gc_kwargs = {"use_reentrant": False}
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs=gc_kwargs,
+        )
+    elif config.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+
+    base_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    adapter_dtype = config.adapter_dtype
+    if adapter_dtype == "auto":
+        # bf16 adapters on a bf16 GPU base skip a cast per LoRA matmul (about 30% faster per step).
+        adapter_dtype = "bfloat16" if on_cuda and base_dtype == torch.bfloat16 else "float32"
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, lora, autocast_adapter_dtype=adapter_dtype == "float32")
+    wanted = getattr(torch, adapter_dtype)
+    for parameter in peft_model.parameters():
+        if parameter.requires_grad and parameter.dtype != wanted:
+            parameter.data = parameter.data.to(wanted)
+    return peft_model
+
+
+def _evaluate(
+    peft_model: Any,
+    val: list[Any],
+    config: TrainingConfig,
+    state: _RunState,
+    trainable: list[tuple[str, Any]],
+    best_snapshot: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Record the eval loss; update best, patience and the best weights. Returns the snapshot."""
+    loss = reply_loss(peft_model, val, batch_tokens=config.pack_tokens)
+    state.eval_losses.append((state.step, loss))
+    logger.info("step %d eval_loss %.4f", state.step, loss)
+    if (
+        state.best_eval_loss is None
+        or loss < state.best_eval_loss - config.early_stopping_min_delta
+    ):
+        state.best_eval_loss, state.best_step = loss, state.step
+        state.evals_without_improvement = 0
+        if config.restore_best:
+            best_snapshot = {name: p.detach().clone() for name, p in trainable}
+    else:
+        state.evals_without_improvement += 1
+        patience = config.early_stopping_patience
+        if patience and state.evals_without_improvement >= patience:
+            state.early_stopped = True
+            logger.info("early stopping at step %d (best step %s)", state.step, state.best_step)
+    return best_snapshot
+
+
+def _restore_trainable(trainable: list[tuple[str, Any]], snapshot: dict[str, Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in trainable:
+            parameter.copy_(snapshot[name])
+
+
+def _waste(state: _RunState) -> float:
+    return state.pad_tokens / state.tokens_processed if state.tokens_processed else 0.0
+
+
+def _emit(on_log: OnLog | None, step: int, metrics: dict[str, float]) -> None:
+    if on_log is not None:
+        on_log(step, metrics)
+
+
+def _checkpoint_dirs(root: Path) -> list[Path]:
+    """Complete checkpoints (renamed into place), oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        prefix, _, number = path.name.partition("-")
+        if prefix == "step" and number.isdigit() and (path / _STATE_FILE).is_file():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
+
+
+def _latest_checkpoint(root: Path) -> Path | None:
+    dirs = _checkpoint_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def _save_checkpoint(
+    root: Path,
+    peft_model: Any,
+    optimizer: Any,
+    state: _RunState,
+    best_snapshot: dict[str, Any] | None,
+    fingerprint: str,
+    total_steps: int,
+) -> Path:
+    """Write ``root/step-N`` atomically: everything goes into a temp dir renamed at the end."""
+    import torch
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.step}"
+    temp = root / f".tmp-step-{state.step}"
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir()
+    peft_model.save_pretrained(temp)
+    torch.save(optimizer.state_dict(), temp / _OPTIMIZER_FILE)
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, temp / _RNG_FILE)
+    if best_snapshot is not None and state.best_step != state.step:
+        save_file({k: v.contiguous().cpu() for k, v in best_snapshot.items()}, temp / _BEST_FILE)
+    payload = dataclasses.asdict(state) | {"fingerprint": fingerprint, "total_steps": total_steps}
+    (temp / _STATE_FILE).write_text(json.dumps(payload))
+    if final.exists():
+        shutil.rmtree(final)
+    temp.rename(final)
+    logger.info("checkpoint saved at step %d", state.step)
+    return final
+
+
+def _load_checkpoint(
+    path: Path, peft_model: Any, optimizer: Any, saved: dict[str, Any]
+) -> tuple[_RunState, dict[str, Any] | None]:
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    device = _input_device(peft_model)
+    weights = load_file(path / "adapter_model.safetensors", device=str(device))
+    outcome = set_peft_model_state_dict(peft_model, weights)
+    missing = [k for k in outcome.missing_keys if "lora_" in k]
+    if missing:
+        raise RuntimeError(f"checkpoint {path} lacks adapter weights {missing[:3]}")
+    optimizer.load_state_dict(torch.load(path / _OPTIMIZER_FILE, map_location=device))
+    rng = torch.load(path / _RNG_FILE)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    best = None
+    if (path / _BEST_FILE).is_file():
+        best = load_file(path / _BEST_FILE, device=str(device))
+    elif saved.get("best_step") == saved["step"]:
+        best = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+    fields = {f.name for f in dataclasses.fields(_RunState)}
+    state = _RunState(**{k: v for k, v in saved.items() if k in fields})
+    state.eval_losses = [(int(s), float(v)) for s, v in state.eval_losses]
+    return state, best
+
+
+def _prune_checkpoints(root: Path, keep: int) -> None:
+    for path in _checkpoint_dirs(root)[:-keep]:
+        shutil.rmtree(path)
+
+
+def _save_adapter_atomically(peft_model: Any, tokenizer: Any | None, adapter_dir: Path) -> None:
+    temp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
+    shutil.rmtree(temp, ignore_errors=True)
+    peft_model.save_pretrained(temp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(temp)
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    temp.rename(adapter_dir)

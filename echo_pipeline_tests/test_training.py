@@ -1,0 +1,323 @@
+"""LoRA training on a tiny random Llama: learning, determinism, checkpoints, resume, early stop."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from safetensors.torch import load_file  # noqa: E402
+
+from echo_pipeline.packing import IGNORE_INDEX, pack_examples  # noqa: E402
+from echo_pipeline.training import (  # noqa: E402
+    CHECKPOINTS_DIR,
+    TrainingConfig,
+    lr_at,
+    reply_loss,
+    train_lora,
+)
+
+BOS, EOS = 1, 2
+INIT_RANGE = 0.2  # wide enough that the frozen random lm_head can express a confident reply
+
+
+def tiny_llama():
+    """A 2-layer Llama with seeded random weights: the same base model on every call."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        initializer_range=INIT_RANGE,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+def chat_examples(count: int, *, seed: int, reply_tokens: tuple[int, ...]):
+    """Random prompts answered in one recognisable style: a catchphrase the adapter can learn."""
+    rng = random.Random(seed)
+    examples = []
+    for i in range(count):
+        prompt = [BOS] + [rng.randrange(10, 500) for _ in range(rng.randrange(4, 9))]
+        reply = [reply_tokens[0] + i % 3, *reply_tokens[1:]]
+        examples.append(
+            {"input_ids": prompt + reply, "labels": [IGNORE_INDEX] * len(prompt) + reply}
+        )
+    return examples
+
+
+TRAIN = chat_examples(12, seed=1, reply_tokens=(600, 700, 701, 702, EOS))
+VAL = chat_examples(4, seed=2, reply_tokens=(600, 700, 701, 702, EOS))
+
+
+def config(**overrides) -> TrainingConfig:
+    settings = dict(
+        lora_r=8,
+        lora_alpha=16,
+        learning_rate=1e-2,
+        warmup_steps=2,
+        max_steps=20,
+        pack_tokens=64,
+        eval_every=5,
+        checkpoint_every=4,
+        log_every=5,
+        seed=0,
+    )
+    return TrainingConfig(**(settings | overrides))
+
+
+def adapter_weights(result):
+    return load_file(result.adapter_dir / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 20-step run that several tests compare against."""
+    logs = []
+    result = train_lora(
+        tiny_llama(),
+        None,
+        TRAIN,
+        VAL,
+        config(),
+        tmp_path_factory.mktemp("reference"),
+        on_log=lambda step, metrics: logs.append((step, metrics)),
+    )
+    return result, logs
+
+
+def test_training_lowers_the_reply_loss_and_reports_progress(reference):
+    result, logs = reference
+    base_val_loss = reply_loss(tiny_llama(), VAL, batch_tokens=64)
+
+    assert result.completed and result.steps == 20 == len(result.train_losses)
+    assert sum(result.train_losses[-5:]) / 5 < 0.3 * result.train_losses[0]
+    assert result.final_eval_loss < 0.6 * base_val_loss  # the style carries to unseen prompts
+    assert [step for step, _ in result.eval_losses] == [5, 10, 15, 20]
+    assert result.best_eval_loss == min(loss for _, loss in result.eval_losses)
+    assert result.padding_waste == 0.0 and result.real_tokens == result.tokens_processed > 0
+    assert result.tokens_per_s > 0 and result.final_train_loss is not None
+
+    progress = [(step, m) for step, m in logs if "loss" in m]
+    assert [step for step, _ in progress] == [5, 10, 15, 20]
+    expected = {"loss", "learning_rate", "grad_norm", "tokens_per_s", "real_tokens"}
+    expected |= {"padding_waste", "eta_s", "epoch"}
+    assert all(set(m) == expected for _, m in progress)
+    assert progress[-1][1]["eta_s"] == 0.0
+    assert [step for step, m in logs if "eval_loss" in m] == [5, 10, 15, 20]
+    assert {p.name for p in result.adapter_dir.iterdir()} >= {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    }
+
+
+def test_two_runs_give_identical_loss_curves_and_weights(reference, tmp_path):
+    first, _ = reference
+    second = train_lora(tiny_llama(), None, TRAIN, VAL, config(), tmp_path)
+
+    assert second.train_losses == first.train_losses
+    assert second.eval_losses == first.eval_losses
+    for name, tensor in adapter_weights(first).items():
+        assert torch.equal(tensor, adapter_weights(second)[name]), name
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(reference, tmp_path):
+    uninterrupted, _ = reference
+
+    stopped = train_lora(
+        tiny_llama(), None, TRAIN, VAL, config(), tmp_path, should_stop=lambda step: step == 10
+    )
+    assert not stopped.completed and stopped.steps == 10 and stopped.adapter_dir is None
+    checkpoints = tmp_path / CHECKPOINTS_DIR
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-10", "step-8"]
+
+    logs = []
+    resumed = train_lora(
+        tiny_llama(), None, TRAIN, VAL, config(), tmp_path, on_log=lambda s, m: logs.append((s, m))
+    )
+    assert resumed.resumed_from_step == 10 and (10, {"resumed_from_step": 10.0}) in logs
+    assert resumed.completed and resumed.steps == 20
+    assert resumed.train_losses == uninterrupted.train_losses
+    assert resumed.eval_losses == uninterrupted.eval_losses
+    assert resumed.real_tokens == uninterrupted.real_tokens
+    for name, tensor in adapter_weights(uninterrupted).items():
+        assert torch.equal(tensor, adapter_weights(resumed)[name]), name
+    # Only the last two checkpoints stay; none is written at the final step.
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-12", "step-16"]
+
+
+def test_checkpoints_of_another_run_are_discarded(tmp_path):
+    short = config(max_steps=6)
+    train_lora(
+        tiny_llama(),
+        None,
+        TRAIN,
+        VAL,
+        short,
+        tmp_path,
+        run_fingerprint="a",
+        should_stop=lambda s: s == 4,
+    )
+
+    logs = []
+    rerun = train_lora(
+        tiny_llama(),
+        None,
+        TRAIN,
+        VAL,
+        short,
+        tmp_path,
+        run_fingerprint="b",
+        on_log=lambda step, metrics: logs.append((step, metrics)),
+    )
+    assert rerun.resumed_from_step is None and rerun.steps == 6
+    assert (0, {"checkpoints_discarded": 1.0}) in logs
+
+
+def test_the_saved_adapter_loads_with_peft_and_gives_the_trained_logits(reference):
+    from peft import PeftModel
+
+    result, _ = reference
+    loaded = PeftModel.from_pretrained(tiny_llama(), result.adapter_dir).eval()
+    ids = torch.tensor([TRAIN[0]["input_ids"]])
+
+    with torch.no_grad():
+        trained = result.model(input_ids=ids, use_cache=False).logits
+        reloaded = loaded(input_ids=ids, use_cache=False).logits
+        base = tiny_llama().eval()(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(reloaded, trained, atol=1e-6, rtol=0)
+    assert (reloaded - base).abs().max() > 0.1
+
+
+def test_early_stopping_stops_and_keeps_the_best_adapter(tmp_path):
+    """Validation replies in another style: fitting the training style makes eval loss rise."""
+    other_style = chat_examples(4, seed=2, reply_tokens=(800, 900, 901, 902, 903))
+    result = train_lora(
+        tiny_llama(),
+        None,
+        TRAIN,
+        other_style,
+        config(max_steps=40, eval_every=2, early_stopping_patience=2),
+        tmp_path,
+    )
+
+    assert result.early_stopped and result.completed and result.steps < 40
+    assert result.eval_losses[-1][0] == result.steps
+    assert result.best_step < result.steps
+    assert [loss for _, loss in result.eval_losses[-2:]] > [result.best_eval_loss] * 2
+    # The adapter in memory and on disk is the best one, not the last one.
+    assert result.final_eval_loss == result.best_eval_loss
+    assert reply_loss(result.model, other_style, batch_tokens=64) == pytest.approx(
+        result.best_eval_loss, abs=1e-6
+    )
+
+
+def test_a_resumed_run_remembers_its_best_adapter_and_patience(tmp_path):
+    """Interrupted after the best eval but before early stopping: the resume ends the same way."""
+    other_style = chat_examples(4, seed=2, reply_tokens=(800, 900, 901, 902, 903))
+    settings = config(max_steps=40, eval_every=2, early_stopping_patience=2)
+    whole = train_lora(tiny_llama(), None, TRAIN, other_style, settings, tmp_path / "whole")
+    stop_at = whole.best_step + 1  # the checkpoint must carry best weights that are not current
+
+    train_lora(
+        tiny_llama(),
+        None,
+        TRAIN,
+        other_style,
+        settings,
+        tmp_path / "split",
+        should_stop=lambda step: step == stop_at,
+    )
+    resumed = train_lora(tiny_llama(), None, TRAIN, other_style, settings, tmp_path / "split")
+
+    assert resumed.resumed_from_step == stop_at
+    assert (resumed.steps, resumed.best_step) == (whole.steps, whole.best_step)
+    assert resumed.eval_losses == whole.eval_losses
+    for name, tensor in adapter_weights(whole).items():
+        assert torch.equal(tensor, adapter_weights(resumed)[name]), name
+
+
+def test_packed_loss_is_transformers_own_loss_on_the_same_row():
+    """The shift and the reply-only logits agree with transformers' loss with labels."""
+    model = tiny_llama().eval()
+    (row,) = pack_examples(TRAIN, max_tokens=4096, seed=0, shuffle=False)
+
+    with torch.no_grad():
+        expected = model(
+            input_ids=torch.tensor([row.input_ids]),
+            position_ids=torch.tensor([row.position_ids]),
+            labels=torch.tensor([row.labels]),
+            use_cache=False,
+        ).loss.item()
+    assert reply_loss(model, TRAIN, batch_tokens=4096) == pytest.approx(expected, abs=1e-5)
+
+
+def test_gradient_checkpointing_and_accumulation_train_the_same_way(tmp_path):
+    plain = train_lora(
+        tiny_llama(), None, TRAIN, [], config(max_steps=3, grad_accum=2), tmp_path / "a"
+    )
+    checkpointed = train_lora(
+        tiny_llama(),
+        None,
+        TRAIN,
+        [],
+        config(max_steps=3, grad_accum=2, gradient_checkpointing=True),
+        tmp_path / "b",
+    )
+
+    assert checkpointed.train_losses == pytest.approx(plain.train_losses, abs=1e-5)
+    assert plain.final_eval_loss is None and plain.eval_losses == []
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    packs = len(pack_examples(TRAIN, max_tokens=64, seed=0, shuffle=False))
+    result = train_lora(
+        tiny_llama(), None, TRAIN, VAL, config(max_steps=0, epochs=2.0, grad_accum=2), tmp_path
+    )
+    assert result.steps == math.ceil(2 * packs / 2)
+
+
+def test_the_learning_rate_warms_up_then_follows_a_cosine():
+    rates = [lr_at(s, peak=1.0, warmup_steps=4, total_steps=20, min_ratio=0.0) for s in range(20)]
+
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert rates[4] == 1.0 and all(a > b for a, b in itertools.pairwise(rates[4:]))
+    assert 0 < rates[-1] < 0.01
+
+
+def test_a_model_that_already_has_an_adapter_is_refused(reference, tmp_path):
+    result, _ = reference
+    with pytest.raises(ValueError, match="already carries adapter layers"):
+        train_lora(result.model.get_base_model(), None, TRAIN, VAL, config(), tmp_path)
+
+
+def test_a_4bit_quantised_model_trains_with_qlora(tmp_path):
+    """The QLoRA path (prepare_model_for_kbit_training) on CPU with bitsandbytes."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny_llama().save_pretrained(tmp_path / "base")
+    quantised = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "base",
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        ),
+        device_map={"": "cpu"},
+    )
+    assert any(type(m).__name__ == "Linear4bit" for m in quantised.modules())
+    result = train_lora(quantised, None, TRAIN, VAL, config(max_steps=4), tmp_path / "run")
+
+    assert result.completed and all(math.isfinite(loss) for loss in result.train_losses)
+    assert result.train_losses[-1] < result.train_losses[0]
