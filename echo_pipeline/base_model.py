@@ -88,13 +88,17 @@ def resolve_base_model(
         _no_revision(source, revision)
         gguf = packaged_gguf_path(alias)
         target = convert_gguf(gguf, name=alias)
-        return ResolvedBaseModel(source, str(target), f"sha256:{file_sha256(gguf)}", None, trust_remote_code)
+        return ResolvedBaseModel(
+            source, str(target), f"sha256:{file_sha256(gguf)}", None, trust_remote_code
+        )
 
     local = Path(source).expanduser()
     if local.is_file() and local.suffix.lower() == ".gguf":
         _no_revision(source, revision)
         target = convert_gguf(local.resolve(), name=_slug(local.stem))
-        return ResolvedBaseModel(source, str(target), f"sha256:{file_sha256(local)}", None, trust_remote_code)
+        return ResolvedBaseModel(
+            source, str(target), f"sha256:{file_sha256(local)}", None, trust_remote_code
+        )
     if local.is_dir():
         _no_revision(source, revision)
         directory = local.resolve()
@@ -103,13 +107,17 @@ def resolve_base_model(
             source, str(directory), _files_fingerprint(directory, weights), None, trust_remote_code
         )
     if local.exists():
-        raise BaseModelError(f"base model {source!r} is a file; expected a model directory or a .gguf file")
+        raise BaseModelError(
+            f"base model {source!r} is a file; expected a model directory or a .gguf file"
+        )
     if local.is_absolute() or source.startswith((".", "~")) or not _HUB_ID.match(source):
         raise BaseModelError(
             f"base model {source!r} is neither a local model directory nor a hub id like 'org/name'"
             f"; known aliases: {', '.join(sorted(_PACKAGED_GGUF))}"
         )
-    return ResolvedBaseModel(source, source, _hub_fingerprint(source, revision), revision, trust_remote_code)
+    return ResolvedBaseModel(
+        source, source, _hub_fingerprint(source, revision), revision, trust_remote_code
+    )
 
 
 def _no_revision(source: str, revision: str | None) -> None:
@@ -135,7 +143,9 @@ def packaged_gguf_path(alias: str = DEFAULT_BASE_MODEL) -> Path:
     except (ImportError, ValueError) as error:  # a broken install
         raise BaseModelError(f"the {dist} package cannot be located ({error}); {hint}") from error
     if spec is None or not spec.submodule_search_locations:
-        raise BaseModelError(f"base model {alias!r} needs the {dist} package, which is not installed; {hint}")
+        raise BaseModelError(
+            f"base model {alias!r} needs the {dist} package, which is not installed; {hint}"
+        )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / filename
         if candidate.is_file():
@@ -274,7 +284,9 @@ def _convert_into(staging: Path, gguf: Path, sha: str) -> None:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # dense weights now; drop the GGUF bookkeeping so it saves
         quantizer.remove_quantization_config(model)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, local_files_only=True
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.save_pretrained(staging)
@@ -328,7 +340,9 @@ def load_tokenizer(resolved: ResolvedBaseModel) -> PreTrainedTokenizerBase:
     )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise BaseModelError(f"the tokenizer of {resolved.source!r} has neither a pad nor an EOS token")
+            raise BaseModelError(
+                f"the tokenizer of {resolved.source!r} has neither a pad nor an EOS token"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -353,7 +367,11 @@ def load_causal_lm(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_cuda = str(device).startswith("cuda")
     if dtype == "auto":
-        torch_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if on_cuda else torch.float32
+        torch_dtype = (
+            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+            if on_cuda
+            else torch.float32
+        )
     elif dtype in ("float32", "bfloat16", "float16"):
         torch_dtype = getattr(torch, dtype)
     else:
@@ -388,5 +406,7 @@ def load_causal_lm(
     model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
     generation = getattr(model, "generation_config", None)
     if generation is not None and generation.pad_token_id is None:
-        generation.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else None
+        generation.pad_token_id = (
+            model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else None
+        )
     return model

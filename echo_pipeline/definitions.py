@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import dagster as dg
 
-from echo_pipeline.defs.io_manager import ParquetIOManager
+from echo_pipeline.defs.datasets import dataset_assets
 from echo_pipeline.defs.ingest import ingest_assets, ingest_checks
-from echo_pipeline.defs.resources import BaseModelResource
+from echo_pipeline.defs.io_manager import ParquetIOManager
+from echo_pipeline.defs.resources import BaseModelResource, MlflowResource
+from echo_pipeline.defs.training import training_assets
 
-defs = dg.Definitions(
-    assets=[*ingest_assets],
-    asset_checks=[*ingest_checks],
-    resources={
+
+def build_resources() -> dict:
+    return {
         "io_manager": ParquetIOManager(),
         "base_model": BaseModelResource(),
-    },
+        "mlflow_tracking": MlflowResource(),
+    }
+
+
+defs = dg.Definitions(
+    assets=[*ingest_assets, *dataset_assets, *training_assets],
+    asset_checks=[*ingest_checks],
+    resources=build_resources(),
 )

@@ -32,6 +32,7 @@ methods of the tokenizer object it is given).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import weakref
 from collections import Counter
@@ -146,7 +147,9 @@ class Rendering:
 
 def check_template(template: str) -> str:
     if template not in TEMPLATE_NAMES:
-        raise ValueError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
+        raise ValueError(
+            f"unknown template {template!r}; choose one of {', '.join(TEMPLATE_NAMES)}"
+        )
     return template
 
 
@@ -218,7 +221,9 @@ def render(
     reply = None if pair.reply is None else clean_text(pair.reply)
     if template == "model_default":
         if tokenizer is None:
-            raise ValueError("model_default renders with the tokenizer's chat_template: pass tokenizer=")
+            raise ValueError(
+                "model_default renders with the tokenizer's chat_template: pass tokenizer="
+            )
         return _render_model_default(tokenizer, messages, reply, end_reply)
     system, exchanges = _exchanges(messages)
     prompt: list[Segment] = []
@@ -231,12 +236,17 @@ def render(
                 prompt += [Segment(f" {answer} "), _eos("</s>")]
         if reply is not None:
             completion = (
-                [Segment(f" {reply} ", True), _eos("</s>", True)] if end_reply else [Segment(f" {reply}", True)]
+                [Segment(f" {reply} ", True), _eos("</s>", True)]
+                if end_reply
+                else [Segment(f" {reply}", True)]
             )
     elif template == "nous_hermes":
         for i, (user, answer) in enumerate(exchanges):
             preamble = f"{system}\n\n" if i == 0 and system else ""
-            prompt += [_bos("<s>"), Segment(f"{preamble}### Instruction:\n{user}\n\n### Response:\n")]
+            prompt += [
+                _bos("<s>"),
+                Segment(f"{preamble}### Instruction:\n{user}\n\n### Response:\n"),
+            ]
             if answer is not None:
                 prompt += [Segment(answer), _eos("</s>")]
         if reply is not None:
@@ -266,7 +276,9 @@ def auto_bos_token_id(tokenizer: Any) -> int | None:
 
 
 #: Per tokenizer object: (auto BOS id, special token strings). Rendering runs per pair.
-_FACTS: weakref.WeakKeyDictionary[Any, tuple[int | None, frozenset[str]]] = weakref.WeakKeyDictionary()
+_FACTS: weakref.WeakKeyDictionary[Any, tuple[int | None, frozenset[str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _facts(tokenizer: Any) -> tuple[int | None, frozenset[str]]:
@@ -280,13 +292,13 @@ def _facts(tokenizer: Any) -> tuple[int | None, frozenset[str]]:
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
         added = len(with_special) > len(plain) and with_special[0] == bos and plain[:1] != [bos]
         bos = bos if added else None
-    specials = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    specials = {
+        t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special
+    }
     specials.update(getattr(tokenizer, "all_special_tokens", []))
     facts = (bos, frozenset(s for s in specials if s))
-    try:
+    with contextlib.suppress(TypeError):  # not weak-referenceable: recompute next time
         _FACTS[tokenizer] = facts
-    except TypeError:  # not weak-referenceable: recompute next time
-        pass
     return facts
 
 
@@ -295,7 +307,9 @@ def _apply_chat_template(tokenizer: Any, messages: list[dict[str, str]], generat
         messages, tokenize=False, add_generation_prompt=generation, return_dict=False
     )
     if not isinstance(text, str):
-        raise TemplateError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, not text")
+        raise TemplateError(
+            f"apply_chat_template(tokenize=False) returned {type(text).__name__}, not text"
+        )
     return text
 
 
@@ -315,7 +329,10 @@ def _render_model_default(
             raise
         # Templates without a system role (Gemma's raises): fold it into the first user turn.
         system, first = messages[0]["content"], messages[1]
-        messages = [{"role": first["role"], "content": f"{system}\n\n{first['content']}"}, *messages[2:]]
+        messages = [
+            {"role": first["role"], "content": f"{system}\n\n{first['content']}"},
+            *messages[2:],
+        ]
         prompt_text = _apply_chat_template(tokenizer, messages, generation=True)
 
     bos_literal = ""
@@ -328,7 +345,9 @@ def _render_model_default(
     if reply is None:
         return Rendering(prompt)
 
-    full = _apply_chat_template(tokenizer, [*messages, {"role": ASSISTANT, "content": reply}], generation=False)
+    full = _apply_chat_template(
+        tokenizer, [*messages, {"role": ASSISTANT, "content": reply}], generation=False
+    )
     if strip_bos and full.startswith(bos_token):
         full = full[len(bos_token) :]
     if not full.startswith(prompt_text) or not full[len(prompt_text) :].startswith(reply):
@@ -340,7 +359,9 @@ def _render_model_default(
     if not end_reply:
         return Rendering(prompt, (Segment(reply, True),))
     suffix = full[len(prompt_text) + len(reply) :]
-    eos_literal = _leading_special_token(tokenizer, suffix) or getattr(tokenizer, "eos_token", "") or ""
+    eos_literal = (
+        _leading_special_token(tokenizer, suffix) or getattr(tokenizer, "eos_token", "") or ""
+    )
     return Rendering(prompt, (Segment(reply, True), _eos(eos_literal, True)))
 
 
@@ -357,7 +378,9 @@ def render_inference_prompt(
     template: str, pair: ChatPair, *, system_prompt: str = "", tokenizer: Any = None
 ) -> str:
     """The literal prompt up to where the reply begins (``pair.reply`` is ignored)."""
-    return render(template, replace(pair, reply=None), system_prompt=system_prompt, tokenizer=tokenizer).prompt_text
+    return render(
+        template, replace(pair, reply=None), system_prompt=system_prompt, tokenizer=tokenizer
+    ).prompt_text
 
 
 def infer_me_name(contexts: Sequence[Any]) -> str:

@@ -78,10 +78,33 @@ class _Encoder:
     def prefetch(self, texts: Iterable[str]) -> None:
         """Tokenise all unseen texts in batches (the Rust tokenizer is much faster that way)."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._ids))
+        backend = self._plain_backend()
         for start in range(0, len(missing), _BATCH):
             chunk = missing[start : start + _BATCH]
-            encoded = self.tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)
-            self._ids.update(zip(chunk, encoded["input_ids"], strict=True))
+            if backend is not None:
+                ids = [e.ids for e in backend.encode_batch_fast(chunk, add_special_tokens=False)]
+            else:
+                ids = self.tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)[
+                    "input_ids"
+                ]
+            self._ids.update(zip(chunk, ids, strict=True))
+
+    def _plain_backend(self) -> Any:
+        """The Rust tokenizer, when calling it directly gives exactly what ``tokenizer(...)`` gives.
+
+        That skips building a BatchEncoding per text (about 40% of the time on chat data); it
+        is only safe while the backend neither truncates, pads nor splits special tokens
+        differently from the wrapper, so anything else takes the ordinary path.
+        """
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None or not hasattr(backend, "encode_batch_fast"):
+            return None
+        split = bool(getattr(self.tokenizer, "split_special_tokens", False))
+        if backend.truncation is not None or backend.padding is not None:
+            return None
+        if getattr(backend, "encode_special_tokens", split) != split:
+            return None
+        return backend
 
     def text_ids(self, text: str) -> list[int]:
         if text not in self._ids:
@@ -117,7 +140,11 @@ class _Encoder:
         try:
             encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             return [tuple(span) for span in encoded["offset_mapping"]]
-        except (NotImplementedError, KeyError, TypeError):  # slow tokenizers: approximate by decoding
+        except (
+            NotImplementedError,
+            KeyError,
+            TypeError,
+        ):  # slow tokenizers: approximate by decoding
             ids = self.text_ids(text)
             spans, end = [], 0
             for i in range(1, len(ids) + 1):
@@ -153,13 +180,17 @@ def special_token_id(tokenizer: Any, segment: Segment) -> int | None:
     if segment.special is Special.BOS:
         return auto_bos_token_id(tokenizer)
     if segment.special is Special.EOS:
-        literal_ids = tokenizer(segment.text, add_special_tokens=False)["input_ids"] if segment.text else []
-        if len(literal_ids) == 1 and segment.text in set(getattr(tokenizer, "all_special_tokens", [])) | {
-            t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
-        }:
+        literal_ids = (
+            tokenizer(segment.text, add_special_tokens=False)["input_ids"] if segment.text else []
+        )
+        if len(literal_ids) == 1 and segment.text in set(
+            getattr(tokenizer, "all_special_tokens", [])
+        ) | {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}:
             return literal_ids[0]
         if tokenizer.eos_token_id is None:
-            raise ValueError(f"{segment.text!r} is not a token of this vocabulary and the tokenizer has no EOS")
+            raise ValueError(
+                f"{segment.text!r} is not a token of this vocabulary and the tokenizer has no EOS"
+            )
         return tokenizer.eos_token_id
     raise ValueError(f"{segment!r} is not a BOS/EOS marker")
 
@@ -199,14 +230,19 @@ def _fit(
 
     def attempt(candidate: ChatPair, end_reply: bool = True) -> tuple[Rendering, TokenizedExample]:
         rendering = render(
-            template, candidate, system_prompt=system_prompt, tokenizer=encoder.tokenizer, end_reply=end_reply
+            template,
+            candidate,
+            system_prompt=system_prompt,
+            tokenizer=encoder.tokenizer,
+            end_reply=end_reply,
         )
         return rendering, encoder.assemble(rendering, truncated=candidate is not pair)
 
     rendering, example = attempt(pair)
     if max_tokens is None or len(example.input_ids) <= max_tokens:
         return rendering, example
-    fixed = replace(pair, is_group=pair.group_chat())  # dropping speakers must not change the format
+    # Dropping context may drop speakers; it must not switch the group-chat name prefixes off.
+    fixed = replace(pair, is_group=pair.group_chat())
     for dropped in range(1, len(pair.context) + 1):
         rendering, example = attempt(replace(fixed, context=fixed.context[dropped:]))
         if len(example.input_ids) <= max_tokens:
@@ -232,7 +268,9 @@ def _fit(
         reply_spans = encoder.offsets(reply)
         keep = min(max_tokens - prompt_len, len(reply_spans))
         while keep > 0:
-            rendering, example = attempt(replace(base, reply=_head(reply, reply_spans, keep)), end_reply=False)
+            rendering, example = attempt(
+                replace(base, reply=_head(reply, reply_spans, keep)), end_reply=False
+            )
             over = len(example.input_ids) - max_tokens
             if over <= 0:
                 return rendering, example
@@ -310,7 +348,9 @@ def build_template_dataset(
             pairs["context"], pairs["prompt"], pairs["reply"], pairs["prompt_author"], strict=True
         )
     ]
-    renderings = [render(template, c, system_prompt=system_prompt, tokenizer=tokenizer) for c in chats]
+    renderings = [
+        render(template, c, system_prompt=system_prompt, tokenizer=tokenizer) for c in chats
+    ]
     encoder = _Encoder(tokenizer)
     encoder.prefetch(
         unit for r in renderings for unit, _ in _units(r.segments) if isinstance(unit, str)
@@ -318,7 +358,9 @@ def build_template_dataset(
     examples = [encoder.assemble(r) for r in renderings]
     for i, example in enumerate(examples):
         if max_tokens is not None and len(example.input_ids) > max_tokens:
-            renderings[i], examples[i] = _fit(encoder, template, chats[i], system_prompt, max_tokens)
+            renderings[i], examples[i] = _fit(
+                encoder, template, chats[i], system_prompt, max_tokens
+            )
 
     table = pa.table(
         {
@@ -357,7 +399,9 @@ def write_jsonl(frame: pd.DataFrame, paths: Mapping[str, str | Path]) -> dict[st
     return counts
 
 
-def format_labels_debug(tokenizer: Any, example: TokenizedExample, max_rows: int | None = 200) -> str:
+def format_labels_debug(
+    tokenizer: Any, example: TokenizedExample, max_rows: int | None = 200
+) -> str:
     """Every token with its id and label, like Axolotl's ``preprocess --debug``.
 
     Masked positions read ``-100 masked``; a rule marks where the reply (the loss) begins. With
@@ -365,9 +409,8 @@ def format_labels_debug(tokenizer: Any, example: TokenizedExample, max_rows: int
     """
     n = len(example.input_ids)
     labelled = sum(label != IGNORE_INDEX for label in example.labels)
-    header = (
-        f"{n} tokens: {example.prompt_len} prompt, {labelled} labelled"
-        + (" (truncated)" if example.truncated else "")
+    header = f"{n} tokens: {example.prompt_len} prompt, {labelled} labelled" + (
+        " (truncated)" if example.truncated else ""
     )
     lines = [header, f"{'pos':>5}  {'id':>7}  {'label':>12}  token"]
     positions: list[int | None] = list(range(n))

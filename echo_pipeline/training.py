@@ -11,6 +11,7 @@ torch, transformers and peft are imported inside functions: importing this modul
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -20,7 +21,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +135,7 @@ class TrainingResult:
             "tokens_processed": self.tokens_processed,
             "real_tokens": self.real_tokens,
             "padding_waste": self.padding_waste,
-            "train_seconds": self.seconds,
+            "wall_seconds": self.seconds,
             "tokens_per_s": self.tokens_per_s,
         }
         return {key: float(value) for key, value in values.items() if value is not None}
@@ -224,14 +225,36 @@ def train_lora(
     resumed; any other checkpoint is discarded. ``should_stop(step)`` is asked after every step;
     when it says yes, a checkpoint is saved and the result has ``completed=False``.
     """
+    with _torch_threads(config.torch_threads):
+        return _train_lora(
+            model,
+            tokenizer,
+            train_examples,
+            val_examples,
+            config,
+            Path(output_dir),
+            run_fingerprint=run_fingerprint,
+            on_log=on_log,
+            should_stop=should_stop,
+        )
+
+
+def _train_lora(
+    model: Any,
+    tokenizer: Any | None,
+    train_examples: Sequence[Any],
+    val_examples: Sequence[Any],
+    config: TrainingConfig,
+    output_dir: Path,
+    *,
+    run_fingerprint: str | None,
+    on_log: OnLog | None,
+    should_stop: ShouldStop | None,
+) -> TrainingResult:
     import torch
 
     started = time.perf_counter()
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-
     train = _examples_with_loss(train_examples, "train")
     val = _examples_with_loss(val_examples, "val")
     if not train:
@@ -471,6 +494,22 @@ def _row_loss_sum(model: Any, row: PackedBatch, device: Any) -> tuple[Any, int]:
     return loss_sum, int(keep.sum())
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` intra-op threads inside the block (torch's setting is process-wide)."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _input_device(model: Any) -> Any:
     """Where input ids must live: the embedding's device (models may span several devices)."""
     return model.get_input_embeddings().weight.device
@@ -681,8 +720,11 @@ def _load_checkpoint(
 
 
 def _prune_checkpoints(root: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints; drop temp dirs left by a crash during a save."""
     for path in _checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(path)
+    for path in root.glob(".tmp-step-*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _save_adapter_atomically(peft_model: Any, tokenizer: Any | None, adapter_dir: Path) -> None:

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from echo_pipeline import paths  # noqa: E402  (after the offline switches)
+from echo_pipeline import paths  # after the offline switches, like every test import
 
 #: Tests may point ECHO_DATA_DIR at temporary folders; the converted model cache stays put.
 _SESSION_DATA_DIR = paths.data_dir()

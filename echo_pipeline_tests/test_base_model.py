@@ -43,7 +43,9 @@ def test_the_default_is_the_packaged_gguf_converted_once_to_safetensors(base_mod
     record = json.loads((directory / CONVERSION_RECORD).read_text())
     assert base_model.fingerprint == f"sha256:{record['source_sha256']}"
     assert record["source_file"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
-    assert record["source_bytes"] > 90_000_000 and record["safetensors_bytes"] > record["source_bytes"]
+    assert (
+        record["source_bytes"] > 90_000_000 and record["safetensors_bytes"] > record["source_bytes"]
+    )
     assert {"transformers", "torch", "gguf"} <= set(record["versions"])
     assert record["seconds"] > 0
     assert not list(directory.parent.glob(f".{directory.name}.tmp-*"))
@@ -65,7 +67,10 @@ def test_smollm2_special_tokens_are_chatml_and_no_bos_is_added(smollm2_tokenizer
     assert tok.pad_token is not None
     assert "<|im_end|>" in tok.chat_template and "<|im_start|>" in tok.chat_template
     # Its bos_token is ChatML's turn opener, never prepended: SmolLM2 gets no BOS from us.
-    assert tok("hello", add_special_tokens=True)["input_ids"] == tok("hello", add_special_tokens=False)["input_ids"]
+    assert (
+        tok("hello", add_special_tokens=True)["input_ids"]
+        == tok("hello", add_special_tokens=False)["input_ids"]
+    )
     assert auto_bos_token_id(tok) is None
     generation = json.loads((Path(base_model.path) / "generation_config.json").read_text())
     assert generation["eos_token_id"] == tok.eos_token_id  # generation stops on the labelled EOS
@@ -95,12 +100,14 @@ def test_loading_never_touches_the_network(base_model, monkeypatch):
 def test_a_directory_of_pickle_checkpoints_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
-    with pytest.raises(BaseModelError, match=r"pickle.*pytorch_model\.bin|pytorch_model\.bin.*pickle"):
+    with pytest.raises(
+        BaseModelError, match=r"pickle.*pytorch_model\.bin|pytorch_model\.bin.*pickle"
+    ):
         resolve_base_model(str(tmp_path))
 
 
 def test_a_directory_without_weights_is_refused(tmp_path):
-    with pytest.raises(BaseModelError, match="no \\*.safetensors"):
+    with pytest.raises(BaseModelError, match=r"no \*\.safetensors"):
         resolve_base_model(str(tmp_path))
 
 
@@ -169,7 +176,8 @@ def test_concurrent_resolvers_convert_once_and_share_the_result(tmp_path, monkey
     monkeypatch.setattr(bm, "_convert_into", _fake_conversion(calls))
     results: list[str] = []
     threads = [
-        threading.Thread(target=lambda: results.append(resolve_base_model(str(gguf)).path)) for _ in range(3)
+        threading.Thread(target=lambda: results.append(resolve_base_model(str(gguf)).path))
+        for _ in range(3)
     ]
     for thread in threads:
         thread.start()

@@ -6,6 +6,7 @@ import math
 import random
 
 import pytest
+import torch
 
 from echo_pipeline.packing import (
     IGNORE_INDEX,
@@ -140,7 +141,14 @@ def test_padded_baseline_truncates_and_pads_to_the_cutoff():
 
 # --- equivalence on a real (tiny, random) transformers model ---------------------------------
 
-torch = pytest.importorskip("torch")
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These models are small: one thread costs little alone and saves a lot on a busy CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def tiny_llama(attn_implementation: str = "sdpa"):

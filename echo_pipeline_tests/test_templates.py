@@ -22,13 +22,15 @@ from echo_pipeline.templates import (
 
 # The two formats exactly as the seed blog post gives them (its JSON lines, verbatim).
 SEED_LLAMA2 = r'{ "inputs": "<s>[INST] <<SYS>>\n{{ system_prompt }}\n<</SYS>>\n\n{{ user_message }} [/INST] {{ response }} </s>" }'
-SEED_NOUS = r'{ "inputs": "<s>### Instruction:\n{{ user_message }}\n\n### Response:\n{{ response }}</s>" }'
+SEED_NOUS = (
+    r'{ "inputs": "<s>### Instruction:\n{{ user_message }}\n\n### Response:\n{{ response }}</s>" }'
+)
 
 
 def seed(line: str, **values: str) -> str:
     text = json.loads(line)["inputs"]
     for key, value in values.items():
-        text = text.replace("{{ %s }}" % key, value)
+        text = text.replace("{{ " + key + " }}", value)
     return text
 
 
@@ -45,7 +47,11 @@ WITH_CONTEXT = ChatPair(
     "bob",
 )
 GROUP = ChatPair(
-    (ContextTurn("bob", "pizza?", False), ContextTurn("cy", "sushi", False), ContextTurn("ana", "both", True)),
+    (
+        ContextTurn("bob", "pizza?", False),
+        ContextTurn("cy", "sushi", False),
+        ContextTurn("ana", "both", True),
+    ),
     "ok who's ordering",
     "me lol",
     "cy",
@@ -153,7 +159,9 @@ def test_bos_and_eos_are_markers_and_only_the_reply_is_a_target(template):
     literal_eos = {"llama2_chat": "</s>", "nous_hermes": "</s>", "chatml": "<|im_end|>"}[template]
     assert rendering.completion[-1].text == literal_eos
     # No literal "<s>" / "</s>" hides in plain text, where it would be tokenised as characters.
-    assert not any(("<s>" in s.text or "</s>" in s.text) for s in rendering.segments if s.special is None)
+    assert not any(
+        ("<s>" in s.text or "</s>" in s.text) for s in rendering.segments if s.special is None
+    )
 
 
 def test_a_reply_cut_short_has_no_eos():
@@ -178,7 +186,10 @@ def test_model_default_on_smollm2_is_its_chatml(smollm2_tokenizer):
         ours = render("chatml", pair, system_prompt="Be ana.")
         theirs = render("model_default", pair, system_prompt="Be ana.", tokenizer=smollm2_tokenizer)
         assert theirs.text == ours.text
-        assert theirs.completion[-1].special is Special.EOS and theirs.completion[-1].text == "<|im_end|>"
+        assert (
+            theirs.completion[-1].special is Special.EOS
+            and theirs.completion[-1].text == "<|im_end|>"
+        )
 
 
 def test_model_default_without_a_system_prompt_keeps_the_models_own(smollm2_tokenizer):
@@ -189,7 +200,9 @@ def test_model_default_without_a_system_prompt_keeps_the_models_own(smollm2_toke
 
 def test_pairs_rows_become_chat_pairs_with_arrays_and_missing_flags():
     row = {
-        "context": np.array([{"speaker": "Ana", "text": "hi"}, {"speaker": "bob", "text": "yo", "is_me": None}]),
+        "context": np.array(
+            [{"speaker": "Ana", "text": "hi"}, {"speaker": "bob", "text": "yo", "is_me": None}]
+        ),
         "prompt": "sup",
         "reply": "nm",
         "prompt_author": "bob",
@@ -201,6 +214,11 @@ def test_pairs_rows_become_chat_pairs_with_arrays_and_missing_flags():
 
 def test_the_default_system_prompt_names_me():
     assert default_system_prompt("ana") == "You are ana. Reply the way ana would in a casual chat."
-    contexts = [[{"speaker": "ana", "text": "x", "is_me": True}, {"speaker": "bob", "text": "y", "is_me": False}]]
+    contexts = [
+        [
+            {"speaker": "ana", "text": "x", "is_me": True},
+            {"speaker": "bob", "text": "y", "is_me": False},
+        ]
+    ]
     assert infer_me_name(contexts) == "ana"
     assert infer_me_name([[]]) == "me"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime
 
@@ -24,13 +25,21 @@ SYSTEM = "You are ana. Reply the way ana would in a casual chat."
 PAIRS = {
     "one": ChatPair((), "are you coming tonight?", "yeah, 8ish 🍕", "bob"),
     "context": ChatPair(
-        (ContextTurn("bob", "hey", False), ContextTurn("ana", "yo!", True), ContextTurn("bob", "so", False)),
+        (
+            ContextTurn("bob", "hey", False),
+            ContextTurn("ana", "yo!", True),
+            ContextTurn("bob", "so", False),
+        ),
         "are you coming tonight?",
         "yeah, 8ish",
         "bob",
     ),
     "group": ChatPair(
-        (ContextTurn("bob", "pizza?", False), ContextTurn("cy", "sushi", False), ContextTurn("ana", "both", True)),
+        (
+            ContextTurn("bob", "pizza?", False),
+            ContextTurn("cy", "sushi", False),
+            ContextTurn("ana", "both", True),
+        ),
         "ok who's ordering",
         "me lol\nunless cy wants to",
         "cy",
@@ -55,7 +64,9 @@ def bos_tok(base_model):
     """SmolLM2's tokenizer made to prepend a BOS (``<|endoftext|>``), like Llama's tokenizers do."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model.path, add_bos_token=True, bos_token="<|endoftext|>")
+    tokenizer = AutoTokenizer.from_pretrained(
+        base_model.path, add_bos_token=True, bos_token="<|endoftext|>"
+    )
     assert tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id == 0
     return tokenizer
 
@@ -81,7 +92,9 @@ def test_the_labels_are_exactly_the_reply_and_its_eos(tok, template, name):
 @pytest.mark.parametrize("template", TEMPLATE_NAMES)
 @pytest.mark.parametrize("name", PAIRS)
 @pytest.mark.parametrize("which", ["smollm2", "bos_adding"])
-def test_the_inference_prompt_is_the_training_prefix_token_for_token(request, template, name, which):
+def test_the_inference_prompt_is_the_training_prefix_token_for_token(
+    request, template, name, which
+):
     tokenizer = request.getfixturevalue("tok" if which == "smollm2" else "bos_tok")
     pair = PAIRS[name]
     example = tokenize_pair(template, tokenizer, pair, system_prompt=SYSTEM)
@@ -103,7 +116,9 @@ def test_on_smollm2_the_seed_templates_get_no_bos_and_no_literal_tags(tok, templ
 @pytest.mark.parametrize("template", ["chatml", "model_default"])
 def test_on_smollm2_chatml_starts_with_a_single_im_start(tok, template):
     example = tokenize_pair(template, tok, PAIRS["one"], system_prompt=SYSTEM)
-    assert example.input_ids[:3] == tok("<|im_start|>system\n", add_special_tokens=False)["input_ids"]
+    assert (
+        example.input_ids[:3] == tok("<|im_start|>system\n", add_special_tokens=False)["input_ids"]
+    )
     assert example.input_ids[1] != tok.bos_token_id
 
 
@@ -124,7 +139,9 @@ def test_a_bos_adding_tokenizer_gets_exactly_one_bos_at_the_start(bos_tok, templ
 def test_model_default_whose_template_writes_the_bos_still_has_one(base_model):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model.path, add_bos_token=True, bos_token="<|endoftext|>")
+    tokenizer = AutoTokenizer.from_pretrained(
+        base_model.path, add_bos_token=True, bos_token="<|endoftext|>"
+    )
     tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
     example = tokenize_pair("model_default", tokenizer, PAIRS["one"], system_prompt=SYSTEM)
     assert example.input_ids[:2] == [0, 1]  # BOS by id, then <|im_start|>
@@ -137,7 +154,7 @@ def test_llama2_multi_turn_opens_each_exchange_with_bos_never_two_in_a_row(bos_t
     ids = tokenize_pair("llama2_chat", bos_tok, PAIRS["context"], system_prompt=SYSTEM).input_ids
     bos = bos_tok.bos_token_id
     assert ids[0] == bos and ids.count(bos) == 2  # Meta's convention: <s> per exchange
-    assert all(not (a == b == bos) for a, b in zip(ids, ids[1:], strict=False))
+    assert all(not (a == b == bos) for a, b in itertools.pairwise(ids))
 
 
 def long_text(words: int, start: int = 0) -> str:
@@ -167,7 +184,9 @@ def test_truncation_then_keeps_the_end_of_the_prompt(tok):
 
 
 def test_a_reply_longer_than_the_budget_keeps_its_beginning_without_eos(tok):
-    pair = ChatPair((ContextTurn("bob", "x", False),), long_text(100), long_text(400, start=1000), "bob")
+    pair = ChatPair(
+        (ContextTurn("bob", "x", False),), long_text(100), long_text(400, start=1000), "bob"
+    )
     cut = tokenize_pair("nous_hermes", tok, pair, system_prompt=SYSTEM, max_tokens=200)
     assert cut.truncated and len(cut.input_ids) <= 200
     reply = tok.decode(labelled(cut))
@@ -192,7 +211,9 @@ def pairs_frame(rows: list[dict]):
         "reply_timestamp": stamp,
         "is_explicit_reply": False,
     }
-    table = pa.Table.from_pylist([defaults | row for row in rows], schema=schemas.CONVERSATION_PAIRS)
+    table = pa.Table.from_pylist(
+        [defaults | row for row in rows], schema=schemas.CONVERSATION_PAIRS
+    )
     return table.to_pandas()
 
 
@@ -210,7 +231,10 @@ def pair_row(pair_id: str, pair: ChatPair, split: str = "train") -> dict:
 
 @pytest.fixture(scope="module")
 def frame():
-    rows = [pair_row(name, pair, split) for (name, pair), split in zip(PAIRS.items(), ["train", "val", "test"])]
+    rows = [
+        pair_row(name, pair, split)
+        for (name, pair), split in zip(PAIRS.items(), ["train", "val", "test"], strict=True)
+    ]
     rows.append(pair_row("long", ChatPair((), long_text(500), "short reply", "bob")))
     return pairs_frame(rows)
 
@@ -224,7 +248,9 @@ def test_the_template_dataset_matches_its_schema_and_tokenize_pair(tok, frame, t
     assert str(df["prompt_tokens"].dtype) == "int32" and str(df["truncated"].dtype) == "bool"
     assert df["pair_id"].tolist() == ["one", "context", "group", "long"]
     assert df["truncated"].tolist() == [False, False, False, True]
-    for row, example, record in zip(df.itertuples(), examples, frame.to_dict("records"), strict=True):
+    for row, example, record in zip(
+        df.itertuples(), examples, frame.to_dict("records"), strict=True
+    ):
         assert example == tokenize_pair(template, tok, record, system_prompt=SYSTEM, max_tokens=256)
         assert row.prompt_tokens == example.prompt_len
         assert row.prompt_tokens + row.completion_tokens == len(example.input_ids) <= 256
@@ -245,7 +271,9 @@ def test_jsonl_has_the_seed_shape_one_file_per_split(tok, frame, tmp_path):
     lines = [json.loads(line) for line in paths["train"].read_text(encoding="utf-8").splitlines()]
     assert [list(line) for line in lines] == [["inputs"], ["inputs"]]
     assert lines[0]["inputs"] == df.loc[0, "text"]
-    assert lines[0]["inputs"].startswith("<s>You are ana.") and lines[0]["inputs"].endswith("🍕</s>")
+    assert lines[0]["inputs"].startswith("<s>You are ana.") and lines[0]["inputs"].endswith(
+        "🍕</s>"
+    )
     with pytest.raises(ValueError, match="split"):
         write_jsonl(df, {"train": paths["train"]})
 
@@ -256,8 +284,37 @@ def test_the_labels_debug_table_shows_every_token_and_its_label(tok):
     lines = table.splitlines()
     assert lines[0].startswith(f"{len(example.input_ids)} tokens: {example.prompt_len} prompt")
     assert sum("-100 masked" in line for line in lines) == example.prompt_len
-    assert "'<|im_end|>'  [special]" in lines[-1] and lines[-1].split()[1] == lines[-1].split()[2] == "2"
+    assert (
+        "'<|im_end|>'  [special]" in lines[-1]
+        and lines[-1].split()[1] == lines[-1].split()[2] == "2"
+    )
     assert any("reply: labelled from here" in line for line in lines)
     short = format_labels_debug(tok, example, max_rows=10).splitlines()
     assert sum(line.split()[0].isdigit() for line in short[2:]) == 10
     assert "(7 rows not shown)" in "\n".join(short) or "rows not shown" in "\n".join(short)
+
+
+def test_the_batched_encoder_gives_what_the_tokenizer_gives(tok):
+    from echo_pipeline.tokenization import _Encoder
+
+    texts = [
+        "plain words",
+        " leading space",
+        "emoji 🍕🍕 and é",
+        "literal <s> and </s>",
+        "a\n\nb",
+        "",
+    ]
+    encoder = _Encoder(tok)
+    encoder.prefetch(texts)
+    for text in texts:
+        assert encoder.text_ids(text) == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_no_pairs_give_an_empty_well_typed_dataset(tok):
+    df, examples = build_template_dataset(pairs_frame([]), "model_default", tok)
+    assert examples == [] and len(df) == 0
+    assert (
+        pa.Table.from_pandas(df, schema=schemas.TEMPLATE_DATASET, preserve_index=False).num_rows
+        == 0
+    )

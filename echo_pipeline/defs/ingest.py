@@ -1,6 +1,5 @@
 """Ingest stage: export files -> one message table -> conversation pairs, with blocking checks."""
 
-from __future__ import annotations
 
 import hashlib
 import json

@@ -12,6 +12,21 @@ from echo_pipeline.paths import data_dir
 from echo_pipeline.storage import write_parquet
 
 
+def partition_slug(partition: str) -> str:
+    """A partition key as a file name: ``chatml|demo`` -> ``chatml__demo``; never a path."""
+    slug = str(partition).replace("|", "__")
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in slug).lstrip(".") or "_"
+
+
+def asset_path(root: Path, asset_key: dg.AssetKey, partition: str | None = None, suffix: str = ".parquet") -> Path:
+    """Where an asset (partition) lives under ``root``; shared by the IO manager and its readers."""
+    key = asset_key.path
+    folder = Path(root).joinpath(*key[:-1])
+    if partition is not None:
+        return folder / key[-1] / f"{partition_slug(partition)}{suffix}"
+    return folder / f"{key[-1]}{suffix}"
+
+
 class ParquetIOManager(dg.ConfigurableIOManager):
     """Stores Arrow tables as ``<base_dir>/<asset>/<partition>.parquet`` (or ``<asset>.parquet``).
 
@@ -25,13 +40,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         return Path(self.base_dir) if self.base_dir else data_dir()
 
     def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        key = context.asset_key.path
-        folder = self._root().joinpath(*key[:-1])
-        if context.has_asset_partitions:
-            partition = context.asset_partition_key
-            safe = str(partition).replace("|", "__").replace("/", "_")
-            return folder / key[-1] / f"{safe}.parquet"
-        return folder / f"{key[-1]}.parquet"
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        return asset_path(self._root(), context.asset_key, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: pa.Table) -> None:
         if obj is None:

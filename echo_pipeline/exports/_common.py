@@ -17,7 +17,9 @@ from echo_pipeline.schemas import CHAT_MESSAGES
 
 _SNOWFLAKE_IN_NAME = re.compile(r"\[(\d{1,20})\]")
 _PART_SUFFIX = re.compile(r"\s*\[(?:part (?P<n>\d+)|(?P<k>\d+) of \d+)\]\s*$")
-_RANGE_SUFFIX = re.compile(r"\s*\((?:\d{4}-\d{2}-\d{2} to \d{4}-\d{2}-\d{2}|after [^()]*|before [^()]*)\)\s*$")
+_RANGE_SUFFIX = re.compile(
+    r"\s*\((?:\d{4}-\d{2}-\d{2} to \d{4}-\d{2}-\d{2}|after [^()]*|before [^()]*)\)\s*$"
+)
 _COPY_SUFFIX = re.compile(r"\s*\(\d{1,3}\)\s*$")  # "chat (1).txt": a second download of one export
 _WHATSAPP_PREFIX = re.compile(r"^WhatsApp Chat(?: with | - )", re.IGNORECASE)
 
@@ -52,11 +54,14 @@ def channel_id_from_name(path: Path) -> str | None:
 
 
 def channel_name_from_name(path: Path) -> str:
-    """Best guess at a channel name from ``Guild - Category - channel [id].csv`` or a WhatsApp name."""
+    """A channel name from ``Guild - Category - channel [id].csv`` or a WhatsApp file name."""
     stem = export_stem(path)
-    if stem.lower() == "_chat" and path.parent.name:  # iOS WhatsApp: "WhatsApp Chat - Bob/_chat.txt"
-        stem = path.parent.name
-    stem = _WHATSAPP_PREFIX.sub("", _SNOWFLAKE_IN_NAME.sub("", stem)).strip()
+    if stem.lower() == "_chat" and path.parent.name:  # iOS: "WhatsApp Chat - Bob/_chat.txt"
+        stem = export_stem(Path(path.parent.name + ".txt"))
+    whatsapp = _WHATSAPP_PREFIX.match(stem)
+    if whatsapp:
+        return stem[whatsapp.end() :].strip() or stem
+    stem = _SNOWFLAKE_IN_NAME.sub("", stem).strip()
     return stem.rsplit(" - ", 1)[-1].strip() or stem
 
 
@@ -98,10 +103,30 @@ def synthetic_message_ids(
 
 _EXTENSION_KIND = {
     **dict.fromkeys(
-        "png jpg jpeg gif webp bmp tif tiff heic heif avif svg jfif ico".split(), "image"
+        [
+            "png",
+            "jpg",
+            "jpeg",
+            "gif",
+            "webp",
+            "bmp",
+            "tif",
+            "tiff",
+            "heic",
+            "heif",
+            "avif",
+            "svg",
+            "jfif",
+            "ico",
+        ],
+        "image",
     ),
-    **dict.fromkeys("mp4 mov webm mkv avi m4v wmv flv 3gp mpg mpeg".split(), "video"),
-    **dict.fromkeys("mp3 wav ogg oga opus m4a flac aac wma amr".split(), "audio"),
+    **dict.fromkeys(
+        ["mp4", "mov", "webm", "mkv", "avi", "m4v", "wmv", "flv", "3gp", "mpg", "mpeg"], "video"
+    ),
+    **dict.fromkeys(
+        ["mp3", "wav", "ogg", "oga", "opus", "m4a", "flac", "aac", "wma", "amr"], "audio"
+    ),
 }
 
 
@@ -176,7 +201,9 @@ def iso_to_utc(values: Sequence[str | None]) -> pa.TimestampArray:
     """Vectorised ISO-8601 (0-9 fraction digits, any offset) to UTC microseconds; bad ones null."""
     import pandas as pd  # lazily: keeps `import echo_pipeline` light
 
-    parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce")
+    parsed = pd.to_datetime(
+        pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce"
+    )
     return _to_arrow(parsed)
 
 

@@ -27,6 +27,8 @@ def detect_format(path: str | Path) -> str:
     head, complete = _read_head(path)
     if not head:
         raise ExportError(path, "empty file (0 bytes); re-export the chat")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ExportError(path, "UTF-16 text (saved as 'Unicode'); re-save the file as UTF-8")
     if b"\x00" in head:
         raise ExportError(path, "binary file (contains NUL bytes), not a chat export")
     text = _decode_head(path, head, complete).lstrip("\ufeff")
@@ -39,9 +41,7 @@ def detect_format(path: str | Path) -> str:
         return _detect_json(path, start, complete)
     if _HTML_START.match(start):
         if "chatlog" in text or "DiscordChatExporter" in text:
-            raise ExportError(
-                path, f"this is a DiscordChatExporter HTML export; {_REEXPORT_JSON}"
-            )
+            raise ExportError(path, f"this is a DiscordChatExporter HTML export; {_REEXPORT_JSON}")
         raise ExportError(path, f"HTML file, not a supported chat export; {_REEXPORT_JSON}")
 
     header = normalise_header(lines[0])

@@ -40,6 +40,7 @@ from echo_pipeline.exports._common import (
 from echo_pipeline.exports.errors import ExportError
 
 HEADER = "AuthorID,Author,Date,Content,Attachments,Reactions"
+_FIELD_LIMIT = 1 << 30
 LEGACY_HEADERS = (
     "AuthorID;Author;Date;Content;Attachments;Reactions;",
     "Author;Date;Content;Attachments;Reactions;",
@@ -118,6 +119,9 @@ def _read(path: Path, source_format: str) -> pa.Table:
 
 
 def _rows(path: Path, text: str, delimiter: str):
+    # The default 128 KiB field limit would refuse a long message (Discord Nitro: 4,000 chars,
+    # but hand-made or merged exports hold more); the limit is process-wide, so only raise it.
+    csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         yield from reader

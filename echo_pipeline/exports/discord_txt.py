@@ -187,9 +187,7 @@ def _header_lines(lines: list[str], start: int, end: int) -> list[tuple[int, str
 
 def _body(body: list[str]) -> tuple[str, str | None, bool]:
     """(content, first attachment URL or None, has a forwarded-message block)."""
-    tags = [
-        i for i, line in enumerate(body) if line in _BLOCK_TAGS and (i == 0 or not body[i - 1])
-    ]
+    tags = [i for i, line in enumerate(body) if line in _BLOCK_TAGS and (i == 0 or not body[i - 1])]
     content_lines = body[: tags[0]] if tags else body
     while content_lines and not content_lines[-1].strip():
         content_lines = content_lines[:-1]

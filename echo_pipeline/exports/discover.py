@@ -12,12 +12,61 @@ from echo_pipeline.exports.errors import ExportError
 #: Files that sit beside exports but never are one: downloaded media (DCE ``--media``, WhatsApp
 #: "attach media"), archives, documents and contact cards.
 SKIPPED_SUFFIXES = frozenset(
-    (
-        ".png .jpg .jpeg .gif .webp .bmp .tif .tiff .heic .heif .avif .svg .ico .jfif "
-        ".mp4 .mov .webm .mkv .avi .m4v .3gp .mp3 .wav .ogg .oga .opus .m4a .flac .aac .amr "
-        ".pdf .doc .docx .xls .xlsx .ppt .pptx .zip .gz .tgz .7z .rar .tar .vcf .exe .dll "
-        ".woff .woff2 .ttf .css .js .parquet .pyc"
-    ).split()
+    [
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".gif",
+        ".webp",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".svg",
+        ".ico",
+        ".jfif",
+        ".mp4",
+        ".mov",
+        ".webm",
+        ".mkv",
+        ".avi",
+        ".m4v",
+        ".3gp",
+        ".mp3",
+        ".wav",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".m4a",
+        ".flac",
+        ".aac",
+        ".amr",
+        ".pdf",
+        ".doc",
+        ".docx",
+        ".xls",
+        ".xlsx",
+        ".ppt",
+        ".pptx",
+        ".zip",
+        ".gz",
+        ".tgz",
+        ".7z",
+        ".rar",
+        ".tar",
+        ".vcf",
+        ".exe",
+        ".dll",
+        ".woff",
+        ".woff2",
+        ".ttf",
+        ".css",
+        ".js",
+        ".parquet",
+        ".pyc",
+    ]
 )
 
 
@@ -52,9 +101,7 @@ def discover_export_files(paths: Iterable[str | Path] | str | Path) -> list[Path
 
 def _walk(root: Path) -> list[Path]:
     def fail(error: OSError) -> None:
-        raise ExportError(
-            error.filename or root, f"cannot read folder ({error.strerror or error})"
-        )
+        raise ExportError(error.filename or root, f"cannot read folder ({error.strerror or error})")
 
     files = []
     for folder, dirnames, filenames in os.walk(root, onerror=fail):

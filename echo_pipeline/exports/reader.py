@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from echo_pipeline.exports._common import export_sort_key
+from echo_pipeline.exports._common import export_sort_key, part_number
 from echo_pipeline.exports.detect import detect_format
 from echo_pipeline.exports.discord_csv import read_discord_csv, read_discord_csv_legacy
 from echo_pipeline.exports.discord_json import read_discord_json
@@ -42,28 +42,67 @@ def read_exports(paths: Iterable[str | Path] | str | Path) -> pa.Table:
 
     Partitions (``[part 2]``, ``[2 of 5]``) share their channel id, so they simply concatenate.
     Overlapping exports of one channel are deduplicated on (channel_id, message_id): real
-    snowflake ids for JSON, content-derived ids for the other formats (the copy in the file
-    read first, in file-name order, is kept). Rows are sorted by channel, timestamp, then file order and ``seq``
-    (so minute-precision ties keep their order across partitions).
+    snowflake ids for JSON, content-derived ids for the other formats. Rows are sorted by
+    channel, timestamp, file, then ``seq``; files are ranked earliest-starting first (then part
+    number, then the longer one), and the copy from the first-ranked file is kept, so messages
+    that share a minute (CSV/TXT/WhatsApp precision) keep their order across partitions and
+    overlapping exports.
     """
-    files = sorted(discover_export_files(paths), key=export_sort_key)  # order given is irrelevant
-    tables = [read_export(file) for file in files]
-    tables = [t for t in tables if t.num_rows]
+    files = discover_export_files(paths)
+    tables = [(file, table) for file in files if (table := read_export(file)).num_rows]
     if not tables:
         return CHAT_MESSAGES.empty_table()
-    file_rank = pa.array(
-        np.concatenate([np.full(t.num_rows, i, dtype=np.int64) for i, t in enumerate(tables)])
+    tables.sort(key=_file_rank)
+    table = pa.concat_tables([t for _, t in tables])
+    file_rank = np.concatenate(
+        [np.full(t.num_rows, i, dtype=np.int64) for i, (_, t) in enumerate(tables)]
     )
-    table = pa.concat_tables(tables).append_column("_file", file_rank)
-    table = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    first = table.group_by(["channel_id", "message_id"], use_threads=False).aggregate(
-        [("_row", "min")]
-    )["_row_min"]
-    table = table.take(first)
-    table = table.sort_by(
-        [("channel_id", "ascending"), ("timestamp", "ascending"), ("_file", "ascending"), ("seq", "ascending")]
+    channel = _channel_codes(table["channel_id"])
+    keep = _first_copies(table, channel)
+    if keep is not None:
+        table, file_rank, channel = table.take(keep), file_rank[keep], channel[keep]
+    keys = (
+        table["seq"].to_numpy(),
+        file_rank,
+        table["timestamp"].cast(pa.int64()).to_numpy(),
+        channel,
     )
-    return table.drop_columns(["_file", "_row"])
+    order = np.lexsort(keys)  # last key first: channel, timestamp, file, seq
+    if not np.array_equal(order, np.arange(len(order))):
+        table = table.take(pa.array(order))
+    return table
+
+
+def _channel_codes(channel_ids: pa.ChunkedArray) -> np.ndarray:
+    """Each row's channel as an integer that sorts like the channel id string."""
+    encoded = pc.dictionary_encode(channel_ids).combine_chunks()
+    names = encoded.dictionary.to_pylist()
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    return rank[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _first_copies(table: pa.Table, channel: np.ndarray) -> np.ndarray | None:
+    """Row indices that keep the first copy of every (channel, message id); None if no repeats."""
+    if len(pc.unique(table["message_id"])) == table.num_rows:
+        return None  # the common case, decided by one hash pass
+    keyed = pa.table(
+        {
+            "channel": channel,
+            "message_id": table["message_id"],
+            "row": np.arange(table.num_rows, dtype=np.int64),
+        }
+    )
+    first = keyed.group_by(["channel", "message_id"], use_threads=False).aggregate(
+        [("row", "min")]
+    )["row_min"]
+    return np.sort(first.to_numpy())
+
+
+def _file_rank(item: tuple[Path, pa.Table]) -> tuple:
+    file, table = item
+    start = pc.min(table["timestamp"]).cast(pa.int64()).as_py()
+    return (start, part_number(file), -table.num_rows, export_sort_key(file))
 
 
 def inspect_export(path: str | Path) -> dict[str, Any]:

@@ -16,7 +16,9 @@ Media placeholders (``<Media omitted>``, ``image omitted``, ``<attached: x.jpg>`
 was edited>`` sets ``edited``; deleted-message placeholders become kind ``other``; encryption
 notices, group changes and missed calls become ``system`` (recognised in English only).
 Author id and name are the contact name as the phone showed it; system lines without an author
-get ``(system)``. Message ids are synthesised (see ``synthetic_message_ids``).
+get ``(system)``. Message ids are synthesised (see ``synthetic_message_ids``). The channel is the
+chat's name from the file name ("WhatsApp Chat with Bob.txt", "WhatsApp Chat - Bob/_chat.txt"),
+and its id a hash of that name, so two chats with the same name share a channel id.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from echo_pipeline.exports._common import (
     attachment_kind,
     build_table,
     channel_name_from_name,
-    export_stem,
     read_text,
     stable_channel_id,
     synthetic_message_ids,
@@ -121,11 +122,14 @@ def read_whatsapp(path: Path) -> pa.Table:
         contents.append(content)
         edited.append(is_edited)
         media.append(medium)
-    authors = [SYSTEM_AUTHOR if k == "system" and a == "" else a for a, k in zip(authors, kinds, strict=True)]
+    authors = [
+        SYSTEM_AUTHOR if k == "system" and a == "" else a
+        for a, k in zip(authors, kinds, strict=True)
+    ]
 
     channel_name = channel_name_from_name(path)
-    stem = path.parent.name if export_stem(path).lower() == "_chat" else export_stem(path)
-    channel_id = stable_channel_id("whatsapp", stem)
+    # The chat's name, not the file's: a re-export ("... (1).txt", another folder) dedupes.
+    channel_id = stable_channel_id("whatsapp", channel_name)
     return build_table(
         path,
         "whatsapp",
@@ -152,7 +156,7 @@ def _split_author(rest: str, *, ios: bool) -> tuple[str, str, bool]:
     author, sep, text = rest.partition(": ")
     if not sep:
         return "", rest, False  # Android system line ("Alice added Bob") or iOS oddity
-    return author.translate(_STRIP_MARKS).strip(), text, text.startswith("\u200e")
+    return author.translate(_STRIP_MARKS).strip(), text, ios and text.startswith("\u200e")
 
 
 def _classify(author: str, raw: str, marked: bool) -> tuple[str, str, bool, str | None]:

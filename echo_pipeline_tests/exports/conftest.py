@@ -13,6 +13,7 @@ import pytest
 
 from echo_pipeline.schemas import CHAT_MESSAGES, MESSAGE_KINDS
 
+
 def _check_table(table: pa.Table) -> pa.Table:
     """The invariants every reader promises, whatever the input."""
     assert table.schema.equals(CHAT_MESSAGES, check_metadata=False)
@@ -20,7 +21,12 @@ def _check_table(table: pa.Table) -> pa.Table:
         if not field.nullable:
             assert table[field.name].null_count == 0, field.name
     assert set(table["kind"].to_pylist()) <= set(MESSAGE_KINDS)
-    assert set(table["attachment_kind"].drop_null().to_pylist()) <= {"image", "video", "audio", "file"}
+    assert set(table["attachment_kind"].drop_null().to_pylist()) <= {
+        "image",
+        "video",
+        "audio",
+        "file",
+    }
     return table
 
 

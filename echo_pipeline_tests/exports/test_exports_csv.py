@@ -62,10 +62,24 @@ def test_comma_export_multiline_quotes_system_and_attachments(write_text, check_
             "👍 (2),😂 (1)",
         ),
         ("222", "bob#1234", "2024-01-15T10:32:00.0000000+02:00", "Pinned a message.", "", ""),
-        ("333", "carol", "2024-01-15T10:33:00.0000000+02:00", "Started a call that lasted 5 minutes.", "", ""),
+        (
+            "333",
+            "carol",
+            "2024-01-15T10:33:00.0000000+02:00",
+            "Started a call that lasted 5 minutes.",
+            "",
+            "",
+        ),
         ("333", "carol", "2024-01-15T10:34:00.0000000+02:00", "Joined the server.", "", ""),
         ("333", "carol", "2024-01-15T10:35:00.0000000+02:00", "Added bob to the group.", "", ""),
-        ("333", "carol", "2024-01-15T10:36:00.0000000+02:00", "Changed the channel name: plans", "", ""),
+        (
+            "333",
+            "carol",
+            "2024-01-15T10:36:00.0000000+02:00",
+            "Changed the channel name: plans",
+            "",
+            "",
+        ),
         ("111", "alice", "2024-01-15T10:37:00.0000000+02:00", "I pinned a message.", "", ""),
     ]
     path = write_text("Guild - Text - plans [1234567890123].csv", csv_text(rows))
@@ -107,7 +121,9 @@ def test_every_dce_date_form(date, expected, write_text):
 def test_date_form_is_chosen_for_the_whole_file(write_text):
     # 1/2 alone is ambiguous; 13/2 in the same file is not, so the file is day first.
     dates = ["01/02/2023 10:00", "13/02/2023 10:00"]
-    path = write_text("gb.csv", csv_text([("1", "a", d, str(i), "", "") for i, d in enumerate(dates)]))
+    path = write_text(
+        "gb.csv", csv_text([("1", "a", d, str(i), "", "") for i, d in enumerate(dates)])
+    )
     got = read_export(path)["timestamp"].to_pylist()
     assert got == [datetime(2023, 2, 1, 10, tzinfo=UTC), datetime(2023, 2, 13, 10, tzinfo=UTC)]
 
@@ -182,6 +198,13 @@ def test_truncated_csv_mid_quote(write_text):
     with pytest.raises(ExportError, match="malformed CSV") as error:
         read_export(path)
     assert str(path) in str(error.value)
+
+
+def test_one_megabyte_message(write_text):
+    big = 'a long, "quoted" line\n' * 45_000
+    path = write_text("big.csv", csv_text([("1", "a", "2024-01-15T10:30:00+00:00", big, "", "")]))
+    assert path.stat().st_size > 1_000_000
+    assert read_export(path)["content"].to_pylist() == [big]
 
 
 def test_header_only_csv_is_zero_rows(write_text, check_file_table):

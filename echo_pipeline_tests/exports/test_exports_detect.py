@@ -101,10 +101,17 @@ def test_non_utf8_text_and_blank_files(tmp_path):
         detect_format(blank)
 
 
+def test_utf16_text_is_named_as_such(tmp_path):
+    path = tmp_path / "notepad.csv"
+    path.write_bytes("AuthorID,Author,Date,Content,Attachments,Reactions\n".encode("utf-16"))
+    with pytest.raises(ExportError, match=r"UTF-16 text .*re-save the file as UTF-8"):
+        read_export(path)
+
+
 def test_unrecognised_text_lists_what_is_supported(tmp_path):
     path = tmp_path / "diary.txt"
     path.write_text("Dear diary,\ntoday I wrote a parser.\n")
-    with pytest.raises(ExportError, match="unrecognised file .*DiscordChatExporter JSON, CSV"):
+    with pytest.raises(ExportError, match=r"unrecognised file .*DiscordChatExporter JSON, CSV"):
         detect_format(path)
 
 
@@ -117,8 +124,9 @@ def test_json_object_without_messages_is_refused(tmp_path):
 
 def test_top_level_deep_nesting_is_an_export_error(tmp_path):
     path = tmp_path / "deep.json"
-    path.write_text("{" + '"a":{' * 100_000 + "}" * 100_001)
-    with pytest.raises(ExportError) as error:
+    head = '{"channel": {"id": "1"}, "messages": [], "extra": '
+    path.write_text(head + '{"a":' * 100_000 + "1" + "}" * 100_001)
+    with pytest.raises(ExportError, match="nested too deeply") as error:
         read_export(path)
     assert str(path) in str(error.value)
 
@@ -207,9 +215,17 @@ def test_the_package_imports_no_dagster_and_pandas_only_lazily():
         tree = ast.parse(module.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                )
                 assert not any(n.split(".")[0] == "dagster" for n in names), module.name
         top_level = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
         for node in top_level:
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
             assert not any(n.split(".")[0] == "pandas" for n in names), module.name

@@ -228,7 +228,11 @@ def test_null_values_and_missing_pieces_get_defaults(write_json, dce_message, ch
     numeric["author"]["id"] = 333
     table = check_file_table(read_export(write_json([no_author, no_id, no_stamp, numeric])))
     got = table.to_pylist()
-    assert (got[0]["author_id"], got[0]["author_name"], got[0]["content"]) == ("unknown", "Unknown", "")
+    assert (got[0]["author_id"], got[0]["author_name"], got[0]["content"]) == (
+        "unknown",
+        "Unknown",
+        "",
+    )
     assert got[1]["message_id"].startswith("m-")
     # (id >> 22) + Discord epoch = 2023-01-06T14:26:58.031Z, the thread fixture's first message.
     assert got[2]["timestamp"] == datetime(2023, 1, 6, 14, 26, 58, 31000, tzinfo=UTC)

@@ -93,7 +93,15 @@ def test_new_style_plaintext(write_text, check_file_table):
     assert detect_format(path) == "discord_txt"
     table = check_file_table(read_export(path))
     got = table.to_pylist()
-    assert [r["author_id"] for r in got] == ["liv!", "tyrrrz", "liv!", "tyrrrz", "liv!", "liv!", "tyrrrz"]
+    assert [r["author_id"] for r in got] == [
+        "liv!",
+        "tyrrrz",
+        "liv!",
+        "tyrrrz",
+        "liv!",
+        "liv!",
+        "tyrrrz",
+    ]
     assert got[0]["content"] == "hey, are you there?"
     assert got[1]["content"] == "yes\nsecond line\n\nthird paragraph"  # " (pinned)" dropped
     assert got[1]["author_name"] == "tyrrrz"

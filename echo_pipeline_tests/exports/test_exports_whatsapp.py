@@ -107,7 +107,11 @@ def test_android_us_export(write_text, check_file_table):
     # 1/13/23: the second field is above 12, so this file is month first.
     assert got[3]["timestamp"] == datetime(2023, 1, 13, 9, 15, tzinfo=UTC)
     assert (got[4]["has_attachments"], got[4]["content"]) == (True, "")
-    assert (got[5]["content"], got[5]["edited"], got[5]["author_id"]) == ("I added salt", True, "Bob")
+    assert (got[5]["content"], got[5]["edited"], got[5]["author_id"]) == (
+        "I added salt",
+        True,
+        "Bob",
+    )
     assert (got[6]["attachment_kind"], got[6]["content"]) == ("image", "nice view")
     assert got[8]["content"] == "Note: the time: 10:00 - 11:00"
     assert {r["channel_name"] for r in got} == {"Trip"}
@@ -126,13 +130,19 @@ def test_android_24h_day_first_by_default_with_crlf(write_text, check_file_table
 
 def test_same_chat_exported_twice_gives_the_same_ids(write_text):
     first = read_export(write_text("WhatsApp Chat with Bob.txt", ANDROID_24H))
-    again = read_export(write_text("later/WhatsApp Chat with Bob.txt", ANDROID_24H + "05/02/2023, 08:01 - Bob: yo\n"))
+    again = read_export(
+        write_text(
+            "later/WhatsApp Chat with Bob.txt", ANDROID_24H + "05/02/2023, 08:01 - Bob: yo\n"
+        )
+    )
     assert first["message_id"].to_pylist() == again["message_id"].to_pylist()[:3]
     assert first["channel_id"].equals(again["channel_id"].slice(0, 3))
 
 
 def test_impossible_date_names_the_line(write_text):
-    path = write_text("WhatsApp Chat with X.txt", "12/01/2023, 22:15 - A: hi\n31/02/2023, 10:00 - A: no\n")
+    path = write_text(
+        "WhatsApp Chat with X.txt", "12/01/2023, 22:15 - A: hi\n31/02/2023, 10:00 - A: no\n"
+    )
     with pytest.raises(ExportError, match="line 2: unreadable WhatsApp date") as error:
         read_export(path)
     assert str(path) in str(error.value)

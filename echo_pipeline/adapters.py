@@ -1,0 +1,294 @@
+"""One adapter, start to finish: data in, tracked training run, self-describing adapter out.
+
+This is what the ``lora_adapter`` asset runs, in process or out of process (Dagster Pipes):
+it checks the tracking store before anything heavy, logs the exact data, template and code
+to MLflow, measures the held-out reply loss of the base model and of the adapter, and writes
+an adapter directory that any PEFT user can load and that says where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from echo_pipeline import tracking
+from echo_pipeline.base_model import ResolvedBaseModel
+from echo_pipeline.storage import atomic_directory
+from echo_pipeline.training import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "echo_metadata.json"
+TOKEN_COLUMNS = ("input_ids", "labels")
+OnProgress = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class AdapterJob:
+    """Everything that determines one adapter (and where its outputs go)."""
+
+    template: str
+    experiment: str
+    dataset_path: Path  # template_dataset Parquet with token columns
+    adapter_dir: Path  # the final, loadable adapter directory
+    work_dir: Path  # checkpoints survive here between attempts
+    base_model: ResolvedBaseModel
+    training: TrainingConfig
+    system_prompt: str = ""
+    tracking_uri: str = field(default_factory=tracking.default_tracking_uri)
+    experiment_name: str = tracking.DEFAULT_EXPERIMENT
+    tags: dict[str, str] = field(default_factory=dict)
+    register_model: bool = True
+
+
+@dataclass
+class AdapterOutcome:
+    adapter_dir: Path
+    run_id: str
+    experiment_id: str
+    run_url: str
+    dataset_digest: str
+    fingerprint: str
+    base_reply_loss: float | None
+    adapter_reply_loss: float | None
+    heldout_split: str
+    metrics: dict[str, float]
+    resumed_from_step: int | None
+    interrupted_runs: list[str]
+    model_uri: str | None
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("echo_pipeline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def load_dataset(path: Path) -> pd.DataFrame:
+    frame = pq.read_table(path).to_pandas()
+    missing = [c for c in ("split", *TOKEN_COLUMNS) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: not a template dataset with tokens (missing columns {missing})")
+    return frame
+
+
+def split_examples(frame: pd.DataFrame, split: str) -> list[dict[str, list[int]]]:
+    rows = frame[frame["split"] == split]
+    return [
+        {"input_ids": list(map(int, ids)), "labels": list(map(int, labels))}
+        for ids, labels in zip(rows["input_ids"], rows["labels"], strict=True)
+    ]
+
+
+def dataset_digest(frame: pd.DataFrame) -> str:
+    """Content digest of the tokens and split of every row: what the adapter actually saw."""
+    digest = hashlib.sha256()
+    for pair_id, split, ids, labels in zip(
+        frame["pair_id"], frame["split"], frame["input_ids"], frame["labels"], strict=True
+    ):
+        digest.update(f"{pair_id}|{split}|".encode())
+        digest.update(bytes(memoryview(pd.array(ids, dtype="int32").to_numpy()).cast("B")))
+        digest.update(bytes(memoryview(pd.array(labels, dtype="int32").to_numpy()).cast("B")))
+    return digest.hexdigest()[:16]
+
+
+def _flat_params(job: AdapterJob, rows: dict[str, int]) -> dict[str, Any]:
+    params: dict[str, Any] = {f"train.{k}": v for k, v in job.training.to_dict().items()}
+    params |= {
+        "template": job.template,
+        "experiment": job.experiment,
+        "base_model.source": job.base_model.source,
+        "base_model.fingerprint": job.base_model.fingerprint,
+        "base_model.revision": job.base_model.revision,
+        "system_prompt": job.system_prompt,
+        **{f"rows.{k}": v for k, v in rows.items()},
+    }
+    return {k: ("" if v is None else str(v)[:500]) for k, v in params.items()}
+
+
+def _mark_interrupted_runs(client: Any, experiment_id: str, fingerprint: str) -> list[str]:
+    """Runs of the same job still RUNNING were killed (SIGKILL, power loss): say so in MLflow."""
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`echo.fingerprint` = '{fingerprint}' and attributes.status = 'RUNNING'",
+    )
+    ids = []
+    for run in stale:
+        client.set_terminated(run.info.run_id, status="KILLED")
+        client.set_tag(run.info.run_id, "echo.interrupted", "true")
+        ids.append(run.info.run_id)
+    return ids
+
+
+def run_adapter_job(job: AdapterJob, on_progress: OnProgress | None = None) -> AdapterOutcome:
+    """Train, evaluate held-out reply loss, write the adapter and log it all to MLflow."""
+    experiment_id = tracking.ensure_experiment(job.tracking_uri, job.experiment_name)
+
+    import mlflow
+
+    from echo_pipeline.base_model import load_causal_lm, load_tokenizer
+    from echo_pipeline.training import fingerprint_run, reply_loss, train_lora
+
+    frame = load_dataset(job.dataset_path)
+    train, val, test = (split_examples(frame, s) for s in ("train", "val", "test"))
+    if not train:
+        raise ValueError(f"{job.dataset_path}: the train split is empty; nothing to learn from")
+    heldout_name, heldout = ("test", test) if test else ("val", val)
+    digest = dataset_digest(frame)
+    fingerprint = fingerprint_run(job.training, train, val, base_model_id=job.base_model.fingerprint)
+    fingerprint = hashlib.sha256(f"{fingerprint}|{job.template}".encode()).hexdigest()[:24]
+    rows = {"train": len(train), "val": len(val), "test": len(test)}
+
+    mlflow.set_tracking_uri(job.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=job.tracking_uri)
+    interrupted = tracking.retry_when_locked(lambda: _mark_interrupted_runs(client, experiment_id, fingerprint))
+    commit = tracking.git_commit()
+    tags = {
+        **job.tags,
+        "echo.template": job.template,
+        "echo.experiment": job.experiment,
+        "echo.fingerprint": fingerprint,
+        "echo.dataset_digest": digest,
+        "echo.base_model": job.base_model.source,
+        "echo.package_version": package_version(),
+        "mlflow.source.git.commit": commit or "",
+    }
+    if interrupted:
+        tags["echo.resumes_runs"] = ",".join(interrupted)
+
+    run = tracking.retry_when_locked(
+        lambda: mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"{job.template}/{job.experiment}", tags=tags
+        )
+    )
+    with run:
+        run_id = run.info.run_id
+        mlflow.log_params(_flat_params(job, rows))
+        text_columns = [c for c in frame.columns if c not in TOKEN_COLUMNS]
+        for split, context in (("train", "training"), ("val", "validation"), ("test", "test")):
+            part = frame.loc[frame["split"] == split, text_columns].reset_index(drop=True)
+            if len(part):
+                dataset = mlflow.data.from_pandas(
+                    part, source=str(job.dataset_path), name=f"{job.template}-{split}"
+                )
+                mlflow.log_input(dataset, context=context)
+
+        tokenizer = load_tokenizer(job.base_model)
+        model = load_causal_lm(
+            job.base_model, dtype=job.training.dtype, quantization=job.training.quantization
+        )
+        base_loss = reply_loss(model, heldout) if heldout else None
+        if base_loss is not None:
+            mlflow.log_metric(f"base_{heldout_name}_reply_loss", base_loss)
+
+        def log_progress(step: int, metrics: dict[str, float]) -> None:
+            clean = {k: float(v) for k, v in metrics.items() if v is not None}
+            tracking.retry_when_locked(lambda: mlflow.log_metrics(clean, step=step))
+            if on_progress is not None:
+                on_progress(step, clean)
+
+        result = train_lora(
+            model,
+            tokenizer,
+            train,
+            val,
+            job.training,
+            job.work_dir,
+            run_fingerprint=fingerprint,
+            on_log=log_progress,
+        )
+        adapter_loss = reply_loss(result.model, heldout) if heldout else None
+        final = result.metrics()
+        if adapter_loss is not None:
+            final[f"adapter_{heldout_name}_reply_loss"] = adapter_loss
+        if base_loss is not None:
+            final[f"base_{heldout_name}_reply_loss"] = base_loss
+        mlflow.log_metrics(final)
+
+        metadata = {
+            "base_model": {
+                "source": job.base_model.source,
+                "path": job.base_model.path,
+                "fingerprint": job.base_model.fingerprint,
+                "revision": job.base_model.revision,
+            },
+            "template": job.template,
+            "experiment": job.experiment,
+            "system_prompt": job.system_prompt,
+            "dataset": {"path": str(job.dataset_path), "digest": digest, "rows": rows},
+            "training": job.training.to_dict(),
+            "fingerprint": fingerprint,
+            "results": final,
+            "package_version": package_version(),
+            "git_commit": commit,
+            "mlflow": {"tracking_uri": job.tracking_uri, "experiment_id": experiment_id, "run_id": run_id},
+        }
+        assert result.adapter_dir is not None
+        with atomic_directory(job.adapter_dir) as staging:
+            for item in Path(result.adapter_dir).iterdir():
+                if item.is_file():
+                    shutil.copy2(item, staging / item.name)
+            tokenizer.save_pretrained(staging)
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
+        mlflow.log_dict(metadata, METADATA_FILE)
+        model_uri = _log_adapter_model(job, result.model, final) if job.register_model else None
+
+    return AdapterOutcome(
+        adapter_dir=job.adapter_dir,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_url=tracking.run_url(job.tracking_uri, experiment_id, run_id),
+        dataset_digest=digest,
+        fingerprint=fingerprint,
+        base_reply_loss=base_loss,
+        adapter_reply_loss=adapter_loss,
+        heldout_split=heldout_name,
+        metrics=final,
+        resumed_from_step=result.resumed_from_step,
+        interrupted_runs=interrupted,
+        model_uri=model_uri,
+    )
+
+
+def _log_adapter_model(job: AdapterJob, model: Any, metrics: dict[str, float]) -> str:
+    """Log the adapter as an MLflow model (LoggedModel) and register it as ``echo-<template>``."""
+    import mlflow
+
+    code = Path(__file__).with_name("mlflow_model.py")
+    info = tracking.retry_when_locked(
+        lambda: mlflow.pyfunc.log_model(
+            name="adapter",
+            python_model=str(code),
+            artifacts={"adapter": str(job.adapter_dir)},
+            registered_model_name=f"echo-{job.template}",
+            pip_requirements=["transformers", "peft", "torch", "safetensors"],
+            params={"template": job.template, "experiment": job.experiment},
+            await_registration_for=0,
+        )
+    )
+    return info.model_uri
+
+
+def read_adapter_metadata(adapter_dir: Path) -> dict[str, Any]:
+    """The ``echo_metadata.json`` of an adapter directory, with a clear error if absent."""
+    path = Path(adapter_dir) / METADATA_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{adapter_dir}: not an echo_pipeline adapter (no {METADATA_FILE})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def job_summary(outcome: AdapterOutcome) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(outcome).items()}

@@ -1,0 +1,145 @@
+"""Datasets stage: one tokenised, label-masked dataset per prompt template."""
+
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from echo_pipeline.defs.io_manager import asset_path, partition_slug
+from echo_pipeline.defs.partitions import template_partitions
+from echo_pipeline.defs.resources import BaseModelResource
+from echo_pipeline.paths import data_dir
+
+DATASETS = "datasets"
+OWNERS = ["team:echo-pipeline"]
+TOKEN_FIELDS = [pa.field("input_ids", pa.list_(pa.int32())), pa.field("labels", pa.list_(pa.int32()))]
+PARITY_SAMPLE = 64
+SYSTEM_PROMPT_METADATA_KEY = b"echo.system_prompt"
+
+
+class DatasetConfig(dg.Config):
+    """How pairs are written out for one template."""
+
+    system_prompt: str | None = Field(
+        default=None,
+        description="System prompt for templates that have one. Empty string: none. "
+        "Unset: 'You are <me>. Reply the way <me> would in a casual chat.'",
+    )
+    max_tokens: int = Field(
+        default=512, ge=32, le=32768,
+        description="Longest example in tokens; longer ones lose their oldest context first, then the prompt's start.",
+    )
+
+
+def jsonl_dir(template: str) -> Path:
+    return data_dir() / "template_dataset_jsonl" / partition_slug(template)
+
+
+@dg.asset(
+    group_name=DATASETS,
+    kinds={"transformers", "parquet"},
+    owners=OWNERS,
+    partitions_def=template_partitions,
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec("template_parity", asset="template_dataset", description="The inference prompt equals the training prompt token for token."),
+        dg.AssetCheckSpec("eos_labelled", asset="template_dataset", description="Every example's last labelled token is the template's EOS, and only the reply is labelled."),
+        dg.AssetCheckSpec("single_bos", asset="template_dataset", description="No example starts with two BOS tokens."),
+        dg.AssetCheckSpec("token_lengths", asset="template_dataset", description="Every example fits the configured maximum; reports how many were truncated."),
+    ],
+    description="Pairs rendered in one prompt template and tokenised, loss on the reply and its EOS only.",
+)
+def template_dataset(
+    context: dg.AssetExecutionContext,
+    config: DatasetConfig,
+    base_model: BaseModelResource,
+    conversation_pairs: pa.Table,
+):
+    """Per-template training data, plus JSONL in the seed's {"inputs": ...} shape for hosted tuning."""
+    from echo_pipeline.base_model import load_tokenizer
+    from echo_pipeline.templates import auto_bos_token_id, default_system_prompt, infer_me_name
+    from echo_pipeline.tokenization import (
+        build_template_dataset,
+        stop_token_id,
+        tokenize_inference_prompt,
+        write_jsonl,
+    )
+
+    template = context.partition_key
+    tokenizer = load_tokenizer(base_model.resolve())
+    pairs = conversation_pairs.to_pandas()
+    system_prompt = config.system_prompt
+    if system_prompt is None:
+        system_prompt = default_system_prompt(infer_me_name(list(pairs["context"])))
+    frame, examples = build_template_dataset(
+        pairs, template, tokenizer, system_prompt=system_prompt, max_tokens=config.max_tokens
+    )
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({SYSTEM_PROMPT_METADATA_KEY: system_prompt.encode()})
+    table = table.append_column(TOKEN_FIELDS[0], pa.array([e.input_ids for e in examples], pa.list_(pa.int32())))
+    table = table.append_column(TOKEN_FIELDS[1], pa.array([e.labels for e in examples], pa.list_(pa.int32())))
+
+    out_dir = jsonl_dir(template)
+    line_counts = write_jsonl(frame, {split: out_dir / f"{split}.jsonl" for split in ("train", "val", "test")})
+
+    # Checks computed here, where the tokenizer is loaded.
+    eos = stop_token_id(template, tokenizer)
+    bos = auto_bos_token_id(tokenizer)
+    # Truncated rows are excluded from parity and EOS checks: their prompt was cut to fit a reply
+    # the inference side cannot know, and a cut reply deliberately has no EOS.
+    whole = np.flatnonzero(~frame["truncated"].to_numpy())
+    rng = np.random.default_rng(0)
+    sample = rng.choice(whole, size=min(PARITY_SAMPLE, len(whole)), replace=False) if len(whole) else []
+    mismatched = 0
+    for i in sample:
+        row = pairs.iloc[int(i)]
+        expected = examples[int(i)].input_ids[: examples[int(i)].prompt_len]
+        got = tokenize_inference_prompt(
+            template, tokenizer, row["context"], row["prompt"], system_prompt,
+            prompt_author=row["prompt_author"], max_tokens=config.max_tokens,
+        )
+        mismatched += got != expected
+    eos_bad = sum(
+        1
+        for e in examples
+        if not e.truncated
+        and (not e.labels or e.labels[-1] != eos or any(label != -100 for label in e.labels[: e.prompt_len]))
+    )
+    double_bos = sum(1 for e in examples if bos is not None and e.input_ids[:2] == [bos, bos])
+    lengths = np.array([len(e.input_ids) for e in examples]) if examples else np.array([0])
+    too_long = int((lengths > config.max_tokens).sum())
+    truncated = int(frame["truncated"].sum())
+
+    yield dg.Output(
+        table,
+        metadata={
+            "dagster/row_count": table.num_rows,
+            "rows_by_split": frame["split"].value_counts().to_dict(),
+            "tokens_mean": float(lengths.mean()),
+            "tokens_p95": float(np.percentile(lengths, 95)),
+            "tokens_max": int(lengths.max()),
+            "reply_tokens_total": int(sum(e.completion_len for e in examples)),
+            "truncated": truncated,
+            "jsonl": dg.MetadataValue.path(str(out_dir)),
+            "jsonl_lines": line_counts,
+            "base_model": base_model.source,
+        },
+    )
+    yield dg.AssetCheckResult(check_name="template_parity", passed=mismatched == 0, metadata={"sampled": len(sample), "mismatched": int(mismatched)})
+    yield dg.AssetCheckResult(check_name="eos_labelled", passed=eos_bad == 0, metadata={"violations": eos_bad, "eos_id": int(eos)})
+    yield dg.AssetCheckResult(check_name="single_bos", passed=double_bos == 0, metadata={"double_bos": double_bos})
+    yield dg.AssetCheckResult(
+        check_name="token_lengths", passed=too_long == 0,
+        metadata={"max_tokens": config.max_tokens, "over_max": too_long, "truncated": truncated},
+    )
+
+
+def dataset_path(template: str) -> Path:
+    """The Parquet file of one template_dataset partition (as the IO manager writes it)."""
+    return asset_path(data_dir(), dg.AssetKey("template_dataset"), template)
+
+
+dataset_assets = [template_dataset]

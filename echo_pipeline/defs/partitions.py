@@ -1,0 +1,21 @@
+"""Partitions: one dataset per template; one adapter per template and experiment."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from echo_pipeline.experiments import EXPERIMENTS
+from echo_pipeline.templates import TEMPLATE_NAMES
+
+EXPERIMENT_NAMES = tuple(EXPERIMENTS)
+
+template_partitions = dg.StaticPartitionsDefinition(list(TEMPLATE_NAMES))
+experiment_partitions = dg.StaticPartitionsDefinition(list(EXPERIMENT_NAMES))
+adapter_partitions = dg.MultiPartitionsDefinition(
+    {"template": template_partitions, "experiment": experiment_partitions}
+)
+dataset_for_adapter = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="template")
+
+
+def adapter_key(template: str, experiment: str) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"template": template, "experiment": experiment})

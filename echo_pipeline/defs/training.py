@@ -1,0 +1,122 @@
+"""Training stage: a LoRA/QLoRA adapter per template and experiment, tracked in MLflow."""
+
+
+import dagster as dg
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from echo_pipeline.defs.datasets import SYSTEM_PROMPT_METADATA_KEY, dataset_path
+from echo_pipeline.defs.io_manager import partition_slug
+from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapter
+from echo_pipeline.defs.resources import BaseModelResource, MlflowResource
+from echo_pipeline.paths import data_dir
+
+TRAINING = "training"
+OWNERS = ["team:echo-pipeline"]
+TRAINING_CODE_VERSION = "1"
+
+
+class LoraConfig(dg.Config):
+    """Overrides of the experiment's recipe; unset fields keep the recipe's value.
+
+    The recipes (partition dimension ``experiment``) live in ``echo_pipeline/experiments.py``.
+    """
+
+    lora_r: int | None = Field(default=None, ge=1, description="LoRA rank (default 16).")
+    lora_alpha: int | None = Field(default=None, ge=1, description="LoRA alpha (default 32).")
+    lora_dropout: float | None = Field(default=None, ge=0, lt=1, description="LoRA dropout (default 0.05).")
+    learning_rate: float | None = Field(default=None, gt=0, description="Peak learning rate of the cosine schedule.")
+    max_steps: int | None = Field(default=None, ge=0, description="Optimizer steps; 0 derives them from epochs.")
+    epochs: float | None = Field(default=None, gt=0, description="Passes over the train split when max_steps is 0.")
+    pack_tokens: int | None = Field(default=None, ge=64, description="Tokens per packed row (samples never attend to each other).")
+    grad_accum: int | None = Field(default=None, ge=1, description="Packed rows per optimizer step.")
+    eval_every: int | None = Field(default=None, ge=0, description="Steps between validation losses (0: end only).")
+    early_stopping_patience: int | None = Field(default=None, ge=0, description="Evaluations without improvement before stopping (0: off).")
+    checkpoint_every: int | None = Field(default=None, ge=0, description="Steps between resumable checkpoints.")
+    quantization: str | None = Field(default=None, description="'auto' (4-bit QLoRA on CUDA, none on CPU), '4bit', '8bit' or 'none'.")
+    gradient_checkpointing: bool | None = Field(default=None, description="Trade compute for memory (long packs, big models).")
+    seed: int | None = Field(default=None, description="Random seed (training is deterministic on CPU).")
+
+    def overrides(self) -> dict:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+def adapter_dir(template: str, experiment: str):
+    return data_dir() / "lora_adapter" / f"{partition_slug(template)}__{partition_slug(experiment)}"
+
+
+def training_work_dir(template: str, experiment: str):
+    """Checkpoints live here between attempts, so a re-materialisation resumes."""
+    return data_dir() / "training_work" / f"{partition_slug(template)}__{partition_slug(experiment)}"
+
+
+@dg.asset(
+    group_name=TRAINING,
+    kinds={"pytorch", "mlflow"},
+    owners=OWNERS,
+    partitions_def=adapter_partitions,
+    deps=[dg.AssetDep("template_dataset", partition_mapping=dataset_for_adapter)],
+    code_version=TRAINING_CODE_VERSION,
+    pool="gpu",
+    description="A PEFT LoRA adapter (QLoRA on CUDA) trained on one template's dataset, with its MLflow run.",
+)
+def lora_adapter(
+    context: dg.AssetExecutionContext,
+    config: LoraConfig,
+    base_model: BaseModelResource,
+    mlflow_tracking: MlflowResource,
+) -> dg.MaterializeResult:
+    """Trains, measures held-out reply loss against the base model, and registers the adapter."""
+    from echo_pipeline.adapters import AdapterJob, run_adapter_job
+    from echo_pipeline.experiments import experiment_config
+    from echo_pipeline.tracking import TrackingUnavailableError
+
+    keys = context.partition_key.keys_by_dimension
+    template, experiment = keys["template"], keys["experiment"]
+    data = dataset_path(template)
+    if not data.exists():
+        raise dg.Failure(f"{data}: template_dataset[{template}] is not materialised; materialise it first")
+    system_prompt = (pq.read_schema(data).metadata or {}).get(SYSTEM_PROMPT_METADATA_KEY, b"").decode()
+    job = AdapterJob(
+        template=template,
+        experiment=experiment,
+        dataset_path=data,
+        adapter_dir=adapter_dir(template, experiment),
+        work_dir=training_work_dir(template, experiment),
+        base_model=base_model.resolve(),
+        training=experiment_config(experiment, config.overrides()),
+        system_prompt=system_prompt,
+        tracking_uri=mlflow_tracking.uri(),
+        experiment_name=mlflow_tracking.experiment_name,
+        tags={
+            "dagster.run_id": context.run.run_id,
+            "dagster.asset_key": context.asset_key.to_user_string(),
+            "dagster.partition_key": str(context.partition_key),
+            "dagster.code_version": TRAINING_CODE_VERSION,
+        },
+    )
+
+    def progress(step: int, metrics: dict[str, float]) -> None:
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        context.log.info(f"step {step}: {shown}")
+
+    try:
+        outcome = run_adapter_job(job, on_progress=progress)
+    except TrackingUnavailableError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
+
+    metadata = {
+        "adapter_path": dg.MetadataValue.path(str(outcome.adapter_dir)),
+        "mlflow_run_id": outcome.run_id,
+        "mlflow_run": dg.MetadataValue.url(outcome.run_url),
+        "dataset_digest": outcome.dataset_digest,
+        "fingerprint": outcome.fingerprint,
+        "resumed_from_step": outcome.resumed_from_step if outcome.resumed_from_step is not None else -1,
+        **{k: float(v) for k, v in outcome.metrics.items()},
+    }
+    if outcome.model_uri:
+        metadata["mlflow_model_uri"] = outcome.model_uri
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(outcome.fingerprint))
+
+
+training_assets = [lora_adapter]

@@ -1,0 +1,26 @@
+"""MLflow "model from code" for an echo adapter: logged without pickling anything.
+
+``mlflow.pyfunc.load_model(uri).predict(["prompt", ...])`` returns the adapter's replies,
+rendered with the adapter's own training template and stopped at its EOS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+
+
+class EchoAdapterModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        from echo_pipeline.chat import ChatSession
+
+        self.session_dir = context.artifacts["adapter"]
+        self._chat = ChatSession.from_adapter(self.session_dir)
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+        prompts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
+        return [self._chat.reply_once(str(p)) for p in prompts]
+
+
+mlflow.models.set_model(EchoAdapterModel())
