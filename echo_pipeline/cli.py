@@ -73,6 +73,88 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from echo_pipeline.paths import sample_export_dir
+    from echo_pipeline.runner import run_pipeline
+
+    if args.demo:
+        os.environ["ECHO_EXPORT_DIR"] = str(sample_export_dir())
+        os.environ["ECHO_ME"] = "alex"
+    if args.export:
+        os.environ["ECHO_EXPORT_DIR"] = str(Path(args.export).resolve())
+    if args.me:
+        os.environ["ECHO_ME"] = ",".join(args.me)
+    from echo_pipeline.templates import TEMPLATE_NAMES
+
+    ok = run_pipeline(args.template or list(TEMPLATE_NAMES), args.experiment or ["demo"])
+    return 0 if ok else 1
+
+
+def _load_pairs(path: str | None):
+    import pyarrow.parquet as pq
+
+    from echo_pipeline.paths import data_dir
+
+    source = Path(path) if path else data_dir() / "conversation_pairs.parquet"
+    if not source.exists():
+        raise UsageError(
+            f"{source}: no conversation pairs yet; run `echo-pipeline run` or pass --pairs FILE "
+            "(from `echo-pipeline pairs ... --out FILE`)"
+        )
+    return pq.read_table(source).to_pandas()
+
+
+def _cmd_show_labels(args: argparse.Namespace) -> int:
+    from echo_pipeline.base_model import load_tokenizer, resolve_base_model
+    from echo_pipeline.templates import default_system_prompt, infer_me_name
+    from echo_pipeline.tokenization import format_labels_debug, tokenize_pair
+
+    pairs = _load_pairs(args.pairs)
+    tokenizer = load_tokenizer(resolve_base_model(args.base_model))
+    system_prompt = default_system_prompt(infer_me_name(list(pairs["context"])))
+    for row in pairs.head(args.n).to_dict("records"):
+        example = tokenize_pair(args.template, tokenizer, row, system_prompt=system_prompt, max_tokens=args.max_tokens)
+        print(f"# pair {row['pair_id']}  template {args.template}  tokens {len(example.input_ids)}")
+        print(format_labels_debug(tokenizer, example, max_rows=args.max_rows))
+        print()
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from echo_pipeline.chat import ChatSession
+
+    if args.adapter:
+        adapter = Path(args.adapter)
+    else:
+        from echo_pipeline.defs.training import adapter_dir
+
+        adapter = adapter_dir(args.template, args.experiment)
+    if not adapter.exists():
+        raise UsageError(f"{adapter}: no adapter there; train one with `echo-pipeline run` or pass --adapter")
+    session = ChatSession.from_adapter(adapter, max_new_tokens=args.max_new_tokens)
+    if args.prompt is not None:
+        print(session.say(args.prompt))
+        return 0
+    print(f"chatting with {adapter} ({session.template}); empty line or Ctrl-D to stop")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        print(f"echo> {session.say(line)}")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from echo_pipeline.servers import serve_ui
+
+    return serve_ui(dagster_port=args.dagster_port, mlflow_port=args.mlflow_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echo-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,12 +174,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-redact", action="store_true", help="Keep emails, phones, tokens... as they are.")
     p.set_defaults(func=_cmd_pairs)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    from echo_pipeline.experiments import EXPERIMENTS
+    from echo_pipeline.templates import TEMPLATE_NAMES
+
+    p = sub.add_parser("run", help="Materialise the whole pipeline in the project's Dagster instance.")
+    p.add_argument("--demo", action="store_true", help="The bundled sample export with me=alex.")
+    p.add_argument("--export", help="Export file or folder (default: env ECHO_EXPORT_DIR or the sample).")
+    p.add_argument("--me", action="append", help="Your author id or name (repeatable; default env ECHO_ME).")
+    p.add_argument("--template", action="append", choices=TEMPLATE_NAMES, help="Templates (default: all).")
+    p.add_argument("--experiment", action="append", choices=list(EXPERIMENTS), help="Recipes (default: demo).")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("show-labels", help="Print samples token by token with their labels (masking check).")
+    p.add_argument("--template", required=True, choices=TEMPLATE_NAMES)
+    p.add_argument("--pairs", help="Pairs Parquet (default: the materialised conversation_pairs).")
+    p.add_argument("-n", type=int, default=2, help="How many pairs.")
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--max-rows", type=int, default=200, help="Tokens shown per sample.")
+    p.add_argument("--base-model", default="smollm2-135m-instruct", help="Whose tokenizer.")
+    p.set_defaults(func=_cmd_show_labels)
+
+    p = sub.add_parser("chat", help="Talk to an adapter with its training template.")
+    p.add_argument("--adapter", help="Adapter directory.")
+    p.add_argument("--template", choices=TEMPLATE_NAMES, default="chatml", help="With --experiment, instead of --adapter.")
+    p.add_argument("--experiment", choices=list(EXPERIMENTS), default="demo")
+    p.add_argument("--prompt", help="One-shot: print the reply to this and exit.")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("ui", help="Dagster UI and MLflow UI together on 127.0.0.1; Ctrl-C stops both.")
+    p.add_argument("--dagster-port", type=int, default=3000)
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.set_defaults(func=_cmd_ui)
     return parser
-
-
-_EXTRA_COMMANDS: list = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,8 +23,7 @@ def build_resources() -> dict:
     }
 
 
-defs = dg.Definitions(
-    assets=[*ingest_assets, *dataset_assets, *training_assets],
-    asset_checks=[*ingest_checks],
-    resources=build_resources(),
-)
+ALL_ASSETS = [*ingest_assets, *dataset_assets, *training_assets]
+ALL_CHECKS = [*ingest_checks]
+
+defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, resources=build_resources())

@@ -18,9 +18,8 @@ class EchoAdapterModel(mlflow.pyfunc.PythonModel):
         self.session_dir = context.artifacts["adapter"]
         self._chat = ChatSession.from_adapter(self.session_dir)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
-        prompts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
-        return [self._chat.reply_once(str(p)) for p in prompts]
+    def predict(self, context, model_input: list[str], params=None) -> list[str]:
+        return [self._chat.reply_once(str(p)) for p in model_input]
 
 
 mlflow.models.set_model(EchoAdapterModel())

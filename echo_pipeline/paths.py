@@ -19,8 +19,13 @@ def sample_export_dir() -> Path:
 
 
 def models_dir() -> Path:
-    """Converted base models (GGUF dequantised to safetensors) are cached here."""
-    return data_dir() / "models"
+    """Converted base models (GGUF dequantised to safetensors) are cached here.
+
+    ``ECHO_MODELS_DIR`` overrides, so several data folders (tests, users' experiments) can share
+    one conversion.
+    """
+    override = os.environ.get("ECHO_MODELS_DIR")
+    return Path(override).resolve() if override else data_dir() / "models"
 
 
 def mlruns_dir() -> Path:

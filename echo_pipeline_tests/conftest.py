@@ -39,3 +39,17 @@ def smollm2_tokenizer(base_model):
     from echo_pipeline.base_model import load_tokenizer
 
     return load_tokenizer(base_model)
+
+
+@pytest.fixture
+def pipeline_env(tmp_path, monkeypatch, base_model):
+    """An isolated pipeline: data, MLflow store and Dagster home in tmp_path; the model cache shared."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("ECHO_DATA_DIR", str(data))
+    monkeypatch.setenv("ECHO_MODELS_DIR", str(_SESSION_DATA_DIR / "models"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.delenv("ECHO_EXPORT_DIR", raising=False)
+    monkeypatch.delenv("ECHO_ME", raising=False)
+    (tmp_path / "dagster_home").mkdir()
+    return tmp_path

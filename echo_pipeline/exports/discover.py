@@ -13,6 +13,9 @@ from echo_pipeline.exports.errors import ExportError
 #: "attach media"), archives, documents and contact cards.
 SKIPPED_SUFFIXES = frozenset(
     [
+        ".md",
+        ".markdown",
+        ".rst",
         ".png",
         ".jpg",
         ".jpeg",

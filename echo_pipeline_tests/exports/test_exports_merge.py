@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from echo_pipeline.exports import inspect_export, read_export, read_exports
+from echo_pipeline.exports import discover_export_files, inspect_export, read_export, read_exports
 
 DISCORD = Path(__file__).resolve().parent.parent / "fixtures" / "discord"
 GENERAL = DISCORD / (
@@ -144,3 +144,13 @@ def test_whatsapp_reexport_of_one_chat_dedupes(write_text, check_table):
     # The repeated "hi" is two messages (occurrence index), the overlap is one copy.
     assert merged["content"].to_pylist() == ["hi", "hi", "yo", "morning"]
     assert len(set(merged["channel_id"].to_pylist())) == 1
+
+
+def test_bundled_sample_folder_reads_without_its_readme():
+    from echo_pipeline.exports import read_exports
+    from echo_pipeline.paths import sample_export_dir
+
+    files = discover_export_files([sample_export_dir()])
+    assert files and all(f.suffix == ".json" for f in files)
+    table = read_exports([sample_export_dir()])
+    assert table.num_rows == 4300

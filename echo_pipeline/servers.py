@@ -1,0 +1,91 @@
+"""Start the Dagster and MLflow UIs together, bound to 127.0.0.1, and stop both cleanly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from echo_pipeline.paths import PROJECT_ROOT, mlruns_dir
+from echo_pipeline.runner import ensure_dagster_home, which
+from echo_pipeline.tracking import artifact_location_for, default_tracking_uri
+
+
+def _default_sigint() -> None:
+    # Background jobs inherit SIGINT=ignore from bash; dagster maps SIGTERM onto SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def dagster_command(port: int) -> list[str]:
+    return [which("dagster"), "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(PROJECT_ROOT / "workspace.yaml")]
+
+
+def mlflow_command(port: int) -> list[str]:
+    uri = default_tracking_uri()
+    command = [which("mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", uri]
+    artifacts = artifact_location_for(uri)
+    if artifacts:
+        command += ["--default-artifact-root", artifacts]
+    return command
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log, "ab")  # noqa: SIM115 (lives as long as the child)
+    return subprocess.Popen(
+        command, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT, preexec_fn=_default_sigint
+    )
+
+
+def wait_until_up(url: str, timeout_s: float = 90.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (localhost)
+                return True
+        except OSError:
+            time.sleep(1)
+    return False
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def serve_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
+    home = ensure_dagster_home()
+    mlruns_dir().mkdir(parents=True, exist_ok=True)
+    logs = home / "logs"
+    dagster = start(dagster_command(dagster_port), logs / "dagster.log")
+    mlflow = start(mlflow_command(mlflow_port), logs / "mlflow.log")
+    stopping = False
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        dagster_up = wait_until_up(f"http://127.0.0.1:{dagster_port}/server_info")
+        mlflow_up = wait_until_up(f"http://127.0.0.1:{mlflow_port}/health")
+        print(f"Dagster UI  http://127.0.0.1:{dagster_port}  {'up' if dagster_up else 'NOT UP: see ' + str(logs)}")
+        print(f"MLflow UI   http://127.0.0.1:{mlflow_port}  {'up' if mlflow_up else 'NOT UP: see ' + str(logs)}")
+        print("Ctrl-C stops both.", flush=True)
+        while not stopping and dagster.poll() is None and mlflow.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(dagster)
+        stop(mlflow)
+    print("stopped", file=sys.stderr)
+    return 0
