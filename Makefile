@@ -2,7 +2,8 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export DAGSTER_HOME := $(CURDIR)/.dagster
+# Runs from the shell land in the project's own Dagster instance, so the UI shows them.
+export DAGSTER_HOME ?= $(CURDIR)/.dagster
 
 .PHONY: setup demo test lint ui clean
 
@@ -17,14 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
-	@mkdir -p $(DAGSTER_HOME)
-	@test -f $(DAGSTER_HOME)/dagster.yaml || cp echo_pipeline/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 demo: setup
 	$(VENV)/bin/echo-pipeline run --demo
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -p no:cacheprovider
 
 lint: setup
 	$(VENV)/bin/ruff check echo_pipeline echo_pipeline_tests benchmarks

@@ -50,6 +50,22 @@ class AdapterJob:
     tags: dict[str, str] = field(default_factory=dict)
     register_model: bool = True
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for handing the job to another process (Dagster Pipes)."""
+        data = dataclasses.asdict(self)
+        for key in ("dataset_path", "adapter_dir", "work_dir"):
+            data[key] = str(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterJob:
+        data = dict(data)
+        for key in ("dataset_path", "adapter_dir", "work_dir"):
+            data[key] = Path(data[key])
+        data["base_model"] = ResolvedBaseModel(**data["base_model"])
+        data["training"] = TrainingConfig(**data["training"])
+        return cls(**data)
+
 
 @dataclass
 class AdapterOutcome:

@@ -20,6 +20,7 @@ def build_resources() -> dict:
         "io_manager": ParquetIOManager(),
         "base_model": BaseModelResource(),
         "mlflow_tracking": MlflowResource(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 
 

@@ -81,9 +81,12 @@ def run_pipeline(
     return bool(ok)
 
 
+QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def _config_for(run_config: dict, selection: Sequence[str]) -> dict:
     ops = {k: v for k, v in run_config.get("ops", {}).items() if k in selection}
-    return {"ops": ops} if ops else {}
+    return {**QUIET_LOGGING, **({"ops": ops} if ops else {})}
 
 
 def which(program: str) -> str:

@@ -1,6 +1,8 @@
 """Training stage: a LoRA/QLoRA adapter per template and experiment, tracked in MLflow."""
 
 
+import sys
+
 import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import Field
@@ -36,9 +38,14 @@ class LoraConfig(dg.Config):
     quantization: str | None = Field(default=None, description="'auto' (4-bit QLoRA on CUDA, none on CPU), '4bit', '8bit' or 'none'.")
     gradient_checkpointing: bool | None = Field(default=None, description="Trade compute for memory (long packs, big models).")
     seed: int | None = Field(default=None, description="Random seed (training is deterministic on CPU).")
+    out_of_process: bool = Field(
+        default=True,
+        description="Train in a subprocess through Dagster Pipes (keeps the Dagster process light; "
+        "the same step runs under PipesK8sClient on a cluster). Off: train inside the step.",
+    )
 
     def overrides(self) -> dict:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        return {k: v for k, v in self.model_dump().items() if v is not None and k != "out_of_process"}
 
 
 def adapter_dir(template: str, experiment: str):
@@ -65,11 +72,13 @@ def lora_adapter(
     config: LoraConfig,
     base_model: BaseModelResource,
     mlflow_tracking: MlflowResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     """Trains, measures held-out reply loss against the base model, and registers the adapter."""
     from echo_pipeline.adapters import AdapterJob, run_adapter_job
     from echo_pipeline.experiments import experiment_config
     from echo_pipeline.tracking import TrackingUnavailableError
+    from echo_pipeline.train_job import outcome_metadata
 
     keys = context.partition_key.keys_by_dimension
     template, experiment = keys["template"], keys["experiment"]
@@ -96,27 +105,39 @@ def lora_adapter(
         },
     )
 
-    def progress(step: int, metrics: dict[str, float]) -> None:
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        context.log.info(f"step {step}: {shown}")
-
-    try:
-        outcome = run_adapter_job(job, on_progress=progress)
+    try:  # fail fast, before a subprocess loads torch and the model
+        mlflow_tracking.ensure_experiment()
     except TrackingUnavailableError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
 
-    metadata = {
-        "adapter_path": dg.MetadataValue.path(str(outcome.adapter_dir)),
-        "mlflow_run_id": outcome.run_id,
-        "mlflow_run": dg.MetadataValue.url(outcome.run_url),
-        "dataset_digest": outcome.dataset_digest,
-        "fingerprint": outcome.fingerprint,
-        "resumed_from_step": outcome.resumed_from_step if outcome.resumed_from_step is not None else -1,
-        **{k: float(v) for k, v in outcome.metrics.items()},
-    }
-    if outcome.model_uri:
-        metadata["mlflow_model_uri"] = outcome.model_uri
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(outcome.fingerprint))
+    if config.out_of_process:
+        return pipes_subprocess_client.run(
+            command=[sys.executable, "-m", "echo_pipeline.train_job"],
+            context=context,
+            extras={"job": job.to_dict()},
+        ).get_materialize_result()
+
+    def progress(step: int, metrics: dict[str, float]) -> None:
+        context.log.info(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    outcome = run_adapter_job(job, on_progress=progress)
+    return dg.MaterializeResult(
+        metadata=_as_dagster_metadata(outcome_metadata(outcome)),
+        data_version=dg.DataVersion(outcome.fingerprint),
+    )
+
+
+def _as_dagster_metadata(raw: dict) -> dict:
+    """Pipes-style metadata ({raw_value, type} dicts) as Dagster metadata values."""
+    converted = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and value.get("type") == "path":
+            converted[key] = dg.MetadataValue.path(value["raw_value"])
+        elif isinstance(value, dict) and value.get("type") == "url":
+            converted[key] = dg.MetadataValue.url(value["raw_value"])
+        else:
+            converted[key] = value
+    return converted
 
 
 training_assets = [lora_adapter]

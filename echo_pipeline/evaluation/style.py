@@ -23,6 +23,7 @@ import numpy as np
 
 TOP_K_WORDS = 20
 CHAR_NGRAM = 3
+PUNCTUATION_FLOOR = 0.05  # punctuation per character below which differences count less
 
 _WORD = re.compile(r"\w+(?:['’]\w+)*")
 _LETTER = re.compile(r"[^\W\d_]")
@@ -170,9 +171,13 @@ def style_profile(texts: Sequence[str]) -> StyleProfile:
     )
 
 
-def _relative_difference(a: float, b: float) -> float:
-    """|a - b| / max(a, b): rates of very different scales become comparable, in [0, 1]."""
-    top = max(abs(a), abs(b))
+def _relative_difference(a: float, b: float, floor: float = 0.0) -> float:
+    """|a - b| / max(a, b, floor), in [0, 1] for non-negative rates.
+
+    Relative, so small rates (punctuation per character) count as much as large ones; the
+    floor stops two tiny rates (0.01 against 0.02) from reading as a big difference.
+    """
+    top = max(abs(a), abs(b), floor)
     return abs(a - b) / top if top else 0.0
 
 
@@ -215,7 +220,9 @@ def compare_style(
         "length_ks": ks_statistic(ref_lengths, cand_lengths),
         "lowercase_start_distance": abs(ref.lowercase_start_rate - cand.lowercase_start_rate),
         "all_caps_distance": abs(ref.all_caps_rate - cand.all_caps_rate),
-        "punctuation_distance": _relative_difference(ref.punctuation_rate, cand.punctuation_rate),
+        "punctuation_distance": _relative_difference(
+            ref.punctuation_rate, cand.punctuation_rate, PUNCTUATION_FLOOR
+        ),
         "ending_period_distance": abs(ref.ending_period_rate - cand.ending_period_rate),
         "emoji_distance": abs(ref.emoji_rate - cand.emoji_rate),
         "distinct_words_distance": _relative_difference(

@@ -1,0 +1,274 @@
+"""Evaluation stage: does each adapter sound like me, and which one does best?"""
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from echo_pipeline.defs.datasets import dataset_path
+from echo_pipeline.defs.io_manager import asset_path, partition_slug
+from echo_pipeline.defs.partitions import adapter_partitions
+from echo_pipeline.defs.resources import MlflowResource
+from echo_pipeline.defs.training import adapter_dir
+from echo_pipeline.paths import data_dir
+
+EVALUATION = "evaluation"
+OWNERS = ["team:echo-pipeline"]
+EVALUATION_CODE_VERSION = "1"
+COMPARISON_CODE_VERSION = "1"
+HEADLINE_METRICS = (
+    "base_reply_loss",
+    "adapter_reply_loss",
+    "base_stop_rate",
+    "adapter_stop_rate",
+    "real_attributed_share",
+    "base_attributed_share",
+    "adapter_attributed_share",
+    "base_style_distance",
+    "adapter_style_distance",
+    "base_similarity_to_real",
+    "adapter_similarity_to_real",
+    "attribution_heldout_balanced_accuracy",
+    "adapter_generations_per_s",
+)
+
+
+class EvaluationReportConfig(dg.Config):
+    """What the report measures, and how the replies it shows are generated."""
+
+    num_prompts: int = Field(
+        default=32, ge=1, description="Held-out prompts each model answers (drawn with seed)."
+    )
+    batch_size: int = Field(
+        default=8, ge=1, description="Prompts generated together (left-padded)."
+    )
+    max_new_tokens: int = Field(
+        default=48, ge=1, description="Bound on reply length; a reply that hits it did not stop."
+    )
+    do_sample: bool = Field(
+        default=False, description="Sample instead of greedy decoding (greedy is reproducible)."
+    )
+    temperature: float = Field(
+        default=0.7, gt=0, description="Sampling temperature (only with do_sample)."
+    )
+    top_p: float = Field(
+        default=0.9, gt=0, le=1, description="Nucleus sampling mass (only with do_sample)."
+    )
+    seed: int = Field(default=0, description="Seeds the choice of prompts and the sampling.")
+    max_prompt_tokens: int = Field(
+        default=512,
+        ge=32,
+        description="Longest prompt; longer ones lose their oldest context first, as in training.",
+    )
+    max_loss_examples: int = Field(
+        default=256, ge=0, description="Held-out pairs scored for reply loss (0: all)."
+    )
+    similarity: bool = Field(
+        default=True,
+        description="Score relevance with all-MiniLM-L6-v2 (loaded offline from its package).",
+    )
+
+    def evaluation_config(self):
+        from echo_pipeline.evaluation.evaluate import EvaluationConfig
+        from echo_pipeline.evaluation.generation import GenerationSettings
+
+        generation = GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+        )
+        return EvaluationConfig(
+            num_prompts=self.num_prompts,
+            generation=generation,
+            max_prompt_tokens=self.max_prompt_tokens,
+            max_loss_examples=self.max_loss_examples,
+            similarity=self.similarity,
+        )
+
+
+def report_dir(template: str, experiment: str) -> Path:
+    return (
+        data_dir()
+        / "evaluation_report"
+        / f"{partition_slug(template)}__{partition_slug(experiment)}"
+    )
+
+
+def comparison_dir() -> Path:
+    return data_dir() / "model_comparison"
+
+
+def pairs_path() -> Path:
+    """The conversation_pairs Parquet (as the IO manager writes it)."""
+    return asset_path(data_dir(), dg.AssetKey("conversation_pairs"))
+
+
+def summary_markdown(metrics: dict) -> str:
+    from echo_pipeline.evaluation.evaluate import SCORECARD
+    from echo_pipeline.evaluation.report import fmt
+
+    lines = ["| metric | my real replies | base | adapter |", "|---|---|---|---|"]
+    for label, name, better, sides in SCORECARD:
+        cells = [
+            fmt(metrics.get(f"{side}_{name}")) if side in sides else "–"
+            for side in ("real", "base", "adapter")
+        ]
+        if any(cell != "–" for cell in cells):
+            lines.append(f"| {label} ({better} is better) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    group_name=EVALUATION,
+    kinds={"pytorch", "mlflow", "html"},
+    owners=OWNERS,
+    partitions_def=adapter_partitions,
+    deps=[dg.AssetDep("lora_adapter")],
+    code_version=EVALUATION_CODE_VERSION,
+    pool="gpu",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "beats_base",
+            asset="evaluation_report",
+            description="The adapter has a lower held-out reply loss than the base model and more of "
+            "its replies are attributed to me.",
+        )
+    ],
+    description="Base vs adapter on held-out pairs: loss, stop rate, style, attribution, relevance; HTML + JSON, logged to MLflow.",
+)
+def evaluation_report(
+    context: dg.AssetExecutionContext,
+    config: EvaluationReportConfig,
+    mlflow_tracking: MlflowResource,
+) -> dg.MaterializeResult:
+    """Answers "does it sound like me?" for one adapter, with numbers, plots and samples.
+
+    Loss alone cannot: an adapter can predict my replies better and still write like nobody,
+    or write like me and miss the point. The report sets the adapter's replies beside the base
+    model's and my real ones on the same held-out prompts and the same template, and is logged
+    as a child of the adapter's training run.
+    """
+    from echo_pipeline.evaluation.evaluate import adapter_vs_base, evaluate_adapter
+    from echo_pipeline.evaluation.report import write_report
+    from echo_pipeline.evaluation.runs import log_evaluation_run, training_history, training_run
+    from echo_pipeline.tracking import TrackingUnavailableError, run_url
+
+    keys = context.partition_key.keys_by_dimension
+    template, experiment = keys["template"], keys["experiment"]
+    adapter = adapter_dir(template, experiment)
+    if not (adapter / "echo_metadata.json").exists():
+        raise dg.Failure(
+            f"{adapter}: lora_adapter[{context.partition_key}] is not materialised; materialise it first"
+        )
+    try:
+        mlflow_tracking.ensure_experiment()  # fail before minutes of generation, not after
+    except TrackingUnavailableError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
+
+    result = evaluate_adapter(
+        adapter,
+        dataset_path(template),
+        pairs_path(),
+        config=config.evaluation_config(),
+        log=context.log.info,
+    )
+    uri = mlflow_tracking.uri()
+    parent = training_run(uri, result.lineage.get("training_run_id"))
+    history = training_history(uri, parent.info.run_id) if parent else {}
+    parent_url = run_url(uri, parent.info.experiment_id, parent.info.run_id) if parent else None
+    out = report_dir(template, experiment)
+
+    def write_files(evaluation_url: str):
+        return write_report(
+            result, out, history, training_run_url=parent_url, evaluation_run_url=evaluation_url
+        )
+
+    run, files = log_evaluation_run(
+        result,
+        write_files,
+        tracking_uri=uri,
+        experiment_name=mlflow_tracking.experiment_name,
+        tags={
+            "dagster.run_id": context.run.run_id,
+            "dagster.asset_key": context.asset_key.to_user_string(),
+            "dagster.partition_key": str(context.partition_key),
+            "dagster.code_version": EVALUATION_CODE_VERSION,
+        },
+    )
+
+    metrics = result.metrics
+    verdict = adapter_vs_base(metrics)
+    beats = bool(verdict.get("reply_loss")) and bool(verdict.get("attributed_share"))
+    metadata = {
+        "summary": dg.MetadataValue.md(summary_markdown(metrics)),
+        "report_path": dg.MetadataValue.path(str(files.html)),
+        "metrics_path": dg.MetadataValue.path(str(files.metrics)),
+        "mlflow_run": dg.MetadataValue.url(run.run_url),
+        "mlflow_run_id": run.run_id,
+        "training_run_id": str(result.lineage.get("training_run_id")),
+        "dataset_digest": str(result.lineage["dataset_digest"]),
+        "dataset_matches_adapter": bool(result.lineage["dataset_matches_adapter"]),
+        **{name: float(metrics[name]) for name in HEADLINE_METRICS if name in metrics},
+    }
+    if run.model_id:
+        metadata["mlflow_model_id"] = run.model_id
+    check = dg.AssetCheckResult(
+        check_name="beats_base",
+        passed=beats,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            **{f"adapter_ahead_on_{name}": ahead for name, ahead in verdict.items()},
+            **{n: float(metrics[n]) for n in HEADLINE_METRICS[:7] if n in metrics},
+        },
+        description=None
+        if beats
+        else "The adapter does not beat the base on held-out reply loss and attribution.",
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+@dg.asset(
+    group_name=EVALUATION,
+    kinds={"mlflow", "html", "csv"},
+    owners=OWNERS,
+    deps=[dg.AssetDep("evaluation_report", partition_mapping=dg.AllPartitionMapping())],
+    code_version=COMPARISON_CODE_VERSION,
+    description="Leaderboard over every adapter (template x experiment) from MLflow: one table, one plot.",
+)
+def model_comparison(
+    context: dg.AssetExecutionContext, mlflow_tracking: MlflowResource
+) -> dg.MaterializeResult:
+    """Which template and recipe sounds most like me, at a glance.
+
+    Read from MLflow rather than from the report files, so runs made outside Dagster (the CLI,
+    a notebook, another machine sharing the tracking server) are on the board too.
+    """
+    from echo_pipeline.evaluation.comparison import (
+        leaderboard,
+        leaderboard_markdown,
+        write_leaderboard,
+    )
+
+    frame = leaderboard(mlflow_tracking.uri(), mlflow_tracking.experiment_name)
+    files = write_leaderboard(frame, comparison_dir())
+    metadata = {
+        "leaderboard": dg.MetadataValue.md(leaderboard_markdown(frame)),
+        "html_path": dg.MetadataValue.path(str(files.html)),
+        "csv_path": dg.MetadataValue.path(str(files.csv)),
+        "adapters": len(frame),
+        "evaluated": int((~frame["stale"].astype(bool)).sum()) if len(frame) else 0,
+    }
+    if len(frame):
+        best = frame.iloc[0]
+        metadata["best"] = f"{best['template']}/{best['experiment']}"
+    else:
+        context.log.warning(
+            "no adapter runs in MLflow yet: materialise lora_adapter and evaluation_report"
+        )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+evaluation_assets = [evaluation_report, model_comparison]

@@ -1,0 +1,371 @@
+"""Evaluate one adapter against its base model on held-out pairs: "does it sound like me?".
+
+Loss says how well the adapter predicts my held-out replies; it does not say whether what it
+writes reads like me, or answers the message. So, on the same held-out prompts rendered with
+the adapter's training template, the base model (adapter switched off) and the adapter each
+write a reply, and every reply is measured against my real one:
+
+* reply loss and perplexity on the held-out reply tokens (base vs adapter);
+* stop rate: did the reply end at EOS within the token bound (the seed rambled);
+* style: length distribution, casing, punctuation, emoji, vocabulary, character 3-grams;
+* attribution: the share a my-turns-vs-others classifier, trained on the train split, takes
+  for mine, beside the same share for my real replies;
+* relevance: MiniLM similarity to the real reply and to the prompt; repetition (distinct-2).
+
+Metric names are flat and prefixed by whose text they describe: ``real_``, ``base_``,
+``adapter_``. Nothing here touches Dagster or MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from echo_pipeline.evaluation.attribution import (
+    AuthorshipClassifier,
+    attributed_share,
+    balanced_accuracy,
+)
+from echo_pipeline.evaluation.generation import (
+    GenerationRun,
+    GenerationSettings,
+    adapter_disabled,
+    generate_replies,
+    stop_rate,
+)
+from echo_pipeline.evaluation.relevance import distinct_n
+from echo_pipeline.evaluation.style import compare_style, style_profile, word_counts
+
+logger = logging.getLogger(__name__)
+
+SIDES = ("real", "base", "adapter")
+PAIR_COLUMNS = ["pair_id", "context", "prompt_author", "prompt", "reply", "split"]
+
+#: The headline numbers: (label, metric suffix, which direction is better, sides shown).
+SCORECARD: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("Reply loss (held-out)", "reply_loss", "lower", ("base", "adapter")),
+    ("Perplexity (held-out)", "perplexity", "lower", ("base", "adapter")),
+    ("Stop rate (EOS within bound)", "stop_rate", "higher", ("base", "adapter")),
+    ("Attributed to me", "attributed_share", "higher", SIDES),
+    ("Style distance to my replies", "style_distance", "lower", ("base", "adapter")),
+    ("Similarity to my reply", "similarity_to_real", "higher", ("base", "adapter")),
+    ("Similarity to the prompt", "similarity_to_prompt", "higher", SIDES),
+    ("Distinct-2", "distinct_2", "higher", SIDES),
+)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What is evaluated and how replies are generated."""
+
+    num_prompts: int = 32
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    max_prompt_tokens: int = 512
+    max_loss_examples: int = 256  # held-out rows for reply loss (0: all)
+    heldout_split: str = "test"  # "val" is used when the test split is empty
+    similarity: bool = True  # MiniLM relevance; off skips loading it
+    attribution_l2: float = 1e-3
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EvaluationResult:
+    """All numbers of one evaluation, the per-prompt samples, and where everything came from."""
+
+    template: str
+    experiment: str
+    metrics: dict[str, float]
+    samples: pd.DataFrame  # one row per evaluated prompt
+    lineage: dict[str, Any]
+    config: dict[str, Any]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Per-text values for plots: word counts and P(me) per side, similarities."""
+        values = {f"{side}_words": word_counts(self.samples[side]) for side in SIDES}
+        for column in self.samples.columns:
+            if column.endswith(("_p_me", "_similarity_to_real", "_similarity_to_prompt")):
+                values[column] = self.samples[column].to_numpy(dtype=float)
+        return values
+
+    def metric(self, side: str, name: str) -> float | None:
+        return self.metrics.get(f"{side}_{name}")
+
+    def to_json(self) -> dict[str, Any]:
+        samples = self.samples.astype(object).where(self.samples.notna(), None)
+        return {
+            "template": self.template,
+            "experiment": self.experiment,
+            "metrics": self.metrics,
+            "lineage": self.lineage,
+            "config": self.config,
+            "samples": samples.to_dict(orient="records"),
+        }
+
+
+def adapter_vs_base(metrics: dict[str, float]) -> dict[str, bool]:
+    """For each scorecard metric both models have: is the adapter better than the base?"""
+    verdict = {}
+    for _, name, better, _ in SCORECARD:
+        base, adapter = metrics.get(f"base_{name}"), metrics.get(f"adapter_{name}")
+        if base is not None and adapter is not None and name != "perplexity":
+            verdict[name] = adapter < base if better == "lower" else adapter > base
+    return verdict
+
+
+def heldout_split_name(frame: pd.DataFrame, preferred: str = "test") -> str:
+    """``preferred`` if it has rows, else ``val`` (the training side makes the same choice)."""
+    for split in dict.fromkeys((preferred, "val")):
+        if (frame["split"] == split).any():
+            return split
+    raise ValueError(f"the dataset has no {preferred!r} or 'val' rows to evaluate on")
+
+
+def select_prompts(heldout: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """``count`` held-out pairs drawn with ``seed``, kept in dataset order (all if fewer)."""
+    if count >= len(heldout):
+        return heldout.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    return heldout.iloc[np.sort(rng.choice(len(heldout), size=count, replace=False))].reset_index(
+        drop=True
+    )
+
+
+def _texts_metrics(side: str, texts: Sequence[str], real: Sequence[str]) -> dict[str, float]:
+    metrics = {f"{side}_{k}": v for k, v in style_profile(texts).as_dict().items() if k != "texts"}
+    metrics[f"{side}_distinct_1"] = distinct_n(texts, 1)
+    metrics[f"{side}_distinct_2"] = distinct_n(texts, 2)
+    if side != "real":
+        metrics |= {f"{side}_{k}": v for k, v in compare_style(real, texts).as_dict().items()}
+    return metrics
+
+
+def score_replies(
+    samples: pd.DataFrame,
+    classifier: AuthorshipClassifier,
+    embedder: Any | None = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Style, attribution and relevance of the ``real``/``base``/``adapter`` columns of ``samples``.
+
+    ``samples`` needs ``prompt`` and the three reply columns; per-text scores are added as
+    columns, the aggregate ones returned as metrics. No model generation here.
+    """
+    samples = samples.copy()
+    real = samples["real"].astype(str).tolist()
+    metrics: dict[str, float] = {}
+    for side in SIDES:
+        texts = samples[side].astype(str).tolist()
+        metrics |= _texts_metrics(side, texts, real)
+        p_me = classifier.p_me(texts)
+        samples[f"{side}_p_me"] = p_me
+        metrics[f"{side}_attributed_share"] = attributed_share(p_me)
+        metrics[f"{side}_mean_p_me"] = float(p_me.mean()) if len(p_me) else 0.0
+        if embedder is not None:
+            prompts = samples["prompt"].astype(str).tolist()
+            to_prompt = embedder.paired_similarity(texts, prompts)
+            samples[f"{side}_similarity_to_prompt"] = to_prompt
+            metrics[f"{side}_similarity_to_prompt"] = float(to_prompt.mean())
+            if side != "real":
+                to_real = embedder.paired_similarity(texts, real)
+                samples[f"{side}_similarity_to_real"] = to_real
+                metrics[f"{side}_similarity_to_real"] = float(to_real.mean())
+    return samples, metrics
+
+
+def train_attribution(
+    pairs: pd.DataFrame, *, l2: float = 1e-3
+) -> tuple[AuthorshipClassifier, dict[str, float]]:
+    """The classifier from the train split (my replies vs the prompts), and how good it is.
+
+    Its balanced accuracy on held-out replies vs held-out prompts says how much the attribution
+    numbers can be trusted: near 0.5 the classifier cannot tell me from the others at all.
+    """
+    train = pairs[pairs["split"] == "train"]
+    classifier = AuthorshipClassifier.fit(train["reply"].tolist(), train["prompt"].tolist(), l2=l2)
+    metrics = {
+        "attribution_train_mine": float(classifier.trained_on["mine"]),
+        "attribution_train_others": float(classifier.trained_on["others"]),
+    }
+    heldout = pairs[pairs["split"] != "train"]
+    if len(heldout):
+        metrics["attribution_heldout_balanced_accuracy"] = balanced_accuracy(
+            classifier.p_me(heldout["reply"].tolist()), classifier.p_me(heldout["prompt"].tolist())
+        )
+    return classifier, metrics
+
+
+def _generation_metrics(side: str, run: GenerationRun) -> dict[str, float]:
+    return {
+        f"{side}_stop_rate": stop_rate(run.stopped),
+        f"{side}_generation_seconds": run.seconds,
+        f"{side}_generations_per_s": run.generations_per_s,
+    }
+
+
+def _loss_metrics(side: str, loss: float) -> dict[str, float]:
+    return {f"{side}_reply_loss": loss, f"{side}_perplexity": math.exp(min(loss, 50.0))}
+
+
+def read_pairs(pairs_path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    if not Path(pairs_path).exists():
+        raise FileNotFoundError(
+            f"{pairs_path}: conversation_pairs is not materialised; materialise it first"
+        )
+    return pq.read_table(pairs_path, columns=PAIR_COLUMNS).to_pandas()
+
+
+def evaluate_adapter(
+    adapter_dir: str | Path,
+    dataset_path: str | Path,
+    pairs_path: str | Path,
+    *,
+    config: EvaluationConfig | None = None,
+    base_model: Any | None = None,
+    session: Any | None = None,
+    embedder: Any | None = None,
+    log: Callable[[str], None] | None = None,
+) -> EvaluationResult:
+    """Base vs adapter on the held-out pairs of ``dataset_path`` (a template_dataset Parquet).
+
+    ``pairs_path`` is the conversation_pairs Parquet: prompts and context for generation, and
+    the train split for the attribution classifier. ``base_model`` (a ResolvedBaseModel)
+    defaults to the one recorded with the adapter; ``session`` and ``embedder`` can be passed
+    in to reuse loaded models.
+    """
+    from echo_pipeline.adapters import (
+        dataset_digest,
+        load_dataset,
+        read_adapter_metadata,
+        split_examples,
+    )
+    from echo_pipeline.tokenization import tokenize_inference_prompt
+    from echo_pipeline.training import reply_loss
+
+    config = config or EvaluationConfig()
+    say = log or logger.info
+    adapter_dir = Path(adapter_dir)
+    meta = read_adapter_metadata(adapter_dir)
+    frame = load_dataset(Path(dataset_path))
+    pairs = read_pairs(Path(pairs_path))
+    split = heldout_split_name(frame, config.heldout_split)
+
+    heldout_rows = frame[frame["split"] == split]
+    by_id = pairs.drop_duplicates("pair_id").set_index("pair_id")
+    missing = sorted(set(heldout_rows["pair_id"]) - set(by_id.index))
+    if missing:
+        raise ValueError(
+            f"{dataset_path}: {len(missing)} held-out pairs (e.g. {missing[0]}) are not in {pairs_path}; "
+            "the dataset and the pairs are from different runs: re-materialise template_dataset"
+        )
+    heldout = by_id.loc[heldout_rows["pair_id"]].reset_index()
+    chosen = select_prompts(heldout, config.num_prompts, config.generation.seed)
+
+    classifier, metrics = train_attribution(pairs, l2=config.attribution_l2)
+    say(f"attribution classifier: {metrics}")
+
+    if session is None:
+        from echo_pipeline.chat import ChatSession
+
+        session = ChatSession.from_adapter(adapter_dir, base_model=base_model)
+    prompt_ids = [
+        tokenize_inference_prompt(
+            session.template,
+            session.tokenizer,
+            row.context,
+            str(row.prompt),
+            session.system_prompt,
+            prompt_author=str(row.prompt_author or ""),
+            max_tokens=config.max_prompt_tokens,
+        )
+        for row in chosen.itertuples(index=False)
+    ]
+    examples = split_examples(frame, split)
+    if config.max_loss_examples and len(examples) > config.max_loss_examples:
+        keep = np.sort(
+            np.random.default_rng(config.generation.seed).choice(
+                len(examples), config.max_loss_examples, replace=False
+            )
+        )
+        examples = [examples[i] for i in keep]
+
+    settings = config.generation
+    say(f"{split}: reply loss on {len(examples)} pairs, {len(prompt_ids)} generations per model")
+    adapter_loss = reply_loss(session.model, examples)
+    adapter_run = generate_replies(session, prompt_ids, settings)
+    with adapter_disabled(session.model):
+        base_loss = reply_loss(session.model, examples)
+        base_run = generate_replies(session, prompt_ids, settings)
+    metrics |= _loss_metrics("base", base_loss) | _loss_metrics("adapter", adapter_loss)
+    metrics |= _generation_metrics("base", base_run) | _generation_metrics("adapter", adapter_run)
+    metrics |= {
+        "heldout_pairs": float(len(heldout)),
+        "evaluated_prompts": float(len(chosen)),
+        "reply_loss_examples": float(len(examples)),
+    }
+
+    samples = pd.DataFrame(
+        {
+            "pair_id": chosen["pair_id"].astype(str),
+            "prompt_author": chosen["prompt_author"].astype(str),
+            "prompt": chosen["prompt"].astype(str),
+            "real": chosen["reply"].astype(str),
+            "base": base_run.texts,
+            "adapter": adapter_run.texts,
+            "base_stopped": base_run.stopped,
+            "adapter_stopped": adapter_run.stopped,
+            "prompt_tokens": [len(p) for p in prompt_ids],
+        }
+    )
+    if embedder is None and config.similarity:
+        from echo_pipeline.evaluation.relevance import SentenceEmbedder
+
+        embedder = SentenceEmbedder.load()
+    samples, scores = score_replies(samples, classifier, embedder if config.similarity else None)
+    metrics |= scores
+
+    digest = dataset_digest(frame)
+    recorded = meta.get("dataset", {})
+    lineage = {
+        "template": meta["template"],
+        "experiment": meta.get("experiment", ""),
+        "adapter_dir": str(adapter_dir),
+        "adapter_fingerprint": meta.get("fingerprint"),
+        "base_model": meta.get("base_model", {}),
+        "system_prompt": meta.get("system_prompt", ""),
+        "dataset_path": str(dataset_path),
+        "dataset_digest": digest,
+        "adapter_dataset_digest": recorded.get("digest"),
+        "dataset_matches_adapter": recorded.get("digest") == digest,
+        "pairs_path": str(pairs_path),
+        "heldout_split": split,
+        "training": meta.get("training", {}),
+        "training_results": meta.get("results", {}),
+        "training_run_id": meta.get("mlflow", {}).get("run_id"),
+        "training_experiment_id": meta.get("mlflow", {}).get("experiment_id"),
+        "training_tracking_uri": meta.get("mlflow", {}).get("tracking_uri"),
+        "package_version": meta.get("package_version"),
+        "git_commit": meta.get("git_commit"),
+    }
+    if not lineage["dataset_matches_adapter"]:
+        say(
+            f"warning: the dataset changed since the adapter was trained ({recorded.get('digest')} -> {digest})"
+        )
+    return EvaluationResult(
+        template=meta["template"],
+        experiment=meta.get("experiment", ""),
+        metrics={k: float(v) for k, v in metrics.items()},
+        samples=samples,
+        lineage=lineage,
+        config=config.as_dict(),
+    )

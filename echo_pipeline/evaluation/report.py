@@ -1,0 +1,470 @@
+"""The evaluation report: one HTML file a person can open anywhere, and the metrics as JSON.
+
+Self-contained on purpose: CSS inline, plots as base64 PNGs, no scripts, nothing fetched, so
+the file works from an MLflow artifact view, an email or a laptop offline. Every piece of chat
+text is HTML-escaped: these are other people's messages, and a report must never run them.
+Plots use matplotlib's object API (no pyplot), so rendering never touches global state.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from echo_pipeline.evaluation.evaluate import SCORECARD, SIDES, EvaluationResult, adapter_vs_base
+from echo_pipeline.storage import write_text
+
+REPORT_FILE = "report.html"
+METRICS_FILE = "metrics.json"
+COLORS = {"real": "#4d4d4d", "base": "#e08a2c", "adapter": "#2f6fb3"}
+LABELS = {"real": "my real replies", "base": "base model", "adapter": "adapter"}
+STYLE_FEATURES = (
+    ("mean words", "mean_words"),
+    ("lowercase start", "lowercase_start_rate"),
+    ("all-caps words", "all_caps_rate"),
+    ("punctuation / char", "punctuation_rate"),
+    ("ends with '.'", "ending_period_rate"),
+    ("emoji", "emoji_rate"),
+    ("distinct words", "distinct_words_ratio"),
+    ("distinct-2", "distinct_2"),
+)
+DISTANCES = (
+    ("length KS", "length_ks"),
+    ("length Wasserstein (words)", "length_wasserstein"),
+    ("lowercase start", "lowercase_start_distance"),
+    ("all caps", "all_caps_distance"),
+    ("punctuation", "punctuation_distance"),
+    ("ending period", "ending_period_distance"),
+    ("emoji", "emoji_distance"),
+    ("distinct words", "distinct_words_distance"),
+    ("top-20 words Jaccard (higher: closer)", "top_words_jaccard"),
+    ("char 3-gram cosine (higher: closer)", "char_ngram_cosine"),
+    ("style distance (mean)", "style_distance"),
+)
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d1d1f;margin:0;background:#f6f7f9}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{margin:0 0 4px;font-size:26px}h2{margin:28px 0 10px;font-size:19px;border-bottom:1px solid #dde;padding-bottom:4px}
+.sub{color:#555;margin:0 0 16px}
+table{border-collapse:collapse;width:100%;background:#fff;font-size:14px}
+th,td{border:1px solid #dde;padding:6px 8px;text-align:left;vertical-align:top}
+th{background:#eef1f5}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.text{white-space:pre-wrap;word-break:break-word;max-width:260px}
+.better{background:#e3f4e3}.worse{background:#fbe6e4}
+.verdict li{margin:2px 0}.ok{color:#1b7a1b}.no{color:#b3261e}
+figure{margin:0;background:#fff;border:1px solid #dde;padding:8px}
+figure img{max-width:100%;height:auto;display:block}
+figcaption{color:#555;font-size:13px;margin-top:4px}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:12px}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;background:#fff;padding:12px;border:1px solid #dde}
+dt{font-weight:600}dd{margin:0;word-break:break-all}
+.tag{display:inline-block;font-size:12px;padding:0 6px;border-radius:8px;background:#eef1f5;color:#333}
+.muted{color:#777}
+"""
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    html: Path
+    metrics: Path
+
+
+def esc(value: Any) -> str:
+    """Text for HTML content and attribute values: every markup character escaped."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float | np.floating):
+        if not np.isfinite(value):
+            return str(value)
+        return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+
+def figure_png(fig: Any) -> str:
+    """A matplotlib Figure as a base64 PNG data URI."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def new_figure(width: float = 6.4, height: float = 3.6) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def loss_curves_png(
+    history: Mapping[str, Sequence[tuple[int, float]]], metrics: Mapping[str, float]
+) -> str | None:
+    """Training loss and validation loss by step, with the held-out reply losses as lines."""
+    if not any(history.get(key) for key in ("loss", "eval_loss")):
+        return None
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for key, label, style in (("loss", "train loss", "-"), ("eval_loss", "validation loss", "o-")):
+        points = sorted(history.get(key) or [])
+        if points:
+            ax.plot(
+                [s for s, _ in points], [v for _, v in points], style, label=label, markersize=4
+            )
+    for side in ("base", "adapter"):
+        value = metrics.get(f"{side}_reply_loss")
+        if value is not None:
+            ax.axhline(
+                value, linestyle="--", color=COLORS[side], label=f"{LABELS[side]}: held-out loss"
+            )
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reply-token cross-entropy")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
+def length_histogram_png(arrays: Mapping[str, np.ndarray]) -> str:
+    """Words per reply: my real replies against the base model's and the adapter's."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    top = max(
+        [1.0, *(float(arrays[f"{s}_words"].max()) for s in SIDES if len(arrays[f"{s}_words"]))]
+    )
+    bins = np.arange(0, top + 2) - 0.5 if top <= 40 else np.linspace(0, top + 1, 31)
+    for side in SIDES:
+        values = arrays[f"{side}_words"]
+        if len(values):
+            ax.hist(
+                values,
+                bins=bins,
+                histtype="step",
+                linewidth=2,
+                color=COLORS[side],
+                label=LABELS[side],
+            )
+    ax.set_xlabel("words per reply")
+    ax.set_ylabel("replies")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
+def _grouped_bars(
+    ax: Any, labels: Sequence[str], series: Mapping[str, Sequence[float | None]]
+) -> None:
+    x = np.arange(len(labels))
+    width = 0.8 / max(1, len(series))
+    for i, (side, values) in enumerate(series.items()):
+        heights = [np.nan if v is None else v for v in values]
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            heights,
+            width,
+            color=COLORS[side],
+            label=LABELS[side],
+        )
+    ax.set_xticks(x, labels, rotation=25, ha="right", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+
+
+def style_bars_png(metrics: Mapping[str, float]) -> str:
+    """Style rates side by side (all in [0, 1]; mean words on its own axis)."""
+    fig = new_figure(7.5, 3.8)
+    left, right = fig.subplots(1, 2, width_ratios=[6, 1])
+    rates = [(label, key) for label, key in STYLE_FEATURES if key != "mean_words"]
+    _grouped_bars(
+        left,
+        [label for label, _ in rates],
+        {s: [metrics.get(f"{s}_{k}") for _, k in rates] for s in SIDES},
+    )
+    left.set_ylim(0, 1.05)
+    left.set_title("style rates", fontsize=10)
+    _grouped_bars(right, ["mean words"], {s: [metrics.get(f"{s}_mean_words")] for s in SIDES})
+    right.get_legend().remove()
+    return figure_png(fig)
+
+
+def headline_bars_png(metrics: Mapping[str, float]) -> str:
+    """The scorecard as bars: what "better" means is in each label."""
+    fig = new_figure(7.5, 3.8)
+    ax = fig.add_subplot()
+    shown = [
+        ("stop rate ↑", "stop_rate"),
+        ("attributed to me ↑", "attributed_share"),
+        ("style distance ↓", "style_distance"),
+        ("similarity to my reply ↑", "similarity_to_real"),
+        ("similarity to prompt ↑", "similarity_to_prompt"),
+        ("distinct-2 ↑", "distinct_2"),
+    ]
+    _grouped_bars(
+        ax,
+        [label for label, _ in shown],
+        {s: [metrics.get(f"{s}_{k}") for _, k in shown] for s in SIDES},
+    )
+    ax.set_ylim(0, 1.05)
+    return figure_png(fig)
+
+
+def attribution_png(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """P(me) per reply, per side: how sure the classifier is that each reply is mine."""
+    if not all(f"{s}_p_me" in arrays for s in SIDES):
+        return None
+    fig = new_figure()
+    ax = fig.add_subplot()
+    bins = np.linspace(0, 1, 21)
+    for side in SIDES:
+        ax.hist(
+            arrays[f"{side}_p_me"],
+            bins=bins,
+            histtype="step",
+            linewidth=2,
+            color=COLORS[side],
+            label=LABELS[side],
+        )
+    ax.axvline(0.5, color="#999", linestyle=":")
+    ax.set_xlabel("P(me) from the attribution classifier")
+    ax.set_ylabel("replies")
+    ax.legend(fontsize=8)
+    return figure_png(fig)
+
+
+# --- HTML -----------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], css_class: str = "") -> str:
+    """A table from already-escaped cell HTML (cells are ``<td>`` content)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(f"<tr>{''.join(rows_cells)}</tr>" for rows_cells in rows)
+    return f'<table class="{esc(css_class)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _num(value: Any, css: str = "") -> str:
+    return f'<td class="num {css}">{esc(fmt(value))}</td>'
+
+
+def _scorecard(metrics: Mapping[str, float]) -> str:
+    rows = []
+    for label, name, better, sides in SCORECARD:
+        values = {s: metrics.get(f"{s}_{name}") for s in SIDES}
+        if all(values[s] is None for s in sides):
+            continue
+        base, adapter = values["base"], values["adapter"]
+        adapter_css = ""
+        if base is not None and adapter is not None and base != adapter:
+            wins = adapter < base if better == "lower" else adapter > base
+            adapter_css = "better" if wins else "worse"
+        rows.append(
+            [
+                f"<td>{esc(label)} <span class='tag'>{esc(better)} is better</span></td>",
+                _num(values["real"]) if "real" in sides else '<td class="num muted">–</td>',
+                _num(base),
+                _num(adapter, adapter_css),
+            ]
+        )
+    return _table(["metric", "my real replies", "base model", "adapter"], rows, "scorecard")
+
+
+def _verdict(metrics: Mapping[str, float]) -> str:
+    names = {name: label for label, name, _, _ in SCORECARD}
+    items = []
+    for name, wins in adapter_vs_base(metrics).items():
+        mark = (
+            '<span class="ok">✔ adapter ahead</span>'
+            if wins
+            else '<span class="no">✘ base ahead or equal</span>'
+        )
+        items.append(f"<li>{mark} on {esc(names[name].lower())}</li>")
+    accuracy = metrics.get("attribution_heldout_balanced_accuracy")
+    if accuracy is not None:
+        items.append(
+            f"<li class='muted'>The attribution classifier tells my held-out replies from the others' "
+            f"with balanced accuracy {esc(fmt(accuracy))} (0.5 is chance).</li>"
+        )
+    return f'<ul class="verdict">{"".join(items)}</ul>'
+
+
+def _samples(result: EvaluationResult) -> str:
+    rows = []
+    for row in result.samples.itertuples(index=False):
+        record = row._asdict()
+        cells = [
+            f'<td class="text"><span class="tag">{esc(record.get("prompt_author", ""))}</span>\n{esc(record["prompt"])}</td>',
+        ]
+        for side in SIDES:
+            extras = []
+            if f"{side}_p_me" in record:
+                extras.append(f"P(me) {fmt(record[f'{side}_p_me'], 2)}")
+            if side != "real" and not record.get(f"{side}_stopped", True):
+                extras.append("no EOS")
+            tag = f'\n<span class="tag">{esc(" · ".join(extras))}</span>' if extras else ""
+            text = (
+                esc(record[side])
+                if str(record[side]).strip()
+                else '<span class="muted">(empty)</span>'
+            )
+            cells.append(f'<td class="text">{text}{tag}</td>')
+        rows.append(cells)
+    return _table(["prompt", "my real reply", "base model", "adapter"], rows, "samples")
+
+
+def _style_details(metrics: Mapping[str, float]) -> str:
+    features = _table(
+        ["feature", *(LABELS[s] for s in SIDES)],
+        (
+            [f"<td>{esc(label)}</td>", *(_num(metrics.get(f"{s}_{key}")) for s in SIDES)]
+            for label, key in STYLE_FEATURES
+        ),
+        "style",
+    )
+    distances = _table(
+        ["distance to my real replies", LABELS["base"], LABELS["adapter"]],
+        (
+            [
+                f"<td>{esc(label)}</td>",
+                _num(metrics.get(f"base_{key}")),
+                _num(metrics.get(f"adapter_{key}")),
+            ]
+            for label, key in DISTANCES
+        ),
+        "distances",
+    )
+    return features + "<p></p>" + distances
+
+
+def _definition_list(items: Iterable[tuple[str, str]]) -> str:
+    """``items`` are (label, already-escaped HTML) pairs."""
+    return "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+def _lineage(result: EvaluationResult, run_url: str | None, evaluation_run_url: str | None) -> str:
+    lineage = result.lineage
+    base = lineage.get("base_model") or {}
+    matches = lineage.get("dataset_matches_adapter")
+    digest = esc(lineage.get("dataset_digest"))
+    if matches is False:
+        digest += f' <span class="no">(the adapter was trained on {esc(lineage.get("adapter_dataset_digest"))})</span>'
+    items = [
+        (
+            "base model",
+            f"{esc(base.get('source'))} <span class='muted'>{esc(base.get('fingerprint'))}</span>",
+        ),
+        ("template", esc(result.template)),
+        ("experiment", esc(result.experiment)),
+        ("dataset", esc(lineage.get("dataset_path"))),
+        ("dataset digest", digest),
+        ("held-out split", esc(lineage.get("heldout_split"))),
+        ("adapter", esc(lineage.get("adapter_dir"))),
+        ("adapter fingerprint", esc(lineage.get("adapter_fingerprint"))),
+        ("training run", _link(run_url, lineage.get("training_run_id"))),
+        (
+            "code",
+            esc(f"echo_pipeline {lineage.get('package_version')} @ {lineage.get('git_commit')}"),
+        ),
+    ]
+    if evaluation_run_url:
+        items.append(("evaluation run", _link(evaluation_run_url, evaluation_run_url)))
+    return _definition_list(items)
+
+
+def _link(url: str | None, text: Any) -> str:
+    if not url:
+        return esc(text) if text else '<span class="muted">not recorded</span>'
+    return f'<a href="{esc(url)}">{esc(text)}</a>'
+
+
+def _figure_html(src: str | None, caption: str) -> str:
+    if src is None:
+        return f'<figure><p class="muted">{esc(caption)}: no data.</p></figure>'
+    return f'<figure><img src="{src}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def render_report(
+    result: EvaluationResult,
+    training_history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+    *,
+    training_run_url: str | None = None,
+    evaluation_run_url: str | None = None,
+) -> str:
+    """The report as one HTML string."""
+    metrics, arrays = result.metrics, result.arrays()
+    figures = [
+        (
+            loss_curves_png(training_history or {}, metrics),
+            "Training curves (MLflow) and held-out reply loss",
+        ),
+        (length_histogram_png(arrays), "Reply length in words"),
+        (headline_bars_png(metrics), "Headline metrics"),
+        (style_bars_png(metrics), "Style features"),
+        (attribution_png(arrays), "Authorship attribution: P(me) per reply"),
+    ]
+    generation = result.config.get("generation", {})
+    settings = ", ".join(f"{k}={v}" for k, v in generation.items())
+    title = f"Does it sound like me? {result.template} / {result.experiment}"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<main>
+<h1>Does it sound like me?</h1>
+<p class="sub">Adapter <b>{esc(result.template)}</b> / <b>{esc(result.experiment)}</b> against its base model on
+{esc(fmt(metrics.get("evaluated_prompts"), 0))} held-out prompts ({esc(result.lineage.get("heldout_split"))} split,
+{esc(fmt(metrics.get("heldout_pairs"), 0))} pairs), same template. Generation: {esc(settings)}.</p>
+<section id="verdict"><h2>Verdict</h2>{_verdict(metrics)}</section>
+<section id="scorecard"><h2>Scorecard</h2>{_scorecard(metrics)}</section>
+<section id="plots"><h2>Plots</h2><div class="plots">{"".join(_figure_html(src, caption) for src, caption in figures)}</div></section>
+<section id="samples"><h2>Samples</h2>{_samples(result)}</section>
+<section id="style"><h2>Style in detail</h2>{_style_details(metrics)}</section>
+<section id="lineage"><h2>Lineage</h2>{_lineage(result, training_run_url, evaluation_run_url)}</section>
+</main>
+</body>
+</html>
+"""
+
+
+def write_report(
+    result: EvaluationResult,
+    out_dir: str | Path,
+    training_history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+    *,
+    training_run_url: str | None = None,
+    evaluation_run_url: str | None = None,
+) -> ReportFiles:
+    """``report.html`` and ``metrics.json`` in ``out_dir``, each written atomically."""
+    out_dir = Path(out_dir)
+    html_path = write_text(
+        render_report(
+            result,
+            training_history,
+            training_run_url=training_run_url,
+            evaluation_run_url=evaluation_run_url,
+        ),
+        out_dir / REPORT_FILE,
+    )
+    payload = result.to_json() | {
+        "training_run_url": training_run_url,
+        "evaluation_run_url": evaluation_run_url,
+    }
+    json_path = write_text(
+        json.dumps(payload, indent=2, ensure_ascii=False, default=str), out_dir / METRICS_FILE
+    )
+    return ReportFiles(html_path, json_path)
