@@ -149,6 +149,18 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from echo_pipeline.export_model import export_merged
+
+    adapter = Path(args.adapter)
+    if not adapter.exists():
+        raise UsageError(f"{adapter}: no such adapter directory")
+    out = export_merged(adapter, args.out)
+    print(f"merged model, tokenizer and Modelfile in {out}")
+    print(f"ollama: cd {out} && ollama create my-echo -f Modelfile")
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from echo_pipeline.servers import serve_ui
 
@@ -201,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="One-shot: print the reply to this and exit.")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("export", help="Merge an adapter into its base (safetensors) and write an Ollama Modelfile.")
+    p.add_argument("--adapter", required=True, help="Adapter directory (data/lora_adapter/<template>__<experiment>).")
+    p.add_argument("--out", required=True, help="Output directory for the merged model.")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("ui", help="Dagster UI and MLflow UI together on 127.0.0.1; Ctrl-C stops both.")
     p.add_argument("--dagster-port", type=int, default=3000)

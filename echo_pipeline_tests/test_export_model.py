@@ -1,0 +1,69 @@
+"""Merging an adapter into its base gives the same greedy reply as base + adapter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from echo_pipeline.export_model import export_merged, modelfile_text
+from echo_pipeline.templates import TEMPLATE_NAMES
+
+
+def make_adapter(base_model, tmp_path, template: str = "chatml"):
+    """A LoRA with random (non-zero) B matrices, so merging visibly changes the weights."""
+    from peft import LoraConfig, get_peft_model
+
+    from echo_pipeline.base_model import load_causal_lm, load_tokenizer
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        load_causal_lm(base_model),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    out = tmp_path / "adapter"
+    model.save_pretrained(out)
+    load_tokenizer(base_model).save_pretrained(out)
+    meta = {
+        "base_model": {"source": base_model.source, "fingerprint": base_model.fingerprint, "revision": None},
+        "template": template,
+        "system_prompt": "You are alex.",
+    }
+    (out / "echo_metadata.json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.mark.slow
+def test_merged_model_generates_like_base_plus_adapter(base_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from echo_pipeline.chat import ChatSession
+
+    adapter = make_adapter(base_model, tmp_path)
+    session = ChatSession.from_adapter(adapter, max_new_tokens=12)
+    ids = session.prompt_ids("did you see the match last night?")
+    expected = session.generate([ids])[0]
+
+    merged_dir = export_merged(adapter, tmp_path / "merged")
+    assert (merged_dir / "model.safetensors").exists() and (merged_dir / "Modelfile").exists()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, use_safetensors=True)
+    session.model = merged.eval()
+    assert session.generate([ids])[0] == expected
+
+
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_modelfile_template_matches_training_prompt(template, smollm2_tokenizer):
+    from echo_pipeline.templates import ChatPair, render_inference_prompt
+
+    text = modelfile_text(template, smollm2_tokenizer, "You are alex.", "<|im_end|>")
+    body = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    # Fill the Go template by hand for the with-system branch and compare with the renderer.
+    with_system = body.split("{{ if .System }}", 1)[1].split("{{ else }}", 1)[0]
+    after = body.split("{{ end }}", 1)[1]
+    filled = (with_system + after).replace("{{ .System }}", "You are alex.").replace("{{ .Prompt }}", "hey")
+    expected = render_inference_prompt(
+        template, ChatPair((), "hey", None), system_prompt="You are alex.", tokenizer=smollm2_tokenizer
+    ).removeprefix("<s>")
+    assert filled == expected
+    assert 'PARAMETER stop "<|im_end|>"' in text
