@@ -1,4 +1,4 @@
-"""The code location: every asset, check, resource, schedule and sensor of echo_pipeline.
+"""The code location: every asset, check, resource, job, schedule and sensor of echo_pipeline.
 
 Kept import-light (no torch, transformers or mlflow at module level) so `dagster dev` and the
 web UI load it in about a second.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dagster as dg
 
+from echo_pipeline.defs.automation import automation_jobs, automation_schedules, automation_sensors
 from echo_pipeline.defs.datasets import dataset_assets
+from echo_pipeline.defs.evaluation import evaluation_assets
 from echo_pipeline.defs.ingest import ingest_assets, ingest_checks
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource
@@ -24,7 +26,14 @@ def build_resources() -> dict:
     }
 
 
-ALL_ASSETS = [*ingest_assets, *dataset_assets, *training_assets]
+ALL_ASSETS = [*ingest_assets, *dataset_assets, *training_assets, *evaluation_assets]
 ALL_CHECKS = [*ingest_checks]
 
-defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, resources=build_resources())
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    asset_checks=ALL_CHECKS,
+    jobs=automation_jobs,
+    schedules=automation_schedules,
+    sensors=automation_sensors,
+    resources=build_resources(),
+)

@@ -1,0 +1,137 @@
+"""evaluation_report and model_comparison through Dagster, on the real base model and MLflow.
+
+No training here: the adapter is a freshly initialised LoRA (it computes exactly what the base
+computes), registered in MLflow as a training run with curves and a LoggedModel, the way
+``lora_adapter`` leaves things. So the report must find the adapter no better than the base,
+and the beats_base check must warn without failing the run.
+"""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import dagster as dg
+import mlflow
+import pytest
+
+from echo_pipeline.defs.datasets import dataset_path
+from echo_pipeline.defs.evaluation import comparison_dir, evaluation_assets, report_dir
+from echo_pipeline.defs.partitions import adapter_key
+from echo_pipeline.defs.training import adapter_dir
+from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
+
+SMALL_HELDOUT = {"conversation_pairs": {"config": {"val_fraction": 0.03, "test_fraction": 0.03}}}
+QUICK_EVALUATION = {
+    "evaluation_report": {
+        "config": {"num_prompts": 2, "batch_size": 2, "max_new_tokens": 8, "max_loss_examples": 4}
+    }
+}
+ASSETS = [*ALL_ASSETS, *[a for a in evaluation_assets if a not in ALL_ASSETS], *ALL_CHECKS]
+
+
+def materialize(selection, partition_key=None, ops=None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        ASSETS,
+        selection=selection,
+        partition_key=partition_key,
+        resources=build_resources(),
+        run_config={"ops": {k: v for k, v in (ops or {}).items() if k in selection}},
+    )
+
+
+@pytest.fixture
+def untrained_chatml_adapter(pipeline_env, base_model):
+    """chatml/demo: data materialised, an untrained adapter, and its 'training run' in MLflow."""
+    import pyarrow.parquet as pq
+
+    from echo_pipeline.adapters import dataset_digest
+    from echo_pipeline.evaluation.untrained import write_untrained_adapter
+    from echo_pipeline.tracking import default_tracking_uri, ensure_experiment
+
+    assert materialize(["raw_chat_export", "chat_messages", "conversation_pairs"], ops=SMALL_HELDOUT).success
+    assert materialize(["template_dataset"], "chatml").success
+    uri = default_tracking_uri()
+    experiment_id = ensure_experiment(uri)
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(
+        experiment_id, run_name="chatml/demo", tags={"echo.template": "chatml", "echo.experiment": "demo"}
+    )
+    for step, loss in enumerate([3.1, 2.7, 2.4], start=1):
+        client.log_metric(run.info.run_id, "loss", loss, step=step)
+    client.log_metric(run.info.run_id, "eval_loss", 2.6, step=3)
+    client.set_terminated(run.info.run_id)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.create_external_model(name="adapter", source_run_id=run.info.run_id, experiment_id=experiment_id)
+    path = dataset_path("chatml")
+    digest = dataset_digest(pq.read_table(path).to_pandas())
+    write_untrained_adapter(
+        base_model,
+        adapter_dir("chatml", "demo"),
+        template="chatml",
+        experiment="demo",
+        system_prompt=(pq.read_schema(path).metadata or {}).get(b"echo.system_prompt", b"").decode(),
+        dataset={"path": str(path), "digest": digest, "rows": {}},
+        mlflow={"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run.info.run_id},
+    )
+    return run.info.run_id, model.model_id
+
+
+def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapter):
+    training_run_id, model_id = untrained_chatml_adapter
+    key = adapter_key("chatml", "demo")
+    result = materialize(["evaluation_report"], key, ops=QUICK_EVALUATION)
+    assert result.success
+
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "beats_base" and not check.passed
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    meta = {k: v.value for k, v in result.asset_materializations_for_node("evaluation_report")[0].metadata.items()}
+    assert meta["adapter_reply_loss"] == pytest.approx(meta["base_reply_loss"], rel=1e-4)
+    assert meta["dataset_matches_adapter"] is True and meta["mlflow_model_id"] == model_id
+    assert "| Attributed to me (higher is better) |" in meta["summary"]
+    assert 0.5 < meta["attribution_heldout_balanced_accuracy"] <= 1.0
+
+    out = report_dir("chatml", "demo")
+    assert meta["report_path"] == str(out / "report.html")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    HTMLParser().feed(page)
+    assert page.count('src="data:image/png;base64,') == 5  # training curves found in MLflow
+    payload = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert len(payload["samples"]) == 2 and payload["lineage"]["training_run_id"] == training_run_id
+
+    client = mlflow.MlflowClient()
+    evaluation = client.get_run(meta["mlflow_run_id"])
+    assert evaluation.data.tags["mlflow.parentRunId"] == training_run_id
+    assert evaluation.data.tags["echo.run_kind"] == "evaluation"
+    assert evaluation.data.tags["dagster.partition_key"] == str(key)
+    assert evaluation.data.metrics["adapter_stop_rate"] == meta["adapter_stop_rate"]
+    assert {a.path for a in client.list_artifacts(evaluation.info.run_id)} >= {
+        "report.html",
+        "metrics.json",
+        "samples.json",
+    }
+    linked = {m.key for m in client.get_logged_model(model_id).metrics or []}
+    assert {"adapter_reply_loss", "adapter_attributed_share"} <= linked
+
+    board = materialize(["model_comparison"])
+    assert board.success
+    board_meta = board.asset_materializations_for_node("model_comparison")[0].metadata
+    assert board_meta["best"].value == "chatml/demo" and board_meta["adapters"].value == 1
+    assert "| 1 | chatml | demo |" in board_meta["leaderboard"].value
+    assert (comparison_dir() / "leaderboard.html").exists()
+    assert (comparison_dir() / "leaderboard.csv").read_text().count("\n") == 2
+
+
+def test_evaluation_fails_clearly_without_an_adapter(pipeline_env):
+    result = dg.materialize(
+        ASSETS,
+        selection=["evaluation_report"],
+        partition_key=adapter_key("chatml", "demo"),
+        resources=build_resources(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "lora_adapter" in failure.step_failure_data.error.message
+    assert "materialise it first" in failure.step_failure_data.error.message
