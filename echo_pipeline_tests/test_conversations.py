@@ -65,7 +65,10 @@ def test_adjacent_turns_pair_and_bursts_merge():
         ]
     )
     pairs = pairs_of(df)
-    assert list(pairs["prompt"]) == ["Hey, how was the trip?\nDid you see the lake?", "Nice! Photos?"]
+    assert list(pairs["prompt"]) == [
+        "Hey, how was the trip?\nDid you see the lake?",
+        "Nice! Photos?",
+    ]
     assert list(pairs["reply"]) == ["it was great\nlake was cold lol", "later"]
     assert list(pairs["reply_author_id"]) == ["1", "1"]
     second_context = pairs.iloc[1]["context"]
@@ -114,7 +117,12 @@ def test_system_bot_blank_and_attachments():
 
 
 def test_redaction_applies_before_pairing():
-    df = messages([(0, "sam", "mail me at sam.rivera@example.com"), (10, "me", "ok my number is +1 (555) 010-4477")])
+    df = messages(
+        [
+            (0, "sam", "mail me at sam.rivera@example.com"),
+            (10, "me", "ok my number is +1 (555) 010-4477"),
+        ]
+    )
     table, report = build_pairs(df, PairingConfig(me=("me",)))
     row = table.to_pylist()[0]
     assert "example.com" not in row["prompt"] and "<EMAIL>" in row["prompt"]

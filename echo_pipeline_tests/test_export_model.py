@@ -26,7 +26,11 @@ def make_adapter(base_model, tmp_path, template: str = "chatml"):
     model.save_pretrained(out)
     load_tokenizer(base_model).save_pretrained(out)
     meta = {
-        "base_model": {"source": base_model.source, "fingerprint": base_model.fingerprint, "revision": None},
+        "base_model": {
+            "source": base_model.source,
+            "fingerprint": base_model.fingerprint,
+            "revision": None,
+        },
         "template": template,
         "system_prompt": "You are alex.",
     }
@@ -61,9 +65,16 @@ def test_modelfile_template_matches_training_prompt(template, smollm2_tokenizer)
     # Fill the Go template by hand for the with-system branch and compare with the renderer.
     with_system = body.split("{{ if .System }}", 1)[1].split("{{ else }}", 1)[0]
     after = body.split("{{ end }}", 1)[1]
-    filled = (with_system + after).replace("{{ .System }}", "You are alex.").replace("{{ .Prompt }}", "hey")
+    filled = (
+        (with_system + after)
+        .replace("{{ .System }}", "You are alex.")
+        .replace("{{ .Prompt }}", "hey")
+    )
     expected = render_inference_prompt(
-        template, ChatPair((), "hey", None), system_prompt="You are alex.", tokenizer=smollm2_tokenizer
+        template,
+        ChatPair((), "hey", None),
+        system_prompt="You are alex.",
+        tokenizer=smollm2_tokenizer,
     ).removeprefix("<s>")
     assert filled == expected
     assert 'PARAMETER stop "<|im_end|>"' in text

@@ -68,6 +68,13 @@ class EvaluationReportConfig(dg.Config):
         description="Score relevance with all-MiniLM-L6-v2 (loaded offline from its package).",
     )
 
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads for the models (unset: torch's default). On a CPU shared with "
+        "other jobs, 1 can be several times faster.",
+    )
+
     def evaluation_config(self):
         from echo_pipeline.evaluation.evaluate import EvaluationConfig
         from echo_pipeline.evaluation.generation import GenerationSettings
@@ -86,6 +93,7 @@ class EvaluationReportConfig(dg.Config):
             max_prompt_tokens=self.max_prompt_tokens,
             max_loss_examples=self.max_loss_examples,
             similarity=self.similarity,
+            torch_threads=self.torch_threads,
         )
 
 
@@ -117,7 +125,8 @@ def summary_markdown(metrics: dict) -> str:
             for side in ("real", "base", "adapter")
         ]
         if any(cell != "–" for cell in cells):
-            lines.append(f"| {label} ({better} is better) | " + " | ".join(cells) + " |")
+            direction = f"{better} is better" if better else "compare with my replies"
+            lines.append(f"| {label} ({direction}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from echo_pipeline.evaluation.generation import (
     adapter_disabled,
     generate_replies,
     stop_rate,
+    torch_threads,
 )
 from echo_pipeline.evaluation.relevance import distinct_n
 from echo_pipeline.evaluation.style import compare_style, style_profile, word_counts
@@ -50,14 +52,16 @@ SIDES = ("real", "base", "adapter")
 PAIR_COLUMNS = ["pair_id", "context", "prompt_author", "prompt", "reply", "split"]
 
 #: The headline numbers: (label, metric suffix, which direction is better, sides shown).
-SCORECARD: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+#: Similarity to the prompt has no better direction: parroting the prompt maximises it; read
+#: it against my real replies' value.
+SCORECARD: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
     ("Reply loss (held-out)", "reply_loss", "lower", ("base", "adapter")),
     ("Perplexity (held-out)", "perplexity", "lower", ("base", "adapter")),
     ("Stop rate (EOS within bound)", "stop_rate", "higher", ("base", "adapter")),
     ("Attributed to me", "attributed_share", "higher", SIDES),
     ("Style distance to my replies", "style_distance", "lower", ("base", "adapter")),
     ("Similarity to my reply", "similarity_to_real", "higher", ("base", "adapter")),
-    ("Similarity to the prompt", "similarity_to_prompt", "higher", SIDES),
+    ("Similarity to the prompt", "similarity_to_prompt", None, SIDES),
     ("Distinct-2", "distinct_2", "higher", SIDES),
 )
 
@@ -73,6 +77,7 @@ class EvaluationConfig:
     heldout_split: str = "test"  # "val" is used when the test split is empty
     similarity: bool = True  # MiniLM relevance; off skips loading it
     attribution_l2: float = 1e-3
+    torch_threads: int | None = None  # CPU intra-op threads (None: torch's default)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,9 +102,6 @@ class EvaluationResult:
                 values[column] = self.samples[column].to_numpy(dtype=float)
         return values
 
-    def metric(self, side: str, name: str) -> float | None:
-        return self.metrics.get(f"{side}_{name}")
-
     def to_json(self) -> dict[str, Any]:
         samples = self.samples.astype(object).where(self.samples.notna(), None)
         return {
@@ -117,7 +119,7 @@ def adapter_vs_base(metrics: dict[str, float]) -> dict[str, bool]:
     verdict = {}
     for _, name, better, _ in SCORECARD:
         base, adapter = metrics.get(f"base_{name}"), metrics.get(f"adapter_{name}")
-        if base is not None and adapter is not None and name != "perplexity":
+        if better and base is not None and adapter is not None and name != "perplexity":
             verdict[name] = adapter < base if better == "lower" else adapter > base
     return verdict
 
@@ -225,6 +227,130 @@ def read_pairs(pairs_path: Path) -> pd.DataFrame:
     return pq.read_table(pairs_path, columns=PAIR_COLUMNS).to_pandas()
 
 
+@dataclass
+class HeldOut:
+    """What an evaluation reads: the adapter's metadata, its dataset, and the chosen prompts."""
+
+    meta: dict[str, Any]
+    frame: pd.DataFrame  # the template dataset, token columns included
+    pairs: pd.DataFrame  # conversation pairs: every split, for the attribution classifier
+    split: str
+    heldout: pd.DataFrame  # pairs of the held-out split, in dataset order
+    chosen: pd.DataFrame  # the prompts the models answer
+
+
+def load_heldout(
+    adapter_dir: Path, dataset_path: Path, pairs_path: Path, config: EvaluationConfig
+) -> HeldOut:
+    from echo_pipeline.adapters import load_dataset, read_adapter_metadata
+
+    meta = read_adapter_metadata(adapter_dir)
+    frame = load_dataset(dataset_path)
+    pairs = read_pairs(pairs_path)
+    split = heldout_split_name(frame, config.heldout_split)
+    heldout_ids = frame.loc[frame["split"] == split, "pair_id"]
+    by_id = pairs.drop_duplicates("pair_id").set_index("pair_id")
+    missing = sorted(set(heldout_ids) - set(by_id.index))
+    if missing:
+        raise ValueError(
+            f"{dataset_path}: {len(missing)} held-out pairs (e.g. {missing[0]}) are not in "
+            f"{pairs_path}; the dataset and the pairs are from different runs: "
+            "re-materialise template_dataset"
+        )
+    heldout = by_id.loc[heldout_ids].reset_index()
+    chosen = select_prompts(heldout, config.num_prompts, config.generation.seed)
+    return HeldOut(meta, frame, pairs, split, heldout, chosen)
+
+
+def _lineage(
+    data: HeldOut, adapter_dir: Path, dataset_path: Path, pairs_path: Path
+) -> dict[str, Any]:
+    from echo_pipeline.adapters import dataset_digest
+
+    meta, digest = data.meta, dataset_digest(data.frame)
+    recorded = (meta.get("dataset") or {}).get("digest")
+    tracked = meta.get("mlflow") or {}
+    return {
+        "template": meta["template"],
+        "experiment": meta.get("experiment", ""),
+        "adapter_dir": str(adapter_dir),
+        "adapter_fingerprint": meta.get("fingerprint"),
+        "base_model": meta.get("base_model", {}),
+        "system_prompt": meta.get("system_prompt", ""),
+        "dataset_path": str(dataset_path),
+        "dataset_digest": digest,
+        "adapter_dataset_digest": recorded,
+        "dataset_matches_adapter": recorded == digest,
+        "pairs_path": str(pairs_path),
+        "heldout_split": data.split,
+        "training": meta.get("training", {}),
+        "training_results": meta.get("results", {}),
+        "training_run_id": tracked.get("run_id"),
+        "training_experiment_id": tracked.get("experiment_id"),
+        "training_tracking_uri": tracked.get("tracking_uri"),
+        "package_version": meta.get("package_version"),
+        "git_commit": meta.get("git_commit"),
+    }
+
+
+def _loss_examples(data: HeldOut, config: EvaluationConfig) -> list[dict[str, list[int]]]:
+    from echo_pipeline.adapters import split_examples
+
+    examples = split_examples(data.frame, data.split)
+    if config.max_loss_examples and len(examples) > config.max_loss_examples:
+        rng = np.random.default_rng(config.generation.seed)
+        keep = np.sort(rng.choice(len(examples), config.max_loss_examples, replace=False))
+        examples = [examples[i] for i in keep]
+    return examples
+
+
+def _generate_and_score_loss(
+    session: Any, data: HeldOut, config: EvaluationConfig, say: Callable[[str], None]
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Reply loss and replies of the adapter, then of the base (adapter switched off)."""
+    from echo_pipeline.tokenization import tokenize_inference_prompt
+    from echo_pipeline.training import reply_loss
+
+    prompt_ids = [
+        tokenize_inference_prompt(
+            session.template,
+            session.tokenizer,
+            row.context,
+            str(row.prompt),
+            session.system_prompt,
+            prompt_author=str(row.prompt_author or ""),
+            max_tokens=config.max_prompt_tokens,
+        )
+        for row in data.chosen.itertuples(index=False)
+    ]
+    examples = _loss_examples(data, config)
+    say(f"{data.split}: reply loss on {len(examples)} pairs, {len(prompt_ids)} replies per model")
+    settings = config.generation
+    adapter_loss = reply_loss(session.model, examples)
+    adapter_run = generate_replies(session, prompt_ids, settings)
+    with adapter_disabled(session.model):
+        base_loss = reply_loss(session.model, examples)
+        base_run = generate_replies(session, prompt_ids, settings)
+    say(f"generated in {base_run.seconds:.1f} s (base) and {adapter_run.seconds:.1f} s (adapter)")
+    metrics = _loss_metrics("base", base_loss) | _loss_metrics("adapter", adapter_loss)
+    metrics |= _generation_metrics("base", base_run) | _generation_metrics("adapter", adapter_run)
+    metrics["reply_loss_examples"] = float(len(examples))
+    samples = pd.DataFrame(
+        {
+            "pair_id": data.chosen["pair_id"].astype(str),
+            "prompt_author": data.chosen["prompt_author"].astype(str),
+            "prompt": data.chosen["prompt"].astype(str),
+            "real": data.chosen["reply"].astype(str),
+            "base": base_run.texts,
+            "adapter": adapter_run.texts,
+            "base_stopped": base_run.stopped,
+            "adapter_stopped": adapter_run.stopped,
+            "prompt_tokens": [len(p) for p in prompt_ids],
+        }
+    )
+    return samples, metrics
+
+
 def evaluate_adapter(
     adapter_dir: str | Path,
     dataset_path: str | Path,
@@ -243,127 +369,43 @@ def evaluate_adapter(
     defaults to the one recorded with the adapter; ``session`` and ``embedder`` can be passed
     in to reuse loaded models.
     """
-    from echo_pipeline.adapters import (
-        dataset_digest,
-        load_dataset,
-        read_adapter_metadata,
-        split_examples,
-    )
-    from echo_pipeline.tokenization import tokenize_inference_prompt
-    from echo_pipeline.training import reply_loss
-
     config = config or EvaluationConfig()
     say = log or logger.info
-    adapter_dir = Path(adapter_dir)
-    meta = read_adapter_metadata(adapter_dir)
-    frame = load_dataset(Path(dataset_path))
-    pairs = read_pairs(Path(pairs_path))
-    split = heldout_split_name(frame, config.heldout_split)
+    adapter_dir, dataset_path, pairs_path = Path(adapter_dir), Path(dataset_path), Path(pairs_path)
+    started = time.perf_counter()
+    data = load_heldout(adapter_dir, dataset_path, pairs_path, config)
 
-    heldout_rows = frame[frame["split"] == split]
-    by_id = pairs.drop_duplicates("pair_id").set_index("pair_id")
-    missing = sorted(set(heldout_rows["pair_id"]) - set(by_id.index))
-    if missing:
-        raise ValueError(
-            f"{dataset_path}: {len(missing)} held-out pairs (e.g. {missing[0]}) are not in {pairs_path}; "
-            "the dataset and the pairs are from different runs: re-materialise template_dataset"
+    classifier, metrics = train_attribution(data.pairs, l2=config.attribution_l2)
+    accuracy = metrics.get("attribution_heldout_balanced_accuracy", float("nan"))
+    say(f"attribution classifier: held-out balanced accuracy {accuracy:.3f}")
+    with torch_threads(config.torch_threads):
+        if session is None:
+            from echo_pipeline.chat import ChatSession
+
+            session = ChatSession.from_adapter(adapter_dir, base_model=base_model)
+        samples, generated = _generate_and_score_loss(session, data, config, say)
+        if embedder is None and config.similarity:
+            from echo_pipeline.evaluation.relevance import SentenceEmbedder
+
+            embedder = SentenceEmbedder.load()
+        samples, scores = score_replies(
+            samples, classifier, embedder if config.similarity else None
         )
-    heldout = by_id.loc[heldout_rows["pair_id"]].reset_index()
-    chosen = select_prompts(heldout, config.num_prompts, config.generation.seed)
-
-    classifier, metrics = train_attribution(pairs, l2=config.attribution_l2)
-    say(f"attribution classifier: {metrics}")
-
-    if session is None:
-        from echo_pipeline.chat import ChatSession
-
-        session = ChatSession.from_adapter(adapter_dir, base_model=base_model)
-    prompt_ids = [
-        tokenize_inference_prompt(
-            session.template,
-            session.tokenizer,
-            row.context,
-            str(row.prompt),
-            session.system_prompt,
-            prompt_author=str(row.prompt_author or ""),
-            max_tokens=config.max_prompt_tokens,
-        )
-        for row in chosen.itertuples(index=False)
-    ]
-    examples = split_examples(frame, split)
-    if config.max_loss_examples and len(examples) > config.max_loss_examples:
-        keep = np.sort(
-            np.random.default_rng(config.generation.seed).choice(
-                len(examples), config.max_loss_examples, replace=False
-            )
-        )
-        examples = [examples[i] for i in keep]
-
-    settings = config.generation
-    say(f"{split}: reply loss on {len(examples)} pairs, {len(prompt_ids)} generations per model")
-    adapter_loss = reply_loss(session.model, examples)
-    adapter_run = generate_replies(session, prompt_ids, settings)
-    with adapter_disabled(session.model):
-        base_loss = reply_loss(session.model, examples)
-        base_run = generate_replies(session, prompt_ids, settings)
-    metrics |= _loss_metrics("base", base_loss) | _loss_metrics("adapter", adapter_loss)
-    metrics |= _generation_metrics("base", base_run) | _generation_metrics("adapter", adapter_run)
+    metrics |= generated | scores
     metrics |= {
-        "heldout_pairs": float(len(heldout)),
-        "evaluated_prompts": float(len(chosen)),
-        "reply_loss_examples": float(len(examples)),
+        "heldout_pairs": float(len(data.heldout)),
+        "evaluated_prompts": float(len(data.chosen)),
+        "evaluation_seconds": time.perf_counter() - started,
     }
-
-    samples = pd.DataFrame(
-        {
-            "pair_id": chosen["pair_id"].astype(str),
-            "prompt_author": chosen["prompt_author"].astype(str),
-            "prompt": chosen["prompt"].astype(str),
-            "real": chosen["reply"].astype(str),
-            "base": base_run.texts,
-            "adapter": adapter_run.texts,
-            "base_stopped": base_run.stopped,
-            "adapter_stopped": adapter_run.stopped,
-            "prompt_tokens": [len(p) for p in prompt_ids],
-        }
-    )
-    if embedder is None and config.similarity:
-        from echo_pipeline.evaluation.relevance import SentenceEmbedder
-
-        embedder = SentenceEmbedder.load()
-    samples, scores = score_replies(samples, classifier, embedder if config.similarity else None)
-    metrics |= scores
-
-    digest = dataset_digest(frame)
-    recorded = meta.get("dataset", {})
-    lineage = {
-        "template": meta["template"],
-        "experiment": meta.get("experiment", ""),
-        "adapter_dir": str(adapter_dir),
-        "adapter_fingerprint": meta.get("fingerprint"),
-        "base_model": meta.get("base_model", {}),
-        "system_prompt": meta.get("system_prompt", ""),
-        "dataset_path": str(dataset_path),
-        "dataset_digest": digest,
-        "adapter_dataset_digest": recorded.get("digest"),
-        "dataset_matches_adapter": recorded.get("digest") == digest,
-        "pairs_path": str(pairs_path),
-        "heldout_split": split,
-        "training": meta.get("training", {}),
-        "training_results": meta.get("results", {}),
-        "training_run_id": meta.get("mlflow", {}).get("run_id"),
-        "training_experiment_id": meta.get("mlflow", {}).get("experiment_id"),
-        "training_tracking_uri": meta.get("mlflow", {}).get("tracking_uri"),
-        "package_version": meta.get("package_version"),
-        "git_commit": meta.get("git_commit"),
-    }
+    lineage = _lineage(data, adapter_dir, dataset_path, pairs_path)
     if not lineage["dataset_matches_adapter"]:
         say(
-            f"warning: the dataset changed since the adapter was trained ({recorded.get('digest')} -> {digest})"
+            "warning: the dataset changed since the adapter was trained "
+            f"({lineage['adapter_dataset_digest']} -> {lineage['dataset_digest']})"
         )
     return EvaluationResult(
-        template=meta["template"],
-        experiment=meta.get("experiment", ""),
+        template=data.meta["template"],
+        experiment=data.meta.get("experiment", ""),
         metrics={k: float(v) for k, v in metrics.items()},
         samples=samples,
         lineage=lineage,

@@ -89,6 +89,26 @@ def adapter_disabled(model: Any) -> Iterator[Any]:
         yield model
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` intra-op threads inside the block (None: leave torch's setting alone).
+
+    On a CPU shared with other jobs, one thread can be many times faster than two: OpenMP
+    threads spin-wait for each other whenever one of them is descheduled.
+    """
+    if not threads:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def stop_rate(stopped: Sequence[bool]) -> float:
     """Share of generations that ended with EOS before the max-new-tokens bound."""
     return sum(map(bool, stopped)) / len(stopped) if len(stopped) else 0.0

@@ -118,11 +118,20 @@ def loss_curves_png(
         return None
     fig = new_figure()
     ax = fig.add_subplot()
-    for key, label, style in (("loss", "train loss", "-"), ("eval_loss", "validation loss", "o-")):
+    curves = (
+        ("loss", "train loss", "-", "#8c8c8c"),
+        ("eval_loss", "validation loss", "o-", "#6a3d9a"),
+    )
+    for key, label, style, color in curves:
         points = sorted(history.get(key) or [])
         if points:
             ax.plot(
-                [s for s, _ in points], [v for _, v in points], style, label=label, markersize=4
+                [s for s, _ in points],
+                [v for _, v in points],
+                style,
+                label=label,
+                color=color,
+                markersize=4,
             )
     for side in ("base", "adapter"):
         value = metrics.get(f"{side}_reply_loss")
@@ -179,7 +188,7 @@ def _grouped_bars(
         )
     ax.set_xticks(x, labels, rotation=25, ha="right", fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncols=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.0))
 
 
 def style_bars_png(metrics: Mapping[str, float]) -> str:
@@ -193,7 +202,6 @@ def style_bars_png(metrics: Mapping[str, float]) -> str:
         {s: [metrics.get(f"{s}_{k}") for _, k in rates] for s in SIDES},
     )
     left.set_ylim(0, 1.05)
-    left.set_title("style rates", fontsize=10)
     _grouped_bars(right, ["mean words"], {s: [metrics.get(f"{s}_mean_words")] for s in SIDES})
     right.get_legend().remove()
     return figure_png(fig)
@@ -208,7 +216,7 @@ def headline_bars_png(metrics: Mapping[str, float]) -> str:
         ("attributed to me ↑", "attributed_share"),
         ("style distance ↓", "style_distance"),
         ("similarity to my reply ↑", "similarity_to_real"),
-        ("similarity to prompt ↑", "similarity_to_prompt"),
+        ("similarity to prompt", "similarity_to_prompt"),
         ("distinct-2 ↑", "distinct_2"),
     ]
     _grouped_bars(
@@ -257,6 +265,10 @@ def _num(value: Any, css: str = "") -> str:
     return f'<td class="num {css}">{esc(fmt(value))}</td>'
 
 
+def _direction(better: str | None) -> str:
+    return f"{better} is better" if better else "compare with my replies"
+
+
 def _scorecard(metrics: Mapping[str, float]) -> str:
     rows = []
     for label, name, better, sides in SCORECARD:
@@ -265,12 +277,12 @@ def _scorecard(metrics: Mapping[str, float]) -> str:
             continue
         base, adapter = values["base"], values["adapter"]
         adapter_css = ""
-        if base is not None and adapter is not None and base != adapter:
+        if better and base is not None and adapter is not None and base != adapter:
             wins = adapter < base if better == "lower" else adapter > base
             adapter_css = "better" if wins else "worse"
         rows.append(
             [
-                f"<td>{esc(label)} <span class='tag'>{esc(better)} is better</span></td>",
+                f"<td>{esc(label)} <span class='tag'>{esc(_direction(better))}</span></td>",
                 _num(values["real"]) if "real" in sides else '<td class="num muted">–</td>',
                 _num(base),
                 _num(adapter, adapter_css),

@@ -35,7 +35,9 @@ def write_untrained_adapter(
     out_dir = Path(out_dir)
     model = get_peft_model(
         load_causal_lm(base_model),
-        LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear", task_type="CAUSAL_LM"),
+        LoraConfig(
+            r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
     )
     model.save_pretrained(out_dir)
     load_tokenizer(base_model).save_pretrained(out_dir)

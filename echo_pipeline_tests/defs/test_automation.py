@@ -28,34 +28,51 @@ def test_export_sensor_fires_once_per_content_and_again_on_change(tmp_path, monk
     assert isinstance(request, dg.RunRequest)
     assert request.run_config["ops"]["raw_chat_export"]["config"]["path"] == str(folder)
 
-    again = export_folder_sensor(dg.build_sensor_context(instance=instance, cursor=context.cursor, definitions=defs))
+    again = export_folder_sensor(
+        dg.build_sensor_context(instance=instance, cursor=context.cursor, definitions=defs)
+    )
     assert isinstance(again, dg.SkipReason)
 
     second = sorted(sample_export_dir().glob("*.json"))[1]
     shutil.copy(second, folder / second.name)
-    changed_ctx = dg.build_sensor_context(instance=instance, cursor=context.cursor, definitions=defs)
+    changed_ctx = dg.build_sensor_context(
+        instance=instance, cursor=context.cursor, definitions=defs
+    )
     changed = export_folder_sensor(changed_ctx)
     assert isinstance(changed, dg.RunRequest) and changed.run_key != request.run_key
 
 
 def test_export_sensor_skips_a_missing_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("ECHO_EXPORT_DIR", str(tmp_path / "nowhere"))
-    result = export_folder_sensor(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), definitions=defs))
+    result = export_folder_sensor(
+        dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), definitions=defs)
+    )
     assert isinstance(result, dg.SkipReason) and "does not exist" in str(result.skip_message)
 
 
 def test_weekly_schedule_is_off_by_default_and_covers_demo_partitions():
     assert weekly_retraining_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     with dg.instance_for_test() as instance:
-        requests = list(weekly_retraining_schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=SUNDAY)))
+        requests = list(
+            weekly_retraining_schedule(
+                dg.build_schedule_context(instance=instance, scheduled_execution_time=SUNDAY)
+            )
+        )
     keys = {r.partition_key for r in requests}
     assert all(r.run_key.startswith("2026-11-29:") for r in requests)
-    assert keys == {str(adapter_key(t, "demo")) for t in ("llama2_chat", "nous_hermes", "chatml", "model_default")}
+    assert keys == {
+        str(adapter_key(t, "demo"))
+        for t in ("llama2_chat", "nous_hermes", "chatml", "model_default")
+    }
 
 
 def test_weekly_schedule_retrains_what_was_materialised():
     key = str(adapter_key("chatml", "wide"))
     with dg.instance_for_test() as instance:
         instance.report_runless_asset_event(dg.AssetMaterialization("lora_adapter", partition=key))
-        requests = list(weekly_retraining_schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=SUNDAY)))
+        requests = list(
+            weekly_retraining_schedule(
+                dg.build_schedule_context(instance=instance, scheduled_execution_time=SUNDAY)
+            )
+        )
     assert [r.partition_key for r in requests] == [key]

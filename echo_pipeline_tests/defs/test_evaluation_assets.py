@@ -15,16 +15,22 @@ import dagster as dg
 import mlflow
 import pytest
 
+from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.datasets import dataset_path
 from echo_pipeline.defs.evaluation import comparison_dir, evaluation_assets, report_dir
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.training import adapter_dir
-from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 
 SMALL_HELDOUT = {"conversation_pairs": {"config": {"val_fraction": 0.03, "test_fraction": 0.03}}}
 QUICK_EVALUATION = {
     "evaluation_report": {
-        "config": {"num_prompts": 2, "batch_size": 2, "max_new_tokens": 8, "max_loss_examples": 4}
+        "config": {
+            "num_prompts": 2,
+            "batch_size": 2,
+            "max_new_tokens": 8,
+            "max_loss_examples": 4,
+            "torch_threads": 1,  # the test machine's 2 cores are shared
+        }
     }
 }
 ASSETS = [*ALL_ASSETS, *[a for a in evaluation_assets if a not in ALL_ASSETS], *ALL_CHECKS]
@@ -49,20 +55,26 @@ def untrained_chatml_adapter(pipeline_env, base_model):
     from echo_pipeline.evaluation.untrained import write_untrained_adapter
     from echo_pipeline.tracking import default_tracking_uri, ensure_experiment
 
-    assert materialize(["raw_chat_export", "chat_messages", "conversation_pairs"], ops=SMALL_HELDOUT).success
+    assert materialize(
+        ["raw_chat_export", "chat_messages", "conversation_pairs"], ops=SMALL_HELDOUT
+    ).success
     assert materialize(["template_dataset"], "chatml").success
     uri = default_tracking_uri()
     experiment_id = ensure_experiment(uri)
     client = mlflow.MlflowClient(uri)
     run = client.create_run(
-        experiment_id, run_name="chatml/demo", tags={"echo.template": "chatml", "echo.experiment": "demo"}
+        experiment_id,
+        run_name="chatml/demo",
+        tags={"echo.template": "chatml", "echo.experiment": "demo"},
     )
     for step, loss in enumerate([3.1, 2.7, 2.4], start=1):
         client.log_metric(run.info.run_id, "loss", loss, step=step)
     client.log_metric(run.info.run_id, "eval_loss", 2.6, step=3)
     client.set_terminated(run.info.run_id)
     mlflow.set_tracking_uri(uri)
-    model = mlflow.create_external_model(name="adapter", source_run_id=run.info.run_id, experiment_id=experiment_id)
+    model = mlflow.create_external_model(
+        name="adapter", source_run_id=run.info.run_id, experiment_id=experiment_id
+    )
     path = dataset_path("chatml")
     digest = dataset_digest(pq.read_table(path).to_pandas())
     write_untrained_adapter(
@@ -70,7 +82,9 @@ def untrained_chatml_adapter(pipeline_env, base_model):
         adapter_dir("chatml", "demo"),
         template="chatml",
         experiment="demo",
-        system_prompt=(pq.read_schema(path).metadata or {}).get(b"echo.system_prompt", b"").decode(),
+        system_prompt=(pq.read_schema(path).metadata or {})
+        .get(b"echo.system_prompt", b"")
+        .decode(),
         dataset={"path": str(path), "digest": digest, "rows": {}},
         mlflow={"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run.info.run_id},
     )
@@ -86,7 +100,10 @@ def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapte
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == "beats_base" and not check.passed
     assert check.severity == dg.AssetCheckSeverity.WARN
-    meta = {k: v.value for k, v in result.asset_materializations_for_node("evaluation_report")[0].metadata.items()}
+    meta = {
+        k: v.value
+        for k, v in result.asset_materializations_for_node("evaluation_report")[0].metadata.items()
+    }
     assert meta["adapter_reply_loss"] == pytest.approx(meta["base_reply_loss"], rel=1e-4)
     assert meta["dataset_matches_adapter"] is True and meta["mlflow_model_id"] == model_id
     assert "| Attributed to me (higher is better) |" in meta["summary"]

@@ -20,7 +20,13 @@ INGEST_CONFIG_BAD = {"ops": {"raw_chat_export": {"config": {"path": "{path}"}}}}
 def test_definitions_load_and_name_every_stage():
     dg.Definitions.validate_loadable(defs)
     keys = {a.key.to_user_string() for a in ALL_ASSETS}
-    assert {"raw_chat_export", "chat_messages", "conversation_pairs", "template_dataset", "lora_adapter"} <= keys
+    assert {
+        "raw_chat_export",
+        "chat_messages",
+        "conversation_pairs",
+        "template_dataset",
+        "lora_adapter",
+    } <= keys
     groups = {a.key.to_user_string(): a.group_names_by_key[a.key] for a in ALL_ASSETS}
     assert groups["chat_messages"] == "ingest" and groups["lora_adapter"] == "training"
 

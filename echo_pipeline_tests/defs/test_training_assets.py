@@ -26,7 +26,9 @@ TINY_TRAINING = {
 }
 
 
-def materialize(selection: list[str], partition_key=None, ops: dict | None = None) -> dg.ExecuteInProcessResult:
+def materialize(
+    selection: list[str], partition_key=None, ops: dict | None = None
+) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*ALL_ASSETS, *ALL_CHECKS],
         selection=selection,
@@ -38,7 +40,9 @@ def materialize(selection: list[str], partition_key=None, ops: dict | None = Non
 
 @pytest.fixture
 def chatml_dataset(pipeline_env):
-    assert materialize(["raw_chat_export", "chat_messages", "conversation_pairs"], ops=SMALL_HELDOUT).success
+    assert materialize(
+        ["raw_chat_export", "chat_messages", "conversation_pairs"], ops=SMALL_HELDOUT
+    ).success
     result = materialize(["template_dataset"], "chatml")
     assert result.success
     return result
@@ -46,9 +50,22 @@ def chatml_dataset(pipeline_env):
 
 def test_template_dataset_partition_writes_parquet_jsonl_and_passes_checks(chatml_dataset):
     checks = {e.check_name: e.passed for e in chatml_dataset.get_asset_check_evaluations()}
-    assert checks == {"template_parity": True, "eos_labelled": True, "single_bos": True, "token_lengths": True}
+    assert checks == {
+        "template_parity": True,
+        "eos_labelled": True,
+        "single_bos": True,
+        "token_lengths": True,
+    }
     table = pq.read_table(dataset_path("chatml"))
-    assert {"pair_id", "split", "prompt_text", "completion_text", "text", "input_ids", "labels"} <= set(table.column_names)
+    assert {
+        "pair_id",
+        "split",
+        "prompt_text",
+        "completion_text",
+        "text",
+        "input_ids",
+        "labels",
+    } <= set(table.column_names)
     first = json.loads((jsonl_dir("chatml") / "train.jsonl").read_text().splitlines()[0])
     assert set(first) == {"inputs"} and first["inputs"].startswith("<|im_start|>system")
     assert first["inputs"].endswith("<|im_end|>")
@@ -59,15 +76,25 @@ def test_lora_adapter_trains_tracks_lineage_and_beats_the_base(chatml_dataset, p
     key = adapter_key("chatml", "demo")
     result = materialize(["lora_adapter"], key, ops=TINY_TRAINING)
     assert result.success
-    meta = {k: v.value for k, v in result.asset_materializations_for_node("lora_adapter")[0].metadata.items()}
+    meta = {
+        k: v.value
+        for k, v in result.asset_materializations_for_node("lora_adapter")[0].metadata.items()
+    }
     # The point of training: the adapter predicts my held-out replies better than the base.
     assert meta["adapter_test_reply_loss"] < meta["base_test_reply_loss"]
 
     out = adapter_dir("chatml", "demo")
-    for name in ("adapter_model.safetensors", "adapter_config.json", "echo_metadata.json", "tokenizer.json"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "echo_metadata.json",
+        "tokenizer.json",
+    ):
         assert (out / name).exists(), name
     lineage = json.loads((out / "echo_metadata.json").read_text())
-    assert lineage["template"] == "chatml" and lineage["dataset"]["digest"] == meta["dataset_digest"]
+    assert (
+        lineage["template"] == "chatml" and lineage["dataset"]["digest"] == meta["dataset_digest"]
+    )
     assert lineage["base_model"]["fingerprint"].startswith("sha256:")
     assert lineage["mlflow"]["run_id"] == meta["mlflow_run_id"]
 

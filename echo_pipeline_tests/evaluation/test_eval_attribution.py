@@ -57,7 +57,10 @@ def test_unseen_texts_are_attributed_to_the_right_writer(classifier):
 
 def test_style_not_topic_decides(classifier):
     # Same words, only the casing and punctuation differ.
-    assert classifier.p_me(["the weather is nice today"])[0] > classifier.p_me(["The weather is nice today."])[0]
+    assert (
+        classifier.p_me(["the weather is nice today"])[0]
+        > classifier.p_me(["The weather is nice today."])[0]
+    )
 
 
 def test_training_is_deterministic_and_balanced():
@@ -85,7 +88,9 @@ def test_hashed_ngrams_are_normalised_and_stable_across_calls():
     first = rows.indices[rows.indptr[0] : rows.indptr[1]]
     assert np.array_equal(first, rows.indices[rows.indptr[1] : rows.indptr[2]])
     # CRC-32, not Python's salted hash: the same buckets in every process.
-    assert np.array_equal(first, hashed_char_ngrams(["ab"], ngram_range=(2, 3), n_features=1024).indices)
+    assert np.array_equal(
+        first, hashed_char_ngrams(["ab"], ngram_range=(2, 3), n_features=1024).indices
+    )
 
 
 def test_logistic_regression_separates_a_separable_toy_problem():

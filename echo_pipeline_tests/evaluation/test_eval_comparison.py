@@ -30,7 +30,14 @@ POOR = dict(adapter_attributed_share=0.2, adapter_style_distance=0.4, adapter_re
             adapter_stop_rate=0.5, adapter_similarity_to_real=0.3)  # fmt: skip
 RUNS = pd.DataFrame(
     [
-        run("t-chatml", "2026-01-02", "chatml", "demo", base_test_reply_loss=3.0, adapter_test_reply_loss=2.0),
+        run(
+            "t-chatml",
+            "2026-01-02",
+            "chatml",
+            "demo",
+            base_test_reply_loss=3.0,
+            adapter_test_reply_loss=2.0,
+        ),
         run("e-chatml-old", "2026-01-01", "chatml", "demo", "evaluation", "t-old", **POOR),
         run("e-chatml", "2026-01-03", "chatml", "demo", "evaluation", "t-chatml", **GOOD),
         run("t-llama", "2026-01-02", "llama2_chat", "demo", adapter_test_reply_loss=2.2),
@@ -77,7 +84,9 @@ def test_no_runs_gives_an_empty_board_that_still_renders(tmp_path):
 def test_markdown_and_html_show_every_adapter(tmp_path):
     board = leaderboard_from_runs(RUNS)
     markdown = leaderboard_markdown(board)
-    assert markdown.count("\n") == 2 + len(board) - 1 and "| 1 | chatml | demo | 0.800 |" in markdown
+    assert (
+        markdown.count("\n") == 2 + len(board) - 1 and "| 1 | chatml | demo | 0.800 |" in markdown
+    )
     page = render_leaderboard(board)
     assert page.count("<tr>") == 1 + len(board) and "data:image/png;base64," in page
     files = write_leaderboard(board, tmp_path)

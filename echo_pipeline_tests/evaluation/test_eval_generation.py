@@ -9,6 +9,7 @@ from echo_pipeline.evaluation.generation import (
     adapter_disabled,
     generate_replies,
     stop_rate,
+    torch_threads,
 )
 
 CONTEXT = [
@@ -17,12 +18,21 @@ CONTEXT = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The test machine's 2 cores are shared: 2 OpenMP threads can be 50x slower than 1 there."""
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def session(base_model, tmp_path_factory):
     from echo_pipeline.chat import ChatSession
     from echo_pipeline.evaluation.untrained import write_untrained_adapter
 
-    adapter = write_untrained_adapter(base_model, tmp_path_factory.mktemp("adapter"), template="chatml")
+    adapter = write_untrained_adapter(
+        base_model, tmp_path_factory.mktemp("adapter"), template="chatml"
+    )
     return ChatSession.from_adapter(adapter, base_model=base_model)
 
 
@@ -42,8 +52,12 @@ def prompt_ids(session):
 
 
 def test_batched_greedy_equals_one_by_one(session, prompt_ids):
-    batched = generate_replies(session, prompt_ids, GenerationSettings(max_new_tokens=8, batch_size=2))
-    single = generate_replies(session, prompt_ids, GenerationSettings(max_new_tokens=8, batch_size=1))
+    batched = generate_replies(
+        session, prompt_ids, GenerationSettings(max_new_tokens=8, batch_size=2)
+    )
+    single = generate_replies(
+        session, prompt_ids, GenerationSettings(max_new_tokens=8, batch_size=1)
+    )
     assert batched.texts == single.texts
     assert batched.stopped == single.stopped
     assert all(batched.texts) and batched.generations_per_s > 0
@@ -54,7 +68,10 @@ def test_a_zero_effect_adapter_writes_what_the_base_writes(session, prompt_ids):
 
     settings = GenerationSettings(max_new_tokens=8, batch_size=2)
     adapter = generate_replies(session, prompt_ids, settings)
-    example = {"input_ids": prompt_ids[0] + [28, 29, 2], "labels": [-100] * len(prompt_ids[0]) + [28, 29, 2]}
+    example = {
+        "input_ids": prompt_ids[0] + [28, 29, 2],
+        "labels": [-100] * len(prompt_ids[0]) + [28, 29, 2],
+    }
     adapter_loss = reply_loss(session.model, [example])
     with adapter_disabled(session.model):
         base = generate_replies(session, prompt_ids, settings)

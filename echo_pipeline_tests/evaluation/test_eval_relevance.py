@@ -29,7 +29,12 @@ def test_minilm_loads_offline_from_its_package(embedder):
 
 def test_a_paraphrase_is_closer_than_an_unrelated_sentence(embedder):
     anchor = "Are you coming to dinner tonight?"
-    paraphrase, unrelated = "Will you join us for dinner this evening?", "The GPU driver crashed again."
-    to_paraphrase, to_unrelated = embedder.paired_similarity([anchor, anchor], [paraphrase, unrelated])
+    paraphrase, unrelated = (
+        "Will you join us for dinner this evening?",
+        "The GPU driver crashed again.",
+    )
+    to_paraphrase, to_unrelated = embedder.paired_similarity(
+        [anchor, anchor], [paraphrase, unrelated]
+    )
     assert to_paraphrase > to_unrelated + 0.3
     assert embedder.paired_similarity([""], [anchor])[0] == 0.0  # an empty reply is about nothing

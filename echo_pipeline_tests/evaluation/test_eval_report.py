@@ -94,7 +94,9 @@ def result() -> EvaluationResult:
         "adapter_dir": "/data/lora_adapter/chatml__demo",
         "training_run_id": "run123",
     }
-    return EvaluationResult("chatml", "demo", metrics, samples, lineage, EvaluationConfig().as_dict())
+    return EvaluationResult(
+        "chatml", "demo", metrics, samples, lineage, EvaluationConfig().as_dict()
+    )
 
 
 HISTORY = {"loss": [(1, 3.0), (2, 2.5), (3, 2.2)], "eval_loss": [(2, 2.6), (3, 2.4)]}
@@ -146,7 +148,9 @@ def test_without_training_history_the_loss_plot_says_so(result):
 
 
 def test_write_report_writes_html_and_json(result, tmp_path):
-    files = write_report(result, tmp_path / "out", HISTORY, evaluation_run_url="http://mlflow/#/runs/eval")
+    files = write_report(
+        result, tmp_path / "out", HISTORY, evaluation_run_url="http://mlflow/#/runs/eval"
+    )
     assert files.html.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     payload = json.loads(files.metrics.read_text(encoding="utf-8"))
     assert payload["metrics"]["adapter_reply_loss"] == 2.1

@@ -71,8 +71,12 @@ def test_word_counts_are_whitespace_tokens():
 
 
 def test_casing_rates():
-    assert lowercase_start_rate(["hi", "Hi", "123 ok", "😂"]) == pytest.approx(2 / 3)  # emoji-only left out
-    assert all_caps_rate(["LOL that is WILD", "I am"]) == pytest.approx(2 / 5)  # "I" is too short to shout
+    assert lowercase_start_rate(["hi", "Hi", "123 ok", "😂"]) == pytest.approx(
+        2 / 3
+    )  # emoji-only left out
+    assert all_caps_rate(["LOL that is WILD", "I am"]) == pytest.approx(
+        2 / 5
+    )  # "I" is too short to shout
     assert lowercase_start_rate([]) == 0.0 and all_caps_rate([""]) == 0.0
 
 
@@ -96,7 +100,9 @@ def test_char_ngram_profile_cosine():
     assert profile == {" ab": 1, "ab ": 1}
     assert profile_cosine(profile, profile) == pytest.approx(1.0)
     assert profile_cosine(char_ngram_profile(["abc"]), char_ngram_profile(["xyz"])) == 0.0
-    assert profile_cosine(char_ngram_profile(["Hi"]), char_ngram_profile(["hi"])) == 0.0  # case matters
+    assert (
+        profile_cosine(char_ngram_profile(["Hi"]), char_ngram_profile(["hi"])) == 0.0
+    )  # case matters
 
 
 def test_profile_of_empty_generations_still_compares():
