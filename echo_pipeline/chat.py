@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echo_pipeline.adapters import read_adapter_metadata
+from echo_pipeline.adapters import base_model_config, read_adapter_metadata, validate_adapter_dir
 from echo_pipeline.base_model import ResolvedBaseModel, resolve_base_model
 
 
@@ -30,7 +30,12 @@ class ChatSession:
     def from_adapter(
         cls, adapter_dir: str | Path, *, base_model: ResolvedBaseModel | None = None, **options: Any
     ) -> ChatSession:
-        """Load base + adapter; the base is the one recorded in ``echo_metadata.json``."""
+        """Load base + adapter; the base is the one recorded in ``echo_metadata.json``.
+
+        The adapter directory is validated against the base model's config before anything in
+        it is loaded (safetensors weights only, a LORA config, shapes that fit the base), so an
+        adapter from elsewhere fails with one clear line instead of loading garbage or code.
+        """
         from peft import PeftModel
         from transformers import AutoTokenizer
 
@@ -46,6 +51,7 @@ class ChatSession:
                     f"{adapter_dir}: trained on base {recorded['fingerprint']}, but "
                     f"{recorded['source']!r} now resolves to {base_model.fingerprint}"
                 )
+        validate_adapter_dir(adapter_dir, base_model_config(base_model))
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
         base = load_causal_lm(base_model, quantization="none")
         model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
@@ -57,10 +63,17 @@ class ChatSession:
 
         context = self.history[-self.context_turns :] if self.context_turns else []
         return tokenize_inference_prompt(
-            self.template, self.tokenizer, context, prompt, self.system_prompt, prompt_author=self.partner
+            self.template,
+            self.tokenizer,
+            context,
+            prompt,
+            self.system_prompt,
+            prompt_author=self.partner,
         )
 
-    def generate(self, prompt_ids: list[list[int]], *, do_sample: bool = False, **kwargs: Any) -> list[tuple[str, bool]]:
+    def generate(
+        self, prompt_ids: list[list[int]], *, do_sample: bool = False, **kwargs: Any
+    ) -> list[tuple[str, bool]]:
         """Replies for a batch of prompt ids (left-padded), each with whether it ended at EOS."""
         import torch
 
@@ -86,7 +99,9 @@ class ChatSession:
         for row in out[:, width:].tolist():
             stopped = eos in row
             tokens = row[: row.index(eos)] if stopped else row
-            replies.append((self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), stopped))
+            replies.append(
+                (self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), stopped)
+            )
         return replies
 
     def reply_once(self, prompt: str) -> str:

@@ -389,3 +389,46 @@ def infer_me_name(contexts: Sequence[Any]) -> str:
     for raw in contexts:
         names.update(t.speaker for t in context_turns(raw) if t.is_me and t.speaker)
     return names.most_common(1)[0][0] if names else "me"
+
+
+def _jinja_literals(tokenizer: Any) -> tuple[str, str]:
+    """How BOS and EOS markers are spelled for this tokenizer in a Jinja chat template."""
+    bos = "{{ bos_token }}" if auto_bos_token_id(tokenizer) is not None else ""
+    return bos, "{{ eos_token }}"
+
+
+def jinja_chat_template(template: str, tokenizer: Any) -> str | None:
+    """A Hugging Face ``chat_template`` that renders exactly like ``template``.
+
+    Saved with every adapter (and merged model), so tools that format prompts with the
+    tokenizer (vLLM, text-generation-webui, ``apply_chat_template``) use the format the adapter
+    was trained on. ``None`` for ``model_default``: the tokenizer's own template already is it.
+    """
+    check_template(template)
+    if template == "model_default":
+        return None
+    bos, eos = _jinja_literals(tokenizer)
+    if template == "chatml":
+        end = "<|im_end|>" if "<|im_end|>" in _facts(tokenizer)[1] else eos
+        return (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}" + end + "\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        )
+    head = (
+        "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}"
+        "{% set chat = messages[1:] %}{% else %}{% set sys = '' %}{% set chat = messages %}{% endif %}"
+    )
+    if template == "llama2_chat":
+        body = (
+            "{% for m in chat %}{% if m['role'] == 'user' %}" + bos + "[INST] "
+            "{% if loop.first and sys %}<<SYS>>\n{{ sys }}\n<</SYS>>\n\n{% endif %}"
+            "{{ m['content'] }} [/INST]{% else %} {{ m['content'] }} " + eos + "{% endif %}{% endfor %}"
+        )
+    else:  # nous_hermes
+        body = (
+            "{% for m in chat %}{% if m['role'] == 'user' %}" + bos + ""
+            "{% if loop.first and sys %}{{ sys }}\n\n{% endif %}"
+            "### Instruction:\n{{ m['content'] }}\n\n### Response:\n"
+            "{% else %}{{ m['content'] }}" + eos + "{% endif %}{% endfor %}"
+        )
+    return head + body

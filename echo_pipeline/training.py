@@ -703,8 +703,11 @@ def _load_checkpoint(
     missing = [k for k in outcome.missing_keys if "lora_" in k]
     if missing:
         raise RuntimeError(f"checkpoint {path} lacks adapter weights {missing[:3]}")
-    optimizer.load_state_dict(torch.load(path / _OPTIMIZER_FILE, map_location=device))
-    rng = torch.load(path / _RNG_FILE)
+    # weights_only: a checkpoint folder is data, never code (pickles can run code on load).
+    optimizer.load_state_dict(
+        torch.load(path / _OPTIMIZER_FILE, map_location=device, weights_only=True)
+    )
+    rng = torch.load(path / _RNG_FILE, weights_only=True)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

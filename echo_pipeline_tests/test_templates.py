@@ -222,3 +222,32 @@ def test_the_default_system_prompt_names_me():
     ]
     assert infer_me_name(contexts) == "ana"
     assert infer_me_name([[]]) == "me"
+
+
+@pytest.mark.parametrize("template", ["llama2_chat", "nous_hermes", "chatml"])
+def test_jinja_chat_template_renders_like_the_training_renderer(template, smollm2_tokenizer):
+    """The chat_template saved with an adapter formats prompts exactly as training did."""
+    import copy
+
+    from echo_pipeline.templates import (
+        ChatPair,
+        ContextTurn,
+        conversation_messages,
+        jinja_chat_template,
+        render_inference_prompt,
+    )
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.chat_template = jinja_chat_template(template, tokenizer)
+    pair = ChatPair(
+        (ContextTurn("sam", "Are you around?", False), ContextTurn("alex", "yeah", True)),
+        "Want to play tonight?",
+        None,
+        "sam",
+    )
+    messages = conversation_messages(pair, "You are alex.")
+    got = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected = render_inference_prompt(template, pair, system_prompt="You are alex.", tokenizer=tokenizer)
+    # Markers: SmolLM2 adds no BOS, and its EOS is spelled <|im_end|>.
+    expected = expected.replace("<s>", "").replace("</s>", tokenizer.eos_token)
+    assert got == expected

@@ -38,6 +38,9 @@ class LoraConfig(dg.Config):
     quantization: str | None = Field(default=None, description="'auto' (4-bit QLoRA on CUDA, none on CPU), '4bit', '8bit' or 'none'.")
     gradient_checkpointing: bool | None = Field(default=None, description="Trade compute for memory (long packs, big models).")
     seed: int | None = Field(default=None, description="Random seed (training is deterministic on CPU).")
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads for torch (unset: torch's default). One is faster on a busy machine."
+    )
     out_of_process: bool = Field(
         default=True,
         description="Train in a subprocess through Dagster Pipes (keeps the Dagster process light; "
