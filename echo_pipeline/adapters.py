@@ -392,7 +392,7 @@ def _base_layout(base: Any) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(base)
     modules = dict(model.named_modules())
-    params = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    params = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
     return modules, params
 
 

@@ -7,18 +7,22 @@ because MLflow 3 refuses a bare file store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 from echo_pipeline.paths import PROJECT_ROOT, mlruns_dir
 
 DEFAULT_EXPERIMENT = "echo_pipeline"
+#: Attempts of :func:`retry_when_locked` in :func:`ensure_experiment` (each waits out sqlite's
+#: own busy timeout first), so a store held locked for good fails within about a minute.
+LOCK_ATTEMPTS = 10
 T = TypeVar("T")
 
 
@@ -77,14 +81,48 @@ def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:
             raise TrackingUnavailableError(f"{db.parent}: the MLflow store folder is not writable")
 
 
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_init_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise first use of a sqlite store across processes.
+
+    MLflow creates and migrates the schema of a fresh sqlite store on first use; two processes
+    doing that at once (parallel partitions on a new machine) corrupt its alembic version table
+    ("Online migration expected to match one row"). An exclusive ``flock`` on ``<db>.lock``
+    makes the first one create it and the others find it done. Servers need no lock.
+    """
+    db = _sqlite_path(tracking_uri)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; initialise once before fanning out
+        fcntl = None  # type: ignore[assignment]
+    if db is None or fcntl is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_experiment(tracking_uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
-    """The experiment id, creating it (with artifacts under mlruns/) on first use."""
+    """The experiment id, creating it (with artifacts under mlruns/) on first use.
+
+    Safe to call from several processes at once on a fresh sqlite store (see
+    :func:`store_init_lock`); raises :class:`TrackingUnavailableError` with one line saying what
+    is wrong when the store cannot be used, before any training starts.
+    """
     import mlflow
 
     check_tracking(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
 
-    def get_or_create() -> str:
+    def get_or_create(client: mlflow.MlflowClient) -> str:
         existing = client.get_experiment_by_name(name)
         if existing is not None:
             return existing.experiment_id
@@ -97,11 +135,19 @@ def ensure_experiment(tracking_uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
             return again.experiment_id
 
     try:
-        return retry_when_locked(get_or_create)
+        with store_init_lock(tracking_uri):
+            client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+            return retry_when_locked(lambda: get_or_create(client), attempts=LOCK_ATTEMPTS)
     except TrackingUnavailableError:
         raise
     except Exception as error:
-        raise TrackingUnavailableError(f"MLflow store {tracking_uri} is not usable: {error}") from error
+        detail = " ".join(str(error).split())[:300]
+        if "locked" in detail.lower():
+            raise TrackingUnavailableError(
+                f"MLflow store {tracking_uri} stays locked by another process ({detail}); close "
+                "whatever holds it (a stuck run, a long MLflow UI query) or use an MLflow server"
+            ) from error
+        raise TrackingUnavailableError(f"MLflow store {tracking_uri} is not usable: {detail}") from error
 
 
 def git_commit() -> str | None:

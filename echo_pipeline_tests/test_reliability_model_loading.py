@@ -125,7 +125,9 @@ def test_an_adapter_for_a_different_base_is_refused(adapter):
 
 def test_a_rank_that_disagrees_with_the_config_is_refused(adapter):
     edit_config(adapter, r=8)
-    assert "with rank 8 needs [8, 32]" in refused(adapter)
+    assert "has shape [4, 64], but the base layer (64 -> 32) with rank 8 needs [8, 64]" in (
+        refused(adapter)
+    )
 
 
 @pytest.mark.parametrize("missing", [ADAPTER_WEIGHTS, ADAPTER_CONFIG])
@@ -165,10 +167,9 @@ def test_a_config_without_the_expected_keys_and_values_is_refused(adapter, chang
     assert expected in refused(adapter)
 
 
-def test_unreadable_config_and_weights_are_refused(adapter):
+def test_an_unreadable_config_is_refused(adapter):
     (adapter / ADAPTER_CONFIG).write_text("{not json")
     assert "adapter_config.json is not valid JSON" in refused(adapter)
-    shutil.copy2(Path(adapter).parent / "adapter" / ADAPTER_CONFIG, adapter / ADAPTER_CONFIG)
     (adapter / ADAPTER_CONFIG).write_text("[]")
     assert "is not a JSON object" in refused(adapter)
 

@@ -7,6 +7,7 @@ small through the pairs config, so the whole module stays around a minute on 2 C
 from __future__ import annotations
 
 import json
+import os
 
 import dagster as dg
 import mlflow
@@ -98,7 +99,7 @@ def test_lora_adapter_trains_tracks_lineage_and_beats_the_base(chatml_dataset, p
     assert lineage["base_model"]["fingerprint"].startswith("sha256:")
     assert lineage["mlflow"]["run_id"] == meta["mlflow_run_id"]
 
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(meta["mlflow_run_id"])
     assert run.info.run_name == "chatml/demo" and run.info.status == "FINISHED"
     assert run.data.params["train.lora_r"] == "16" and run.data.params["train.max_steps"] == "2"
