@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from echo_pipeline.experiments import EXPERIMENTS
@@ -14,7 +16,9 @@ experiment_partitions = dg.StaticPartitionsDefinition(list(EXPERIMENT_NAMES))
 adapter_partitions = dg.MultiPartitionsDefinition(
     {"template": template_partitions, "experiment": experiment_partitions}
 )
-dataset_for_adapter = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="template")
+with warnings.catch_warnings():  # beta since 1.6 and stable in practice; keep the CLI output clean
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    dataset_for_adapter = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="template")
 
 
 def adapter_key(template: str, experiment: str) -> dg.MultiPartitionKey:

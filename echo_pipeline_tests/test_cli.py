@@ -1,0 +1,93 @@
+"""The echo-pipeline command line on real exports: outputs, and one-line errors with status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from echo_pipeline.cli import EXIT_BAD_INPUT, main
+from echo_pipeline.paths import sample_export_dir
+
+FIXTURES = Path(__file__).parent / "fixtures" / "discord"
+
+
+def test_inspect_json_reports_format_counts_and_authors(capsys):
+    assert main(["inspect", str(sample_export_dir()), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3
+    first = lines[0]
+    assert {"path", "format", "messages", "authors", "first", "last"} <= set(first)
+    assert first["format"] == "discord_json" and first["messages"] == 2500
+    assert first["authors"][0] == {"id": "291274804919574979", "name": "alex", "messages": 1375}
+
+
+def test_inspect_reads_the_legacy_csv_fixture(capsys):
+    csv = next(FIXTURES.glob("*.csv"))
+    assert main(["inspect", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "discord_csv_legacy" in out and "KomodoWorld#8282" in out
+
+
+def test_pairs_writes_parquet_and_prints_splits(tmp_path, capsys):
+    out = tmp_path / "pairs.parquet"
+    assert main(["pairs", str(sample_export_dir()), "--me", "alex", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "pairs" in printed and "train" in printed and "redacted" in printed
+    assert pq.read_table(out).num_rows > 500
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "empty"),
+        (b"\x00\x01\x02binary\xff\xfe", "binary"),
+        (b'{"guild": {}, "channel": {"id": "1"}, "messages": [{"id": "1", "con', "truncated"),
+        (b"<!DOCTYPE html><html><head><title>Discord</title>", "-f Json"),
+        (b"Name,Date,Text\n1,2,3\n", "unrecognised"),
+        (b'AuthorID,Author,Date,Content\n"1","a","2020-01-01","hi"\n', "header"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_naming_the_file(tmp_path, content, problem):
+    bad = tmp_path / "export.json"
+    bad.write_bytes(content)
+    proc = subprocess.run(
+        [sys.executable, "-m", "echo_pipeline.cli", "pairs", str(bad), "--me", "alex"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == EXIT_BAD_INPUT
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and problem in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_file_and_unknown_me(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nope.json")]) == EXIT_BAD_INPUT
+    assert "nope.json" in capsys.readouterr().err
+    assert main(["pairs", str(sample_export_dir()), "--me", "nobody"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "candidates" in err and "alex" in err
+
+
+def test_show_labels_prints_masked_prompt_and_labelled_reply(tmp_path, capsys, base_model):
+    out = tmp_path / "pairs.parquet"
+    assert main(["pairs", str(sample_export_dir()), "--me", "alex", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["show-labels", "--template", "chatml", "--pairs", str(out), "-n", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "-100" in table and "<|im_end|>" in table
+
+
+@pytest.mark.slow
+def test_chat_one_shot_with_an_adapter(tmp_path, capsys, base_model):
+    from echo_pipeline.evaluation.untrained import write_untrained_adapter
+
+    adapter = write_untrained_adapter(base_model, tmp_path / "adapter", template="chatml")
+    assert main(["chat", "--adapter", str(adapter), "--prompt", "hey, are you coming?", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["chat", "--adapter", str(tmp_path / "missing")]) == EXIT_BAD_INPUT
