@@ -36,19 +36,15 @@ reported with the load average seen at its start.
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
-
-CUTOFF = 256
-MICRO_BATCH = 4
-WEBUI_BATCH = 128
-WEBUI_PAD_ID = 0  # webui sets shared.tokenizer.pad_token_id = 0 before tokenising
+import _train_recipes as recipes
 
 
 def training_examples(template: str, real_tokens: int) -> tuple[list, dict]:
@@ -66,10 +62,12 @@ def training_examples(template: str, real_tokens: int) -> tuple[list, dict]:
     train = [ex for ex, split in zip(examples, frame["split"], strict=True) if split == "train"]
     chosen, total = [], 0
     for example in train:
-        if total >= real_tokens and len(chosen) % MICRO_BATCH == 0:
+        if total >= real_tokens and len(chosen) % recipes.MICRO_BATCH == 0:
             break
         chosen.append(example)
         total += len(example.input_ids)
+    # The padded recipe's collator stand-in must equal transformers' collator on these rows.
+    recipes.check_collator(tokenizer, recipes.webui_rows(chosen)[0])
     lengths = [len(ex.input_ids) for ex in chosen]
     labelled = sum(sum(1 for x in ex.labels if x != -100) for ex in chosen)
     info = {
@@ -89,182 +87,18 @@ def load_model():
     return load_causal_lm(resolve_base_model(), dtype="float32", quantization="none", device="cpu")
 
 
-def run_packed(examples: list, pack_tokens: int, lora: str) -> dict:
-    """train_lora exactly as the training asset runs it, one pass over the packed rows."""
-    from echo_pipeline.packing import pack_examples, padding_waste
-    from echo_pipeline.training import TrainingConfig, train_lora
-
-    extra = {}
-    if lora == "qv32":
-        extra = {"lora_r": 32, "lora_alpha": 64, "target_modules": ["q_proj", "v_proj"]}
-    packs = pack_examples(examples, max_tokens=pack_tokens, seed=42, shuffle=False)
-    config = TrainingConfig(
-        pack_tokens=pack_tokens,
-        max_steps=len(packs),
-        eval_every=0,
-        checkpoint_every=0,
-        log_every=1,
-        restore_best=False,
-        **extra,
-    )
-    steps: list[tuple[float, float]] = []  # (real tokens, seconds) per optimizer step
-    last_real = [0.0]
-
-    def on_log(step: int, metrics: dict[str, float]) -> None:
-        if "tokens_per_s" in metrics:
-            real = metrics["real_tokens"] - last_real[0]
-            last_real[0] = metrics["real_tokens"]
-            steps.append((real, real / metrics["tokens_per_s"]))
-
-    model = load_model()
-    with tempfile.TemporaryDirectory() as out:
-        result = train_lora(model, None, examples, [], config, Path(out), on_log=on_log)
-    return _summary(
-        steps,
-        processed=result.tokens_processed,
-        real=result.real_tokens,
-        waste=padding_waste(packs),
-        rows=len(packs),
-        train_loss=result.final_train_loss,
-    )
-
-
-def run_webui(examples: list, lora: str) -> dict:
-    """text-generation-webui's formatted-dataset LoRA training, its defaults, on CPU."""
-    import torch
-    import transformers
-    from peft import LoraConfig, get_peft_model
-
-    from echo_pipeline.base_model import load_tokenizer, resolve_base_model
-
-    tokenizer = load_tokenizer(resolve_base_model())
-    tokenizer.pad_token_id = WEBUI_PAD_ID
-    tokenizer.padding_side = "left"
-    rows, real_total, processed = [], 0, 0
-    for example in examples:
-        ids = list(example.input_ids)[:CUTOFF]  # webui encodes with truncation=True, max_length
-        ids = [WEBUI_PAD_ID] * (CUTOFF - len(ids)) + ids
-        input_ids = torch.tensor(ids)
-        rows.append(
-            {
-                "input_ids": input_ids,
-                "labels": [1] * len(ids),  # replaced by the collator, as in webui
-                "attention_mask": input_ids.ne(WEBUI_PAD_ID),
-            }
-        )
-        real_total += int(input_ids.ne(WEBUI_PAD_ID).sum())
-        processed += CUTOFF
-
-    collate = transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    batch_real: list[int] = []
-
-    def counting_collator(features):
-        batch = collate(features)
-        batch_real.append(int(batch["attention_mask"].sum()))
-        return batch
-
-    marks: list[float] = []
-
-    class Clock(transformers.TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if not marks:
-                marks.append(time.perf_counter())
-
-        def on_substep_end(self, args, state, control, **kwargs):
-            marks.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            marks.append(time.perf_counter())
-
-    if lora == "qv32":
-        lora_config = LoraConfig(
-            r=32,
-            lora_alpha=64,
-            target_modules=["q_proj", "v_proj"],
-            lora_dropout=0.05,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-    else:
-        lora_config = LoraConfig(
-            r=16,
-            lora_alpha=32,
-            target_modules="all-linear",
-            lora_dropout=0.05,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-    model = get_peft_model(load_model(), lora_config)
-    model.config.use_cache = False
-    accumulation = WEBUI_BATCH // MICRO_BATCH
-    with tempfile.TemporaryDirectory() as out:
-        trainer = transformers.Trainer(
-            model=model,
-            train_dataset=rows,
-            args=transformers.TrainingArguments(
-                output_dir=out,
-                per_device_train_batch_size=MICRO_BATCH,
-                gradient_accumulation_steps=accumulation,
-                warmup_steps=math.ceil(100 / accumulation),
-                num_train_epochs=1,
-                learning_rate=3e-4,
-                fp16=False,
-                optim="adamw_torch",
-                logging_steps=5,
-                save_strategy="no",
-                lr_scheduler_type="linear",
-                use_cpu=True,
-                report_to="none",
-                disable_tqdm=True,
-                seed=42,
-            ),
-            data_collator=counting_collator,
-            callbacks=[Clock()],
-        )
-        output = trainer.train()
-    seconds = [b - a for a, b in zip(marks, marks[1:], strict=False)]
-    steps = list(zip(batch_real, seconds, strict=False))
-    return _summary(
-        steps,
-        processed=processed,
-        real=real_total,
-        waste=1 - real_total / processed,
-        rows=len(rows),
-        train_loss=output.training_loss,
-    )
-
-
-def _summary(steps, *, processed: int, real: int, waste: float, rows: int, train_loss) -> dict:
-    """tokens/s over the steps after the first, and with the first included."""
-    warm = steps[1:] if len(steps) > 1 else steps
-    warm_real = sum(r for r, _ in warm)
-    warm_s = sum(s for _, s in warm)
-    all_real = sum(r for r, _ in steps)
-    all_s = sum(s for _, s in steps)
-    return {
-        "real_tokens_per_s": warm_real / warm_s,
-        "real_tokens_per_s_incl_first": all_real / all_s,
-        "steps": len(steps),
-        "first_step_s": steps[0][1] if steps else None,
-        "train_seconds": all_s,
-        "processed_tokens": processed,
-        "real_tokens": real,
-        "padding_waste": waste,
-        "rows": rows,
-        "train_loss": train_loss,
-    }
-
-
 def run_recipe(name: str, examples: list) -> dict:
-    if name == "webui":
-        return run_webui(examples, "qv32")
-    if name == "webui-alllinear":
-        return run_webui(examples, "all-linear")
-    if name.startswith("packed-qv-"):
-        return run_packed(examples, int(name.rsplit("-", 1)[1]), "qv32")
-    if name.startswith("packed-"):
-        return run_packed(examples, int(name.rsplit("-", 1)[1]), "default")
-    raise SystemExit(f"unknown recipe {name!r}")
+    """A fresh base model per run: both recipes inject LoRA layers into it."""
+    if name in ("webui", "webui-alllinear"):
+        lora = "webui" if name == "webui" else "project"
+        result, _ = recipes.run_webui(load_model(), examples, lora=lora, device="cpu")
+    elif name.startswith("packed-"):
+        lora = "webui" if name.startswith("packed-qv-") else "project"
+        pack = int(name.rsplit("-", 1)[1])
+        result, _ = recipes.run_packed(load_model(), examples, pack_tokens=pack, lora=lora)
+    else:
+        raise SystemExit(f"unknown recipe {name!r}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     logging.getLogger("echo_pipeline").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -331,8 +166,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} / webui: {ratios[name]:.2f}x")
     _common.write_json(
         args.json,
-        {"machine": info, "command": _common.command_line(), "data": data, "runs": runs,
-         "best": best, "ratios_vs_webui": ratios},
+        {
+            "machine": info,
+            "command": _common.command_line(),
+            "data": data,
+            "runs": runs,
+            "best": best,
+            "ratios_vs_webui": ratios,
+        },
     )
     return 0
 

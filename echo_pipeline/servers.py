@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +37,12 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log, "ab")  # noqa: SIM115 (lives as long as the child)
     return subprocess.Popen(
-        command, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT, preexec_fn=_default_sigint
+        command,
+        cwd=PROJECT_ROOT,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_default_sigint,
+        start_new_session=True,  # its own process group: stop() reaches the workers too
     )
 
 
@@ -44,7 +50,7 @@ def wait_until_up(url: str, timeout_s: float = 90.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (localhost)
+            with urllib.request.urlopen(url, timeout=2):
                 return True
         except OSError:
             time.sleep(1)
@@ -52,13 +58,17 @@ def wait_until_up(url: str, timeout_s: float = 90.0) -> bool:
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """SIGTERM to the server's whole process group, SIGKILL to the group if it lingers."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
 
 
 def serve_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
@@ -69,7 +79,7 @@ def serve_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
     mlflow = start(mlflow_command(mlflow_port), logs / "mlflow.log")
     stopping = False
 
-    def on_signal(signum, frame):  # noqa: ARG001
+    def on_signal(signum, frame):
         nonlocal stopping
         stopping = True
 

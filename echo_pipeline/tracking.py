@@ -20,9 +20,9 @@ from typing import TypeVar
 from echo_pipeline.paths import PROJECT_ROOT, mlruns_dir
 
 DEFAULT_EXPERIMENT = "echo_pipeline"
-#: Attempts of :func:`retry_when_locked` in :func:`ensure_experiment` (each waits out sqlite's
-#: own busy timeout first), so a store held locked for good fails within about a minute.
-LOCK_ATTEMPTS = 10
+#: Attempts of :func:`retry_when_locked` in :func:`ensure_experiment`. Each already waits out
+#: MLflow's 20 s sqlite busy timeout, so a store held locked for good fails in about a minute.
+LOCK_ATTEMPTS = 3
 T = TypeVar("T")
 
 
@@ -63,9 +63,13 @@ def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:
     if tracking_uri.startswith(("http://", "https://")):
         url = tracking_uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (user's own server)
+            with urllib.request.urlopen(
+                url, timeout=timeout_s
+            ) as response:  # the user's own server
                 if response.status >= 400:
-                    raise TrackingUnavailableError(f"MLflow server {tracking_uri} answered {response.status}")
+                    raise TrackingUnavailableError(
+                        f"MLflow server {tracking_uri} answered {response.status}"
+                    )
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
             raise TrackingUnavailableError(
                 f"MLflow tracking server {tracking_uri} is unreachable ({error}); start it or unset "
@@ -76,13 +80,19 @@ def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise TrackingUnavailableError(f"{db.parent}: cannot create the MLflow store folder ({error})") from error
+            raise TrackingUnavailableError(
+                f"{db.parent}: cannot create the MLflow store folder ({error})"
+            ) from error
         if not os.access(db.parent, os.W_OK):
             raise TrackingUnavailableError(f"{db.parent}: the MLflow store folder is not writable")
 
 
 def _sqlite_path(tracking_uri: str) -> Path | None:
-    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+    return (
+        Path(tracking_uri.removeprefix("sqlite:///"))
+        if tracking_uri.startswith("sqlite:///")
+        else None
+    )
 
 
 @contextlib.contextmanager
@@ -127,7 +137,9 @@ def ensure_experiment(tracking_uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
         if existing is not None:
             return existing.experiment_id
         try:
-            return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri))
+            return client.create_experiment(
+                name, artifact_location=artifact_location_for(tracking_uri)
+            )
         except Exception:
             again = client.get_experiment_by_name(name)  # created by a parallel run meanwhile
             if again is None:
@@ -141,20 +153,34 @@ def ensure_experiment(tracking_uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
     except TrackingUnavailableError:
         raise
     except Exception as error:
-        detail = " ".join(str(error).split())[:300]
-        if "locked" in detail.lower():
+        if "database is locked" in str(error).lower():
             raise TrackingUnavailableError(
-                f"MLflow store {tracking_uri} stays locked by another process ({detail}); close "
-                "whatever holds it (a stuck run, a long MLflow UI query) or use an MLflow server"
+                f"MLflow store {tracking_uri} stays locked by another process (database is "
+                "locked); stop whatever holds it (a stuck run, a long MLflow UI query) and retry, "
+                "or track to an MLflow server"
             ) from error
-        raise TrackingUnavailableError(f"MLflow store {tracking_uri} is not usable: {detail}") from error
+        raise TrackingUnavailableError(
+            f"MLflow store {tracking_uri} is not usable: {_first_line(error)}"
+        ) from error
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """The gist of an error: its first non-empty line (SQL errors append the statement)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def git_commit() -> str | None:
     """The repository's HEAD commit (with ``-dirty`` when uncommitted changes exist), if any."""
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],

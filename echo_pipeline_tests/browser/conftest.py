@@ -70,8 +70,12 @@ def new_page(browser):
     """Open a page in a fresh context (fresh storage), with bounded default timeouts."""
     contexts = []
 
-    def open_page(width: int = 1600, height: int = 900, init_script: str | None = None):
-        context = browser.new_context(viewport={"width": width, "height": height})
+    def open_page(
+        width: int = 1600, height: int = 900, init_script: str | None = None, scale: float = 1
+    ):
+        context = browser.new_context(
+            viewport={"width": width, "height": height}, device_scale_factor=scale
+        )
         context.set_default_timeout(ACTION_TIMEOUT_MS)
         context.set_default_navigation_timeout(60_000)
         if init_script:

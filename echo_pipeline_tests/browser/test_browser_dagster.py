@@ -40,6 +40,13 @@ query RunStatus($runId: ID!) {
   }
 }
 """
+EVENTS_QUERY = """
+query RunEvents($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection { events { __typename ... on MessageEvent { message } } }
+  }
+}
+"""
 LOCATIONS_QUERY = (
     "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
 )
@@ -85,7 +92,8 @@ def open_asset_graph(new_page, base: str):
     """The global asset lineage, every group expanded across the full width."""
     from playwright.sync_api import expect
 
-    page = new_page(width=1920, height=760, init_script=NAV_COLLAPSED)
+    # Wide enough that the nodes render as full cards; doubled pixels keep their text legible.
+    page = new_page(width=1920, height=600, init_script=NAV_COLLAPSED, scale=2)
     page.goto(f"{base}/asset-groups")
     expect(page.get_by_role("button", name="Materialize all")).to_be_visible()
     # Fold the group tree, then expand the groups: the graph refits to the whole width.
@@ -93,6 +101,7 @@ def open_asset_graph(new_page, base: str):
     page.locator("#zoom-slider-container").get_by_role("button", name="settings").click()
     page.get_by_role("menuitem", name="Expand all groups").click()
     page.keyboard.press("Escape")
+    page.mouse.move(960, 580)  # off the nodes: nothing hovered in the screenshot
     for name in ASSETS:
         expect(page.get_by_text(name, exact=True).first).to_be_visible()
     expect(page.get_by_role("dialog")).to_have_count(0)  # no tour or pop-up over the graph
@@ -131,6 +140,13 @@ def wait_for_run(base: str, run_id: str, log) -> dict:
     raise AssertionError(f"run {run_id} not done after {RUN_TIMEOUT_S} s: {run}\n{log_tail(log)}")
 
 
+def run_events(base: str, run_id: str, last: int = 20) -> str:
+    """The run's last event messages, for a failure message that says what went wrong."""
+    payload = {"query": EVENTS_QUERY, "variables": {"runId": run_id}}
+    events = post_json(f"{base}/graphql", payload)["data"]["logsForRun"].get("events", [])
+    return "\n".join(f"{e['__typename']}: {e.get('message', '')}" for e in events[-last:])
+
+
 def test_ingest_materialises_from_the_dagster_ui(dagster_ui, new_page, save_screenshot):
     from playwright.sync_api import expect
 
@@ -138,18 +154,24 @@ def test_ingest_materialises_from_the_dagster_ui(dagster_ui, new_page, save_scre
     page = open_asset_graph(new_page, base)
     launch_ingest_from_graph(page)
 
-    page.get_by_role("button", name="View", exact=True).click()
+    page.get_by_role("link", name="View", exact=True).click()  # the toast links to the run
     page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
     run_id = re.search(r"/runs/([0-9a-f-]{36})", page.url).group(1)
     run = wait_for_run(base, run_id, log)
-    assert run["status"] == "SUCCESS", f"{run}\n{log_tail(log)}"
+    assert run["status"] == "SUCCESS", f"{run}\n{run_events(base, run_id)}\n{log_tail(log)}"
     assert sorted(a["path"][-1] for a in run["assetSelection"]) == sorted(INGEST)
     assert (data / "conversation_pairs.parquet").is_file()  # written where the server was told
 
     expect(page.get_by_text("Success", exact=True).first).to_be_visible()
     expect(page.get_by_text("RUN_SUCCESS", exact=True).first).to_be_visible()
-    page.wait_for_timeout(500)  # the event list settles
-    save_screenshot(page, "run.png")
+
+    run_page = new_page(width=1600, height=900, init_script=NAV_COLLAPSED)  # no launch toast
+    run_page.goto(f"{base}/runs/{run_id}")
+    expect(run_page.get_by_text("Success", exact=True).first).to_be_visible()
+    expect(run_page.get_by_text(f"{len(INGEST)} assets", exact=True)).to_be_visible()
+    expect(run_page.get_by_text("RUN_SUCCESS", exact=True).first).to_be_visible()
+    run_page.wait_for_timeout(500)  # the event list settles on its last rows
+    save_screenshot(run_page, "run.png")
 
     graph = open_asset_graph(new_page, base)
     expect(graph.get_by_text("Materialized", exact=True)).to_have_count(len(INGEST))
