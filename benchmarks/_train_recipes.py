@@ -41,9 +41,27 @@ WEBUI_PAD_ID = 0
 
 LORA_PRESETS = {
     # the project's TrainingConfig defaults
-    "project": {"lora_r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
+    "project": {
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "target_modules": "all-linear",
+    },
+    # the same without LoRA dropout (one Bernoulli mask per adapted module and step is costly
+    # on CPU); a training choice, measured to show what it costs
+    "project-nodrop": {
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.0,
+        "target_modules": "all-linear",
+    },
     # text-generation-webui defaults (peft's target modules for llama)
-    "webui": {"lora_r": 32, "lora_alpha": 64, "target_modules": ["q_proj", "v_proj"]},
+    "webui": {
+        "lora_r": 32,
+        "lora_alpha": 64,
+        "lora_dropout": 0.05,
+        "target_modules": ["q_proj", "v_proj"],
+    },
 }
 
 
@@ -221,7 +239,7 @@ def run_webui(
         r=preset["lora_r"],
         lora_alpha=preset["lora_alpha"],
         target_modules=preset["target_modules"],
-        lora_dropout=0.05,
+        lora_dropout=preset["lora_dropout"],
         bias="none",
         task_type="CAUSAL_LM",
     )

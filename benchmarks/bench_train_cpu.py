@@ -28,6 +28,7 @@ Recipes
     ``webui-alllinear``  the same padded recipe with the project's LoRA (r16 all linear), to
                   separate the effect of the recipe from that of the adapter's size.
     ``packed-qv-N`` the packed path with webui's adapter (r32 q,v), for the same reason.
+    ``packed-nodrop-N`` the project's adapter without LoRA dropout (what the dropout costs).
 
 The machine may be shared: rounds interleave recipes (A B A B), the best round of each is
 reported with the load average seen at its start.
@@ -93,7 +94,7 @@ def run_recipe(name: str, examples: list) -> dict:
         lora = "webui" if name == "webui" else "project"
         result, _ = recipes.run_webui(load_model(), examples, lora=lora, device="cpu")
     elif name.startswith("packed-"):
-        lora = "webui" if name.startswith("packed-qv-") else "project"
+        lora = {"qv": "webui", "nodrop": "project-nodrop"}.get(name.split("-")[1], "project")
         pack = int(name.rsplit("-", 1)[1])
         result, _ = recipes.run_packed(load_model(), examples, pack_tokens=pack, lora=lora)
     else:
@@ -108,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-tokens", type=int, default=4096, help="real tokens per run")
     parser.add_argument("--template", default="chatml")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--profile",
+        metavar="RECIPE",
+        help="run RECIPE once under torch.profiler and print "
+        "the operators by self CPU time (use a small --real-tokens)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -131,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{data['reply_label_share']:.1%} of tokens; torch threads {info['torch_threads']}",
         flush=True,
     )
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            result = run_recipe(args.profile, examples)
+        print(f"{args.profile}: {result['real_tokens_per_s']:.1f} real tok/s under the profiler")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        return 0
     recipes = args.recipes.split(",")
     runs: dict[str, list[dict]] = {name: [] for name in recipes}
     for round_no in range(args.rounds):

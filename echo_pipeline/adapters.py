@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from echo_pipeline import tracking
 from echo_pipeline.base_model import ResolvedBaseModel
 from echo_pipeline.storage import atomic_directory
+from echo_pipeline.templates import jinja_chat_template
 from echo_pipeline.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -141,22 +142,53 @@ def _flat_params(job: AdapterJob, rows: dict[str, int]) -> dict[str, Any]:
     return {k: ("" if v is None else str(v)[:500]) for k, v in params.items()}
 
 
+class TrainingStopped(RuntimeError):
+    """Training stopped on request (SIGINT/SIGTERM) after saving a checkpoint; rerun to resume."""
+
+
+RESUMED_BY_TAG = "echo.resumed_by"
+
+
 def _mark_interrupted_runs(client: Any, experiment_id: str, fingerprint: str) -> list[str]:
-    """Runs of the same job still RUNNING were killed (SIGKILL, power loss): say so in MLflow."""
+    """Earlier runs of the same job that never finished, which the new run continues.
+
+    A run still RUNNING was killed outright (SIGKILL, OOM killer, power loss): it is marked
+    KILLED here. A run stopped on request is already KILLED with ``echo.interrupted``. Either
+    kind is listed once: the new run tags it ``echo.resumed_by`` (see :func:`_link_resumed`).
+    """
+    same_job = f"tags.`echo.fingerprint` = '{fingerprint}'"
     stale = client.search_runs(
+        [experiment_id], filter_string=f"{same_job} and attributes.status = 'RUNNING'"
+    )
+    stopped = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`echo.fingerprint` = '{fingerprint}' and attributes.status = 'RUNNING'",
+        filter_string=f"{same_job} and attributes.status = 'KILLED' and tags.`echo.interrupted` = 'true'",
     )
     ids = []
     for run in stale:
         client.set_terminated(run.info.run_id, status="KILLED")
         client.set_tag(run.info.run_id, "echo.interrupted", "true")
         ids.append(run.info.run_id)
-    return ids
+    ids += [r.info.run_id for r in stopped if RESUMED_BY_TAG not in r.data.tags]
+    return sorted(set(ids), key=ids.index)
 
 
-def run_adapter_job(job: AdapterJob, on_progress: OnProgress | None = None) -> AdapterOutcome:
-    """Train, evaluate held-out reply loss, write the adapter and log it all to MLflow."""
+def _link_resumed(client: Any, interrupted: list[str], run_id: str) -> None:
+    for old in interrupted:
+        client.set_tag(old, RESUMED_BY_TAG, run_id)
+
+
+def run_adapter_job(
+    job: AdapterJob,
+    on_progress: OnProgress | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> AdapterOutcome:
+    """Train, evaluate held-out reply loss, write the adapter and log it all to MLflow.
+
+    ``should_stop(step)`` is asked after every optimizer step; when it says yes, a checkpoint is
+    saved, the MLflow run ends KILLED (tagged ``echo.interrupted``) and :class:`TrainingStopped`
+    is raised. The next run of the same job resumes from that checkpoint and references the run.
+    """
     experiment_id = tracking.ensure_experiment(job.tracking_uri, job.experiment_name)
 
     import mlflow
@@ -202,6 +234,8 @@ def run_adapter_job(job: AdapterJob, on_progress: OnProgress | None = None) -> A
     )
     with run:
         run_id = run.info.run_id
+        if interrupted:
+            tracking.retry_when_locked(lambda: _link_resumed(client, interrupted, run_id))
         mlflow.log_params(_flat_params(job, rows))
         text_columns = [c for c in frame.columns if c not in TOKEN_COLUMNS]
         for split, context in (("train", "training"), ("val", "validation"), ("test", "test")):
@@ -235,7 +269,16 @@ def run_adapter_job(job: AdapterJob, on_progress: OnProgress | None = None) -> A
             job.work_dir,
             run_fingerprint=fingerprint,
             on_log=log_progress,
+            should_stop=should_stop,
         )
+        if not result.completed:
+            mlflow.set_tags({"echo.interrupted": "true", "echo.stopped_at_step": str(result.steps)})
+            mlflow.end_run(status="KILLED")
+            raise TrainingStopped(
+                f"{job.adapter_dir}: training stopped on request at step {result.steps} of "
+                f"{result.total_steps}; its checkpoint in {job.work_dir} is resumed by the next "
+                "materialisation (nothing was published)"
+            )
         adapter_loss = reply_loss(result.model, heldout) if heldout else None
         final = result.metrics()
         if adapter_loss is not None:
@@ -342,6 +385,9 @@ def write_adapter_dir(
         if missing:
             raise ValueError(f"{trained_dir}: the trained adapter lacks {', '.join(missing)}")
         if tokenizer is not None:
+            chat_template = jinja_chat_template(job.template, tokenizer)
+            if chat_template is not None:  # tools that format with the tokenizer use our format
+                tokenizer.chat_template = chat_template
             tokenizer.save_pretrained(staging)
         text = json.dumps(metadata, indent=2, default=str)
         (staging / METADATA_FILE).write_text(text, encoding="utf-8")

@@ -355,6 +355,22 @@ def assign_splits(sessions: pd.DataFrame, config: PairingConfig) -> pd.Series:
     return pd.Series(split, index=sessions.index)
 
 
+def _redact_joined_turns(turns: pd.DataFrame, report: PairingReport) -> None:
+    """Redact again the turns whose joined messages form a secret none of them was alone.
+
+    Only a PEM private key can span messages (its pattern crosses newlines): Discord cuts
+    messages at 2000 characters, so a pasted 4096-bit key arrives as two messages of one turn.
+    """
+    joined = turns["text"].str.contains("-----BEGIN", regex=False).to_numpy(dtype=bool)
+    if not joined.any():
+        return
+    redacted, counts = redact_series(turns.loc[joined, "text"])
+    turns.loc[joined, "text"] = redacted.to_numpy()
+    for kind, n in counts.items():
+        if n:
+            report.redactions[kind] = report.redactions.get(kind, 0) + int(n)
+
+
 def build_pairs(
     messages: pd.DataFrame, config: PairingConfig
 ) -> tuple[pa.Table, PairingReport]:
@@ -364,6 +380,8 @@ def build_pairs(
     report.me_ids = me_ids
     cleaned = clean_messages(messages, config, report)
     turns = build_turns(cleaned, me_ids, config)
+    if config.redact:
+        _redact_joined_turns(turns, report)
     report.turns = len(turns)
     report.sessions = int(turns["session_no"].nunique()) if len(turns) else 0
     if not (cleaned["author_id"].isin(me_ids)).any():

@@ -55,6 +55,7 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from echo_pipeline.adapters import base_model_config, validate_adapter_dir
     from echo_pipeline.base_model import load_causal_lm, resolve_base_model
     from echo_pipeline.tokenization import stop_token_id
 
@@ -62,6 +63,7 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     meta = read_adapter_metadata(adapter_dir)
     recorded = meta["base_model"]
     base = resolve_base_model(recorded["source"], revision=recorded.get("revision"))
+    validate_adapter_dir(adapter_dir, base_model_config(base))  # before anything is loaded
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
     model = load_causal_lm(base, quantization="none", dtype="float32", device="cpu")
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()

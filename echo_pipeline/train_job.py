@@ -8,11 +8,52 @@ the same command runs unchanged in a GPU pod under ``PipesK8sClient``. Without D
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from echo_pipeline.adapters import AdapterJob, AdapterOutcome, run_adapter_job
+from echo_pipeline.adapters import AdapterJob, AdapterOutcome, TrainingStopped, run_adapter_job
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask training to stop at the next step boundary, after a checkpoint.
+
+    Dagster forwards a run's termination to the Pipes subprocess as SIGINT; schedulers and
+    ``kill`` send SIGTERM. Either way the step in flight finishes, a checkpoint is written and
+    the MLflow run ends KILLED, so the next materialisation resumes there rather than at the last
+    periodic checkpoint. A second signal stops at once (as a SIGKILL would: still resumable).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        print(
+            f"{signal.Signals(signum).name}: stopping after this step", file=sys.stderr, flush=True
+        )
+
+    def should_stop(self, step: int) -> bool:
+        return self.signum is not None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        previous = {s: signal.signal(s, self) for s in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def outcome_metadata(outcome: AdapterOutcome) -> dict:
@@ -23,7 +64,9 @@ def outcome_metadata(outcome: AdapterOutcome) -> dict:
         "mlflow_run": {"raw_value": outcome.run_url, "type": "url"},
         "dataset_digest": outcome.dataset_digest,
         "fingerprint": outcome.fingerprint,
-        "resumed_from_step": outcome.resumed_from_step if outcome.resumed_from_step is not None else -1,
+        "resumed_from_step": outcome.resumed_from_step
+        if outcome.resumed_from_step is not None
+        else -1,
         **{k: float(v) for k, v in outcome.metrics.items()},
     }
     if outcome.model_uri:
@@ -37,19 +80,28 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv:
         job = AdapterJob.from_dict(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
-        outcome = run_adapter_job(job, on_progress=lambda step, m: print(f"step {step}: {m}", flush=True))
+        with StopRequest().installed() as stop:
+            try:
+                outcome = run_adapter_job(
+                    job,
+                    on_progress=lambda step, m: print(f"step {step}: {m}", flush=True),
+                    should_stop=stop.should_stop,
+                )
+            except TrainingStopped as error:
+                print(error, file=sys.stderr, flush=True)
+                return 128 + (stop.signum or signal.SIGTERM)
         print(json.dumps(outcome_metadata(outcome), indent=2))
         return 0
 
     from dagster_pipes import open_dagster_pipes
 
-    with open_dagster_pipes() as pipes:
+    with open_dagster_pipes() as pipes, StopRequest().installed() as stop:
         job = AdapterJob.from_dict(pipes.get_extra("job"))
 
         def progress(step: int, metrics: dict[str, float]) -> None:
             pipes.log.info(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
-        outcome = run_adapter_job(job, on_progress=progress)
+        outcome = run_adapter_job(job, on_progress=progress, should_stop=stop.should_stop)
         pipes.report_asset_materialization(
             metadata=outcome_metadata(outcome), data_version=outcome.fingerprint
         )

@@ -53,7 +53,12 @@ PII = [
     "-----END RSA PRIVATE KEY-----",
 ]
 WORDS = ["ok", "lol", "see you at 7", "version 1.2.0.4", "room 101", "v2.3", "12:30", "haha", "🙂"]
-MENTIONS = ["<@123456789012345678>", "<@&987654321098765432>", "<#555555555555555555>", "<:pog:1234>"]
+MENTIONS = [
+    "<@123456789012345678>",
+    "<@&987654321098765432>",
+    "<#555555555555555555>",
+    "<:pog:1234>",
+]
 
 fragment = st.one_of(
     st.sampled_from(PII),
@@ -67,17 +72,22 @@ content = st.lists(fragment, max_size=4).flatmap(
 )
 
 
+GAPS_S = [0, 5, 40, 200, 400, 3000, 4000, 90000]  # bursts, merges, new turns, new sessions
+
+
 @st.composite
-def chat(draw) -> list[dict]:
+def chat(draw, gaps: list[int] = GAPS_S) -> list[dict]:
     """Rows of CHAT_MESSAGES for 1-2 channels, one file per channel (seq unique per file)."""
     others = draw(st.lists(st.sampled_from(OTHERS), min_size=1, max_size=3, unique=True))
     people = [ME, *others]
     rows: list[dict] = []
-    for channel in draw(st.lists(st.sampled_from(["500", "600"]), min_size=1, max_size=2, unique=True)):
+    for channel in draw(
+        st.lists(st.sampled_from(["500", "600"]), min_size=1, max_size=2, unique=True)
+    ):
         clock = START
         ids: list[str] = []
         for seq in range(draw(st.integers(0, 24))):
-            clock += timedelta(seconds=draw(st.sampled_from([0, 5, 40, 200, 400, 3000, 4000, 90000])))
+            clock += timedelta(seconds=draw(st.sampled_from(gaps)))
             who = draw(st.sampled_from([*people, *people, BOT]))
             kind = draw(st.sampled_from(["message"] * 6 + ["reply", "system"]))
             reply_to = None
@@ -108,6 +118,27 @@ def chat(draw) -> list[dict]:
                 }
             )
     return rows
+
+
+def message(seq: int, who: tuple[str, str], text: str, channel: str = "500") -> dict:
+    return {
+        "source_file": f"export-{channel}.json",
+        "source_format": "discord_json",
+        "channel_id": channel,
+        "channel_name": f"channel {channel}",
+        "message_id": f"{channel}{seq:04d}",
+        "seq": seq,
+        "timestamp": START + timedelta(seconds=30 * seq),
+        "author_id": who[0],
+        "author_name": who[1],
+        "is_bot": who is BOT,
+        "kind": "message",
+        "content": text,
+        "reply_to_id": None,
+        "has_attachments": False,
+        "attachment_kind": None,
+        "edited": False,
+    }
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -172,11 +203,50 @@ def test_redaction_leaves_no_pattern_it_claims_to_remove(rows):
     texts = [*pairs["prompt"], *pairs["reply"], *(t["text"] for c in pairs["context"] for t in c)]
     leftovers = {t: find_pii(t) for t in texts if find_pii(t)}
     assert leftovers == {}
-    originals = [r["content"] for r in rows]
-    raw = {f for f in PII if any(f in o for o in originals)}
-    for secret in raw:  # the raw values themselves never survive (those that are PII alone)
-        if find_pii(secret):
-            assert not any(secret in t for t in texts), secret
+
+
+DETECTABLE = [p for p in PII if find_pii(p)]  # PEM halves alone are not a key yet
+# Neighbours that do not end or start with a digit: see the xfail below for those.
+BEFORE = ["ok", "lol", "haha", "call me on", "🙂", "my card", *MENTIONS, ""]
+AFTER = ["ok", "thanks", "haha 🙂", "see you at 7", ""]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.sampled_from(DETECTABLE),
+    st.sampled_from(BEFORE),
+    st.sampled_from(AFTER),
+    st.sampled_from([" ", "\n", ": ", " (", "\t"]),
+)
+def test_a_secret_written_between_words_does_not_survive_into_the_pairs(secret, before, after, sep):
+    rows = [
+        message(0, OTHERS[0], f"{before}{sep}{secret} {after}".strip()),
+        message(1, ME, f"here you go{sep}{secret}"),
+    ]
+    pairs = pairs_of(rows)
+    assert len(pairs) == 1
+    assert secret not in pairs["prompt"].iloc[0] and secret not in pairs["reply"].iloc[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GAP (redaction.py, found by hypothesis): a phone or card number with another number "
+    "right beside it (one space) is not a candidate, because the patterns refuse to start "
+    "after `\\d[ .-]` or `:`/`,`+digits and to end before ` \\d{3}`; find_pii agrees, so "
+    "the blocking check passes while the number stays in the training data.",
+)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "room 101 +44 20 7946 0958",
+        "room 101 (555) 123-4567",
+        "meet 12:30 4111 1111 1111 1111",
+        "see you at 7 5500-0000-0000-0004",
+        "07700 900123 12:30",
+    ],
+)
+def test_a_number_right_beside_a_phone_or_card_does_not_hide_it(text):
+    assert find_pii(text) != []
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -213,18 +283,9 @@ def write_dce(path: Path, channel: str, messages: list[dict]) -> None:
     path.write_text(json.dumps(document), encoding="utf-8")
 
 
-@settings(max_examples=25, deadline=None, derandomize=True)
-@given(chat(), st.integers(1, 3), st.randoms(use_true_random=False))
-def test_pair_ids_do_not_depend_on_how_exports_are_split_into_files_or_listed(
-    tmp_path_factory, rows, parts, rnd
-):
-    """Each channel exported in 1-3 partitions (with an overlapping message between parts)
-    and the files listed in a random order give the same pairs as one file per channel."""
-    rows = [r for r in rows if r["kind"] != "system" and not r["has_attachments"]]
-    if not any(r["author_id"] == ME[0] for r in rows):
-        return
-    folder = tmp_path_factory.mktemp("exports")
-    whole, split_files = [], []
+def write_partitions(folder: Path, rows: list[dict], parts: int) -> tuple[list[Path], list[Path]]:
+    """Each channel as one whole file, and as ``parts`` partitions overlapping by a message."""
+    whole, partitions = [], []
     for channel in sorted({r["channel_id"] for r in rows}):
         messages = [r for r in rows if r["channel_id"] == channel]
         path = folder / f"whole-{channel}.json"
@@ -233,17 +294,76 @@ def test_pair_ids_do_not_depend_on_how_exports_are_split_into_files_or_listed(
         size = max(1, -(-len(messages) // parts))
         for i in range(0, len(messages), size):
             part = folder / f"part-{channel}-{i}.json"
-            write_dce(part, channel, messages[max(0, i - 1) : i + size])  # overlap by one
-            split_files.append(part)
-    rnd.shuffle(split_files)
+            write_dce(part, channel, messages[max(0, i - 1) : i + size])
+            partitions.append(part)
+    return whole, partitions
 
-    def pairs_from(files: list[Path]) -> list[tuple]:
-        table, _ = build_pairs(read_exports(files).to_pandas(), CONFIG)
-        return identity(table.to_pandas())
 
-    reference = pairs_from(whole)
-    assert pairs_from(split_files) == reference
-    assert pairs_from(list(reversed(whole))) == reference
+def pairs_from(files: list[Path]) -> list[tuple]:
+    table, _ = build_pairs(read_exports(files).to_pandas(), CONFIG)
+    return identity(table.to_pandas())
+
+
+def exportable(rows: list[dict]) -> list[dict]:
+    """What write_dce can express (it writes no attachments and no system messages)."""
+    return [r for r in rows if r["kind"] != "system" and not r["has_attachments"]]
+
+
+FILE_SETTINGS = settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@FILE_SETTINGS
+@given(chat(), st.integers(1, 3), st.randoms(use_true_random=False))
+def test_pair_ids_do_not_depend_on_the_order_export_files_are_given_in(
+    tmp_path_factory, rows, parts, rnd
+):
+    """The same partitioned, overlapping exports (simultaneous messages included) listed in
+    any order give the same pairs."""
+    rows = exportable(rows)
+    if not any(r["author_id"] == ME[0] for r in rows):
+        return
+    _, partitions = write_partitions(tmp_path_factory.mktemp("exports"), rows, parts)
+    reference = pairs_from(sorted(partitions))
+    shuffled = list(partitions)
+    rnd.shuffle(shuffled)
+    assert pairs_from(shuffled) == reference
+    assert pairs_from(list(reversed(shuffled))) == reference
+
+
+@FILE_SETTINGS
+@given(chat(gaps=[g for g in GAPS_S if g]), st.integers(2, 3))
+def test_partitioned_overlapping_exports_give_the_pairs_of_one_whole_export(
+    tmp_path_factory, rows, parts
+):
+    """Partitions overlapping by a message merge back into the whole export. Timestamps are
+    distinct here: see the xfail below for two files that start at the same instant."""
+    rows = exportable(rows)
+    if not any(r["author_id"] == ME[0] for r in rows):
+        return
+    whole, partitions = write_partitions(tmp_path_factory.mktemp("exports"), rows, parts)
+    assert pairs_from(partitions) == pairs_from(whole)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GAP (exports/reader.py, found by hypothesis): two files of one channel that start "
+    "at the same instant rank by length, so simultaneous messages come out in the longer "
+    "file's order; for DCE JSON the snowflake message id would order them exactly.",
+)
+def test_simultaneous_messages_keep_their_order_when_one_file_starts_between_them(tmp_path):
+    rows = [message(0, OTHERS[0], "you coming?"), message(1, ME, "yes, on my way")]
+    rows[1]["timestamp"] = rows[0]["timestamp"]  # same second: sam asks, alex answers
+    rows += [message(2, OTHERS[0], "great, see you"), message(3, ME, "in 5")]
+    write_dce(tmp_path / "a.json", "500", rows[:2])  # sam, alex
+    write_dce(tmp_path / "b.json", "500", rows[1:])  # alex, sam, alex: starts at the same instant
+    whole = tmp_path / "whole.json"
+    write_dce(whole, "500", rows)
+    assert pairs_from([tmp_path / "a.json", tmp_path / "b.json"]) == pairs_from([whole])
 
 
 def test_the_generator_reaches_the_interesting_cases():
@@ -283,3 +403,19 @@ def test_the_generator_reaches_the_interesting_cases():
         seen["splits"] |= set(pairs["split"])
     assert seen["pairs"] > 100 and seen["explicit"] > 0 and seen["multi_session"] > 0
     assert seen["splits"] == {"train", "val", "test"}
+
+
+def test_a_private_key_split_over_two_messages_is_redacted_in_the_turn():
+    """Discord cuts messages at 2000 characters, so a pasted 4096-bit key arrives in two
+    messages; neither half is a key alone, the joined turn is (found while writing the
+    properties above; fixed in conversations.build_pairs)."""
+    body = "MIIJKAIBAAKCAgEAx3v" + "Q" * 40
+    rows = [
+        message(0, OTHERS[0], "send me the deploy key"),
+        message(1, ME, f"-----BEGIN RSA PRIVATE KEY-----\n{body}"),
+        message(2, ME, f"{body[::-1]}\n-----END RSA PRIVATE KEY-----"),
+    ]
+    table, report = build_pairs(frame(rows), CONFIG)
+    reply = table.column("reply")[0].as_py()
+    assert body not in reply and body[::-1] not in reply and "<TOKEN>" in reply
+    assert find_pii(reply) == [] and report.redactions["token"] == 1

@@ -69,21 +69,20 @@ def outcome(log: Path) -> dict:
     return json.loads(text[text.rindex("\n{") :])
 
 
-@pytest.mark.slow
-def test_sigkill_mid_training_resumes_from_the_checkpoint_and_marks_the_run_killed(
-    tmp_path, base_model, smollm2_tokenizer
-):
-    import mlflow
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, smollm2_tokenizer) -> Path:
+    folder = tmp_path_factory.mktemp("dataset")
+    return small_template_dataset(folder / "dataset.parquet", smollm2_tokenizer)
 
-    from echo_pipeline import tracking
 
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+def make_job(tmp_path: Path, dataset: Path, base_model, name: str) -> tuple[AdapterJob, Path]:
+    """The job and its JSON file: 6 steps of 128 tokens, a checkpoint every 2, no registry."""
     job = AdapterJob(
         template="chatml",
-        experiment="sigkill",
-        dataset_path=small_template_dataset(tmp_path / "dataset.parquet", smollm2_tokenizer),
-        adapter_dir=tmp_path / "data" / "lora_adapter" / "chatml__sigkill",
-        work_dir=tmp_path / "data" / "training_work" / "chatml__sigkill",
+        experiment=name,
+        dataset_path=dataset,
+        adapter_dir=tmp_path / "data" / "lora_adapter" / f"chatml__{name}",
+        work_dir=tmp_path / "data" / "training_work" / f"chatml__{name}",
         base_model=base_model,
         training=TrainingConfig(
             max_steps=MAX_STEPS,
@@ -98,21 +97,38 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint_and_marks_the_run_kill
             dtype="float32",
             torch_threads=1,
         ),
-        tracking_uri=uri,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
         register_model=False,
     )
-    job_file = tmp_path / "job.json"
+    job_file = tmp_path / f"{name}.json"
     job_file.write_text(json.dumps(job.to_dict()))
+    return job, job_file
+
+
+def wait_for(predicate, process: subprocess.Popen, log: Path, timeout_s: float = 400) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"timed out; log: {log.read_text()[-2000:]}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_resumes_from_the_checkpoint_and_marks_the_run_killed(
+    tmp_path, base_model, dataset
+):
+    import mlflow
+
+    from echo_pipeline import tracking
+
+    job, job_file = make_job(tmp_path, dataset, base_model, "sigkill")
+    uri = job.tracking_uri
     experiment_id = tracking.ensure_experiment(uri)  # as the asset does before launching
 
     # 1. Train, and SIGKILL the process as soon as the first checkpoint is complete.
     first_checkpoint = job.work_dir / CHECKPOINTS_DIR / f"step-{CHECKPOINT_EVERY}"
     killed = run_job(job_file, tmp_path / "killed.log")
-    deadline = time.monotonic() + 400
-    while not (first_checkpoint / "trainer_state.json").exists():
-        assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 400 s"
-        time.sleep(0.05)
+    wait_for((first_checkpoint / "trainer_state.json").exists, killed, tmp_path / "killed.log")
     killed.send_signal(signal.SIGKILL)
     assert killed.wait(timeout=60) == -signal.SIGKILL
     assert not job.adapter_dir.exists()  # nothing half-published
@@ -133,6 +149,7 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint_and_marks_the_run_kill
     assert old.info.status == "KILLED" and old.data.tags["echo.interrupted"] == "true"
     new = client.get_run(meta["mlflow_run_id"])
     assert new.info.status == "FINISHED"
+    assert old.data.tags["echo.resumed_by"] == new.info.run_id
     assert new.data.tags["echo.resumes_runs"] == interrupted.info.run_id
     assert new.data.tags["echo.fingerprint"] == old.data.tags["echo.fingerprint"]
     assert new.data.metrics["steps"] == MAX_STEPS
@@ -142,7 +159,7 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint_and_marks_the_run_kill
     new_steps = sorted(m.step for m in client.get_metric_history(new.info.run_id, "loss"))
     old_steps = sorted(m.step for m in client.get_metric_history(old.info.run_id, "loss"))
     assert new_steps == list(range(resume_step + 1, MAX_STEPS + 1))
-    assert old_steps[: resume_step] == list(range(1, resume_step + 1))
+    assert old_steps[:resume_step] == list(range(1, resume_step + 1))
     resumed_marker = client.get_metric_history(new.info.run_id, "resumed_from_step")
     assert [(m.step, m.value) for m in resumed_marker] == [(resume_step, float(resume_step))]
 
@@ -152,3 +169,33 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint_and_marks_the_run_kill
     lineage = json.loads((job.adapter_dir / METADATA_FILE).read_text())
     assert lineage["mlflow"]["run_id"] == new.info.run_id
     assert sorted(p.name for p in job.adapter_dir.parent.iterdir()) == [job.adapter_dir.name]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_at_the_next_step_with_a_checkpoint_and_a_killed_run(
+    tmp_path, base_model, dataset
+):
+    """What Dagster's "terminate run" (SIGINT to the Pipes subprocess) or ``kill`` does: the
+    step in flight finishes, is checkpointed, and the MLflow run ends KILLED right away."""
+    import mlflow
+
+    from echo_pipeline import tracking
+
+    job, job_file = make_job(tmp_path, dataset, base_model, "sigterm")
+    experiment_id = tracking.ensure_experiment(job.tracking_uri)
+    log = tmp_path / "stopped.log"
+    process = run_job(job_file, log)
+    wait_for(lambda: "\nstep 1: {'loss'" in "\n" + log.read_text(), process, log)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+
+    text = log.read_text()
+    assert "SIGTERM: stopping after this step" in text
+    assert f"{job.adapter_dir}: training stopped on request at step " in text
+    (run,) = mlflow.MlflowClient(tracking_uri=job.tracking_uri).search_runs([experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["echo.interrupted"] == "true"
+    stopped_at = int(run.data.tags["echo.stopped_at_step"])
+    assert 1 <= stopped_at < MAX_STEPS
+    checkpoint = job.work_dir / CHECKPOINTS_DIR / f"step-{stopped_at}"
+    assert (checkpoint / "trainer_state.json").is_file()  # the step in flight was kept
+    assert not job.adapter_dir.exists()

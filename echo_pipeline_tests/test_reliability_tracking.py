@@ -203,3 +203,38 @@ def test_an_unwritable_store_folder_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking.os, "access", lambda path, mode: False)
     with pytest.raises(TrackingUnavailableError, match="not writable"):
         tracking.check_tracking(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+
+
+def test_interrupted_runs_are_marked_and_listed_once(tmp_path, initialised_store):
+    """What the next run of a job finds: a RUNNING run (killed outright) becomes KILLED; it and a
+    run stopped on request are listed; one already resumed, a finished one and another job's
+    run are not."""
+    import mlflow
+
+    from echo_pipeline.adapters import _link_resumed, _mark_interrupted_runs
+
+    shutil.copy2(initialised_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tracking.ensure_experiment(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+
+    def run(fingerprint: str, status: str | None, **tags: str) -> str:
+        created = client.create_run(experiment, tags={"echo.fingerprint": fingerprint, **tags})
+        if status:
+            client.set_terminated(created.info.run_id, status)
+        return created.info.run_id
+
+    killed_hard = run("job", None)
+    stopped = run("job", "KILLED", **{"echo.interrupted": "true"})
+    run("job", "KILLED", **{"echo.interrupted": "true", "echo.resumed_by": "earlier"})
+    run("job", "FINISHED")
+    other_job = run("other", None)
+
+    found = _mark_interrupted_runs(client, experiment, "job")
+    assert sorted(found) == sorted([killed_hard, stopped])
+    assert client.get_run(killed_hard).info.status == "KILLED"
+    assert client.get_run(killed_hard).data.tags["echo.interrupted"] == "true"
+    assert client.get_run(other_job).info.status == "RUNNING"
+
+    _link_resumed(client, found, "new-run")
+    assert _mark_interrupted_runs(client, experiment, "job") == []  # listed once only

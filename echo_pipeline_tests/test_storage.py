@@ -39,7 +39,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def table(rows: int, seed: int = 0) -> pa.Table:
-    return pa.table({"n": list(range(seed, seed + rows)), "text": [f"row {i}" for i in range(rows)]})
+    return pa.table(
+        {"n": list(range(seed, seed + rows)), "text": [f"row {i}" for i in range(rows)]}
+    )
 
 
 def dead_pid() -> int:
@@ -181,9 +183,11 @@ def test_the_previous_directory_comes_back_when_the_swap_itself_fails(tmp_path, 
         return real_replace(src, dst)
 
     monkeypatch.setattr(storage.os, "replace", refuse_staging)
-    with pytest.raises(AtomicWriteError, match="Input/output error"):
-        with atomic_directory(target) as staging:
-            make_adapter(staging, "v2")
+    with (
+        pytest.raises(AtomicWriteError, match="Input/output error"),
+        atomic_directory(target) as staging,
+    ):
+        make_adapter(staging, "v2")
     assert snapshot(tmp_path) == before
 
 
@@ -212,9 +216,11 @@ def test_a_read_only_folder_really_refuses_and_keeps_the_adapter(tmp_path):
     before = snapshot(tmp_path)
     (tmp_path / "ro").chmod(0o500)
     try:
-        with pytest.raises(AtomicWriteError, match="make the folder writable"):
-            with atomic_directory(target) as staging:
-                make_adapter(staging, "v2")
+        with (
+            pytest.raises(AtomicWriteError, match="make the folder writable"),
+            atomic_directory(target) as staging,
+        ):
+            make_adapter(staging, "v2")
     finally:
         (tmp_path / "ro").chmod(0o700)
     assert snapshot(tmp_path) == before
@@ -260,7 +266,7 @@ def test_an_incomplete_trained_adapter_is_never_published(tmp_path):
     published = tmp_path / "lora_adapter" / "chatml__demo"
     trained = make_adapter(tmp_path / "work", "v1")
     (trained / "adapter_model.safetensors").unlink()
-    with pytest.raises(ValueError, match="lacks adapter_model.safetensors"):
+    with pytest.raises(ValueError, match=r"lacks adapter_model\.safetensors"):
         write_adapter_dir(published, trained, FakeTokenizer(), {})
     assert not published.parent.exists() or not any(published.parent.iterdir())
 
@@ -293,9 +299,11 @@ def test_a_failed_write_during_materialisation_keeps_every_earlier_asset_file(
 
     assert materialize().success
     before = snapshot(data_dir())
-    assert {"raw_chat_export.parquet", "chat_messages.parquet", "conversation_pairs.parquet"} <= set(
-        before
-    )
+    assert {
+        "raw_chat_export.parquet",
+        "chat_messages.parquet",
+        "conversation_pairs.parquet",
+    } <= set(before)
     real_write = pq.write_table
 
     def fail_on_messages(tbl, where, **kwargs):

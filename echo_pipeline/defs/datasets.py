@@ -45,7 +45,10 @@ def jsonl_dir(template: str) -> Path:
     partitions_def=template_partitions,
     code_version="1",
     # New pairs (from the export sensor or by hand) re-render every template's dataset.
-    automation_condition=dg.AutomationCondition.eager(),
+    # ...but never from pairs whose blocking checks failed (a one-author export, leftover PII).
+    automation_condition=(
+        dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    ),
     check_specs=[
         dg.AssetCheckSpec("template_parity", asset="template_dataset", description="The inference prompt equals the training prompt token for token."),
         dg.AssetCheckSpec("eos_labelled", asset="template_dataset", description="Every example's last labelled token is the template's EOS, and only the reply is labelled."),

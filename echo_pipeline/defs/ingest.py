@@ -267,7 +267,13 @@ def conversation_pairs_checks(conversation_pairs: pa.Table):
     me = set(_me_ids(conversation_pairs))
     train = int((df["split"] == "train").sum()) if len(df) else 0
     yield dg.AssetCheckResult(
-        check_name="has_pairs", passed=train > 0, metadata={"pairs": len(df), "train": train}
+        check_name="has_pairs",
+        passed=train > 0,
+        metadata={"pairs": len(df), "train": train},
+        description=None
+        if train
+        else "No training pairs: check that `me` is you (see chat_messages' authors) and that the "
+        "export holds other people's messages you replied to (an export filtered to one author has none).",
     )
     not_mine = int((~df["reply_author_id"].isin(me)).sum())
     yield dg.AssetCheckResult(check_name="replies_are_mine", passed=not_mine == 0, metadata={"violations": not_mine})

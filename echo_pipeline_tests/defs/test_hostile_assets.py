@@ -101,7 +101,10 @@ def test_me_absent_fails_with_the_candidates_and_keeps_the_earlier_pairs(sample_
     assert not result.success
     step, line = failure_message(result)
     assert step == "conversation_pairs"
-    assert "no author matches me=['alex']; candidates: sam (id 855575384304008197, 3 messages), " in line
+    assert (
+        "no author matches me=['alex']; candidates: sam (id 855575384304008197, 3 messages), "
+        in line
+    )
     assert "jordan (id 401234567890123456, 3 messages)" in line
     assert snapshot(["conversation_pairs.parquet"]) == {
         "conversation_pairs.parquet": sample_ingested["conversation_pairs.parquet"]
@@ -211,13 +214,6 @@ def automation_requests_after_a_one_author_ingest(defs: dg.Definitions) -> set[s
     return set(tick.get_requested_partitions(dg.AssetKey("template_dataset")))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (defs/datasets.py): template_dataset is AutomationCondition.eager(), which ignores "
-    "failed blocking checks of conversation_pairs from an earlier run, so the empty pairs of a "
-    "one-author export would re-render every template's dataset. Fix: eager() & "
-    "AutomationCondition.all_deps_blocking_checks_passed() (proved by the next test).",
-)
 def test_automation_does_not_render_datasets_from_pairs_that_failed_their_checks(pipeline_env):
     from echo_pipeline.definitions import defs
 

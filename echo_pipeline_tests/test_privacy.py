@@ -1,0 +1,214 @@
+"""Nothing private goes where it should not: metadata, logs, git, the network.
+
+One ingest of the bundled sample (4300 messages with emails, phones, cards and tokens in them)
+is materialised through Dagster with every log captured: Python logging, Dagster's event log
+and the console. The message texts must appear in none of them at INFO and above, and the only
+text in Dagster metadata is the short, redacted preview.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import re
+import subprocess
+
+import dagster as dg
+import pytest
+
+from echo_pipeline import redaction
+from echo_pipeline.definitions import build_resources
+from echo_pipeline.defs.ingest import conversation_pairs_checks, ingest_assets
+from echo_pipeline.exports import read_exports
+from echo_pipeline.paths import PROJECT_ROOT, sample_export_dir
+
+PREVIEW_LIMIT = 80
+MIN_TEXT = 16  # shorter messages ("lol", "see you") are not evidence of a leak
+DAGSTER_LINE = re.compile(r"^\S+ \S+ [+-]\d{4} - dagster - (?P<level>[A-Z]+) - ")
+
+
+@pytest.fixture(scope="module")
+def sample_texts() -> list[str]:
+    contents = read_exports([sample_export_dir()]).column("content").to_pylist()
+    return sorted({c.strip() for c in contents if len(c.strip()) >= MIN_TEXT})
+
+
+@pytest.fixture(scope="module")
+def sample_secrets() -> dict[str, set[str]]:
+    """The raw PII and secret values in the sample, as the redaction rules find them."""
+    found: dict[str, set[str]] = {}
+    for text in read_exports([sample_export_dir()]).column("content").to_pylist():
+        for rule in redaction._RULES:
+            for match in rule.pattern.finditer(text):
+                if rule.validate(match) is not None:
+                    found.setdefault(rule.kind, set()).add(match.group(0).strip(" .,;:!?)"))
+    return found
+
+
+@pytest.fixture
+def ingest_run(pipeline_env, caplog, capfd):
+    """The sample ingested with every log channel captured: (result, metadata, log lines)."""
+    caplog.set_level(logging.INFO)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [*ingest_assets, conversation_pairs_checks],
+        resources=build_resources(),
+        instance=instance,
+    )
+    assert result.success
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    for entry in instance.all_logs(result.run_id):
+        if entry.level >= logging.INFO:
+            lines.append(entry.user_message or "")
+            if entry.dagster_event is not None and entry.dagster_event.message:
+                lines.append(entry.dagster_event.message)
+    lines += info_console_blocks("\n".join(capfd.readouterr()))
+    metadata = {
+        node: [m.metadata for m in result.asset_materializations_for_node(node)]
+        for node in ("raw_chat_export", "chat_messages", "conversation_pairs")
+    }
+    return result, metadata, lines
+
+
+def info_console_blocks(console: str) -> list[str]:
+    """Dagster console records at INFO and above (a record runs until the next header)."""
+    blocks, current, keep = [], [], False
+    for line in console.splitlines():
+        header = DAGSTER_LINE.match(line)
+        if header:
+            if keep and current:
+                blocks.append("\n".join(current))
+            level = header["level"]
+            keep = level in ("INFO", "WARNING", "ERROR", "CRITICAL")
+            current = [line]
+        else:
+            current.append(line)
+    if keep and current:
+        blocks.append("\n".join(current))
+    return blocks
+
+
+def test_logs_at_info_carry_no_message_text(ingest_run, sample_texts):
+    _, _, lines = ingest_run
+    # The capture works: Dagster's user logs (context.log) and its own INFO+ records are in.
+    assert any(re.search(r"read 4300 messages from 3 files", line) for line in lines)
+    assert any(re.search(r"built \d+ pairs from \d+ turns", line) for line in lines)
+    blob = "\n".join(lines)
+    leaked = [text for text in sample_texts if text in blob]
+    assert leaked == []
+
+
+def test_metadata_holds_no_raw_pii_and_previews_are_short(ingest_run, sample_secrets):
+    _, metadata, _ = ingest_run
+    assert {"email", "phone"} <= set(sample_secrets)  # the sample really contains them
+    everything = "\n".join(str(v.value) for ms in metadata.values() for m in ms for v in m.values())
+    for kind, values in sample_secrets.items():
+        leaked = sorted(v for v in values if v in everything)
+        assert leaked == [], kind
+
+    (pairs_meta,) = metadata["conversation_pairs"]
+    preview = pairs_meta["preview"].value
+    rows = [line for line in preview.splitlines()[2:] if line.strip()]
+    assert 0 < len(rows) <= 5
+    for row in rows:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        author, prompt, reply, split = cells
+        assert len(prompt) <= PREVIEW_LIMIT and len(reply) <= PREVIEW_LIMIT
+        assert len(author) <= 20 and split in {"train", "val", "test"}
+        assert redaction.find_pii(prompt) == [] and redaction.find_pii(reply) == []
+    assert pairs_meta["redactions"].value["email"] >= 1
+
+    # The other assets carry counts, dates and author names, never message text.
+    for node in ("raw_chat_export", "chat_messages"):
+        (meta,) = metadata[node]
+        text = "\n".join(str(v.value) for v in meta.values())
+        assert all(len(line) <= 200 for line in text.splitlines())
+
+
+def test_the_preview_of_long_messages_is_cut(ingest_run):
+    from echo_pipeline.defs.ingest import _short
+
+    assert len(_short("x" * 500)) == PREVIEW_LIMIT and _short("x" * 500).endswith("…")
+    assert _short("a | b\nc") == "a \\| b c"
+
+
+# --- git: private data never gets committed ---------------------------------------------------
+
+
+def check_ignore(*paths: str) -> set[str]:
+    """The paths that .gitignore rules ignore (whether or not such files exist or are tracked)."""
+    out = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode in (0, 1), out.stderr
+    return set(out.stdout.splitlines())
+
+
+PRIVATE = [
+    "data/chat_messages.parquet",
+    "data/conversation_pairs.parquet",
+    "data/template_dataset/chatml.parquet",
+    "data/template_dataset_jsonl/chatml/train.jsonl",
+    "data/lora_adapter/chatml__demo/adapter_model.safetensors",
+    "data/training_work/chatml__demo/checkpoints/step-10/optimizer.pt",
+    "data/models/smollm2-135m-instruct/model.safetensors",
+    "data/evaluation_report/chatml__demo.html",
+    "data/my_own_export/Direct Messages - bob [123].json",
+    "mlruns/mlflow.db",
+    "mlruns/mlflow.db.lock",
+    "mlruns/artifacts/1/abc/artifacts/echo_metadata.json",
+    ".dagster/storage/runs.db",
+]
+PUBLIC = [
+    "data/sample/Direct Messages - sam [855575384304008197].json",
+    "data/sample/README.md",
+    "data/README.md",
+    "mlruns/README.md",
+]
+
+
+def test_data_and_mlruns_are_git_ignored_except_the_sample():
+    assert check_ignore(*PRIVATE) == set(PRIVATE)
+    assert check_ignore(*PUBLIC) == set()
+
+
+def test_only_the_sample_and_readmes_are_tracked_under_data_and_mlruns():
+    tracked = subprocess.run(
+        ["git", "ls-files", "data", "mlruns"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    tracked = [t for t in tracked if t]
+    assert tracked and all(
+        t.startswith("data/sample/") or t in ("data/README.md", "mlruns/README.md") for t in tracked
+    ), tracked
+
+
+# --- servers listen on this machine only ------------------------------------------------------
+
+
+def test_the_ui_servers_bind_localhost():
+    from echo_pipeline.servers import dagster_command, mlflow_command
+
+    dagster = dagster_command(3000)
+    assert dagster[dagster.index("-h") + 1] == "127.0.0.1"
+    mlflow = mlflow_command(5000)
+    assert mlflow[mlflow.index("--host") + 1] == "127.0.0.1"
+
+
+def test_no_code_in_the_package_binds_all_interfaces():
+    for path in sorted((PROJECT_ROOT / "echo_pipeline").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            where = f"{path}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert "0.0.0.0" not in node.value and "[::]" not in node.value, where
+            if isinstance(node, ast.Call):
+                for kw in node.keywords:
+                    if kw.arg in ("host", "bind", "listen") and isinstance(kw.value, ast.Constant):
+                        assert kw.value.value in ("127.0.0.1", "localhost"), where
