@@ -285,3 +285,34 @@ def run_webui(
     summary["train_loss"] = output.training_loss
     del trainer
     return summary, peft_model
+
+
+def isolation_check(model, examples, device: str) -> dict:
+    """Max |logit difference| between each sample packed in one row and the same sample alone,
+    called as the trainer calls the model (position_ids, ``use_cache=False``) and with the cache
+    left on (transformers then ignores the restarts and samples attend to each other)."""
+    import torch
+
+    from echo_pipeline.packing import example_fields, pack_examples
+
+    chosen = [example_fields(e)[0] for e in examples[:6]]
+    samples = [{"input_ids": ids, "labels": ids} for ids in chosen]
+    row = pack_examples(samples, max_tokens=sum(map(len, chosen)))[0]
+    ids = torch.tensor([row.input_ids], device=device)
+    pos = torch.tensor([row.position_ids], device=device)
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        alone = []
+        for index in row.example_indices:
+            single = torch.tensor([chosen[index]], device=device)
+            alone.append(model(input_ids=single, use_cache=False).logits[0].float())
+        for label, kwargs in (("use_cache=False", {"use_cache": False}), ("cache on", {})):
+            packed = model(input_ids=ids, position_ids=pos, **kwargs).logits[0].float()
+            worst, start = 0.0, 0
+            for logits in alone:
+                segment = packed[start : start + logits.shape[0]]
+                worst = max(worst, float((segment - logits).abs().max()))
+                start += logits.shape[0]
+            out[label] = worst
+        out["logit_scale"] = float(torch.cat(alone).abs().max())
+    return out

@@ -382,7 +382,10 @@ def export_path(workdir: Path, n: int, seed: int) -> Path:
 
 def ensure_export(workdir: Path, n: int, seed: int) -> tuple[Path, dict]:
     path = export_path(workdir, n, seed)
-    meta = path.with_name("summary.json")
+    # Beside the folder, not in it: the folder must hold only the export, so that
+    # `echo-pipeline pairs <folder>` and read_exports(<folder>) work on it too.
+    meta = path.parent.with_name(path.parent.name + ".summary.json")
+    path.with_name("summary.json").unlink(missing_ok=True)
     if path.exists() and meta.exists():
         return path, json.loads(meta.read_text())
     started = time.perf_counter()

@@ -104,7 +104,7 @@ def run_recipe(name: str, examples: list) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", default="webui,packed-1024,packed-512")
+    parser.add_argument("--recipes", default="webui,packed-1024,packed-512,packed-qv-512")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions")
     parser.add_argument("--real-tokens", type=int, default=4096, help="real tokens per run")
     parser.add_argument("--template", default="chatml")
@@ -132,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     info["torch_threads"] = torch.get_num_threads()
     _common.print_machine(info)
     examples, data = training_examples(args.template, args.real_tokens)
+    iso = recipes.isolation_check(load_model().eval(), examples, "cpu")
+    data["isolation"] = iso
+    print(
+        f"# isolation (max |logit diff| of 6 samples packed vs alone, logits up to "
+        f"{iso['logit_scale']:.1f}): as trained (use_cache=False) {iso['use_cache=False']:.2g}; "
+        f"cache left on {iso['cache on']:.2g}",
+        flush=True,
+    )
     print(
         f"# data: {data['examples']} {data['template']} examples, {data['real_tokens']} real "
         f"tokens (mean {data['mean_tokens']:.1f}, max {data['max_tokens']}), reply labels "
@@ -146,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.profile}: {result['real_tokens_per_s']:.1f} real tok/s under the profiler")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         return 0
-    recipes = args.recipes.split(",")
-    runs: dict[str, list[dict]] = {name: [] for name in recipes}
+    names = args.recipes.split(",")
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     for round_no in range(args.rounds):
-        for name in recipes if round_no % 2 == 0 else recipes[::-1]:
+        for name in names if round_no % 2 == 0 else names[::-1]:
             load = _common.load_str()
             result = run_recipe(name, examples)
             result["load_at_start"] = load
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     best = {name: max(r, key=lambda x: x["real_tokens_per_s"]) for name, r in runs.items()}
     print("\n| recipe | real tokens/s (best) | padding waste | processed tokens | load at start |")
     print("|---|---|---|---|---|")
-    for name in recipes:
+    for name in names:
         b = best[name]
         print(
             f"| {name} | {b['real_tokens_per_s']:.1f} | {b['padding_waste']:.1%} | "
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {}
     if "webui" in best:
         base = best["webui"]["real_tokens_per_s"]
-        for name in recipes:
+        for name in names:
             if name != "webui":
                 ratios[name] = best[name]["real_tokens_per_s"] / base
                 print(f"{name} / webui: {ratios[name]:.2f}x")

@@ -100,7 +100,7 @@ def build_model(config, device: str, dtype):
     with torch.device(device):
         model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
     model.generation_config.pad_token_id = 0
-    return model.eval()
+    return model.to(device).eval()  # a no-op when the device context placed it already
 
 
 def synthetic_examples(
@@ -123,34 +123,6 @@ def synthetic_examples(
         labels = [-100] * (length - reply) + ids[length - reply :]
         examples.append({"input_ids": ids, "labels": labels})
     return examples
-
-
-def isolation_check(model, examples, device: str) -> dict:
-    """Max |logit difference| between each sample packed in one row and the same sample alone."""
-    import torch
-
-    from echo_pipeline.packing import pack_examples
-
-    chosen = examples[:6]
-    row = pack_examples(chosen, max_tokens=sum(len(e["input_ids"]) for e in chosen))[0]
-    ids = torch.tensor([row.input_ids], device=device)
-    pos = torch.tensor([row.position_ids], device=device)
-    out: dict[str, float] = {}
-    with torch.no_grad():
-        alone = []
-        for index in row.example_indices:
-            single = torch.tensor([chosen[index]["input_ids"]], device=device)
-            alone.append(model(input_ids=single, use_cache=False).logits[0].float())
-        for label, kwargs in (("use_cache=False", {"use_cache": False}), ("cache on", {})):
-            packed = model(input_ids=ids, position_ids=pos, **kwargs).logits[0].float()
-            worst, start = 0.0, 0
-            for logits in alone:
-                segment = packed[start : start + logits.shape[0]]
-                worst = max(worst, float((segment - logits).abs().max()))
-                start += logits.shape[0]
-            out[label] = worst
-        out["logit_scale"] = float(torch.cat(alone).abs().max())
-    return out
 
 
 def peak_tflops(flag: float | None, device: str) -> float | None:
@@ -194,8 +166,15 @@ def profile_step(model, examples, pack_tokens: int, device: str) -> None:
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
         _, peft_model = recipes.run_packed(model, examples, pack_tokens=pack_tokens, steps=2)
-    sort = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=20), flush=True)
+    table = None
+    keys = ("self_device_time_total", "self_cuda_time_total") if device.startswith("cuda") else ()
+    for sort in (*keys, "self_cpu_time_total"):
+        try:
+            table = prof.key_averages().table(sort_by=sort, row_limit=20)
+            break
+        except (AttributeError, KeyError, ValueError):
+            continue
+    print(table, flush=True)
     peft_model.unload()
     reset_peak(device)
 
@@ -205,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU: a quick test")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help="comma-separated rows to run")
     parser.add_argument("--skip-qlora", action="store_true")
-    parser.add_argument("--real-tokens", type=int, default=None, help="per row (default 4 packs)")
+    parser.add_argument("--real-tokens", type=int, default=None, help="per row (default 8x4096)")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--n-params", type=float, default=None, help="N for MFU (7B: 6.7e9)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler of packed steps")
@@ -216,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="weights (auto: bf16 on GPU, fp32 with --tiny)",
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (--tiny)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -229,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("echo_pipeline").setLevel(logging.WARNING)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     if device == "cpu" and not args.tiny:
         raise SystemExit("no CUDA device: run with --tiny to test the script on CPU")
@@ -246,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in args.rows.split(",") if r]
     if args.skip_qlora:
         rows = [r for r in rows if not r.startswith("qlora")]
-    real_tokens = args.real_tokens or (4 * 4096 // scale + 4096 // scale)
+    real_tokens = args.real_tokens or 8 * 4096 // scale  # 8 packs of 4096, 4 of 8192
     packs = [
         int(r.split("-")[-1] if r[-1].isdigit() else r.split("-")[1]) for r in rows if "-" in r
     ]
@@ -274,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    iso = isolation_check(model, examples, device)
+    iso = recipes.isolation_check(model, examples, device)
     print(
         f"# isolation (max |logit diff| packed vs alone, logits up to {iso['logit_scale']:.2f}): "
         f"use_cache=False {iso['use_cache=False']:.3g}; cache left on {iso['cache on']:.3g}",
@@ -360,9 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             summary, peft_model = recipes.run_packed(
                 quantized, examples, pack_tokens=pack, gradient_checkpointing="gc" in parts
             )
-            record(
-                name, summary, note="nf4 double-quant" + (", grad ckpt" if "gc" in parts else "")
-            )
+            note = "nf4 double-quant" + (", grad ckpt" if "gc" in parts else "")
+            record(name, summary, note=note, pack=pack)
             quantized = peft_model.unload()
             del peft_model
 
