@@ -385,7 +385,11 @@ def write_adapter_dir(
         if missing:
             raise ValueError(f"{trained_dir}: the trained adapter lacks {', '.join(missing)}")
         if tokenizer is not None:
-            chat_template = jinja_chat_template(metadata["template"], tokenizer)
+            chat_template = (
+                jinja_chat_template(metadata["template"], tokenizer)
+                if "template" in metadata
+                else None
+            )
             if chat_template is not None:  # tools that format with the tokenizer use our format
                 tokenizer.chat_template = chat_template
             tokenizer.save_pretrained(staging)

@@ -45,7 +45,7 @@ def _missing_browser() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closes its event loop before non-browser tests run
 def browser():
     """One headless Chromium for the session; each test opens its own context."""
     missing = _missing_browser()
