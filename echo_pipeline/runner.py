@@ -39,8 +39,8 @@ def run_pipeline(
     """Materialise ingest, then per template its dataset and adapters (and evaluations)."""
     import dagster as dg
 
-    from echo_pipeline.defs.partitions import adapter_key
     from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
+    from echo_pipeline.defs.partitions import adapter_key
 
     ensure_dagster_home()
     instance = dg.DagsterInstance.get()

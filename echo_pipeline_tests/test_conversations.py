@@ -161,7 +161,7 @@ def test_schema_splits_and_stable_ids():
         base = s * 10_000
         rows += [(base, "sam", f"question {s}?"), (base + 10, "me", f"answer {s}")]
     df = messages(rows)
-    table, report = build_pairs(df, PairingConfig(me=("me",)))
+    table, _report = build_pairs(df, PairingConfig(me=("me",)))
     assert table.schema.remove_metadata() == schemas.CONVERSATION_PAIRS
     assert json.loads(table.schema.metadata[ME_IDS_METADATA_KEY]) == ["1"]
     pairs = table.to_pandas()

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 
-from echo_pipeline import conversations, schemas
+from echo_pipeline import conversations
 from echo_pipeline.exports import ExportError, detect_format, discover_export_files, read_exports
 from echo_pipeline.paths import sample_export_dir
 

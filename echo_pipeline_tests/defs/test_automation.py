@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
+from echo_pipeline.definitions import defs
 from echo_pipeline.defs.automation import export_folder_sensor, weekly_retraining_schedule
 from echo_pipeline.defs.partitions import adapter_key
-from echo_pipeline.definitions import defs
 from echo_pipeline.paths import sample_export_dir
 
-SUNDAY = datetime(2026, 11, 29, 3, 0, tzinfo=timezone.utc)
+SUNDAY = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 
 
 def test_export_sensor_fires_once_per_content_and_again_on_change(tmp_path, monkeypatch):

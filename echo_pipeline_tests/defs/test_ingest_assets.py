@@ -10,8 +10,8 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from echo_pipeline import schemas
-from echo_pipeline.defs.ingest import conversation_pairs_checks, ingest_assets
 from echo_pipeline.definitions import ALL_ASSETS, build_resources, defs
+from echo_pipeline.defs.ingest import conversation_pairs_checks, ingest_assets
 from echo_pipeline.paths import data_dir
 
 INGEST_CONFIG_BAD = {"ops": {"raw_chat_export": {"config": {"path": "{path}"}}}}

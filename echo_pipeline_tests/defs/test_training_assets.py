@@ -14,10 +14,10 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
+from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.datasets import dataset_path, jsonl_dir
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.training import adapter_dir
-from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 
 SMALL_HELDOUT = {"conversation_pairs": {"config": {"val_fraction": 0.03, "test_fraction": 0.03}}}
 TINY_TRAINING = {
