@@ -225,7 +225,7 @@ def train_lora(
     resumed; any other checkpoint is discarded. ``should_stop(step)`` is asked after every step;
     when it says yes, a checkpoint is saved and the result has ``completed=False``.
     """
-    with _torch_threads(config.torch_threads):
+    with torch_threads(config.torch_threads):
         return _train_lora(
             model,
             tokenizer,
@@ -495,8 +495,12 @@ def _row_loss_sum(model: Any, row: PackedBatch, device: Any) -> tuple[Any, int]:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` intra-op threads inside the block (torch's setting is process-wide)."""
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` intra-op threads inside the block (None: leave torch's setting alone).
+
+    torch's setting is process-wide. On a CPU shared with other jobs, one thread can be many
+    times faster than two: OpenMP threads spin-wait for each other when one is descheduled.
+    """
     if not threads:
         yield
         return

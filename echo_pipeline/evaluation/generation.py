@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from echo_pipeline.training import torch_threads  # noqa: F401 (re-exported for the evaluation)
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -87,26 +89,6 @@ def adapter_disabled(model: Any) -> Iterator[Any]:
         )
     with model.disable_adapter():
         yield model
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` intra-op threads inside the block (None: leave torch's setting alone).
-
-    On a CPU shared with other jobs, one thread can be many times faster than two: OpenMP
-    threads spin-wait for each other whenever one of them is descheduled.
-    """
-    if not threads:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def stop_rate(stopped: Sequence[bool]) -> float:
