@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -13,29 +11,17 @@ from echo_pipeline.templates import TEMPLATE_NAMES
 
 def make_adapter(base_model, tmp_path, template: str = "chatml"):
     """A LoRA with random (non-zero) B matrices, so merging visibly changes the weights."""
-    from peft import LoraConfig, get_peft_model
-
-    from echo_pipeline.base_model import load_causal_lm, load_tokenizer
+    from echo_pipeline.evaluation.untrained import write_untrained_adapter
 
     torch.manual_seed(0)
-    model = get_peft_model(
-        load_causal_lm(base_model),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    return write_untrained_adapter(
+        base_model,
+        tmp_path / "adapter",
+        template=template,
+        system_prompt="You are alex.",
+        lora_r=4,
+        random_b=True,
     )
-    out = tmp_path / "adapter"
-    model.save_pretrained(out)
-    load_tokenizer(base_model).save_pretrained(out)
-    meta = {
-        "base_model": {
-            "source": base_model.source,
-            "fingerprint": base_model.fingerprint,
-            "revision": None,
-        },
-        "template": template,
-        "system_prompt": "You are alex.",
-    }
-    (out / "echo_metadata.json").write_text(json.dumps(meta))
-    return out
 
 
 @pytest.mark.slow

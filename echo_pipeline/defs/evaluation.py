@@ -8,7 +8,7 @@ from pydantic import Field
 from echo_pipeline.defs.datasets import dataset_path
 from echo_pipeline.defs.io_manager import asset_path, partition_slug
 from echo_pipeline.defs.partitions import adapter_partitions
-from echo_pipeline.defs.resources import MlflowResource
+from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
 from echo_pipeline.defs.training import adapter_dir
 from echo_pipeline.paths import data_dir
 
@@ -200,12 +200,7 @@ def evaluation_report(
         write_files,
         tracking_uri=uri,
         experiment_name=mlflow_tracking.experiment_name,
-        tags={
-            "dagster.run_id": context.run.run_id,
-            "dagster.asset_key": context.asset_key.to_user_string(),
-            "dagster.partition_key": str(context.partition_key),
-            "dagster.code_version": EVALUATION_CODE_VERSION,
-        },
+        tags=dagster_lineage_tags(context, EVALUATION_CODE_VERSION),
     )
 
     metrics = result.metrics

@@ -25,7 +25,8 @@ class BaseModelResource(dg.ConfigurableResource):
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(
-        default=False, description="Run code shipped with the model. Off: only enable for repos you trust."
+        default=False,
+        description="Run code shipped with the model. Off: only enable for repos you trust.",
     )
 
     def resolve(self):
@@ -47,7 +48,9 @@ class MlflowResource(dg.ConfigurableResource):
         default="",
         description="MLflow tracking URI. Empty: env MLFLOW_TRACKING_URI, else sqlite under mlruns/.",
     )
-    experiment_name: str = Field(default="echo_pipeline", description="MLflow experiment holding every run.")
+    experiment_name: str = Field(
+        default="echo_pipeline", description="MLflow experiment holding every run."
+    )
 
     def uri(self) -> str:
         from echo_pipeline.tracking import default_tracking_uri
@@ -59,3 +62,13 @@ class MlflowResource(dg.ConfigurableResource):
         from echo_pipeline.tracking import ensure_experiment
 
         return ensure_experiment(self.uri(), self.experiment_name)
+
+
+def dagster_lineage_tags(context: dg.AssetExecutionContext, code_version: str) -> dict[str, str]:
+    """The tags that tie an MLflow run to the Dagster run, asset, partition and code version."""
+    return {
+        "dagster.run_id": context.run.run_id,
+        "dagster.asset_key": context.asset_key.to_user_string(),
+        "dagster.partition_key": str(context.partition_key),
+        "dagster.code_version": code_version,
+    }

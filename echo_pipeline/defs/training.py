@@ -1,6 +1,5 @@
 """Training stage: a LoRA/QLoRA adapter per template and experiment, tracked in MLflow."""
 
-
 import sys
 
 import dagster as dg
@@ -10,7 +9,7 @@ from pydantic import Field
 from echo_pipeline.defs.datasets import SYSTEM_PROMPT_METADATA_KEY, dataset_path
 from echo_pipeline.defs.io_manager import partition_slug
 from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapter
-from echo_pipeline.defs.resources import BaseModelResource, MlflowResource
+from echo_pipeline.defs.resources import BaseModelResource, MlflowResource, dagster_lineage_tags
 from echo_pipeline.paths import data_dir
 
 TRAINING = "training"
@@ -26,20 +25,49 @@ class LoraConfig(dg.Config):
 
     lora_r: int | None = Field(default=None, ge=1, description="LoRA rank (default 16).")
     lora_alpha: int | None = Field(default=None, ge=1, description="LoRA alpha (default 32).")
-    lora_dropout: float | None = Field(default=None, ge=0, lt=1, description="LoRA dropout (default 0.05).")
-    learning_rate: float | None = Field(default=None, gt=0, description="Peak learning rate of the cosine schedule.")
-    max_steps: int | None = Field(default=None, ge=0, description="Optimizer steps; 0 derives them from epochs.")
-    epochs: float | None = Field(default=None, gt=0, description="Passes over the train split when max_steps is 0.")
-    pack_tokens: int | None = Field(default=None, ge=64, description="Tokens per packed row (samples never attend to each other).")
-    grad_accum: int | None = Field(default=None, ge=1, description="Packed rows per optimizer step.")
-    eval_every: int | None = Field(default=None, ge=0, description="Steps between validation losses (0: end only).")
-    early_stopping_patience: int | None = Field(default=None, ge=0, description="Evaluations without improvement before stopping (0: off).")
-    checkpoint_every: int | None = Field(default=None, ge=0, description="Steps between resumable checkpoints.")
-    quantization: str | None = Field(default=None, description="'auto' (4-bit QLoRA on CUDA, none on CPU), '4bit', '8bit' or 'none'.")
-    gradient_checkpointing: bool | None = Field(default=None, description="Trade compute for memory (long packs, big models).")
-    seed: int | None = Field(default=None, description="Random seed (training is deterministic on CPU).")
+    lora_dropout: float | None = Field(
+        default=None, ge=0, lt=1, description="LoRA dropout (default 0.05)."
+    )
+    learning_rate: float | None = Field(
+        default=None, gt=0, description="Peak learning rate of the cosine schedule."
+    )
+    max_steps: int | None = Field(
+        default=None, ge=0, description="Optimizer steps; 0 derives them from epochs."
+    )
+    epochs: float | None = Field(
+        default=None, gt=0, description="Passes over the train split when max_steps is 0."
+    )
+    pack_tokens: int | None = Field(
+        default=None,
+        ge=64,
+        description="Tokens per packed row (samples never attend to each other).",
+    )
+    grad_accum: int | None = Field(
+        default=None, ge=1, description="Packed rows per optimizer step."
+    )
+    eval_every: int | None = Field(
+        default=None, ge=0, description="Steps between validation losses (0: end only)."
+    )
+    early_stopping_patience: int | None = Field(
+        default=None, ge=0, description="Evaluations without improvement before stopping (0: off)."
+    )
+    checkpoint_every: int | None = Field(
+        default=None, ge=0, description="Steps between resumable checkpoints."
+    )
+    quantization: str | None = Field(
+        default=None,
+        description="'auto' (4-bit QLoRA on CUDA, none on CPU), '4bit', '8bit' or 'none'.",
+    )
+    gradient_checkpointing: bool | None = Field(
+        default=None, description="Trade compute for memory (long packs, big models)."
+    )
+    seed: int | None = Field(
+        default=None, description="Random seed (training is deterministic on CPU)."
+    )
     torch_threads: int | None = Field(
-        default=None, ge=1, description="CPU threads for torch (unset: torch's default). One is faster on a busy machine."
+        default=None,
+        ge=1,
+        description="CPU threads for torch (unset: torch's default). One is faster on a busy machine.",
     )
     out_of_process: bool = Field(
         default=True,
@@ -48,7 +76,9 @@ class LoraConfig(dg.Config):
     )
 
     def overrides(self) -> dict:
-        return {k: v for k, v in self.model_dump().items() if v is not None and k != "out_of_process"}
+        return {
+            k: v for k, v in self.model_dump().items() if v is not None and k != "out_of_process"
+        }
 
 
 def adapter_dir(template: str, experiment: str):
@@ -57,7 +87,9 @@ def adapter_dir(template: str, experiment: str):
 
 def training_work_dir(template: str, experiment: str):
     """Checkpoints live here between attempts, so a re-materialisation resumes."""
-    return data_dir() / "training_work" / f"{partition_slug(template)}__{partition_slug(experiment)}"
+    return (
+        data_dir() / "training_work" / f"{partition_slug(template)}__{partition_slug(experiment)}"
+    )
 
 
 @dg.asset(
@@ -87,8 +119,12 @@ def lora_adapter(
     template, experiment = keys["template"], keys["experiment"]
     data = dataset_path(template)
     if not data.exists():
-        raise dg.Failure(f"{data}: template_dataset[{template}] is not materialised; materialise it first")
-    system_prompt = (pq.read_schema(data).metadata or {}).get(SYSTEM_PROMPT_METADATA_KEY, b"").decode()
+        raise dg.Failure(
+            f"{data}: template_dataset[{template}] is not materialised; materialise it first"
+        )
+    system_prompt = (
+        (pq.read_schema(data).metadata or {}).get(SYSTEM_PROMPT_METADATA_KEY, b"").decode()
+    )
     job = AdapterJob(
         template=template,
         experiment=experiment,
@@ -100,12 +136,7 @@ def lora_adapter(
         system_prompt=system_prompt,
         tracking_uri=mlflow_tracking.uri(),
         experiment_name=mlflow_tracking.experiment_name,
-        tags={
-            "dagster.run_id": context.run.run_id,
-            "dagster.asset_key": context.asset_key.to_user_string(),
-            "dagster.partition_key": str(context.partition_key),
-            "dagster.code_version": TRAINING_CODE_VERSION,
-        },
+        tags=dagster_lineage_tags(context, TRAINING_CODE_VERSION),
     )
 
     try:  # fail fast, before a subprocess loads torch and the model

@@ -24,10 +24,14 @@ def write_untrained_adapter(
     experiment: str = "untrained",
     system_prompt: str = "",
     lora_r: int = 8,
+    random_b: bool = False,
     dataset: dict[str, Any] | None = None,
     mlflow: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a zero-effect LoRA adapter for ``base_model`` to ``out_dir`` and return it."""
+    """Write a zero-effect LoRA adapter for ``base_model`` to ``out_dir`` and return it.
+
+    ``random_b=True`` writes a random (non-zero) adapter instead, for tests that need one to matter.
+    """
     from peft import LoraConfig, get_peft_model
 
     from echo_pipeline.base_model import load_causal_lm, load_tokenizer
@@ -36,7 +40,12 @@ def write_untrained_adapter(
     model = get_peft_model(
         load_causal_lm(base_model),
         LoraConfig(
-            r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+            r=lora_r,
+            lora_alpha=2 * lora_r,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+            # random_b: non-zero B matrices, so merging visibly changes the weights (export tests).
+            init_lora_weights=not random_b,
         ),
     )
     model.save_pretrained(out_dir)
