@@ -39,22 +39,26 @@ MICRO_BATCH = 4
 WEBUI_BATCH = 128
 WEBUI_PAD_ID = 0
 
+
+def _project_lora(**changes: Any) -> dict[str, Any]:
+    """The adapter the project trains by default (TrainingConfig's own defaults), changed."""
+    from echo_pipeline.training import TrainingConfig
+
+    defaults = TrainingConfig()
+    preset = {
+        name: getattr(defaults, name)
+        for name in ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+    }
+    return preset | changes
+
+
 LORA_PRESETS = {
     # the project's TrainingConfig defaults
-    "project": {
-        "lora_r": 16,
-        "lora_alpha": 32,
-        "lora_dropout": 0.05,
-        "target_modules": "all-linear",
-    },
-    # the same without LoRA dropout (one Bernoulli mask per adapted module and step is costly
-    # on CPU); a training choice, measured to show what it costs
-    "project-nodrop": {
-        "lora_r": 16,
-        "lora_alpha": 32,
-        "lora_dropout": 0.0,
-        "target_modules": "all-linear",
-    },
+    "project": _project_lora(),
+    # the same with and without LoRA dropout (one Bernoulli mask per adapted module and step is
+    # costly on CPU), to show what it costs
+    "project-nodrop": _project_lora(lora_dropout=0.0),
+    "project-drop": _project_lora(lora_dropout=0.05),
     # text-generation-webui defaults (peft's target modules for llama)
     "webui": {
         "lora_r": 32,
@@ -102,8 +106,12 @@ def run_packed(
     lora: str = "project",
     gradient_checkpointing: bool = False,
     steps: int | None = None,
+    packed_attention: str = "segments",
 ) -> tuple[dict[str, Any], Any]:
     """One pass (or ``steps`` steps) of ``train_lora`` over ``examples`` packed into rows.
+
+    ``packed_attention="model"`` runs the model's own sdpa with its dense block-diagonal mask
+    instead of one attention call per sample (the project's default, ``"segments"``).
 
     Returns the summary and the trained PEFT model (``.unload()`` gives the base model back).
     """
@@ -119,6 +127,7 @@ def run_packed(
         log_every=1,
         restore_best=False,
         gradient_checkpointing=gradient_checkpointing,
+        packed_attention=packed_attention,
         **LORA_PRESETS[lora],
     )
     per_step: list[tuple[float, float]] = []
@@ -288,11 +297,16 @@ def run_webui(
 
 
 def isolation_check(model, examples, device: str) -> dict:
-    """Max |logit difference| between each sample packed in one row and the same sample alone,
-    called as the trainer calls the model (position_ids, ``use_cache=False``) and with the cache
-    left on (transformers then ignores the restarts and samples attend to each other)."""
+    """Max |logit difference| between each sample packed in one row and the same sample alone:
+    as the trainer calls the model (position_ids, ``use_cache=False``, per-sample attention:
+    ``segments``), with the model's own attention and its dense block mask (``dense mask``), and
+    with the cache left on (transformers then ignores the restarts and samples attend to each
+    other: the negative control)."""
+    import contextlib
+
     import torch
 
+    from echo_pipeline.packed_attention import segment_attention
     from echo_pipeline.packing import example_fields, pack_examples
 
     chosen = [example_fields(e)[0] for e in examples[:6]]
@@ -306,8 +320,15 @@ def isolation_check(model, examples, device: str) -> dict:
         for index in row.example_indices:
             single = torch.tensor([chosen[index]], device=device)
             alone.append(model(input_ids=single, use_cache=False).logits[0].float())
-        for label, kwargs in (("use_cache=False", {"use_cache": False}), ("cache on", {})):
-            packed = model(input_ids=ids, position_ids=pos, **kwargs).logits[0].float()
+        calls = (
+            ("use_cache=False", {"use_cache": False}, True),
+            ("dense mask", {"use_cache": False}, False),
+            ("cache on", {}, False),
+        )
+        for label, kwargs, segments in calls:
+            block = segment_attention(model) if segments else contextlib.nullcontext()
+            with block:
+                packed = model(input_ids=ids, position_ids=pos, **kwargs).logits[0].float()
             worst, start = 0.0, 0
             for logits in alone:
                 segment = packed[start : start + logits.shape[0]]

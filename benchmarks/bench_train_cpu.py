@@ -28,7 +28,11 @@ Recipes
     ``webui-alllinear``  the same padded recipe with the project's LoRA (r16 all linear), to
                   separate the effect of the recipe from that of the adapter's size.
     ``packed-qv-N`` the packed path with webui's adapter (r32 q,v), for the same reason.
-    ``packed-nodrop-N`` the project's adapter without LoRA dropout (what the dropout costs).
+    ``packed-nodrop-N``, ``packed-drop-N`` the project's adapter without / with LoRA dropout
+                  0.05 (what the dropout costs).
+    ``packed-dense-N`` the packed path with the model's own sdpa attention and its dense
+                  block-diagonal mask instead of one attention call per packed sample (flags
+                  combine: ``packed-dense-qv-512``).
 
 The machine may be shared: rounds interleave recipes (A B A B), the best round of each is
 reported with the load average seen at its start.
@@ -94,9 +98,25 @@ def run_recipe(name: str, examples: list) -> dict:
         lora = "webui" if name == "webui" else "project"
         result, _ = recipes.run_webui(load_model(), examples, lora=lora, device="cpu")
     elif name.startswith("packed-"):
-        lora = {"qv": "webui", "nodrop": "project-nodrop"}.get(name.split("-")[1], "project")
-        pack = int(name.rsplit("-", 1)[1])
-        result, _ = recipes.run_packed(load_model(), examples, pack_tokens=pack, lora=lora)
+        *flags, pack = name.split("-")[1:]
+        unknown = set(flags) - {"qv", "nodrop", "drop", "dense"}
+        if unknown or not pack.isdigit():
+            raise SystemExit(f"unknown recipe {name!r}")
+        lora = "project"
+        for flag, preset in (
+            ("qv", "webui"),
+            ("nodrop", "project-nodrop"),
+            ("drop", "project-drop"),
+        ):
+            if flag in flags:
+                lora = preset
+        result, _ = recipes.run_packed(
+            load_model(),
+            examples,
+            pack_tokens=int(pack),
+            lora=lora,
+            packed_attention="model" if "dense" in flags else "segments",
+        )
     else:
         raise SystemExit(f"unknown recipe {name!r}")
     return result
@@ -136,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     data["isolation"] = iso
     print(
         f"# isolation (max |logit diff| of 6 samples packed vs alone, logits up to "
-        f"{iso['logit_scale']:.1f}): as trained (use_cache=False) {iso['use_cache=False']:.2g}; "
+        f"{iso['logit_scale']:.1f}): as trained (per-sample attention, use_cache=False) "
+        f"{iso['use_cache=False']:.2g}; sdpa with a dense block mask {iso['dense mask']:.2g}; "
         f"cache left on {iso['cache on']:.2g}",
         flush=True,
     )

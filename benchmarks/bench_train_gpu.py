@@ -13,8 +13,11 @@ Rows of the table (each optional through ``--rows``):
 
 * ``webui``          text-generation-webui defaults: pad to 256, micro-batch 4, r32 on q,v
                      (``benchmarks/_train_recipes.run_webui``, a transformers Trainer, bf16)
-* ``packed-4096``    the project's ``train_lora`` (r16 all linear, bf16 adapters, 4096-token
-                     packs, sdpa + block-diagonal mask from position_ids, reply-only logits)
+* ``packed-4096``    the project's ``train_lora`` (its default adapter, bf16 adapters,
+                     4096-token packs, per-sample attention: torch's flash varlen kernel where
+                     torch has it, else one sdpa call per sample; reply-only logits)
+* ``packed-dense-4096`` the same with the model's own sdpa and the dense block-diagonal mask
+                     transformers builds from the restarting position_ids
 * ``packed-qv-4096`` the same with webui's adapter (r32 q,v)
 * ``packed-8192``    8192-token packs
 * ``qlora-4096``     ``load_causal_lm(..., quantization="4bit")`` (nf4, double quantisation; the
@@ -56,7 +59,9 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", message="Could not find a config file")
 
 N_7B = 6.7e9
-DEFAULT_ROWS = "webui,packed-4096,packed-qv-4096,packed-8192,qlora-4096,qlora-1024-gc"
+DEFAULT_ROWS = (
+    "webui,packed-4096,packed-dense-4096,packed-qv-4096,packed-8192,qlora-4096,qlora-1024-gc"
+)
 
 
 def llama_config(tiny: bool):
@@ -259,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     iso = recipes.isolation_check(model, examples, device)
     print(
         f"# isolation (max |logit diff| packed vs alone, logits up to {iso['logit_scale']:.2f}): "
-        f"use_cache=False {iso['use_cache=False']:.3g}; cache left on {iso['cache on']:.3g}",
+        f"as trained {iso['use_cache=False']:.3g}; dense block mask {iso['dense mask']:.3g}; "
+        f"cache left on {iso['cache on']:.3g}",
         flush=True,
     )
     if args.profile:
@@ -299,9 +305,15 @@ def main(argv: list[str] | None = None) -> int:
                 model, examples, lora="webui", device=device, bf16=half
             )
         elif name.startswith("packed-"):
-            lora = "webui" if name.startswith("packed-qv-") else "project"
-            pack = int(name.rsplit("-", 1)[1]) // scale
-            summary, peft_model = recipes.run_packed(model, examples, pack_tokens=pack, lora=lora)
+            *flags, size = name.split("-")[1:]
+            pack = int(size) // scale
+            summary, peft_model = recipes.run_packed(
+                model,
+                examples,
+                pack_tokens=pack,
+                lora="webui" if "qv" in flags else "project",
+                packed_attention="model" if "dense" in flags else "segments",
+            )
         else:
             raise SystemExit(f"unknown row {name!r}")
         record(name, summary, pack=None if name == "webui" else pack)

@@ -324,6 +324,24 @@ def _package_versions(*names: str) -> dict[str, str]:
 # --- loading ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _naming_the_model(resolved: ResolvedBaseModel) -> Iterator[None]:
+    """transformers' "couldn't connect / not found" errors do not say which model was asked
+    for; the pipeline's error does (a hub id offline is the usual case)."""
+    try:
+        yield
+    except OSError as error:
+        hint = (
+            ""
+            if resolved.is_local
+            else "; a hub id needs the network once (or HF_HOME with the model cached)"
+        )
+        message = " ".join(str(error).split())
+        raise BaseModelError(
+            f"base model {resolved.source!r} could not be loaded: {message}{hint}"
+        ) from error
+
+
 def load_tokenizer(resolved: ResolvedBaseModel) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token (its EOS when it has none).
 
@@ -332,12 +350,13 @@ def load_tokenizer(resolved: ResolvedBaseModel) -> PreTrainedTokenizerBase:
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolved.path,
-        revision=resolved.revision,
-        trust_remote_code=resolved.trust_remote_code,
-        local_files_only=resolved.is_local,
-    )
+    with _naming_the_model(resolved):
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolved.path,
+            revision=resolved.revision,
+            trust_remote_code=resolved.trust_remote_code,
+            local_files_only=resolved.is_local,
+        )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise BaseModelError(
@@ -403,7 +422,8 @@ def load_causal_lm(
     elif quantization != "none":
         raise ValueError(f"quantization must be none, 4bit, 8bit or auto, not {quantization!r}")
 
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+    with _naming_the_model(resolved):
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
     generation = getattr(model, "generation_config", None)
     if generation is not None and generation.pad_token_id is None:
         generation.pad_token_id = (

@@ -252,15 +252,19 @@ def _validate_email(m: re.Match[str]) -> str | None:
 
 # ----------------------------------------------------------------------------------- card
 
-# Digit groups of 3-16 separated by single spaces or dashes ("4111 1111 1111 1111",
-# "3782-822463-10005", "4111111111111111", 14-digit "3056 9309 0259 04"); not glued to
-# other numbers, decimals or paths. An unseparated run of 17+ digits is a Discord/Twitter
-# snowflake id, never a card, so no group may be longer than 16.
-_CARD_RE = re.compile(
-    r"(?<![\w.,/:+$€£#>-])(?<!\d[ -])\d{3,16}(?:[ -]\d{3,16})*(?:[ -]\d\d)?"
-    r"(?!\w)(?![ -]\d{3})(?![.,]\d)",
-    re.ASCII,
-)
+# A card is looked for inside a *chain*: digit groups joined by single spaces or dashes
+# ("4111 1111 1111 1111", "3782-822463-10005", "4111111111111111"). The pattern takes the
+# whole chain, so other numbers typed right beside a card ("room 101", "at 7", "12:30", a
+# CVC) are part of the candidate, and the validator looks for the card among its groups.
+_CARD_RE = re.compile(r"(?<![0-9])(?<![0-9][ -])[0-9]+(?:[ -][0-9]+)*", re.ASCII)
+# A chain glued to one of these is part of something else: an IBAN or other identifier
+# ("DE89 3704 0044 0532 0130 00"), a phone's country code, an order "#", a price, a
+# negative number, a placeholder. No card is looked for in it.
+_CARD_POISON = frozenset("+-#$€£>")
+# A chain glued to one of these starts with the tail of another number: a time, decimal,
+# thousands or date ("12:30 4111 …", "1.5 …", "16/05/2023 …"). Its first group is left out.
+_CARD_GLUED = frozenset(":.,/")
+_GLUED_TAIL_RE = re.compile(r"\w|[.,]\d", re.ASCII)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -279,7 +283,9 @@ def _card_shaped(groups: list[str]) -> bool:
     """How cards are written: one run, groups of four (last 2-5), or Amex/Diners 4-6-5/4-6-4.
     Other groupings are order or reference numbers ("112-4457891-2244558")."""
     sizes = [len(g) for g in groups]
-    if len(sizes) == 1 or sizes in ([4, 6, 5], [4, 6, 4]):
+    if len(sizes) == 1:  # an unseparated run of 17+ digits is a snowflake id, never a card
+        return sizes[0] <= 16
+    if sizes in ([4, 6, 5], [4, 6, 4]):
         return True
     return all(s == 4 for s in sizes[:-1]) and 2 <= sizes[-1] <= 5
 
@@ -293,28 +299,57 @@ def _is_card(groups: list[str]) -> bool:
     return _luhn_ok(digits)
 
 
+def _is_word_char(ch: str) -> bool:
+    """``\\w`` under ``re.ASCII``."""
+    return ch.isascii() and (ch.isalnum() or ch == "_")
+
+
 def _validate_card(m: re.Match[str]) -> str | None:
-    text = m.group(0)
-    groups = re.split(r"[ -]", text)
-    n = len(groups)
-    # Whole chain first; then, if numbers were typed right next to the card
-    # ("4242 4242 4242 4242 123" with a CVC), the longest valid leading or trailing groups.
-    # A card has at most 7 groups (19 digits, groups of 3+), which also bounds the work on
-    # pathological runs like "123 123 123 ...".
-    spans = [(0, n)] + [(0, j) for j in range(min(n - 1, 7), 0, -1)]
-    spans += [(i, n) for i in range(max(1, n - 7), n)]
-    for i, j in spans:
-        if _is_card(groups[i:j]):
-            start = sum(len(g) + 1 for g in groups[:i])
-            stop = start + sum(len(g) + 1 for g in groups[i:j]) - 1
-            return text[:start] + PLACEHOLDERS["card"] + text[stop:]
+    text, chain = m.string, m.group(0)
+    before = text[m.start() - 1] if m.start() else ""
+    if before in _CARD_POISON or _is_word_char(before):
+        return None
+    groups = re.split(r"[ -]", chain)
+    lo, hi = int(before in _CARD_GLUED), len(groups)
+    # The last group glued to a word or a decimal ("… 1111abc", "… 123.45") is not the card's.
+    if _GLUED_TAIL_RE.match(text, m.end()):
+        hi -= 1
+    # The card is a run of consecutive groups with other numbers typed beside it: "4242 4242
+    # 4242 4242 123" (a CVC), "at 7 5500-0000-0000-0004", "room 101 4111 … 1111 2024".
+    # Numbers of 3+ digits typed next to each other make a list ("2000 2001 2002 ..."), and
+    # a window of 4-digit groups inside a list would pass Luhn 1 time in 10: the list's other
+    # numbers must all be on one side, or be one on each side, one of them of 3 digits.
+    # Leftmost and longest first.
+    # long_before[k] / long_from[k]: numbers of 3+ digits just before / from groups[k] on.
+    long_before, long_from = [0] * (hi + 1), [0] * (hi + 1)
+    for k in range(lo, hi):
+        long_before[k + 1] = long_before[k] + 1 if len(groups[k]) > 2 else 0
+    for k in range(hi - 1, lo - 1, -1):
+        long_from[k] = long_from[k + 1] + 1 if len(groups[k]) > 2 else 0
+    for i in range(lo, hi):
+        if len(groups[i]) != 4 and not 13 <= len(groups[i]) <= 16:
+            continue  # every card starts with a group of four or is one run
+        left = long_before[i]
+        for j in range(min(hi, i + 5), i, -1):  # a card has at most 5 groups
+            right = long_from[j]
+            beside = (
+                min(left, right) == 0
+                or j == i + 1  # one long run of digits, not a window of a list
+                or (left == right == 1 and min(len(groups[i - 1]), len(groups[j])) == 3)
+            )
+            if beside and _is_card(groups[i:j]):
+                start = sum(len(g) + 1 for g in groups[:i])
+                stop = start + sum(len(g) + 1 for g in groups[i:j]) - 1
+                return chain[:start] + PLACEHOLDERS["card"] + chain[stop:]
     return None
 
 
 # ---------------------------------------------------------------------------------- phone
 
 _PHONE_RE = re.compile(
-    r"(?<![\w+.,/$€£#>-])(?<!\d[ .-])(?:"  # not the tail of a longer number (IBAN, lists)
+    # Not glued to a word, a number or a placeholder. Right after another number and a space
+    # ("room 101 07700 900123") the validator decides (see _validate_phone).
+    r"(?<![\w+.,/$€£#>-])(?:"
     # International: +44 20 7946 0958, +1 (555) 123-4567, +33612345678, 0049 30 1234567.
     r"(?P<intl>(?:\+|00)[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?[ .-]?\d{1,12}(?:[ .-]\d{2,8}){0,4})"
     # North American: (555) 123-4567, 1-800-555-0199, 555-123-4567, 555.123.4567.
@@ -328,18 +363,64 @@ _PHONE_RE = re.compile(
 )
 
 
-def _validate_phone(m: re.Match[str]) -> str | None:
-    n_digits = sum(ch.isdigit() for ch in m.group(0))
+def _number_before(text: str, start: int) -> int:
+    """Digits of the number that ends just before ``start`` ("<digits> "), or 0 when it does
+    not stand alone: glued to a word ("DE89 3704 0044 ...", an IBAN) or one of a run of
+    numbers (a list, a date)."""
+    j = start - 1  # the space
+    while j and "0" <= text[j - 1] <= "9":
+        j -= 1
+    if j and (
+        (text[j - 1] in " -" and j >= 2 and "0" <= text[j - 2] <= "9") or _is_word_char(text[j - 1])
+    ):
+        return 0
+    return start - 1 - j
+
+
+_NUMBER_AHEAD_RE = re.compile(r" ([0-9]{3,})")
+
+
+def _phone_ok(m: re.Match[str], end: int) -> bool:
+    number = m.string[m.start() : end]
+    n_digits = sum(ch.isdigit() for ch in number)
     if m.group("intl") is not None:
-        ok = 8 <= n_digits <= 15  # E.164 allows at most 15 digits
-    elif m.group("national") is not None:
-        groups = [int(g) for g in re.findall(r"\d+", m.group(0))]
+        return 8 <= n_digits <= 15  # E.164 allows at most 15 digits
+    if m.group("national") is not None:
+        groups = [int(g) for g in re.findall(r"\d+", number)]
         counting = len(groups) > 2 and all(b - a == 1 for a, b in itertools.pairwise(groups))
-        ok = 9 <= n_digits <= 12 and not counting  # "days 06 07 08 09 10"
-    else:
-        # "300 500 1000" is a list of round numbers, not a phone.
-        ok = not all(g.endswith("0") for g in re.findall(r"\d+", m.group(0))[-3:])
-    return PLACEHOLDERS["phone"] if ok else None
+        return 9 <= n_digits <= 12 and not counting  # "days 06 07 08 09 10"
+    # "300 500 1000" is a list of round numbers, not a phone.
+    return not all(g.endswith("0") for g in re.findall(r"\d+", number)[-3:])
+
+
+def _validate_phone(m: re.Match[str]) -> str | None:
+    text, start, number = m.string, m.start(), m.group(0)
+    end = m.end()
+    if not _phone_ok(m, end):
+        # Another number typed right after the phone ("07700 900123 12:30") was taken as
+        # more groups: retry without trailing space-separated groups, the longest first.
+        cut = len(number)
+        while (cut := number.rfind(" ", 0, cut)) > 0:
+            shorter = _PHONE_RE.fullmatch(text, start, start + cut)
+            if shorter is not None and _phone_ok(shorter, start + cut):
+                end = start + cut
+                break
+        else:
+            return None
+    # Right after another number ("room 101 07700 900123", "12:30 0612345678") the phone
+    # must not be part of a list: "4927 2047 995 217 280 9741", "2959 272 968 2552 8381",
+    # or the tail of an IBAN "DE89 3704 0044 0532 0130 00". A "+" or "(" starts a number.
+    if (
+        start >= 2
+        and text[start - 1] == " "
+        and "0" <= text[start - 2] <= "9"
+        and number[0].isdigit()
+    ):
+        before = _number_before(text, start)
+        after = _NUMBER_AHEAD_RE.match(text, end)
+        if not before or (after and min(before, len(after.group(1))) > 3):
+            return None
+    return PLACEHOLDERS["phone"] + number[end - start :]
 
 
 # ------------------------------------------------------------------------------------- IP
@@ -392,9 +473,11 @@ def _validate_ip(m: re.Match[str]) -> str | None:
 
 # Prefilters emulate a pattern's "not glued to a word" lookbehind by consuming the previous
 # character, so snowflake ids and hashes rarely become candidates. This stays exact across
-# passes only because card and phone patterns also refuse to start right after ">": the
-# character before such a match is then never the end of a placeholder, so it is the same
-# character as in the original text, which is what the prefilter saw.
+# passes only because nothing is redacted as a card or phone right after ">" (the phone
+# pattern refuses to start there, the card validator rejects a chain glued to it, and a card
+# inside a chain follows a space or dash): the character before a replaced match is then
+# never the end of a placeholder, so it is the same as in the original text, which is what
+# the prefilter saw.
 _START = r"(?:^|[^0-9A-Za-z_])"
 
 

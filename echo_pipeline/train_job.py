@@ -19,6 +19,20 @@ from pathlib import Path
 from echo_pipeline.adapters import AdapterJob, AdapterOutcome, TrainingStopped, run_adapter_job
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FAILURE_FILE = "failure.txt"  # in the job's work_dir: why the last subprocess failed
+
+
+def failure_file(work_dir: Path) -> Path:
+    """Where a failed job leaves its error for the Dagster step: Pipes itself only reports
+    "External execution process failed with code 1"."""
+    return Path(work_dir) / FAILURE_FILE
+
+
+def describe_error(error: BaseException) -> str:
+    """The error on one line (type and message; long library messages are cut at 2000 chars)."""
+    message = " ".join(str(error).split())
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return text if len(text) <= 2000 else text[:1999] + "…"
 
 
 class StopRequest:
@@ -101,7 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         def progress(step: int, metrics: dict[str, float]) -> None:
             pipes.log.info(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
-        outcome = run_adapter_job(job, on_progress=progress, should_stop=stop.should_stop)
+        try:
+            outcome = run_adapter_job(job, on_progress=progress, should_stop=stop.should_stop)
+        except TrainingStopped:
+            raise
+        except Exception as error:
+            failure = failure_file(job.work_dir)
+            failure.parent.mkdir(parents=True, exist_ok=True)
+            failure.write_text(describe_error(error) + "\n", encoding="utf-8")
+            raise
         pipes.report_asset_materialization(
             metadata=outcome_metadata(outcome), data_version=outcome.fingerprint
         )

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from echo_pipeline.packed_attention import segment_attention
 from echo_pipeline.packing import (
     IGNORE_INDEX,
     PackedBatch,
@@ -43,8 +44,9 @@ _RNG_FILE = "rng.pt"
 _BEST_FILE = "best_trainable.safetensors"
 
 # Fields that change how a run is observed, not what it computes: editing them keeps checkpoints.
+# packed_attention picks a kernel for the same mathematics.
 _NOT_FINGERPRINTED = frozenset(
-    {"log_every", "checkpoint_every", "keep_checkpoints", "torch_threads"}
+    {"log_every", "checkpoint_every", "keep_checkpoints", "torch_threads", "packed_attention"}
 )
 
 OnLog = Callable[[int, dict[str, float]], None]
@@ -57,7 +59,10 @@ class TrainingConfig:
 
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    # No LoRA dropout (peft's own default): on the sample's held-out test split 0.0 scored a
+    # reply loss of 3.152 against 3.160 for 0.05, and trains ~15 % faster on CPU (one mask per
+    # adapted module and step). benchmarks/RESULTS.md, bench_recipe_quality.py.
+    lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
     learning_rate: float = 2e-4
     warmup_ratio: float = 0.05
@@ -78,12 +83,15 @@ class TrainingConfig:
     log_every: int = 10
     seed: int = 42
     # quantization and dtype are for the caller's base_model.load_causal_lm(); train_lora reads
-    # the loaded model itself (k-bit weights get prepare_model_for_kbit_training).
+    # the loaded model itself (bf16/fp32 weights keep their dtype; fp16 k-bit gets peft's fp32 prep).
     quantization: Literal["auto", "4bit", "8bit", "none"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     gradient_checkpointing: bool = False
     adapter_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     torch_threads: int | None = None
+    # "segments": each packed sample attends in its own sdpa call (packed_attention.py);
+    # "model": the model's own implementation (sdpa then builds a dense block-diagonal mask).
+    packed_attention: Literal["segments", "model"] = "segments"
 
     def __post_init__(self) -> None:
         positive = {"lora_r": self.lora_r, "pack_tokens": self.pack_tokens}
@@ -96,6 +104,8 @@ class TrainingConfig:
             raise ValueError("set max_steps > 0 or epochs > 0")
         if self.quantization not in ("auto", "4bit", "8bit", "none"):
             raise ValueError(f"unknown quantization {self.quantization!r}")
+        if self.packed_attention not in ("segments", "model"):
+            raise ValueError(f"unknown packed_attention {self.packed_attention!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -225,7 +235,8 @@ def train_lora(
     resumed; any other checkpoint is discarded. ``should_stop(step)`` is asked after every step;
     when it says yes, a checkpoint is saved and the result has ``completed=False``.
     """
-    with torch_threads(config.torch_threads):
+    segments = config.packed_attention == "segments"
+    with torch_threads(config.torch_threads), segment_attention(model, enabled=segments):
         return _train_lora(
             model,
             tokenizer,
@@ -408,6 +419,10 @@ def _train_lora(
             logger.info("restored the adapter of step %s (lowest eval loss)", state.best_step)
         adapter_dir = output_dir / ADAPTER_DIR
         _save_adapter_atomically(peft_model, tokenizer, adapter_dir)
+        # Checkpoints exist to resume an interrupted run; a finished one would make the next
+        # run of the same fingerprint "resume" at its last periodic checkpoint and retrain the
+        # tail of a run that already ended.
+        shutil.rmtree(checkpoints, ignore_errors=True)
     peft_model.eval()
 
     recent = state.train_losses[-config.log_every :]
@@ -452,7 +467,7 @@ def reply_loss(model: Any, examples: Sequence[Any], *, batch_tokens: int = 1024)
     model.eval()
     total, count = 0.0, 0
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), segment_attention(model):
             for row in rows:
                 loss_sum, labelled = _row_loss_sum(model, row, device)
                 total += loss_sum.item()
@@ -546,7 +561,7 @@ def _model_identity(model: Any) -> str:
 
 
 def _attach_lora(model: Any, config: TrainingConfig) -> Any:
-    """Wrap the base model in a PEFT LoRA model; prepare it first when it is k-bit quantised."""
+    """Wrap the base model in a PEFT LoRA model (frozen base, optional gradient checkpointing)."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -556,30 +571,29 @@ def _attach_lora(model: Any, config: TrainingConfig) -> Any:
             "the model already carries adapter layers: pass a freshly loaded base model "
             "(train_lora injects the LoRA layers in place)"
         )
-    quantized = bool(
-        getattr(model, "is_quantized", False)
-        or getattr(model, "is_loaded_in_4bit", False)
-        or getattr(model, "is_loaded_in_8bit", False)
-    )
+    compute_dtype = compute_dtype_of(model)
     gc_kwargs = {"use_reentrant": False}
-    if quantized:
+    if is_quantized(model) and compute_dtype == torch.float16:
+        # fp16 k-bit training (GPUs without bf16) needs peft's fp32 norms, embeddings and head.
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=config.gradient_checkpointing,
             gradient_checkpointing_kwargs=gc_kwargs,
         )
-    elif config.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    else:
+        # bf16/fp32 bases keep their dtypes: peft's preparation would upcast every non-quantised
+        # weight (embeddings, lm_head, norms: 1 GiB instead of 0.5 at 7B) to fp32 and, through
+        # it, the adapters.
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        if config.gradient_checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
 
-    base_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     on_cuda = next(model.parameters()).device.type == "cuda"
-    adapter_dtype = config.adapter_dtype
-    if adapter_dtype == "auto":
-        # bf16 adapters on a bf16 GPU base skip a cast per LoRA matmul (about 30% faster per step).
-        adapter_dtype = "bfloat16" if on_cuda and base_dtype == torch.bfloat16 else "float32"
+    adapter_dtype = resolve_adapter_dtype(config.adapter_dtype, compute_dtype, on_cuda=on_cuda)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -594,6 +608,39 @@ def _attach_lora(model: Any, config: TrainingConfig) -> Any:
         if parameter.requires_grad and parameter.dtype != wanted:
             parameter.data = parameter.data.to(wanted)
     return peft_model
+
+
+def is_quantized(model: Any) -> bool:
+    return bool(
+        getattr(model, "is_quantized", False)
+        or getattr(model, "is_loaded_in_4bit", False)
+        or getattr(model, "is_loaded_in_8bit", False)
+    )
+
+
+def compute_dtype_of(model: Any) -> Any:
+    """The dtype the base's matmuls run in: a 4-bit model's ``bnb_4bit_compute_dtype``, else
+    the dtype of its first floating-point weight."""
+    import torch
+
+    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
+    if quantization is not None and not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    if quantization and quantization.get("load_in_4bit"):
+        declared = getattr(torch, str(quantization.get("bnb_4bit_compute_dtype")), None)
+        if isinstance(declared, torch.dtype):
+            return declared
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def resolve_adapter_dtype(requested: str, compute_dtype: Any, *, on_cuda: bool) -> str:
+    """``"auto"``: bf16 adapters when the base computes in bf16 on a GPU (no cast per LoRA
+    matmul and tensor-core GEMMs: ~30 % faster per step), fp32 otherwise."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "bfloat16" if on_cuda and compute_dtype == torch.bfloat16 else "float32"
 
 
 def _evaluate(

@@ -63,10 +63,10 @@ def ingest_run(pipeline_env, caplog, capfd):
             if entry.dagster_event is not None and entry.dagster_event.message:
                 lines.append(entry.dagster_event.message)
     lines += info_console_blocks("\n".join(capfd.readouterr()))
-    metadata = {
-        node: [m.metadata for m in result.asset_materializations_for_node(node)]
-        for node in ("raw_chat_export", "chat_messages", "conversation_pairs")
-    }
+    metadata: dict[str, list] = {}
+    for node in ("read_chat_exports", "conversation_pairs"):
+        for m in result.asset_materializations_for_node(node):
+            metadata.setdefault(m.asset_key.to_user_string(), []).append(m.metadata)
     return result, metadata, lines
 
 

@@ -153,8 +153,12 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(reference, tmp_
     assert resumed.real_tokens == uninterrupted.real_tokens
     for name, tensor in adapter_weights(uninterrupted).items():
         assert torch.equal(tensor, adapter_weights(resumed)[name]), name
-    # Only the last two checkpoints stay; none is written at the final step.
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-12", "step-16"]
+    # A finished run leaves its adapter and no checkpoint: nothing to resume any more.
+    assert not checkpoints.exists() and (tmp_path / "adapter").is_dir()
+
+    again = train_lora(tiny_llama(), None, TRAIN, VAL, config(), tmp_path)
+    assert again.resumed_from_step is None and again.steps == 20
+    assert again.train_losses == uninterrupted.train_losses
 
 
 def test_checkpoints_of_another_run_are_discarded(tmp_path):
@@ -322,3 +326,36 @@ def test_a_4bit_quantised_model_trains_with_qlora(tmp_path):
 
     assert result.completed and all(math.isfinite(loss) for loss in result.train_losses)
     assert result.train_losses[-1] < result.train_losses[0]
+
+
+def test_qlora_on_a_bf16_compute_base_keeps_bf16_weights_and_adapters(tmp_path):
+    """peft's k-bit preparation would upcast embeddings, norms and lm_head to fp32 and, through
+    them, make fp32 adapters; a bf16 QLoRA run keeps both in bf16."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from echo_pipeline.training import compute_dtype_of, resolve_adapter_dtype
+
+    tiny_llama().save_pretrained(tmp_path / "base")
+    quantised = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "base",
+        dtype=torch.bfloat16,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        ),
+        device_map={"": "cpu"},
+    )
+    assert compute_dtype_of(quantised) == torch.bfloat16
+    assert resolve_adapter_dtype("auto", torch.bfloat16, on_cuda=True) == "bfloat16"
+    assert resolve_adapter_dtype("auto", torch.bfloat16, on_cuda=False) == "float32"
+
+    run = config(max_steps=3, adapter_dtype="bfloat16", learning_rate=5e-3)
+    result = train_lora(quantised, None, TRAIN, VAL, run, tmp_path / "run")
+
+    dtypes = {
+        name: p.dtype
+        for name, p in result.model.named_parameters()
+        if p.dtype.is_floating_point and type(p).__name__ != "Params4bit"
+    }
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.bfloat16}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    assert result.completed and all(math.isfinite(loss) for loss in result.train_losses)

@@ -67,7 +67,7 @@ def export_folder_sensor(context: dg.SensorEvaluationContext):
     ).hexdigest()[:16]
     return dg.RunRequest(
         run_key=combined,
-        run_config={"ops": {"raw_chat_export": {"config": {"path": location}}}},
+        run_config={"ops": {"read_chat_exports": {"config": {"path": location}}}},
         tags={"echo/export_hash": combined},
     )
 

@@ -125,22 +125,44 @@ def _failure(error: Exception) -> dg.Failure:
     return dg.Failure(description=str(error), allow_retries=False)
 
 
-@dg.asset(
-    group_name=INGEST,
-    kinds={"python", "parquet"},
-    owners=OWNERS,
-    description="The export files (with content hashes): what every later asset is derived from.",
+@dg.multi_asset(
+    outs={
+        "raw_chat_export": dg.AssetOut(
+            group_name=INGEST,
+            kinds={"python", "parquet"},
+            owners=OWNERS,
+            description="The export files (with content hashes): what every later asset is "
+            "derived from.",
+        ),
+        "chat_messages": dg.AssetOut(
+            group_name=INGEST,
+            kinds={"pandas", "parquet"},
+            owners=OWNERS,
+            description="Every message of every export in one schema (chat_messages), "
+            "timestamps in UTC.",
+        ),
+    },
+    can_subset=False,
 )
-def raw_chat_export(context: dg.AssetExecutionContext, config: ExportConfig) -> dg.Output[pa.Table]:
-    """Lists and fingerprints the exports so a changed file is visible as a new data version."""
+def read_chat_exports(context: dg.AssetExecutionContext, config: ExportConfig):
+    """Lists and fingerprints the export files, then reads them into one message table.
+
+    One step for both assets: every file is parsed before either is written, so an export that
+    fails to parse (a truncated JSON shows only when read to the end) leaves the earlier
+    manifest and messages as they were, rather than a new manifest over old messages.
+    """
     try:
         manifest = export_manifest(config.path)
+        paths = manifest.column("path").to_pylist()
+        table = read_exports(paths)
     except ExportError as error:
         raise _failure(error) from error
     combined = hashlib.sha256("".join(manifest.column("sha256").to_pylist()).encode()).hexdigest()
     formats = pd.Series(manifest.column("format").to_pylist()).value_counts().to_dict()
-    return dg.Output(
+    context.log.info("read %d messages from %d files", table.num_rows, len(paths))
+    yield dg.Output(
         manifest,
+        output_name="raw_chat_export",
         data_version=dg.DataVersion(combined[:16]),
         metadata={
             "location": config.path,
@@ -150,21 +172,14 @@ def raw_chat_export(context: dg.AssetExecutionContext, config: ExportConfig) -> 
             "sha256": combined,
         },
     )
+    yield dg.Output(
+        table,
+        output_name="chat_messages",
+        metadata=_messages_metadata(table),
+    )
 
 
-@dg.asset(
-    group_name=INGEST,
-    kinds={"pandas", "parquet"},
-    owners=OWNERS,
-    description="Every message of every export in one schema (chat_messages), timestamps in UTC.",
-)
-def chat_messages(context: dg.AssetExecutionContext, raw_chat_export: pa.Table) -> dg.Output[pa.Table]:
-    """One row per message whatever the source format, deduplicated across overlapping exports."""
-    paths = raw_chat_export.column("path").to_pylist()
-    try:
-        table = read_exports(paths)
-    except ExportError as error:
-        raise _failure(error) from error
+def _messages_metadata(table: pa.Table) -> dict:
     df = table.select(["kind", "author_id", "author_name", "is_bot", "timestamp", "channel_id"]).to_pandas()
     kinds = df["kind"].value_counts().to_dict()
     authors = conversations.author_counts(df.assign(content=""))
@@ -178,8 +193,7 @@ def chat_messages(context: dg.AssetExecutionContext, raw_chat_export: pa.Table) 
     if len(df):
         metadata["first"] = df["timestamp"].min().isoformat()
         metadata["last"] = df["timestamp"].max().isoformat()
-    context.log.info("read %d messages from %d files", table.num_rows, len(paths))
-    return dg.Output(table, metadata=metadata)
+    return metadata
 
 
 def _authors_markdown(authors: pd.DataFrame, limit: int = 10) -> str:
@@ -309,5 +323,5 @@ def conversation_pairs_checks(conversation_pairs: pa.Table):
     )
 
 
-ingest_assets = [raw_chat_export, chat_messages, conversation_pairs]
+ingest_assets = [read_chat_exports, conversation_pairs]
 ingest_checks = [conversation_pairs_checks]

@@ -43,7 +43,7 @@ def read_exports(paths: Iterable[str | Path] | str | Path) -> pa.Table:
     Partitions (``[part 2]``, ``[2 of 5]``) share their channel id, so they simply concatenate.
     Overlapping exports of one channel are deduplicated on (channel_id, message_id): real
     snowflake ids for JSON, content-derived ids for the other formats. Rows are sorted by
-    channel, timestamp, file, then ``seq``; files are ranked earliest-starting first (then part
+    channel, timestamp, snowflake id (JSON), file, then ``seq``; files are ranked earliest-starting first (then part
     number, then the longer one), and the copy from the first-ranked file is kept, so messages
     that share a minute (CSV/TXT/WhatsApp precision) keep their order across partitions and
     overlapping exports.
@@ -64,13 +64,26 @@ def read_exports(paths: Iterable[str | Path] | str | Path) -> pa.Table:
     keys = (
         table["seq"].to_numpy(),
         file_rank,
+        _snowflakes(table),
         table["timestamp"].cast(pa.int64()).to_numpy(),
         channel,
     )
-    order = np.lexsort(keys)  # last key first: channel, timestamp, file, seq
+    order = np.lexsort(keys)  # last key first: channel, timestamp, snowflake, file, seq
     if not np.array_equal(order, np.arange(len(order))):
         table = table.take(pa.array(order))
     return table
+
+
+def _snowflakes(table: pa.Table) -> np.ndarray:
+    """Discord message ids as integers (0 for other formats): snowflakes grow with creation
+    time, so they order messages that share a timestamp whichever file they came from."""
+    ids = table["message_id"]
+    real = pc.and_(
+        pc.equal(table["source_format"], "discord_json"),
+        pc.match_substring_regex(ids, r"^[0-9]{1,19}$"),
+    )
+    as_numbers = pc.if_else(real, ids, "0").cast(pa.uint64())
+    return as_numbers.to_numpy()
 
 
 def _channel_codes(channel_ids: pa.ChunkedArray) -> np.ndarray:

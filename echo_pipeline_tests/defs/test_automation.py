@@ -26,7 +26,7 @@ def test_export_sensor_fires_once_per_content_and_again_on_change(tmp_path, monk
     context = dg.build_sensor_context(instance=instance, definitions=defs)
     request = export_folder_sensor(context)
     assert isinstance(request, dg.RunRequest)
-    assert request.run_config["ops"]["raw_chat_export"]["config"]["path"] == str(folder)
+    assert request.run_config["ops"]["read_chat_exports"]["config"]["path"] == str(folder)
 
     again = export_folder_sensor(
         dg.build_sensor_context(instance=instance, cursor=context.cursor, definitions=defs)

@@ -14,20 +14,23 @@ from echo_pipeline.definitions import ALL_ASSETS, build_resources, defs
 from echo_pipeline.defs.ingest import conversation_pairs_checks, ingest_assets
 from echo_pipeline.paths import data_dir
 
-INGEST_CONFIG_BAD = {"ops": {"raw_chat_export": {"config": {"path": "{path}"}}}}
+INGEST_CONFIG_BAD = {"ops": {"read_chat_exports": {"config": {"path": "{path}"}}}}
 
 
 def test_definitions_load_and_name_every_stage():
     dg.Definitions.validate_loadable(defs)
-    keys = {a.key.to_user_string() for a in ALL_ASSETS}
+    groups = {
+        key.to_user_string(): asset.group_names_by_key[key]
+        for asset in ALL_ASSETS
+        for key in asset.keys
+    }
     assert {
         "raw_chat_export",
         "chat_messages",
         "conversation_pairs",
         "template_dataset",
         "lora_adapter",
-    } <= keys
-    groups = {a.key.to_user_string(): a.group_names_by_key[a.key] for a in ALL_ASSETS}
+    } <= set(groups)
     assert groups["chat_messages"] == "ingest" and groups["lora_adapter"] == "training"
 
 

@@ -141,3 +141,26 @@ def test_training_fails_fast_when_tracking_is_unreachable(chatml_dataset, monkey
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "unreachable" in failure.step_failure_data.error.message
     assert not adapter_dir("chatml", "demo").exists()
+
+
+def test_a_failure_in_the_training_subprocess_names_its_cause(chatml_dataset, monkeypatch):
+    """Pipes alone says "External execution process failed with code 1"; the step's failure
+    carries the subprocess's own error instead (here: a hub model that is not cached, offline)."""
+    from echo_pipeline.defs.resources import BaseModelResource
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    resources = build_resources() | {"base_model": BaseModelResource(source="nobody/not-cached")}
+    result = dg.materialize(
+        [*ALL_ASSETS, *ALL_CHECKS],
+        selection=["lora_adapter"],
+        partition_key=adapter_key("chatml", "demo"),
+        resources=resources,
+        run_config={"ops": TINY_TRAINING},
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message
+    assert "training subprocess failed" in message and "nobody/not-cached" in message
+    assert not adapter_dir("chatml", "demo").exists()
