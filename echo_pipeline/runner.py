@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from echo_pipeline.paths import PROJECT_ROOT
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
+# Who ran a run from the shell: lets the next runner tell a dead run from a live one.
+RUNNER_PID_TAG = "echo/runner_pid"
+RUNNER_HOST_TAG = "echo/runner_host"
 
 
 def ensure_dagster_home() -> Path:
@@ -44,7 +49,12 @@ def run_pipeline(
 
     ensure_dagster_home()
     instance = dg.DagsterInstance.get()
+    for run_id in reclaim_abandoned_runs(instance):
+        echo(f"run {run_id[:8]}: its echo-pipeline process is gone; marked failed, pool slot freed")
+    for line in pool_holders(instance):
+        echo(line)
     resources = build_resources()
+    tags = {RUNNER_PID_TAG: str(os.getpid()), RUNNER_HOST_TAG: socket.gethostname()}
     # asset name -> the op that computes it (raw_chat_export and chat_messages share one)
     op_of = {key.to_user_string(): asset.op.name for asset in ALL_ASSETS for key in asset.keys}
     names = set(op_of)
@@ -56,6 +66,7 @@ def run_pipeline(
             instance=instance,
             resources=resources,
             partition_key=partition_key,
+            tags=tags,
             run_config=_config_for(run_config or {}, {op_of[s] for s in selection if s in op_of}),
             raise_on_error=False,
         )
@@ -84,6 +95,65 @@ def run_pipeline(
     if "model_comparison" in names:
         ok &= step(["model_comparison"], label="model_comparison")
     return bool(ok)
+
+
+_UNFINISHED = ("STARTING", "STARTED", "CANCELING")
+
+
+def _unfinished_runs(instance: Any) -> list[Any]:
+    import dagster as dg
+
+    statuses = [dg.DagsterRunStatus[name] for name in _UNFINISHED]
+    return list(instance.get_runs(filters=dg.RunsFilter(statuses=statuses)))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def reclaim_abandoned_runs(instance: Any) -> list[str]:
+    """Fail the runs a runner on this host started and never finished (its process was killed:
+    SIGKILL, out of memory, a reboot), and free their concurrency slots.
+
+    Such a run stays STARTED and keeps its ``gpu`` pool slot, so the next ``lora_adapter`` step
+    would wait for that slot forever. A reused pid only keeps a dead run as it is (the safe side).
+    """
+    host = socket.gethostname()
+    reclaimed = []
+    for run in _unfinished_runs(instance):
+        pid = run.tags.get(RUNNER_PID_TAG)
+        if pid is None or run.tags.get(RUNNER_HOST_TAG) != host or _process_alive(int(pid)):
+            continue
+        instance.report_run_failed(
+            run, f"the echo-pipeline process that ran it (pid {pid}) is gone; run abandoned"
+        )
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reclaimed.append(run.run_id)
+    return reclaimed
+
+
+def pool_holders(instance: Any) -> list[str]:
+    """A line per concurrency slot held by an unfinished run: a step waiting for that pool
+    waits for it, which must not look like a hang."""
+    unfinished = {run.run_id: run for run in _unfinished_runs(instance)}
+    home = os.environ.get("DAGSTER_HOME", ".dagster")
+    lines = []
+    for key in sorted(instance.event_log_storage.get_concurrency_keys()):
+        for slot in instance.event_log_storage.get_concurrency_info(key).claimed_slots:
+            if slot.run_id in unfinished:
+                lines.append(
+                    f"note: pool {key!r} is held by run {slot.run_id[:8]} ({slot.step_key}, "
+                    f"{unfinished[slot.run_id].status.value}); steps in that pool wait for it. "
+                    f"If no Dagster process runs it any more: DAGSTER_HOME={home} "
+                    f"dagster run delete --force {slot.run_id}"
+                )
+    return lines
 
 
 QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}

@@ -3,6 +3,7 @@ template, in the project's Dagster instance, with per-op run config reaching its
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import dagster as dg
@@ -60,3 +61,51 @@ def test_the_runner_takes_one_template_through_every_stage(pipeline_env):
     instance = dg.DagsterInstance.get()  # the runner's instance: DAGSTER_HOME of pipeline_env
     manifest = instance.get_latest_materialization_event(dg.AssetKey("raw_chat_export"))
     assert manifest.asset_materialization.metadata["location"].value == str(export)
+
+
+def _stuck_run(instance, tags: dict) -> str:
+    """A run left STARTED holding the gpu pool slot, as a SIGKILLed runner leaves it."""
+    from dagster._core.storage.dagster_run import DagsterRun  # no public constructor for this
+
+    run = DagsterRun(
+        job_name="__ephemeral_asset_job__", status=dg.DagsterRunStatus.STARTED, tags=tags
+    )
+    instance.add_run(run)
+    claim = instance.event_log_storage.claim_concurrency_slot("gpu", run.run_id, "lora_adapter")
+    assert claim.is_claimed
+    return run.run_id
+
+
+def test_a_killed_runners_run_is_failed_and_its_pool_slot_freed(pipeline_env):
+    import socket
+    import subprocess
+    import sys
+
+    from echo_pipeline.runner import (
+        RUNNER_HOST_TAG,
+        RUNNER_PID_TAG,
+        pool_holders,
+        reclaim_abandoned_runs,
+    )
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = gone.stdout.strip()  # that process has exited
+    host = socket.gethostname()
+    instance = dg.DagsterInstance.get()
+    instance.event_log_storage.set_concurrency_slots("gpu", 3)  # room for the three runs below
+    dead = _stuck_run(instance, {RUNNER_PID_TAG: dead_pid, RUNNER_HOST_TAG: host})
+    live = _stuck_run(instance, {RUNNER_PID_TAG: str(os.getpid()), RUNNER_HOST_TAG: host})
+    foreign = _stuck_run(instance, {})  # not started by the runner: only explained
+
+    assert reclaim_abandoned_runs(instance) == [dead]
+
+    assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(live).status == dg.DagsterRunStatus.STARTED
+    holders = {
+        slot.run_id for slot in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+    }
+    assert dead not in holders and {live, foreign} <= holders
+    notes = pool_holders(instance)
+    assert len(notes) == 2 and any(f"dagster run delete --force {foreign}" in n for n in notes)
