@@ -7,34 +7,13 @@ import os
 import shutil
 
 import dagster as dg
+from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
 
 from echo_pipeline.defs.training import adapter_dir
 from echo_pipeline.paths import data_dir, sample_export_dir
 from echo_pipeline.runner import run_pipeline
 
-TINY_RUN = {
-    "ops": {
-        "conversation_pairs": {"config": {"val_fraction": 0.03, "test_fraction": 0.03}},
-        "lora_adapter": {
-            "config": {
-                "max_steps": 2,
-                "pack_tokens": 256,
-                "eval_every": 0,
-                "checkpoint_every": 0,
-                "torch_threads": 1,
-            }
-        },
-        "evaluation_report": {
-            "config": {
-                "num_prompts": 2,
-                "batch_size": 2,
-                "max_new_tokens": 8,
-                "max_loss_examples": 4,
-                "torch_threads": 1,
-            }
-        },
-    }
-}
+TINY_RUN = {"ops": {**SMALL_HELDOUT, **TINY_TRAINING, **QUICK_EVALUATION}}
 
 
 def test_the_runner_takes_one_template_through_every_stage(pipeline_env):

@@ -14,6 +14,7 @@ from html.parser import HTMLParser
 import dagster as dg
 import mlflow
 import pytest
+from run_configs import QUICK_EVALUATION, SMALL_HELDOUT
 
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.datasets import dataset_path
@@ -21,18 +22,6 @@ from echo_pipeline.defs.evaluation import comparison_dir, evaluation_assets, rep
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.training import adapter_dir
 
-SMALL_HELDOUT = {"conversation_pairs": {"config": {"val_fraction": 0.03, "test_fraction": 0.03}}}
-QUICK_EVALUATION = {
-    "evaluation_report": {
-        "config": {
-            "num_prompts": 2,
-            "batch_size": 2,
-            "max_new_tokens": 8,
-            "max_loss_examples": 4,
-            "torch_threads": 1,  # the test machine's 2 cores are shared
-        }
-    }
-}
 ASSETS = [*ALL_ASSETS, *[a for a in evaluation_assets if a not in ALL_ASSETS], *ALL_CHECKS]
 
 

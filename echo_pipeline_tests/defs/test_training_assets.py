@@ -13,18 +13,12 @@ import dagster as dg
 import mlflow
 import pyarrow.parquet as pq
 import pytest
+from run_configs import SMALL_HELDOUT, TINY_TRAINING
 
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.datasets import dataset_path, jsonl_dir
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.training import adapter_dir
-
-SMALL_HELDOUT = {"conversation_pairs": {"config": {"val_fraction": 0.03, "test_fraction": 0.03}}}
-TINY_TRAINING = {
-    "lora_adapter": {
-        "config": {"max_steps": 2, "pack_tokens": 256, "eval_every": 0, "checkpoint_every": 0}
-    }
-}
 
 
 def materialize(

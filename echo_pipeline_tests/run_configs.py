@@ -1,0 +1,26 @@
+"""Run config the Dagster tests share, keyed by op: small held-out splits, two training steps,
+a quick evaluation (the machine's 2 cores are shared, hence one torch thread)."""
+
+SMALL_HELDOUT = {"conversation_pairs": {"config": {"val_fraction": 0.03, "test_fraction": 0.03}}}
+TINY_TRAINING = {
+    "lora_adapter": {
+        "config": {
+            "max_steps": 2,
+            "pack_tokens": 256,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "torch_threads": 1,
+        }
+    }
+}
+QUICK_EVALUATION = {
+    "evaluation_report": {
+        "config": {
+            "num_prompts": 2,
+            "batch_size": 2,
+            "max_new_tokens": 8,
+            "max_loss_examples": 4,
+            "torch_threads": 1,
+        }
+    }
+}
