@@ -39,6 +39,25 @@ def test_packed_samples_get_the_logits_they_get_alone(attn_implementation):
         torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
 
 
+def test_on_smollm2_packed_samples_get_the_logits_they_get_alone(base_model):
+    """The same on the real base model (9 query heads sharing 3 key/value heads)."""
+    from echo_pipeline.base_model import load_causal_lm
+
+    model = load_causal_lm(base_model, dtype="float32", quantization="none", device="cpu").eval()
+    examples = make_examples(4, mean_tokens=24, seed=11, vocab=10_000)
+    (row,) = pack_examples(examples, max_tokens=4096, seed=0, shuffle=False)
+
+    with segment_attention(model) as switched:
+        assert switched
+        _, pairs = packed_and_solo_logits(
+            model, examples, position_ids=torch.tensor([row.position_ids]), use_cache=False
+        )
+
+    assert model.config._attn_implementation == "sdpa"
+    for packed, alone in pairs:  # logits reach about 35: fp32 noise is about 5e-5
+        torch.testing.assert_close(packed, alone, atol=1e-4, rtol=0)
+
+
 def test_without_restarting_positions_the_row_is_one_causal_sequence():
     """Negative control: the comparison above sees leakage when the row is not cut."""
     model = tiny_llama("sdpa")
