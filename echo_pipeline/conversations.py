@@ -33,6 +33,8 @@ _RAW_ROLE_MENTION = r"<@&\d+>"
 _RAW_CHANNEL_MENTION = r"<#\d+>"
 _RAW_CUSTOM_EMOJI = r"<a?(:\w+:)\d+>"
 _LINK_ONLY = r"^\s*(?:<?https?://\S+>?\s*)+$"
+# A turn of nothing but attachment placeholders ("[image]", "[video]\n[file]"): see clean_messages.
+_PLACEHOLDER_ONLY = r"^\s*(?:\[(?:image|video|audio|file)\]\s*)+$"
 
 
 class MeNotFoundError(ValueError):
@@ -53,6 +55,12 @@ class PairingConfig:
     max_reply_chars: int = 2000
     max_prompt_chars: int = 4000
     drop_link_only: bool = True
+    # An attachment-only reply ("[image]") tells the model nothing about how I write; as a
+    # target it teaches the clone to answer "[image]". It stays as a prompt or context.
+    drop_placeholder_replies: bool = True
+    # Keep at most this many pairs per distinct (normalised) reply, e.g. "ok" or "Ha" sent
+    # hundreds of times, so one reflex does not become the clone's answer to everything; 0: off.
+    max_same_reply: int = 8
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_method: Literal["hash", "chronological"] = "hash"
@@ -371,6 +379,18 @@ def _redact_joined_turns(turns: pd.DataFrame, report: PairingReport) -> None:
             report.redactions[kind] = report.redactions.get(kind, 0) + int(n)
 
 
+def _beyond_cap(replies: pd.Series, pair_ids: pd.Series, keep: pd.Series, cap: int) -> pd.Series:
+    """Kept rows whose normalised reply already has ``cap`` kept rows before it.
+
+    Which ones stay is decided by the stable pair id, not by time, so the survivors are spread
+    over the whole chat (and over the splits) and the choice is the same on every run.
+    """
+    normalised = replies.str.lower().str.replace(r"\s+", " ", regex=True).str.strip(" .!?,;:~")
+    order = pair_ids.where(keep)  # dropped rows do not take a place
+    rank = order.groupby(normalised).rank(method="first")
+    return keep & (rank > cap)
+
+
 def build_pairs(
     messages: pd.DataFrame, config: PairingConfig
 ) -> tuple[pa.Table, PairingReport]:
@@ -425,12 +445,22 @@ def build_pairs(
             "link_only",
             frame["reply"].str.match(_LINK_ONLY) if config.drop_link_only else pd.Series(False, index=frame.index),
         ),
+        (
+            "placeholder_only",
+            frame["reply"].str.match(_PLACEHOLDER_ONLY)
+            if config.drop_placeholder_replies
+            else pd.Series(False, index=frame.index),
+        ),
     ):
         report.dropped[f"pair:{reason}"] += int((keep & bad).sum())
         keep &= ~bad
     dup = frame.duplicated(subset=["prompt", "reply"], keep="first")
     report.dropped["pair:duplicate"] += int((keep & dup).sum())
     keep &= ~dup
+    if config.max_same_reply:
+        frequent = _beyond_cap(frame["reply"], frame["pair_id"], keep, config.max_same_reply)
+        report.dropped["pair:frequent_reply"] += int(frequent.sum())
+        keep &= ~frequent
     frame = frame[keep]
 
     sessions = turns.groupby("session_id", sort=False)["start"].min().rename("start").reset_index()

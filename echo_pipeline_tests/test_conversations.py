@@ -110,10 +110,11 @@ def test_system_bot_blank_and_attachments():
             (30, "me", "", {"attachment": True}),
         ]
     )
-    pairs = pairs_of(df)
+    assert pairs_of(df).empty  # an image as my reply is no text to learn (next test)
+    pairs = pairs_of(df, drop_placeholder_replies=False)
     assert list(pairs["prompt"]) == ["look at this\n[image]"]
     assert list(pairs["reply"]) == ["[image]"]
-    assert pairs_of(df, attachments="drop").empty
+    assert pairs_of(df, attachments="drop", drop_placeholder_replies=False).empty
 
 
 def test_redaction_applies_before_pairing():
@@ -188,3 +189,39 @@ def test_empty_input_gives_typed_empty_table():
     table, report = build_pairs(df, PairingConfig(me=("me",)))
     assert table.num_rows == 0
     assert any("only one author" in w for w in report.warnings)
+
+
+def test_attachment_only_replies_are_context_not_targets():
+    df = messages(
+        [
+            (0, "sam", "look at this"),
+            (60, "me", "", {"attachment": True}),  # "[image]": no reply to learn
+            (4000, "sam", "and this?"),
+            (4060, "me", "nice one"),
+            (4100, "sam", "", {"attachment": True}),
+            (4160, "me", "haha where was that"),
+        ]
+    )
+    table, report = build_pairs(df, PairingConfig(me=("me",)))
+    pairs = table.to_pandas()
+    assert pairs["reply"].tolist() == ["nice one", "haha where was that"]
+    assert pairs["prompt"].tolist()[1] == "[image]"  # an attachment still prompts a reply
+    assert report.dropped["pair:placeholder_only"] == 1
+    kept = pairs_of(df, drop_placeholder_replies=False)
+    assert "[image]" in kept["reply"].tolist()
+
+
+def test_a_reply_sent_over_and_over_is_capped_and_the_cap_is_stable():
+    rows = []
+    for i in range(12):  # twelve sessions, each: a question, then "Ha!" / "ha"
+        rows += [(i * 4000, "sam", f"joke number {i}"), (i * 4000 + 30, "me", "Ha!" if i % 2 else "ha")]
+    rows += [(60000, "sam", "what now"), (60030, "me", "dinner?")]
+    df = messages(rows)
+    table, report = build_pairs(df, PairingConfig(me=("me",), max_same_reply=5))
+    replies = table.column("reply").to_pylist()
+    assert sum(r.lower().strip("!") == "ha" for r in replies) == 5
+    assert "dinner?" in replies
+    assert report.dropped["pair:frequent_reply"] == 7
+    again, _ = build_pairs(df, PairingConfig(me=("me",), max_same_reply=5))
+    assert again.column("pair_id").to_pylist() == table.column("pair_id").to_pylist()
+    assert len(pairs_of(df, max_same_reply=0)) == 13

@@ -14,13 +14,24 @@ from echo_pipeline.paths import data_dir
 
 EVALUATION = "evaluation"
 OWNERS = ["team:echo-pipeline"]
-EVALUATION_CODE_VERSION = "1"
-COMPARISON_CODE_VERSION = "1"
+EVALUATION_CODE_VERSION = "2"
+COMPARISON_CODE_VERSION = "2"
 HEADLINE_METRICS = (
     "base_reply_loss",
     "adapter_reply_loss",
     "base_stop_rate",
     "adapter_stop_rate",
+    "real_distinct_2",
+    "adapter_distinct_2",
+    "real_top_reply_share",
+    "adapter_top_reply_share",
+    "adapter_loop_share",
+    "real_known_word_rate",
+    "adapter_known_word_rate",
+    "adapter_relevance_gain",
+    "adapter_relevance_gain_low",
+    "base_discriminator_auc",
+    "adapter_discriminator_auc",
     "real_attributed_share",
     "base_attributed_share",
     "adapter_attributed_share",
@@ -37,22 +48,40 @@ class EvaluationReportConfig(dg.Config):
     """What the report measures, and how the replies it shows are generated."""
 
     num_prompts: int = Field(
-        default=32, ge=1, description="Held-out prompts each model answers (drawn with seed)."
+        default=128,
+        ge=2,
+        description="Cap on held-out prompts answered; all of them when the split is smaller.",
+    )
+    samples_per_prompt: int = Field(
+        default=3, ge=1, description="Sampled adapter replies per prompt (draw k uses seed + k)."
+    )
+    base_samples_per_prompt: int = Field(
+        default=1, ge=1, description="Sampled base-model replies per prompt."
+    )
+    discriminator_prompts: int = Field(
+        default=64,
+        ge=0,
+        description="Train prompts each model answers to fit the real-vs-generated discriminator "
+        "(0: no discriminator).",
     )
     batch_size: int = Field(
-        default=8, ge=1, description="Prompts generated together (left-padded)."
+        default=16, ge=1, description="Prompts generated together (left-padded)."
     )
     max_new_tokens: int = Field(
         default=48, ge=1, description="Bound on reply length; a reply that hits it did not stop."
     )
     do_sample: bool = Field(
-        default=False, description="Sample instead of greedy decoding (greedy is reproducible)."
+        default=True,
+        description="Sample, as people chat (off: greedy, one most-likely reply per prompt).",
     )
     temperature: float = Field(
         default=0.7, gt=0, description="Sampling temperature (only with do_sample)."
     )
     top_p: float = Field(
         default=0.9, gt=0, le=1, description="Nucleus sampling mass (only with do_sample)."
+    )
+    repetition_penalty: float = Field(
+        default=1.1, ge=1, description="Penalty on tokens already in the prompt or reply (1: off)."
     )
     seed: int = Field(default=0, description="Seeds the choice of prompts and the sampling.")
     max_prompt_tokens: int = Field(
@@ -85,10 +114,14 @@ class EvaluationReportConfig(dg.Config):
             do_sample=self.do_sample,
             temperature=self.temperature,
             top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
             seed=self.seed,
         )
         return EvaluationConfig(
             num_prompts=self.num_prompts,
+            samples_per_prompt=self.samples_per_prompt,
+            base_samples_per_prompt=self.base_samples_per_prompt,
+            discriminator_prompts=self.discriminator_prompts,
             generation=generation,
             max_prompt_tokens=self.max_prompt_tokens,
             max_loss_examples=self.max_loss_examples,
@@ -116,7 +149,7 @@ def pairs_path() -> Path:
 
 def summary_markdown(metrics: dict) -> str:
     from echo_pipeline.evaluation.evaluate import SCORECARD
-    from echo_pipeline.evaluation.report import fmt
+    from echo_pipeline.evaluation.report import direction_label, fmt
 
     lines = ["| metric | my real replies | base | adapter |", "|---|---|---|---|"]
     for label, name, better, sides in SCORECARD:
@@ -125,8 +158,7 @@ def summary_markdown(metrics: dict) -> str:
             for side in ("real", "base", "adapter")
         ]
         if any(cell != "–" for cell in cells):
-            direction = f"{better} is better" if better else "compare with my replies"
-            lines.append(f"| {label} ({direction}) | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} ({direction_label(better)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -142,8 +174,8 @@ def summary_markdown(metrics: dict) -> str:
         dg.AssetCheckSpec(
             "beats_base",
             asset="evaluation_report",
-            description="The adapter has a lower held-out reply loss than the base model and more of "
-            "its replies are attributed to me.",
+            description="The adapter's verdict is 'sounds like you', or at least a better verdict "
+            "than the base model's with a lower held-out reply loss.",
         )
     ],
     description="Base vs adapter on held-out pairs: loss, stop rate, style, attribution, relevance; HTML + JSON, logged to MLflow.",
@@ -204,9 +236,17 @@ def evaluation_report(
     )
 
     metrics = result.metrics
-    verdict = adapter_vs_base(metrics)
-    beats = bool(verdict.get("reply_loss")) and bool(verdict.get("attributed_share"))
+    ahead = adapter_vs_base(metrics)
+    adapter_verdict, base_verdict = result.verdicts["adapter"], result.verdicts["base"]
+    beats = adapter_verdict.ok or (
+        adapter_verdict.rank() < base_verdict.rank() and bool(ahead.get("reply_loss"))
+    )
     metadata = {
+        "verdict": adapter_verdict.label,
+        "base_verdict": base_verdict.label,
+        "verdict_reasons": dg.MetadataValue.md(
+            "\n".join(f"- {r}" for r in adapter_verdict.reasons) or "every gate passed"
+        ),
         "summary": dg.MetadataValue.md(summary_markdown(metrics)),
         "report_path": dg.MetadataValue.path(str(files.html)),
         "metrics_path": dg.MetadataValue.path(str(files.metrics)),
@@ -224,12 +264,15 @@ def evaluation_report(
         passed=beats,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            **{f"adapter_ahead_on_{name}": ahead for name, ahead in verdict.items()},
-            **{n: float(metrics[n]) for n in HEADLINE_METRICS[:7] if n in metrics},
+            "verdict": adapter_verdict.label,
+            "base_verdict": base_verdict.label,
+            **{f"adapter_ahead_on_{name}": won for name, won in ahead.items()},
+            **{n: float(metrics[n]) for n in HEADLINE_METRICS if n in metrics},
         },
         description=None
         if beats
-        else "The adapter does not beat the base on held-out reply loss and attribution.",
+        else f"The adapter's verdict is {adapter_verdict.label!r} (base: {base_verdict.label!r}): "
+        + "; ".join(adapter_verdict.reasons[:3]),
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
 

@@ -72,6 +72,15 @@ class PairsConfig(dg.Config):
     min_reply_chars: int = Field(default=1, ge=1, description="Shorter replies are dropped.")
     max_reply_chars: int = Field(default=2000, ge=1, description="Longer replies are dropped.")
     drop_link_only: bool = Field(default=True, description="Drop replies that are only links.")
+    drop_placeholder_replies: bool = Field(
+        default=True,
+        description="Drop replies that are only attachment placeholders ([image], [video], ...); they stay as prompts and context.",
+    )
+    max_same_reply: int = Field(
+        default=8,
+        ge=0,
+        description="Keep at most this many pairs per distinct reply ('ok', 'Ha'), so one reflex does not become the answer to everything (0: no cap).",
+    )
     val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of sessions held out for validation.")
     test_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of sessions held out for the final test.")
     split_method: str = Field(
@@ -94,6 +103,8 @@ class PairsConfig(dg.Config):
             min_reply_chars=self.min_reply_chars,
             max_reply_chars=self.max_reply_chars,
             drop_link_only=self.drop_link_only,
+            drop_placeholder_replies=self.drop_placeholder_replies,
+            max_same_reply=self.max_same_reply,
             val_fraction=self.val_fraction,
             test_fraction=self.test_fraction,
             split_method=self.split_method,  # type: ignore[arg-type]

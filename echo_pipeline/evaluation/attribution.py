@@ -13,6 +13,7 @@ descent, whose step needs no tuning because normalised rows bound the curvature.
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import numpy as np
 
 NGRAM_RANGE = (2, 4)
 N_FEATURES = 2**18
+_WORD = re.compile(r"\w+(?:['’]\w+)*")
 
 
 @dataclass(frozen=True)
@@ -59,25 +61,37 @@ def hashed_char_ngrams(
     *,
     ngram_range: tuple[int, int] = NGRAM_RANGE,
     n_features: int = N_FEATURES,
+    word_ngram_range: tuple[int, int] | None = None,
 ) -> SparseRows:
     """Each text as L2-normalised ``1 + log(count)`` of its hashed character n-grams.
 
     Texts are padded with a space at both ends so starts and ends of messages are n-grams too.
     The hash is CRC-32, stable across processes (Python's ``hash`` is salted per process).
+    ``word_ngram_range`` adds lowercased word n-grams (with start/end markers) to the same
+    hashed space, for classifiers that should also see which words and phrases a text uses.
     """
     low, high = ngram_range
     bucket: dict[str, int] = {}
     indptr, indices, values = [0], [], []
     for text in texts:
         padded = f" {text} "
+        grams = [
+            padded[i : i + n] for n in range(low, high + 1) for i in range(len(padded) - n + 1)
+        ]
+        if word_ngram_range is not None:
+            tokens = ["<s>", *_WORD.findall(str(text).lower()), "</s>"]
+            w_low, w_high = word_ngram_range
+            grams += [
+                "\x00" + " ".join(tokens[i : i + n])
+                for n in range(w_low, w_high + 1)
+                for i in range(len(tokens) - n + 1)
+            ]
         counts: Counter[int] = Counter()
-        for n in range(low, high + 1):
-            for i in range(len(padded) - n + 1):
-                gram = padded[i : i + n]
-                index = bucket.get(gram)
-                if index is None:
-                    index = bucket[gram] = zlib.crc32(gram.encode("utf-8")) % n_features
-                counts[index] += 1
+        for gram in grams:
+            index = bucket.get(gram)
+            if index is None:
+                index = bucket[gram] = zlib.crc32(gram.encode("utf-8")) % n_features
+            counts[index] += 1
         weights = {k: 1.0 + math.log(c) for k, c in counts.items()}
         norm = math.sqrt(sum(v * v for v in weights.values())) or 1.0
         indices.extend(weights)

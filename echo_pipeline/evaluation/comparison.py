@@ -1,10 +1,11 @@
 """The leaderboard: every adapter (template x experiment) and its latest evaluation, from MLflow.
 
 One row per adapter partition: its latest finished training run and latest finished evaluation
-run. Adapters are ranked by the mean of their ranks on the headline numbers (attribution,
-style distance, held-out reply loss, stop rate, similarity to my reply), so no single metric
-decides, and loss in particular cannot win alone. A row whose evaluation is older than its
-adapter is marked stale.
+run. Adapters are ranked by their verdict first ("sounds like you" above "unlike you" above
+"off-topic", "parroting", "babbling", "collapsed"; not evaluated last), then by the mean of
+their ranks on the headline numbers (attribution, style distance, held-out reply loss, stop
+rate, similarity to my reply): a collapsed clone cannot climb the board by winning many small
+measures. A row whose evaluation is older than its adapter is marked stale.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from echo_pipeline.storage import write_text
 #: (column, label, which direction is better); the ranked ones decide the order.
 COLUMNS: tuple[tuple[str, str, str | None], ...] = (
     ("adapter_attributed_share", "attributed to me", "higher"),
+    ("adapter_discriminator_auc", "discriminator AUC", None),
     ("adapter_style_distance", "style distance", "lower"),
     ("adapter_reply_loss", "adapter reply loss", "lower"),
     ("adapter_stop_rate", "stop rate", "higher"),
@@ -33,7 +35,8 @@ COLUMNS: tuple[tuple[str, str, str | None], ...] = (
     ("adapter_distinct_2", "distinct-2", None),
 )
 RANKED = {column: better for column, _, better in COLUMNS if better}
-IDENTITY = ["rank", "template", "experiment", "mean_rank", "stale"]
+IDENTITY = ["rank", "template", "experiment", "verdict", "mean_rank", "stale"]
+VERDICT_TAG = "echo.verdict"
 RUN_COLUMNS = ["training_run_id", "evaluation_run_id", "evaluated_at"]
 
 
@@ -83,6 +86,11 @@ def leaderboard_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
         evaluation = latest_eval.loc[key] if key in latest_eval.index else None
         training = latest_train.loc[key] if key in latest_train.index else None
         row = {"template": key[0], "experiment": key[1]}
+        if evaluation is None:
+            row["verdict"] = "not evaluated"
+        else:  # evaluations older than the verdict carry no tag
+            tag = evaluation.get(f"tags.{VERDICT_TAG}")
+            row["verdict"] = tag if isinstance(tag, str) and tag else "–"
         for column, _, _ in COLUMNS:
             value = evaluation.get(f"metrics.{column}") if evaluation is not None else None
             if value is None or pd.isna(value):  # not evaluated yet: the training run's numbers
@@ -102,9 +110,18 @@ def leaderboard_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
         for column, better in RANKED.items()
     ]
     frame["mean_rank"] = pd.concat(ranks, axis=1).mean(axis=1)
-    frame = frame.sort_values(["mean_rank", "template", "experiment"]).reset_index(drop=True)
+    frame["_verdict_order"] = frame["verdict"].map(_verdict_order)
+    frame = frame.sort_values(["_verdict_order", "mean_rank", "template", "experiment"])
+    frame = frame.reset_index(drop=True)
     frame["rank"] = np.arange(1, len(frame) + 1)
     return frame[columns]
+
+
+def _verdict_order(label: str | None) -> int:
+    """Best verdict first; an unknown or missing verdict after every known one."""
+    from echo_pipeline.evaluation.echo_quality import VERDICTS
+
+    return VERDICTS.index(label) if label in VERDICTS else len(VERDICTS)
 
 
 def _training_metric(training: pd.Series | None, column: str) -> float | None:
@@ -126,7 +143,7 @@ def leaderboard(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
 
 def leaderboard_markdown(frame: pd.DataFrame) -> str:
     labels = {c: label for c, label, _ in COLUMNS}
-    shown = ["rank", "template", "experiment", *labels, "stale"]
+    shown = ["rank", "template", "experiment", "verdict", *labels, "stale"]
     header = "| " + " | ".join(labels.get(c, c) for c in shown) + " |"
     lines = [header, "|" + "---|" * len(shown)]
     for row in frame.itertuples(index=False):

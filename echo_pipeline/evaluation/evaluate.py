@@ -18,6 +18,7 @@ Metric names are flat and prefixed by whose text they describe: ``real_``, ``bas
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -34,6 +35,17 @@ from echo_pipeline.evaluation.attribution import (
     AuthorshipClassifier,
     attributed_share,
     balanced_accuracy,
+    hashed_char_ngrams,
+)
+from echo_pipeline.evaluation.echo_quality import (
+    Verdict,
+    VerdictThresholds,
+    discriminator_auc,
+    draw_metrics,
+    mean_over_draws,
+    relevance_interval,
+    verdict,
+    vocabulary,
 )
 from echo_pipeline.evaluation.generation import (
     GenerationRun,
@@ -54,15 +66,23 @@ PAIR_COLUMNS = ["pair_id", "context", "prompt_author", "prompt", "reply", "split
 #: The headline numbers: (label, metric suffix, which direction is better, sides shown).
 #: Similarity to the prompt has no better direction: parroting the prompt maximises it; read
 #: it against my real replies' value.
+#: "mine" compares with my real replies' value: closer to it is better, either way.
 SCORECARD: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
-    ("Reply loss (held-out)", "reply_loss", "lower", ("base", "adapter")),
+    ("Reply loss (held-out, teacher-forced)", "reply_loss", "lower", ("base", "adapter")),
     ("Perplexity (held-out)", "perplexity", "lower", ("base", "adapter")),
     ("Stop rate (EOS within bound)", "stop_rate", "higher", ("base", "adapter")),
+    ("Distinct-1", "distinct_1", "mine", SIDES),
+    ("Distinct-2", "distinct_2", "mine", SIDES),
+    ("Most common reply's share", "top_reply_share", "mine", SIDES),
+    ("Looping replies", "loop_share", "lower", SIDES),
+    ("Known-word rate (my train vocabulary)", "known_word_rate", "mine", SIDES),
+    ("Copied from the prompt", "parrot_share", "mine", SIDES),
+    ("Relevance gain over shuffled prompts", "relevance_gain", "higher", ("base", "adapter")),
+    ("Discriminator AUC (0.5: can't tell)", "discriminator_auc", "lower", ("base", "adapter")),
     ("Attributed to me", "attributed_share", "higher", SIDES),
     ("Style distance to my replies", "style_distance", "lower", ("base", "adapter")),
     ("Similarity to my reply", "similarity_to_real", "higher", ("base", "adapter")),
     ("Similarity to the prompt", "similarity_to_prompt", None, SIDES),
-    ("Distinct-2", "distinct_2", "higher", SIDES),
 )
 
 
@@ -70,8 +90,12 @@ SCORECARD: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
 class EvaluationConfig:
     """What is evaluated and how replies are generated."""
 
-    num_prompts: int = 32
+    num_prompts: int = 128  # cap on held-out prompts answered (all of them when fewer)
+    samples_per_prompt: int = 3  # adapter replies per prompt, one seed per draw
+    base_samples_per_prompt: int = 1  # the base rambles to the bound: one draw costs enough
+    discriminator_prompts: int = 64  # train prompts answered to fit the real-vs-generated model
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    thresholds: VerdictThresholds = field(default_factory=VerdictThresholds)
     max_prompt_tokens: int = 512
     max_loss_examples: int = 256  # held-out rows for reply loss (0: all)
     heldout_split: str = "test"  # "val" is used when the test split is empty
@@ -93,6 +117,12 @@ class EvaluationResult:
     samples: pd.DataFrame  # one row per evaluated prompt
     lineage: dict[str, Any]
     config: dict[str, Any]
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # "base" and "adapter"
+
+    @property
+    def verdict(self) -> str:
+        """The adapter's verdict: the report's headline."""
+        return self.verdicts["adapter"].label if "adapter" in self.verdicts else "not judged"
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Per-text values for plots: word counts and P(me) per side, similarities."""
@@ -110,18 +140,35 @@ class EvaluationResult:
             "metrics": self.metrics,
             "lineage": self.lineage,
             "config": self.config,
+            "verdicts": {
+                side: {
+                    "label": v.label,
+                    "reasons": list(v.reasons),
+                    "gates": [list(g) for g in v.gates],
+                }
+                for side, v in self.verdicts.items()
+            },
             "samples": samples.to_dict(orient="records"),
         }
 
 
 def adapter_vs_base(metrics: dict[str, float]) -> dict[str, bool]:
-    """For each scorecard metric both models have: is the adapter better than the base?"""
-    verdict = {}
+    """For each scorecard metric both models have: is the adapter better than the base?
+
+    "mine" metrics are better when closer to my real replies' value.
+    """
+    ahead = {}
     for _, name, better, _ in SCORECARD:
         base, adapter = metrics.get(f"base_{name}"), metrics.get(f"adapter_{name}")
-        if better and base is not None and adapter is not None and name != "perplexity":
-            verdict[name] = adapter < base if better == "lower" else adapter > base
-    return verdict
+        if not better or base is None or adapter is None or name == "perplexity":
+            continue
+        if better == "mine":
+            real = metrics.get(f"real_{name}")
+            if real is not None:
+                ahead[name] = abs(adapter - real) < abs(base - real)
+        else:
+            ahead[name] = adapter < base if better == "lower" else adapter > base
+    return ahead
 
 
 def heldout_split_name(frame: pd.DataFrame, preferred: str = "test") -> str:
@@ -205,11 +252,13 @@ def train_attribution(
     return classifier, metrics
 
 
-def _generation_metrics(side: str, run: GenerationRun) -> dict[str, float]:
+def _generation_metrics(side: str, runs: Sequence[GenerationRun]) -> dict[str, float]:
+    seconds = sum(run.seconds for run in runs)
+    count = sum(len(run.texts) for run in runs)
     return {
-        f"{side}_stop_rate": stop_rate(run.stopped),
-        f"{side}_generation_seconds": run.seconds,
-        f"{side}_generations_per_s": run.generations_per_s,
+        f"{side}_stop_rate": stop_rate([s for run in runs for s in run.stopped]),
+        f"{side}_generation_seconds": seconds,
+        f"{side}_generations_per_s": count / seconds if seconds > 0 else 0.0,
     }
 
 
@@ -304,14 +353,12 @@ def _loss_examples(data: HeldOut, config: EvaluationConfig) -> list[dict[str, li
     return examples
 
 
-def _generate_and_score_loss(
-    session: Any, data: HeldOut, config: EvaluationConfig, say: Callable[[str], None]
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Reply loss and replies of the adapter, then of the base (adapter switched off)."""
+def _inference_prompts(
+    session: Any, rows: pd.DataFrame, config: EvaluationConfig
+) -> list[list[int]]:
     from echo_pipeline.tokenization import tokenize_inference_prompt
-    from echo_pipeline.training import reply_loss
 
-    prompt_ids = [
+    return [
         tokenize_inference_prompt(
             session.template,
             session.tokenizer,
@@ -321,34 +368,145 @@ def _generate_and_score_loss(
             prompt_author=str(row.prompt_author or ""),
             max_tokens=config.max_prompt_tokens,
         )
-        for row in data.chosen.itertuples(index=False)
+        for row in rows.itertuples(index=False)
     ]
+
+
+def _draws(session: Any, prompt_ids: list[list[int]], settings: GenerationSettings, count: int):
+    """``count`` draws of replies to every prompt, draw ``k`` seeded ``seed + k`` (greedy: one)."""
+    count = count if settings.do_sample else 1
+    return [
+        generate_replies(session, prompt_ids, dataclasses.replace(settings, seed=settings.seed + k))
+        for k in range(count)
+    ]
+
+
+@dataclass
+class Generated:
+    """Every reply the models wrote: draws on the held-out prompts, one on the train prompts."""
+
+    draws: dict[str, list[list[str]]]  # side -> [draw][prompt]
+    train_prompts: pd.DataFrame
+    train_replies: dict[str, list[str]]  # side -> reply per train prompt
+
+
+def _generate_and_score_loss(
+    session: Any, data: HeldOut, config: EvaluationConfig, say: Callable[[str], None]
+) -> tuple[pd.DataFrame, dict[str, float], Generated]:
+    """Reply loss and replies of the adapter, then of the base (adapter switched off)."""
+    from echo_pipeline.training import reply_loss
+
+    prompt_ids = _inference_prompts(session, data.chosen, config)
+    train = data.pairs[data.pairs["split"] == "train"]
+    train_prompts = select_prompts(train, config.discriminator_prompts, config.generation.seed + 1)
+    train_ids = _inference_prompts(session, train_prompts, config)
     examples = _loss_examples(data, config)
-    say(f"{data.split}: reply loss on {len(examples)} pairs, {len(prompt_ids)} replies per model")
     settings = config.generation
-    adapter_loss = reply_loss(session.model, examples)
-    adapter_run = generate_replies(session, prompt_ids, settings)
-    with adapter_disabled(session.model):
-        base_loss = reply_loss(session.model, examples)
-        base_run = generate_replies(session, prompt_ids, settings)
-    say(f"generated in {base_run.seconds:.1f} s (base) and {adapter_run.seconds:.1f} s (adapter)")
-    metrics = _loss_metrics("base", base_loss) | _loss_metrics("adapter", adapter_loss)
-    metrics |= _generation_metrics("base", base_run) | _generation_metrics("adapter", adapter_run)
-    metrics["reply_loss_examples"] = float(len(examples))
+    say(
+        f"{data.split}: reply loss on {len(examples)} pairs; {len(prompt_ids)} prompts x "
+        f"{config.samples_per_prompt} adapter / {config.base_samples_per_prompt} base replies "
+        f"({settings.describe()}), {len(train_ids)} train prompts for the discriminator"
+    )
+    runs: dict[str, list[GenerationRun]] = {}
+    train_runs: dict[str, GenerationRun] = {}
+    losses: dict[str, float] = {}
+    for side, count in (
+        ("adapter", config.samples_per_prompt),
+        ("base", config.base_samples_per_prompt),
+    ):
+        context = adapter_disabled(session.model) if side == "base" else contextlib.nullcontext()
+        with context:
+            losses[side] = reply_loss(session.model, examples)
+            runs[side] = _draws(session, prompt_ids, settings, count)
+            train_runs[side] = generate_replies(session, train_ids, settings)
+        seconds = sum(r.seconds for r in runs[side]) + train_runs[side].seconds
+        say(
+            f"{side}: {sum(len(r.texts) for r in runs[side]) + len(train_ids)} replies in {seconds:.0f} s"
+        )
+    metrics: dict[str, float] = {"reply_loss_examples": float(len(examples))}
+    for side in ("base", "adapter"):
+        metrics |= _loss_metrics(side, losses[side])
+        metrics |= _generation_metrics(side, runs[side])
     samples = pd.DataFrame(
         {
             "pair_id": data.chosen["pair_id"].astype(str),
             "prompt_author": data.chosen["prompt_author"].astype(str),
             "prompt": data.chosen["prompt"].astype(str),
             "real": data.chosen["reply"].astype(str),
-            "base": base_run.texts,
-            "adapter": adapter_run.texts,
-            "base_stopped": base_run.stopped,
-            "adapter_stopped": adapter_run.stopped,
+            "base": runs["base"][0].texts,
+            "adapter": runs["adapter"][0].texts,
+            "base_stopped": runs["base"][0].stopped,
+            "adapter_stopped": runs["adapter"][0].stopped,
             "prompt_tokens": [len(p) for p in prompt_ids],
         }
     )
-    return samples, metrics
+    for k, run in enumerate(runs["adapter"][1:], start=2):
+        samples[f"adapter_draw_{k}"] = run.texts
+    generated = Generated(
+        {side: [r.texts for r in side_runs] for side, side_runs in runs.items()},
+        train_prompts,
+        {side: run.texts for side, run in train_runs.items()},
+    )
+    return samples, metrics, generated
+
+
+def similarity_matrix(embedder: Any | None) -> Callable[[Sequence[str], Sequence[str]], np.ndarray]:
+    """``f(a, b)[i, j]``: cosine of ``a[i]`` and ``b[j]``; MiniLM when given, else character
+    3-5-gram profiles (a surface measure, for runs without the embedder). Empty texts score 0."""
+
+    def vectors(texts: Sequence[str]) -> np.ndarray:
+        if embedder is not None:
+            return embedder.encode(list(texts))
+        rows = hashed_char_ngrams(
+            [str(t).lower() for t in texts], ngram_range=(3, 5), n_features=2**14
+        )
+        dense = np.zeros((rows.n_rows, rows.n_features))
+        dense[rows.row_ids, rows.indices] = rows.values
+        return dense
+
+    def matrix(left: Sequence[str], right: Sequence[str]) -> np.ndarray:
+        product = vectors(left) @ vectors(right).T
+        empty_left = np.array([not str(t).strip() for t in left])
+        empty_right = np.array([not str(t).strip() for t in right])
+        product[empty_left, :] = 0.0
+        product[:, empty_right] = 0.0
+        return product
+
+    return matrix
+
+
+def score_echo(
+    data: HeldOut, generated: Generated, config: EvaluationConfig, embedder: Any | None
+) -> tuple[dict[str, float], dict[str, Verdict]]:
+    """Collapse, babble, parroting, relevance and indistinguishability, and the verdicts."""
+    train = data.pairs[data.pairs["split"] == "train"]
+    known = vocabulary(train["reply"].astype(str))
+    prompts = data.chosen["prompt"].astype(str).tolist()
+    real = data.chosen["reply"].astype(str).tolist()
+    metrics = {f"real_{k}": v for k, v in draw_metrics(real, prompts, known).items()}
+    similarity = similarity_matrix(embedder)
+    # The discriminator learns "real" from my train replies; it is tested on held-out ones.
+    real_train = train["reply"].astype(str)
+    real_train = real_train.sample(min(len(real_train), 2000), random_state=config.generation.seed)
+    for side, draws in generated.draws.items():
+        metrics |= {f"{side}_{k}": v for k, v in mean_over_draws(draws, prompts, known).items()}
+        if len(real) >= 2:
+            gain = relevance_interval(draws, real, similarity, seed=config.generation.seed)
+            metrics |= {
+                f"{side}_relevance_gain": gain.mean,
+                f"{side}_relevance_gain_low": gain.low,
+                f"{side}_relevance_gain_high": gain.high,
+            }
+        metrics[f"{side}_discriminator_auc"] = discriminator_auc(
+            real_train.tolist(),
+            generated.train_replies[side],
+            real,
+            [text for draw in draws for text in draw],
+        )
+    verdicts = {side: verdict(metrics, side, config.thresholds) for side in ("base", "adapter")}
+    for side, judged in verdicts.items():
+        metrics[f"{side}_verdict_rank"] = float(judged.rank())
+    return metrics, verdicts
 
 
 def evaluate_adapter(
@@ -383,15 +541,18 @@ def evaluate_adapter(
             from echo_pipeline.chat import ChatSession
 
             session = ChatSession.from_adapter(adapter_dir, base_model=base_model)
-        samples, generated = _generate_and_score_loss(session, data, config, say)
+        samples, generation_metrics, generated = _generate_and_score_loss(
+            session, data, config, say
+        )
         if embedder is None and config.similarity:
             from echo_pipeline.evaluation.relevance import SentenceEmbedder
 
             embedder = SentenceEmbedder.load()
-        samples, scores = score_replies(
-            samples, classifier, embedder if config.similarity else None
-        )
-    metrics |= generated | scores
+        embedder = embedder if config.similarity else None
+        samples, scores = score_replies(samples, classifier, embedder)
+        echo_scores, verdicts = score_echo(data, generated, config, embedder)
+    # Stop rate, distinct-n and the rest over every draw replace the first draw's numbers.
+    metrics |= generation_metrics | scores | echo_scores
     metrics |= {
         "heldout_pairs": float(len(data.heldout)),
         "evaluated_prompts": float(len(data.chosen)),
@@ -410,4 +571,5 @@ def evaluate_adapter(
         samples=samples,
         lineage=lineage,
         config=config.as_dict(),
+        verdicts=verdicts,
     )

@@ -265,8 +265,19 @@ def _num(value: Any, css: str = "") -> str:
     return f'<td class="num {css}">{esc(fmt(value))}</td>'
 
 
-def _direction(better: str | None) -> str:
+def direction_label(better: str | None) -> str:
+    if better == "mine":
+        return "closer to mine is better"
     return f"{better} is better" if better else "compare with my replies"
+
+
+def _adapter_wins(better: str | None, base: Any, adapter: Any, real: Any) -> bool | None:
+    """Is the adapter's value better than the base's (None: no direction, or a tie)?"""
+    if not better or base is None or adapter is None or base == adapter:
+        return None
+    if better == "mine":
+        return None if real is None else abs(adapter - real) < abs(base - real)
+    return adapter < base if better == "lower" else adapter > base
 
 
 def _scorecard(metrics: Mapping[str, float]) -> str:
@@ -276,13 +287,11 @@ def _scorecard(metrics: Mapping[str, float]) -> str:
         if all(values[s] is None for s in sides):
             continue
         base, adapter = values["base"], values["adapter"]
-        adapter_css = ""
-        if better and base is not None and adapter is not None and base != adapter:
-            wins = adapter < base if better == "lower" else adapter > base
-            adapter_css = "better" if wins else "worse"
+        wins = _adapter_wins(better, base, adapter, values["real"])
+        adapter_css = "" if wins is None else ("better" if wins else "worse")
         rows.append(
             [
-                f"<td>{esc(label)} <span class='tag'>{esc(_direction(better))}</span></td>",
+                f"<td>{esc(label)} <span class='tag'>{esc(direction_label(better))}</span></td>",
                 _num(values["real"]) if "real" in sides else '<td class="num muted">–</td>',
                 _num(base),
                 _num(adapter, adapter_css),
@@ -291,23 +300,50 @@ def _scorecard(metrics: Mapping[str, float]) -> str:
     return _table(["metric", "my real replies", "base model", "adapter"], rows, "scorecard")
 
 
-def _verdict(metrics: Mapping[str, float]) -> str:
-    names = {name: label for label, name, _, _ in SCORECARD}
-    items = []
-    for name, wins in adapter_vs_base(metrics).items():
-        mark = (
-            '<span class="ok">✔ adapter ahead</span>'
-            if wins
-            else '<span class="no">✘ base ahead or equal</span>'
+def _verdict(result: EvaluationResult) -> str:
+    """The adapter's verdict in one coloured word, why, and the base's verdict beside it."""
+    metrics = result.metrics
+    parts = []
+    for side in ("adapter", "base"):
+        judged = result.verdicts.get(side)
+        if judged is None:
+            continue
+        css = "ok" if judged.ok else "no"
+        size = "22px" if side == "adapter" else "15px"
+        parts.append(
+            f'<p style="font-size:{size}"><b>{esc(LABELS[side])}:</b> '
+            f'<span class="{css}"><b>{esc(judged.label)}</b></span></p>'
         )
-        items.append(f"<li>{mark} on {esc(names[name].lower())}</li>")
+        if judged.reasons:
+            parts.append(
+                "<ul class='verdict'>"
+                + "".join(f"<li class='no'>{esc(reason)}</li>" for reason in judged.reasons)
+                + "</ul>"
+            )
+    if "adapter" in result.verdicts:
+        passed = [g for g in result.verdicts["adapter"].gates if g[2]]
+        if passed:
+            parts.append(
+                "<details><summary>Gates the adapter passed</summary><ul class='verdict'>"
+                + "".join(f"<li class='ok'>{esc(g[0])}: {esc(g[1])}</li>" for g in passed)
+                + "</ul></details>"
+            )
+    names = {name: label for label, name, _, _ in SCORECARD}
+    ahead = adapter_vs_base(metrics)
+    if ahead:
+        wins = [names[n].lower() for n, won in ahead.items() if won]
+        parts.append(
+            f"<p class='muted'>Adapter ahead of the base on {len(wins)} of {len(ahead)} scorecard "
+            f"measures ({esc(', '.join(wins) or 'none')}). The verdict, not this count, ranks "
+            "adapters: a collapsed clone can win most small measures.</p>"
+        )
     accuracy = metrics.get("attribution_heldout_balanced_accuracy")
     if accuracy is not None:
-        items.append(
-            f"<li class='muted'>The attribution classifier tells my held-out replies from the others' "
-            f"with balanced accuracy {esc(fmt(accuracy))} (0.5 is chance).</li>"
+        parts.append(
+            f"<p class='muted'>The attribution classifier tells my held-out replies from the others' "
+            f"with balanced accuracy {esc(fmt(accuracy))} (0.5 is chance).</p>"
         )
-    return f'<ul class="verdict">{"".join(items)}</ul>'
+    return "".join(parts)
 
 
 def _samples(result: EvaluationResult) -> str:
@@ -426,6 +462,13 @@ def render_report(
     ]
     generation = result.config.get("generation", {})
     settings = ", ".join(f"{k}={v}" for k, v in generation.items())
+    draws = (
+        f"{result.config.get('samples_per_prompt', 1)} sampled replies per prompt for the adapter, "
+        f"{result.config.get('base_samples_per_prompt', 1)} for the base (draw k seeded seed+k); "
+        "reply loss is teacher-forced, no decoding"
+        if generation.get("do_sample")
+        else "greedy decoding (one reply per prompt)"
+    )
     title = f"Does it sound like me? {result.template} / {result.experiment}"
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -440,8 +483,8 @@ def render_report(
 <h1>Does it sound like me?</h1>
 <p class="sub">Adapter <b>{esc(result.template)}</b> / <b>{esc(result.experiment)}</b> against its base model on
 {esc(fmt(metrics.get("evaluated_prompts"), 0))} held-out prompts ({esc(result.lineage.get("heldout_split"))} split,
-{esc(fmt(metrics.get("heldout_pairs"), 0))} pairs), same template. Generation: {esc(settings)}.</p>
-<section id="verdict"><h2>Verdict</h2>{_verdict(metrics)}</section>
+{esc(fmt(metrics.get("heldout_pairs"), 0))} pairs), same template. Generation: {esc(settings)}; {esc(draws)}. Samples below show the first draw.</p>
+<section id="verdict"><h2>Verdict</h2>{_verdict(result)}</section>
 <section id="scorecard"><h2>Scorecard</h2>{_scorecard(metrics)}</section>
 <section id="plots"><h2>Plots</h2><div class="plots">{"".join(_figure_html(src, caption) for src, caption in figures)}</div></section>
 <section id="samples"><h2>Samples</h2>{_samples(result)}</section>

@@ -139,6 +139,8 @@ def log_evaluation_run(
         "echo.adapter_fingerprint": str(result.lineage.get("adapter_fingerprint")),
         "echo.base_model": str((result.lineage.get("base_model") or {}).get("source")),
         TRAINING_RUN_TAG: str(parent_id or ""),
+        "echo.verdict": result.verdict,
+        "echo.base_verdict": result.verdicts["base"].label if "base" in result.verdicts else "",
     }
     if parent is not None:
         run_tags["mlflow.parentRunId"] = parent_id

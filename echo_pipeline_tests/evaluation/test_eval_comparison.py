@@ -73,6 +73,23 @@ def test_an_evaluation_of_an_older_adapter_is_stale():
     assert chatml["training_run_id"] == "t-chatml-2" and chatml["stale"]
 
 
+def test_the_verdict_ranks_before_any_count_of_small_wins():
+    # llama2_chat wins every number but collapsed; chatml loses them all but sounds like you.
+    runs = pd.DataFrame(
+        [
+            run("t-chatml", "2026-01-02", "chatml", "demo"),
+            run("e-chatml", "2026-01-03", "chatml", "demo", "evaluation", "t-chatml", **POOR),
+            run("t-llama", "2026-01-02", "llama2_chat", "demo"),
+            run("e-llama", "2026-01-03", "llama2_chat", "demo", "evaluation", "t-llama", **GOOD),
+        ]
+    )
+    runs["tags.echo.verdict"] = [None, "sounds like you", None, "collapsed"]
+    board = leaderboard_from_runs(runs)
+    assert board["template"].tolist() == ["chatml", "llama2_chat"]
+    assert board["verdict"].tolist() == ["sounds like you", "collapsed"]
+    assert "| 1 | chatml | demo | sounds like you |" in leaderboard_markdown(board)
+
+
 def test_no_runs_gives_an_empty_board_that_still_renders(tmp_path):
     board = leaderboard_from_runs(pd.DataFrame())
     assert board.empty and "rank" in board.columns
@@ -85,7 +102,7 @@ def test_markdown_and_html_show_every_adapter(tmp_path):
     board = leaderboard_from_runs(RUNS)
     markdown = leaderboard_markdown(board)
     assert (
-        markdown.count("\n") == 2 + len(board) - 1 and "| 1 | chatml | demo | 0.800 |" in markdown
+        markdown.count("\n") == 2 + len(board) - 1 and "| 1 | chatml | demo | – | 0.800 |" in markdown
     )
     page = render_leaderboard(board)
     assert page.count("<tr>") == 1 + len(board) and "data:image/png;base64," in page

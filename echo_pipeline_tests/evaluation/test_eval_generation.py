@@ -53,10 +53,10 @@ def prompt_ids(session):
 
 def test_batched_greedy_equals_one_by_one(session, prompt_ids):
     batched = generate_replies(
-        session, prompt_ids, GenerationSettings(max_new_tokens=8, batch_size=2)
+        session, prompt_ids, GenerationSettings(max_new_tokens=8, batch_size=2, do_sample=False)
     )
     single = generate_replies(
-        session, prompt_ids, GenerationSettings(max_new_tokens=8, batch_size=1)
+        session, prompt_ids, GenerationSettings(max_new_tokens=8, batch_size=1, do_sample=False)
     )
     assert batched.texts == single.texts
     assert batched.stopped == single.stopped
@@ -87,11 +87,29 @@ def test_a_zero_effect_adapter_writes_what_the_base_writes(session, prompt_ids):
 def test_stop_rate_and_settings():
     assert stop_rate([True, False, True, True]) == 0.75
     assert stop_rate([]) == 0.0
-    assert GenerationSettings().generate_kwargs() == {"max_new_tokens": 48, "do_sample": False}
+    # People chat with sampling: that is the default, with a repetition guard.
+    assert GenerationSettings().generate_kwargs() == {
+        "max_new_tokens": 48,
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "repetition_penalty": 1.1,
+    }
+    greedy = GenerationSettings(do_sample=False, repetition_penalty=1.0)
+    assert greedy.generate_kwargs() == {"max_new_tokens": 48, "do_sample": False}
+    assert "greedy" in greedy.describe() and "temperature 0.7" in GenerationSettings().describe()
     sampled = GenerationSettings(do_sample=True, temperature=0.9, top_p=0.8).generate_kwargs()
     assert sampled["temperature"] == 0.9 and sampled["top_p"] == 0.8
-    with pytest.raises(ValueError):
-        GenerationSettings(batch_size=0)
+    for bad in ({"batch_size": 0}, {"repetition_penalty": 0.9}, {"temperature": 0.0}):
+        with pytest.raises(ValueError):
+            GenerationSettings(**bad)
+
+
+def test_sampled_draws_are_reproducible_per_seed(session, prompt_ids):
+    settings = GenerationSettings(max_new_tokens=8, batch_size=2, seed=5)
+    first = generate_replies(session, prompt_ids, settings)
+    again = generate_replies(session, prompt_ids, settings)
+    assert first.texts == again.texts
 
 
 def test_adapter_disabled_refuses_a_plain_model():
