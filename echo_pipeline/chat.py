@@ -25,6 +25,9 @@ class ChatSession:
     max_new_tokens: int = 64
     history: list[dict[str, Any]] = field(default_factory=list)
     partner: str = "friend"
+    # How replies are decoded (GenerationSettings.generate_kwargs()); empty: greedy. The CLI and
+    # the MLflow model sample, as the evaluation does, since greedy collapses small clones.
+    decoding: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_adapter(
@@ -105,8 +108,8 @@ class ChatSession:
         return replies
 
     def reply_once(self, prompt: str) -> str:
-        """A reply to ``prompt`` without touching the history."""
-        return self.generate([self.prompt_ids(prompt)])[0][0]
+        """A reply to ``prompt`` without touching the history, decoded as ``decoding`` says."""
+        return self.generate([self.prompt_ids(prompt)], **self.decoding)[0][0]
 
     def say(self, prompt: str) -> str:
         """A reply to ``prompt``; both join the history for the next turn."""

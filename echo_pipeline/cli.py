@@ -133,7 +133,27 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         adapter = adapter_dir(args.template, args.experiment)
     if not adapter.exists():
         raise UsageError(f"{adapter}: no adapter there; train one with `echo-pipeline run` or pass --adapter")
-    session = ChatSession.from_adapter(adapter, max_new_tokens=args.max_new_tokens)
+    from echo_pipeline.evaluation.generation import GenerationSettings
+
+    try:
+        settings = GenerationSettings(
+            max_new_tokens=args.max_new_tokens,
+            do_sample=not args.greedy,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        raise UsageError(f"chat: {error}") from error
+    decoding = settings.generate_kwargs()
+    session = ChatSession.from_adapter(
+        adapter, max_new_tokens=decoding.pop("max_new_tokens"), decoding=decoding
+    )
+    if settings.do_sample:
+        import torch
+
+        torch.manual_seed(settings.seed)
     if args.prompt is not None:
         print(session.say(args.prompt))
         return 0
@@ -212,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", choices=list(EXPERIMENTS), default="demo")
     p.add_argument("--prompt", help="One-shot: print the reply to this and exit.")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature (default 0.7).")
+    p.add_argument("--top-p", type=float, default=0.9, help="Nucleus sampling mass (default 0.9).")
+    p.add_argument(
+        "--repetition-penalty", type=float, default=1.1, help="Guard against loops (1: off; default 1.1)."
+    )
+    p.add_argument("--seed", type=int, default=0, help="Sampling seed: the same seed, the same replies.")
+    p.add_argument("--greedy", action="store_true", help="Always the most likely token (small clones collapse).")
     p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("export", help="Merge an adapter into its base (safetensors) and write an Ollama Modelfile.")

@@ -46,7 +46,14 @@ def modelfile_text(template: str, tokenizer: Any, system_prompt: str, stop_text:
     lines = ["FROM .", f"TEMPLATE {quoted(ollama_template(template, tokenizer))}"]
     if system_prompt:
         lines.append(f"SYSTEM {quoted(system_prompt)}")
-    lines += [f"PARAMETER stop {json.dumps(stop_text)}", "PARAMETER temperature 0.7", ""]
+    # The decoding the evaluation judged the adapter with (GenerationSettings' defaults).
+    lines += [
+        f"PARAMETER stop {json.dumps(stop_text)}",
+        "PARAMETER temperature 0.7",
+        "PARAMETER top_p 0.9",
+        "PARAMETER repeat_penalty 1.1",
+        "",
+    ]
     return "\n".join(lines)
 
 

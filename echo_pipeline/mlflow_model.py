@@ -14,9 +14,13 @@ import mlflow
 class EchoAdapterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from echo_pipeline.chat import ChatSession
+        from echo_pipeline.evaluation.generation import GenerationSettings
 
         self.session_dir = context.artifacts["adapter"]
-        self._chat = ChatSession.from_adapter(self.session_dir)
+        decoding = GenerationSettings().generate_kwargs()  # as evaluated: sampled, loop guard
+        self._chat = ChatSession.from_adapter(
+            self.session_dir, max_new_tokens=decoding.pop("max_new_tokens"), decoding=decoding
+        )
 
     def predict(self, context, model_input: list[str], params=None) -> list[str]:
         return [self._chat.reply_once(str(p)) for p in model_input]

@@ -70,6 +70,8 @@ class TrainingConfig:
     min_lr_ratio: float = 0.0  # the cosine decays to learning_rate * min_lr_ratio
     max_steps: int = 0  # 0: derived from epochs
     epochs: float = 1.0
+    # With epochs: at most this many steps (a compute budget that holds on a big export); 0: none.
+    max_steps_cap: int = 0
     pack_tokens: int = 1024
     grad_accum: int = 1
     max_grad_norm: float = 1.0  # 0: no clipping (the norm is still reported)
@@ -100,6 +102,8 @@ class TrainingConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"TrainingConfig.{name} must be positive, got {value}")
+        if self.max_steps_cap < 0:
+            raise ValueError("TrainingConfig.max_steps_cap must be >= 0")
         if self.max_steps < 0 or (self.epochs <= 0 and self.max_steps == 0):
             raise ValueError("set max_steps > 0 or epochs > 0")
         if self.quantization not in ("auto", "4bit", "8bit", "none"):
@@ -275,6 +279,8 @@ def _train_lora(
 
     packs = pack_examples(train, max_tokens=config.pack_tokens, seed=config.seed, shuffle=False)
     total_steps = config.max_steps or math.ceil(config.epochs * len(packs) / config.grad_accum)
+    if not config.max_steps and config.max_steps_cap:
+        total_steps = min(total_steps, config.max_steps_cap)
     warmup_steps = (
         config.warmup_steps
         if config.warmup_steps is not None

@@ -37,6 +37,11 @@ class LoraConfig(dg.Config):
     epochs: float | None = Field(
         default=None, gt=0, description="Passes over the train split when max_steps is 0."
     )
+    max_steps_cap: int | None = Field(
+        default=None,
+        ge=0,
+        description="With epochs: never more than this many steps (a compute budget); 0: no cap.",
+    )
     pack_tokens: int | None = Field(
         default=None,
         ge=64,
