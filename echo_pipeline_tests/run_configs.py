@@ -17,6 +17,8 @@ QUICK_EVALUATION = {
     "evaluation_report": {
         "config": {
             "num_prompts": 2,
+            "samples_per_prompt": 1,
+            "discriminator_prompts": 2,
             "batch_size": 2,
             "max_new_tokens": 8,
             "max_loss_examples": 4,

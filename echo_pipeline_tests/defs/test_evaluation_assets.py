@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -35,8 +36,25 @@ def materialize(selection, partition_key=None, ops=None) -> dg.ExecuteInProcessR
     )
 
 
+REAL_SDR = (
+    Path(__file__).parents[1]
+    / "fixtures"
+    / "real"
+    / (
+        "Hosam-Aldeeb__LLM-Based-Extraction-of-Hardware-Security-Knowledge-from-Unstructured-"
+        "Community-Discussions__SDRplusplus_dsp_Jan2025_export.json"
+    )
+)
+SDR_ME = "274976585650536449"  # ryzerth, the SDR++ author
+
+
 @pytest.fixture
 def untrained_chatml_adapter(pipeline_env, base_model):
+    """chatml/demo on the sample: data, an untrained adapter, and its 'training run' in MLflow."""
+    return _untrained_chatml_adapter(base_model, SMALL_HELDOUT)
+
+
+def _untrained_chatml_adapter(base_model, pairs_ops):
     """chatml/demo: data materialised, an untrained adapter, and its 'training run' in MLflow."""
     import pyarrow.parquet as pq
 
@@ -45,7 +63,7 @@ def untrained_chatml_adapter(pipeline_env, base_model):
     from echo_pipeline.tracking import default_tracking_uri, ensure_experiment
 
     assert materialize(
-        ["raw_chat_export", "chat_messages", "conversation_pairs"], ops=SMALL_HELDOUT
+        ["raw_chat_export", "chat_messages", "conversation_pairs"], ops=pairs_ops
     ).success
     assert materialize(["template_dataset"], "chatml").success
     uri = default_tracking_uri()
@@ -141,3 +159,40 @@ def test_evaluation_fails_clearly_without_an_adapter(pipeline_env):
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "lora_adapter" in failure.step_failure_data.error.message
     assert "materialise it first" in failure.step_failure_data.error.message
+
+
+@pytest.mark.slow
+def test_on_a_real_chat_an_untrained_adapter_does_not_sound_like_you(
+    pipeline_env, base_model, monkeypatch
+):
+    """The base model's replies on a real channel: fluent, but not this person, and the report
+    must say so (an untrained LoRA computes exactly what the base computes)."""
+    monkeypatch.setenv("ECHO_EXPORT_DIR", str(REAL_SDR))
+    _untrained_chatml_adapter(base_model, {"conversation_pairs": {"config": {"me": [SDR_ME]}}})
+    quick_but_sampled = {
+        "num_prompts": 16,
+        "samples_per_prompt": 2,
+        "discriminator_prompts": 16,
+        "max_new_tokens": 32,
+        "max_loss_examples": 16,
+        "torch_threads": 1,
+    }
+    result = materialize(
+        ["evaluation_report"],
+        adapter_key("chatml", "demo"),
+        ops={"evaluation_report": {"config": quick_but_sampled}},
+    )
+    assert result.success
+    meta = {
+        k: v.value
+        for k, v in result.asset_materializations_for_node("evaluation_report")[0].metadata.items()
+    }
+    assert meta["verdict"] != "sounds like you", meta["verdict_reasons"]
+    assert meta["base_verdict"] != "sounds like you"
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and meta["verdict"] in check.description
+    payload = json.loads((report_dir("chatml", "demo") / "metrics.json").read_text("utf-8"))
+    assert payload["verdicts"]["adapter"]["reasons"]
+    assert payload["config"]["generation"]["do_sample"] is True
+    page = (report_dir("chatml", "demo") / "report.html").read_text(encoding="utf-8")
+    assert meta["verdict"] in page
