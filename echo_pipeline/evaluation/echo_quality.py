@@ -189,6 +189,28 @@ def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return float((difference > 0).mean() + 0.5 * (difference == 0).mean())
 
 
+def auc_interval(
+    positive: Sequence[float],
+    negative: Sequence[float],
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """:func:`roc_auc` with a bootstrap interval (both groups resampled)."""
+    pos, neg = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
+    if not len(pos) or not len(neg):
+        return Interval(float("nan"), float("nan"), float("nan"), level)
+    rng = np.random.default_rng(seed)
+    draws = [
+        roc_auc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))])
+        for _ in range(resamples)
+    ]
+    tail = (1 - level) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return Interval(roc_auc(pos, neg), float(low), float(high), level)
+
+
 def discriminator_auc(
     real_train: Sequence[str],
     generated_train: Sequence[str],
@@ -203,8 +225,23 @@ def discriminator_auc(
     same), scored on my real held-out replies against the model's replies to held-out prompts,
     so neither a memorised reply nor the prompt topics help it.
     """
+    return discriminator_interval(
+        real_train, generated_train, real_test, generated_test, l2=l2
+    ).mean
+
+
+def discriminator_interval(
+    real_train: Sequence[str],
+    generated_train: Sequence[str],
+    real_test: Sequence[str],
+    generated_test: Sequence[str],
+    *,
+    l2: float = 1e-3,
+    seed: int = 0,
+) -> Interval:
+    """:func:`discriminator_auc` with a bootstrap interval over the held-out texts."""
     if not (len(real_train) and len(generated_train) and len(real_test) and len(generated_test)):
-        return float("nan")
+        return Interval(float("nan"), float("nan"), float("nan"))
 
     def features(texts: Sequence[str]):
         return hashed_char_ngrams(
@@ -220,8 +257,10 @@ def discriminator_auc(
         np.full(len(generated_train), 0.5 / len(generated_train)),
     ]
     model = LogisticRegression(l2=l2).fit(X, y, weight)
-    return roc_auc(
-        model.predict_proba(features(real_test)), model.predict_proba(features(generated_test))
+    return auc_interval(
+        model.predict_proba(features(real_test)),
+        model.predict_proba(features(generated_test)),
+        seed=seed,
     )
 
 

@@ -40,7 +40,8 @@ from echo_pipeline.evaluation.attribution import (
 from echo_pipeline.evaluation.echo_quality import (
     Verdict,
     VerdictThresholds,
-    discriminator_auc,
+    bootstrap_mean,
+    discriminator_interval,
     draw_metrics,
     mean_over_draws,
     relevance_interval,
@@ -217,6 +218,9 @@ def score_replies(
         p_me = classifier.p_me(texts)
         samples[f"{side}_p_me"] = p_me
         metrics[f"{side}_attributed_share"] = attributed_share(p_me)
+        share = bootstrap_mean((np.asarray(p_me) > 0.5).astype(float))
+        metrics[f"{side}_attributed_share_low"] = share.low
+        metrics[f"{side}_attributed_share_high"] = share.high
         metrics[f"{side}_mean_p_me"] = float(p_me.mean()) if len(p_me) else 0.0
         if embedder is not None:
             prompts = samples["prompt"].astype(str).tolist()
@@ -497,12 +501,18 @@ def score_echo(
                 f"{side}_relevance_gain_low": gain.low,
                 f"{side}_relevance_gain_high": gain.high,
             }
-        metrics[f"{side}_discriminator_auc"] = discriminator_auc(
+        auc = discriminator_interval(
             real_train.tolist(),
             generated.train_replies[side],
             real,
             [text for draw in draws for text in draw],
+            seed=config.generation.seed,
         )
+        metrics |= {
+            f"{side}_discriminator_auc": auc.mean,
+            f"{side}_discriminator_auc_low": auc.low,
+            f"{side}_discriminator_auc_high": auc.high,
+        }
     verdicts = {side: verdict(metrics, side, config.thresholds) for side in ("base", "adapter")}
     for side, judged in verdicts.items():
         metrics[f"{side}_verdict_rank"] = float(judged.rank())

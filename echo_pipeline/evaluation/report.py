@@ -261,8 +261,18 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], css_class: str
     return f'<table class="{esc(css_class)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _num(value: Any, css: str = "") -> str:
-    return f'<td class="num {css}">{esc(fmt(value))}</td>'
+def _num(value: Any, css: str = "", interval: tuple[Any, Any] | None = None) -> str:
+    shown = esc(fmt(value))
+    if interval is not None and None not in interval:
+        low, high = interval
+        shown += f'<br><span class="muted">[{esc(fmt(low, 2))}, {esc(fmt(high, 2))}]</span>'
+    return f'<td class="num {css}">{shown}</td>'
+
+
+def _interval(metrics: Mapping[str, float], side: str, name: str) -> tuple[Any, Any] | None:
+    """The 95 % bootstrap interval of ``side_name``, when the evaluation computed one."""
+    low, high = metrics.get(f"{side}_{name}_low"), metrics.get(f"{side}_{name}_high")
+    return None if low is None or high is None else (low, high)
 
 
 def direction_label(better: str | None) -> str:
@@ -292,12 +302,17 @@ def _scorecard(metrics: Mapping[str, float]) -> str:
         rows.append(
             [
                 f"<td>{esc(label)} <span class='tag'>{esc(direction_label(better))}</span></td>",
-                _num(values["real"]) if "real" in sides else '<td class="num muted">–</td>',
-                _num(base),
-                _num(adapter, adapter_css),
+                _num(values["real"], interval=_interval(metrics, "real", name))
+                if "real" in sides
+                else '<td class="num muted">–</td>',
+                _num(base, interval=_interval(metrics, "base", name)),
+                _num(adapter, adapter_css, _interval(metrics, "adapter", name)),
             ]
         )
-    return _table(["metric", "my real replies", "base model", "adapter"], rows, "scorecard")
+    table = _table(["metric", "my real replies", "base model", "adapter"], rows, "scorecard")
+    return table + (
+        "<p class='muted'>[low, high]: 95 % bootstrap interval over the held-out prompts.</p>"
+    )
 
 
 def _verdict(result: EvaluationResult) -> str:

@@ -18,6 +18,7 @@ from echo_pipeline.evaluation.echo_quality import (
     SOUNDS_LIKE_YOU,
     UNLIKE_YOU,
     VERDICTS,
+    auc_interval,
     bootstrap_mean,
     copied_from_prompt,
     discriminator_auc,
@@ -246,3 +247,13 @@ def test_char_ngram_similarity_needs_no_model_and_zeroes_empty_texts():
     assert matrix[0, 0] == pytest.approx(1.0)
     assert matrix[0, 1] < 0.3
     assert (matrix[1] == 0).all()
+
+
+def test_auc_interval_brackets_the_auc_and_is_reproducible():
+    rng = np.random.default_rng(2)
+    pos, neg = rng.normal(1.0, 1.0, 60), rng.normal(0.0, 1.0, 60)
+    interval = auc_interval(pos, neg, seed=3)
+    assert interval.low < interval.mean < interval.high
+    assert interval.mean == roc_auc(pos, neg)
+    assert auc_interval(pos, neg, seed=3) == interval
+    assert np.isnan(auc_interval([], neg).mean)
