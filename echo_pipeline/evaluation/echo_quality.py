@@ -322,10 +322,13 @@ VERDICTS = (SOUNDS_LIKE_YOU, UNLIKE_YOU, OFF_TOPIC, PARROTING, BABBLING, COLLAPS
 class VerdictThresholds:
     """Where each verdict starts. Ratios are against my real held-out replies' own value.
 
-    The collapse, babble and loop limits are the targets of issue #11 (a clone within them
-    reads like a person); ``max_discriminator_auc`` and ``min_attributed_ratio`` were set from
-    the real corpora in benchmarks/RESULTS.md, where my own held-out replies sit at the
-    discriminator's 0.5 and untrained bases at 0.85-1.0.
+    The collapse and loop limits are the targets of issue #11 (a clone within them reads like
+    a person). The others were set on the real corpora (benchmarks/RESULTS.md): fluent English
+    from the untrained base keeps 0.87-0.9x my known-word rate on a technical channel (its
+    words are real, just not mine), so babble starts below 0.8x; the base's replies are told
+    from mine with a discriminator AUC of 0.95-0.98, so "unlike you" starts above 0.9; the
+    attribution classifier is weak on small exports (balanced accuracy ~0.78), so it only
+    vetoes below half my own share.
     """
 
     min_distinct_2_ratio: float = 0.7
@@ -333,7 +336,7 @@ class VerdictThresholds:
     top_reply_floor: float = 0.05  # two repeats in 40 replies is not collapse
     max_loop_share: float = 0.05
     min_stop_rate: float = 0.9
-    min_known_word_ratio: float = 0.9
+    min_known_word_ratio: float = 0.8
     max_parrot_excess: float = 0.15  # parrot share above my real replies' own
     min_attributed_ratio: float = 0.5
     max_discriminator_auc: float = 0.9

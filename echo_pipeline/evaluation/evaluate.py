@@ -481,8 +481,8 @@ def similarity_matrix(embedder: Any | None) -> Callable[[Sequence[str], Sequence
 
 def score_echo(
     data: HeldOut, generated: Generated, config: EvaluationConfig, embedder: Any | None
-) -> tuple[dict[str, float], dict[str, Verdict]]:
-    """Collapse, babble, parroting, relevance and indistinguishability, and the verdicts."""
+) -> dict[str, float]:
+    """Collapse, babble, parroting, relevance and indistinguishability of every draw."""
     train = data.pairs[data.pairs["split"] == "train"]
     known = vocabulary(train["reply"].astype(str))
     prompts = data.chosen["prompt"].astype(str).tolist()
@@ -513,10 +513,15 @@ def score_echo(
             f"{side}_discriminator_auc_low": auc.low,
             f"{side}_discriminator_auc_high": auc.high,
         }
-    verdicts = {side: verdict(metrics, side, config.thresholds) for side in ("base", "adapter")}
+    return metrics
+
+
+def judge(metrics: dict[str, float], thresholds: VerdictThresholds) -> dict[str, Verdict]:
+    """The verdict of each model, from every metric of the evaluation (ranks added to them)."""
+    verdicts = {side: verdict(metrics, side, thresholds) for side in ("base", "adapter")}
     for side, judged in verdicts.items():
         metrics[f"{side}_verdict_rank"] = float(judged.rank())
-    return metrics, verdicts
+    return verdicts
 
 
 def evaluate_adapter(
@@ -560,9 +565,10 @@ def evaluate_adapter(
             embedder = SentenceEmbedder.load()
         embedder = embedder if config.similarity else None
         samples, scores = score_replies(samples, classifier, embedder)
-        echo_scores, verdicts = score_echo(data, generated, config, embedder)
+        echo_scores = score_echo(data, generated, config, embedder)
     # Stop rate, distinct-n and the rest over every draw replace the first draw's numbers.
     metrics |= generation_metrics | scores | echo_scores
+    verdicts = judge(metrics, config.thresholds)
     metrics |= {
         "heldout_pairs": float(len(data.heldout)),
         "evaluated_prompts": float(len(data.chosen)),

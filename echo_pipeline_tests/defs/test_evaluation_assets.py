@@ -188,6 +188,8 @@ def test_on_a_real_chat_an_untrained_adapter_does_not_sound_like_you(
         for k, v in result.asset_materializations_for_node("evaluation_report")[0].metadata.items()
     }
     assert meta["verdict"] != "sounds like you", meta["verdict_reasons"]
+    # The base rambles past the bound: the verdict sees the stop rate, not only the texts.
+    assert meta["adapter_stop_rate"] < 0.9 and "stop_rate" in meta["verdict_reasons"]
     assert meta["base_verdict"] != "sounds like you"
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and meta["verdict"] in check.description
