@@ -77,19 +77,63 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from echo_pipeline.paths import sample_export_dir
-    from echo_pipeline.runner import run_pipeline
+    from echo_pipeline.runner import default_log_file, quick_run_config, run_pipeline
 
     if args.demo:
         os.environ["ECHO_EXPORT_DIR"] = str(sample_export_dir())
         os.environ["ECHO_ME"] = "alex"
     if args.export:
-        os.environ["ECHO_EXPORT_DIR"] = str(Path(args.export).resolve())
+        export = Path(args.export)
+        if not export.exists():
+            raise UsageError(f"{export}: no such file or folder")
+        os.environ["ECHO_EXPORT_DIR"] = str(export.resolve())
     if args.me:
         os.environ["ECHO_ME"] = ",".join(args.me)
     from echo_pipeline.templates import TEMPLATE_NAMES
 
-    ok = run_pipeline(args.template or list(TEMPLATE_NAMES), args.experiment or ["demo"])
-    return 0 if ok else 1
+    run_config = _load_run_config(args.config) if args.config else {}
+    run_config = quick_run_config(
+        run_config, max_steps=args.max_steps, eval_max_pairs=args.eval_max_pairs
+    )
+    outcome = run_pipeline(
+        args.template or list(TEMPLATE_NAMES),
+        args.experiment or ["demo"],
+        run_config=run_config,
+        base_model=args.base_model,
+        log_file=None if args.verbose else default_log_file(),
+        verbose=args.verbose,
+    )
+    return outcome.exit_status
+
+
+def _load_run_config(path: str) -> dict:
+    """A Dagster run config file (YAML or JSON, ``{"ops": {op: {"config": {...}}}}``)."""
+    import yaml
+
+    source = Path(path)
+    try:
+        config = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(f"{source}: cannot read run config: {' '.join(str(error).split())}") from error
+    if not isinstance(config, dict) or not isinstance(config.get("ops", {}), dict):
+        raise UsageError(f'{source}: a run config is a mapping like {{"ops": {{"lora_adapter": {{"config": {{...}}}}}}}}')
+    return config
+
+
+RUN_EPILOG = """\
+Each step prints one line; a failed step prints one more line on stderr (the step and the
+error's first line; for training, the cause the subprocess reported) and the run goes on with
+what does not depend on it. A summary table ends the run. Dagster's log, library warnings and
+the training subprocess' output go to data/logs/run-*.log (on the terminal with -v, with
+tracebacks).
+
+exit status:
+  0  every step succeeded
+  1  a step failed (training, evaluation, tracking, ...)
+  2  bad input: the export cannot be read, "me" is unknown, no pairs, or too few pairs for a
+     held-out test split (checked before any training)
+  130  interrupted (Ctrl-C / SIGTERM)
+"""
 
 
 def _load_pairs(path: str | None):
@@ -209,12 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
     from echo_pipeline.experiments import EXPERIMENTS
     from echo_pipeline.templates import TEMPLATE_NAMES
 
-    p = sub.add_parser("run", help="Materialise the whole pipeline in the project's Dagster instance.")
+    p = sub.add_parser(
+        "run",
+        help="Materialise the whole pipeline in the project's Dagster instance.",
+        description="Materialise the whole pipeline in the project's Dagster instance: ingest, "
+        "then per template its dataset, adapters and evaluation reports, then the comparison.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--demo", action="store_true", help="The bundled sample export with me=alex.")
     p.add_argument("--export", help="Export file or folder (default: env ECHO_EXPORT_DIR or the sample).")
     p.add_argument("--me", action="append", help="Your author id or name (repeatable; default env ECHO_ME).")
     p.add_argument("--template", action="append", choices=TEMPLATE_NAMES, help="Templates (default: all).")
     p.add_argument("--experiment", action="append", choices=list(EXPERIMENTS), help="Recipes (default: demo).")
+    p.add_argument("--base-model", help="Base model: alias, local directory, .gguf or hub id (default: env ECHO_BASE_MODEL or SmolLM2-135M-Instruct).")
+    p.add_argument("--max-steps", type=int, help="Cut training to this many optimizer steps (a quick trial).")
+    p.add_argument("--eval-max-pairs", type=int, help="Evaluate on at most this many held-out pairs (a quick trial).")
+    p.add_argument("--config", help="Dagster run config file (YAML/JSON) with per-op settings.")
+    p.add_argument("-v", "--verbose", action="store_true", help="Dagster's log and tracebacks on the terminal.")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("show-labels", help="Print samples token by token with their labels (masking check).")

@@ -61,17 +61,24 @@ class PairingConfig:
     # Keep at most this many pairs per distinct (normalised) reply, e.g. "ok" or "Ha" sent
     # hundreds of times, so one reflex does not become the clone's answer to everything; 0: off.
     max_same_reply: int = 8
+    # Held-out sizing, in pairs (see assign_splits): test gets at least test_fraction of the
+    # pairs and at least test_min_pairs where the export allows it, val gets val_fraction, and
+    # train keeps at least min_train_fraction.
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    test_min_pairs: int = 100
+    min_train_fraction: float = 0.5
     split_method: Literal["hash", "chronological"] = "hash"
 
     def __post_init__(self) -> None:
         if not self.me:
             raise ValueError("`me` needs at least one author id or name")
-        if self.val_fraction < 0 or self.test_fraction < 0:
-            raise ValueError("split fractions must be >= 0")
+        if self.val_fraction < 0 or self.test_fraction < 0 or self.test_min_pairs < 0:
+            raise ValueError("split fractions and test_min_pairs must be >= 0")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be < 1")
+        if not 0 < self.min_train_fraction < 1:
+            raise ValueError("min_train_fraction must be between 0 and 1")
         if self.merge_gap_s < 0 or self.session_gap_s <= 0:
             raise ValueError("gaps must be positive")
 
@@ -345,21 +352,84 @@ def _context_column(turns: pd.DataFrame, prompt_idx: np.ndarray, k: int) -> pa.A
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
-def assign_splits(sessions: pd.DataFrame, config: PairingConfig) -> pd.Series:
-    """train/val/test per session, deterministic, so no conversation spans two splits.
+def _session_order(sessions: pd.DataFrame, config: PairingConfig) -> np.ndarray:
+    """Positions of the sessions in the order they are taken into the held-out splits.
 
-    ``hash`` maps the stable session id to [0, 1): reruns and new exports keep old sessions in
-    their split. ``chronological`` holds out the latest sessions, the honest choice when the
-    question is "does it still sound like me next month".
+    ``hash``: by the stable session id, so reruns and grown exports keep old sessions where they
+    were. ``chronological``: latest first, the honest choice when the question is "does it still
+    sound like me next month". Ties (equal start) fall back to the session id.
     """
-    test_cut = config.test_fraction
-    val_cut = config.test_fraction + config.val_fraction
+    ids = sessions["session_id"].astype(str).to_numpy()
     if config.split_method == "hash":
-        u = sessions["session_id"].map(lambda s: int(s[:8], 16) / 2**32).to_numpy()
-    else:
-        order = sessions["start"].rank(method="first").to_numpy() - 1
-        u = 1.0 - (order + 1) / max(len(sessions), 1)
-    split = np.where(u < test_cut, "test", np.where(u < val_cut, "val", "train"))
+        return np.lexsort((ids,))
+    start = sessions["start"].to_numpy()
+    return np.lexsort((ids, start))[::-1]
+
+
+def split_targets(total: int, config: PairingConfig) -> tuple[int, int, int]:
+    """(test target, val target, held-out cap) in pairs for ``total`` pairs.
+
+    The cap keeps ``min_train_fraction`` of the pairs for training. val gets ``val_fraction``;
+    test gets at least ``test_fraction`` and ``test_min_pairs`` where the cap allows (it always
+    allows ``test_fraction``, since the fractions sum below ``1 - min_train_fraction`` in any
+    sane config; if not, test comes first).
+    """
+    cap = int(np.floor(total * (1.0 - config.min_train_fraction)))
+    wanted = max(int(np.ceil(total * config.test_fraction)), config.test_min_pairs)
+    if config.test_fraction == 0 and config.test_min_pairs == 0:
+        wanted = 0
+    floor = min(int(np.ceil(total * config.test_fraction)), cap)
+    val = min(int(np.ceil(total * config.val_fraction)), cap - floor)
+    test = min(wanted, cap - val)
+    return test, val, cap
+
+
+def assign_splits(sessions: pd.DataFrame, config: PairingConfig) -> pd.Series:
+    """train/val/test per session, sized in pairs, deterministic, no session in two splits.
+
+    ``sessions`` has ``session_id``, ``start`` and ``pairs`` (pairs per session). Real sessions
+    are lumpy (one may hold a third of an export), so targets are met by whole sessions:
+
+    1. in :func:`_session_order`, test then val take every session that fits in what is left
+       of their target;
+    2. a split still short takes the smallest session that reaches its target (else the biggest
+       that fits, and again), never past the held-out cap: train keeps ``min_train_fraction``;
+    3. a test split still empty (every session is bigger than the cap) gets the smallest
+       session: with two or more sessions with pairs there is always something to evaluate on
+       and something to train on.
+    """
+    split = np.full(len(sessions), "train", dtype=object)
+    pairs = sessions["pairs"].to_numpy(dtype=np.int64)
+    targets = dict(zip(("test", "val"), split_targets(int(pairs.sum()), config)[:2], strict=True))
+    cap = split_targets(int(pairs.sum()), config)[2]
+    order = [int(i) for i in _session_order(sessions, config) if pairs[i] > 0]
+    rank = {i: n for n, i in enumerate(order)}
+    taken = {"test": 0, "val": 0}
+
+    def take(i: int, name: str) -> None:
+        split[i] = name
+        taken[name] += int(pairs[i])
+
+    def fits(i: int) -> bool:
+        return split[i] == "train" and taken["test"] + taken["val"] + pairs[i] <= cap
+
+    for name in ("test", "val"):
+        for i in order:
+            if fits(i) and taken[name] + pairs[i] <= targets[name]:
+                take(i, name)
+    for name in ("test", "val"):
+        while taken[name] < targets[name]:
+            candidates = [i for i in order if fits(i)]
+            if not candidates:
+                break
+            reaching = [i for i in candidates if taken[name] + pairs[i] >= targets[name]]
+            if reaching:
+                take(min(reaching, key=lambda i: (pairs[i], rank[i])), name)
+            else:
+                take(max(candidates, key=lambda i: (pairs[i], -rank[i])), name)
+    # Whatever fitted val would have fitted test first, so here val is empty too.
+    if targets["test"] > 0 and not taken["test"] and len(order) >= 2:
+        take(min(order, key=lambda i: (pairs[i], rank[i])), "test")
     return pd.Series(split, index=sessions.index)
 
 
@@ -464,6 +534,8 @@ def build_pairs(
     frame = frame[keep]
 
     sessions = turns.groupby("session_id", sort=False)["start"].min().rename("start").reset_index()
+    per_session = frame["session_id"].value_counts()
+    sessions["pairs"] = sessions["session_id"].map(per_session).fillna(0).astype("int64")
     sessions["split"] = assign_splits(sessions, config)
     frame = frame.merge(sessions[["session_id", "split"]], on="session_id", how="left")
     frame = frame.sort_values(["channel_id", "reply_timestamp", "pair_id"], kind="stable")

@@ -3,16 +3,26 @@
 The runs land in ``.dagster/`` (unless ``DAGSTER_HOME`` says otherwise), so they show in the
 web UI exactly as if they had been launched there. Steps run in process: a subprocess per step
 costs 16-27 s here and buys nothing for a single-machine run.
+
+A failed step never ends the runner: it prints one line (the step, the error's own first line,
+and for the training subprocess the cause the child reported), goes on with the templates that
+do not depend on the failure, prints a summary table and exits with :data:`EXIT_FAILED` or, when
+the input itself is wrong, :data:`EXIT_BAD_INPUT`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
-from collections.abc import Callable, Sequence
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from echo_pipeline.paths import PROJECT_ROOT
 
@@ -21,6 +31,18 @@ INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 RUNNER_PID_TAG = "echo/runner_pid"
 RUNNER_HOST_TAG = "echo/runner_host"
 
+EPHEMERAL_JOB = "__ephemeral_asset_job__"  # the job name dg.materialize gives its runs
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a step failed for another reason (training, evaluation, tracking, a bug)
+EXIT_BAD_INPUT = 2  # the export or "me" is wrong: unreadable export, unknown me, no/too few pairs
+EXIT_INTERRUPTED = 130
+
+# Failures of these ops (raised as dagster Failure) and of conversation_pairs' blocking checks
+# are about the user's input, not about the pipeline.
+INPUT_OPS = frozenset({"read_chat_exports", "conversation_pairs"})
+INPUT_CHECK_ASSETS = frozenset({"conversation_pairs"})
+
 
 def ensure_dagster_home() -> Path:
     """``DAGSTER_HOME`` if set, else the project-local ``.dagster/`` (created with our dagster.yaml)."""
@@ -28,10 +50,51 @@ def ensure_dagster_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        text = INSTANCE_TEMPLATE.read_text(encoding="utf-8").replace(".dagster/storage", str(home / "storage"))
+        text = INSTANCE_TEMPLATE.read_text(encoding="utf-8").replace(
+            ".dagster/storage", str(home / "storage")
+        )
         config.write_text(text, encoding="utf-8")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+@dataclass
+class StepResult:
+    """One materialisation the runner made (ingest, a dataset, an adapter and its report)."""
+
+    label: str
+    ok: bool
+    run_id: str = ""
+    problems: list[str] = field(default_factory=list)  # one line each
+    bad_input: bool = False
+    report: dict[str, Any] = field(default_factory=dict)  # evaluation_report metadata values
+
+
+@dataclass
+class SummaryRow:
+    template: str
+    experiment: str
+    status: str
+    verdict: str = "-"
+    reply_loss: str = "-"
+    report: str = "-"
+
+
+@dataclass
+class RunOutcome:
+    """What ``echo-pipeline run`` reports: a row per template x experiment and the exit status."""
+
+    exit_status: int
+    rows: list[SummaryRow] = field(default_factory=list)
+    steps: list[StepResult] = field(default_factory=list)
+    log_file: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == EXIT_OK
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 def run_pipeline(
@@ -40,61 +103,301 @@ def run_pipeline(
     *,
     run_config: dict | None = None,
     echo: Callable[[str], None] = print,
-) -> bool:
-    """Materialise ingest, then per template its dataset and adapters (and evaluations)."""
+    error: Callable[[str], None] | None = None,
+    base_model: str | None = None,
+    log_file: Path | None = None,
+    verbose: bool = False,
+) -> RunOutcome:
+    """Materialise ingest, then per template its dataset and adapters (and evaluations).
+
+    ``echo`` gets the progress lines and the summary, ``error`` the one line per failure (stderr
+    by default). With ``log_file``, everything else written to stderr (Dagster's log, library
+    warnings, the training subprocess' output) goes to that file instead of the terminal.
+    """
+    from echo_pipeline.pool import PoolWaitInterrupted
+
+    with _stderr_to(log_file) as terminal_stderr:
+        err = error or (lambda line: print(line, file=terminal_stderr, flush=True))
+        try:
+            outcome = _run(templates, experiments, run_config or {}, echo, err, base_model, verbose)
+        except PoolWaitInterrupted as stop:
+            err(f"{stop}: stopped while waiting for the gpu pool; nothing claimed, nothing trained")
+            outcome = RunOutcome(128 + stop.signum)
+    outcome.log_file = log_file
+    if outcome.exit_status != EXIT_OK and log_file is not None:
+        echo(f"full log: {log_file}")
+    return outcome
+
+
+def _run(
+    templates: Sequence[str],
+    experiments: Sequence[str],
+    run_config: dict,
+    echo: Callable[[str], None],
+    err: Callable[[str], None],
+    base_model: str | None,
+    verbose: bool,
+) -> RunOutcome:
     import dagster as dg
 
     from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
     from echo_pipeline.defs.partitions import adapter_key
+    from echo_pipeline.pool import (
+        POOL,
+        PoolWaitInterrupted,
+        free_dead_runner_claims,
+        pool_slot,
+        run_granularity,
+    )
 
     ensure_dagster_home()
     instance = dg.DagsterInstance.get()
     for run_id in reclaim_abandoned_runs(instance):
         echo(f"run {run_id[:8]}: its echo-pipeline process is gone; marked failed, pool slot freed")
+    for run_id in free_dead_runner_claims(instance):
+        echo(
+            f"pool slot of run {run_id[:8]} freed: the echo-pipeline process that claimed it is gone"
+        )
+    gate = run_granularity(instance)
+    if not gate:
+        echo(
+            f"note: {instance.root_directory}/dagster.yaml enforces pools per op: a step waiting "
+            "for the gpu pool spins a core (dagster 1.13 bug); add `granularity: run` under "
+            "concurrency > pools (see echo_pipeline/dagster.yaml)"
+        )
     for line in pool_holders(instance):
         echo(line)
     resources = build_resources()
+    if base_model:
+        from echo_pipeline.defs.resources import BaseModelResource
+
+        resources["base_model"] = BaseModelResource(source=base_model)
     tags = {RUNNER_PID_TAG: str(os.getpid()), RUNNER_HOST_TAG: socket.gethostname()}
     # asset name -> the op that computes it (raw_chat_export and chat_messages share one)
     op_of = {key.to_user_string(): asset.op.name for asset in ALL_ASSETS for key in asset.keys}
     names = set(op_of)
 
-    def step(selection: list[str], partition_key=None, label: str = "") -> bool:
-        result = dg.materialize(
-            [*ALL_ASSETS, *ALL_CHECKS],
-            selection=[s for s in selection if s in names],
-            instance=instance,
-            resources=resources,
-            partition_key=partition_key,
-            tags=tags,
-            run_config=_config_for(run_config or {}, {op_of[s] for s in selection if s in op_of}),
-            raise_on_error=False,
-        )
-        evaluations = [e for e in result.get_asset_check_evaluations() if not e.passed]
-        # WARN checks (the evaluation report's "beats the base") are news, not a failed run.
-        failed = [e for e in evaluations if e.severity != dg.AssetCheckSeverity.WARN]
-        status = "ok" if result.success and not failed else "FAILED"
-        echo(f"{label:<40} {status}  (run {result.run_id[:8]})")
-        for evaluation in evaluations:
-            verdict = "failed" if evaluation in failed else "warns"
-            echo(f"  check {evaluation.check_name} {verdict}: {dict(evaluation.metadata)}")
-        if not result.success:
-            for event in result.all_events:
-                if event.is_failure and event.step_failure_data is not None:
-                    echo(f"  {event.step_failure_data.error.message.strip().splitlines()[0]}")
-        return result.success and not failed
+    pooled = {key.to_user_string() for a in ALL_ASSETS if a.op.pool == POOL for key in a.keys}
 
-    if not step(["raw_chat_export", "chat_messages", "conversation_pairs"], label="ingest"):
-        return False
-    ok = True
+    def step(selection: list[str], partition_key=None, label: str = "") -> StepResult:
+        selected = [s for s in selection if s in names]
+        run_id = str(uuid.uuid4())
+        in_pool = gate and bool(pooled & set(selected))
+        try:
+            with pool_slot(instance, run_id, echo=echo) if in_pool else contextlib.nullcontext():
+                result = _materialize(
+                    dg,
+                    [*ALL_ASSETS, *ALL_CHECKS],
+                    selected,
+                    run_id=run_id,
+                    instance=instance,
+                    resources=resources,
+                    partition_key=partition_key,
+                    tags=tags,
+                    run_config=_config_for(run_config, {op_of[s] for s in selected}),
+                )
+        except PoolWaitInterrupted:
+            raise
+        except Exception as exc:  # invalid run config and the like: raised before any run
+            outcome = StepResult(label, ok=False, problems=[f"{label}: {_exception_line(exc)}"])
+        else:
+            outcome = _step_result(dg, result, label, verbose)
+        status = "ok" if outcome.ok else "FAILED"
+        run = f"  (run {outcome.run_id[:8]})" if outcome.run_id else ""
+        echo(f"{label:<40} {status}{run}")
+        for note in _check_notes(dg, result) if outcome.run_id else []:
+            echo(note)
+        for line in outcome.problems:
+            err(line)
+        steps.append(outcome)
+        return outcome
+
+    steps: list[StepResult] = []
+    rows: list[SummaryRow] = []
+    ingest = step(["raw_chat_export", "chat_messages", "conversation_pairs"], label="ingest")
     for template in templates:
-        ok &= step(["template_dataset"], template, label=f"template_dataset[{template}]")
+        dataset = None
+        if ingest.ok:
+            dataset = step(["template_dataset"], template, label=f"template_dataset[{template}]")
         for experiment in experiments:
+            if not ingest.ok:
+                rows.append(SummaryRow(template, experiment, "not run (ingest failed)"))
+                continue
+            if dataset is not None and not dataset.ok:
+                rows.append(SummaryRow(template, experiment, "not run (dataset failed)"))
+                continue
             key = adapter_key(template, experiment)
-            ok &= step(["lora_adapter", "evaluation_report"], key, label=f"adapter+evaluation[{key}]")
-    if "model_comparison" in names:
-        ok &= step(["model_comparison"], label="model_comparison")
-    return bool(ok)
+            trained = step(
+                ["lora_adapter", "evaluation_report"], key, label=f"adapter+evaluation[{key}]"
+            )
+            rows.append(_summary_row(template, experiment, trained))
+    if "model_comparison" in names and any(row.status == "ok" for row in rows):
+        step(["model_comparison"], label="model_comparison")
+
+    for line in summary_table(rows):
+        echo(line)
+    failed = [s for s in steps if not s.ok]
+    if not failed:
+        status = EXIT_OK
+    elif any(s.bad_input for s in failed):
+        status = EXIT_BAD_INPUT
+    else:
+        status = EXIT_FAILED
+    return RunOutcome(status, rows, steps)
+
+
+def _materialize(dg: Any, assets: list, selection: list[str], *, run_id: str, **kwargs: Any) -> Any:
+    """``dg.materialize`` (in process, never raising on a failed step) under a run id chosen
+    beforehand, so the gpu pool slot can be claimed for that run before it starts."""
+    defs = dg.Definitions(
+        jobs=[dg.define_asset_job(EPHEMERAL_JOB, selection=selection)],
+        assets=assets,
+        resources=kwargs.pop("resources"),
+    )
+    job = defs.resolve_job_def(EPHEMERAL_JOB)
+    return job.execute_in_process(run_id=run_id, raise_on_error=False, **kwargs)
+
+
+def _step_result(dg: Any, result: Any, label: str, verbose: bool) -> StepResult:
+    """Failures of one run, as lines: failed steps first, then failed blocking checks."""
+    outcome = StepResult(label, ok=False, run_id=result.run_id)
+    for event in result.get_step_failure_events():  # STEP_FAILURE only: RUN_FAILURE has no data
+        data = event.step_failure_data
+        op = event.step_key or "?"
+        if data is not None and data.error is not None and _is_check_failure(data.error):
+            continue  # a blocking check failed: its own line below says which and why
+        line = _failure_line(data) if data is not None else (event.message or "failed")
+        outcome.problems.append(f"{label}: {op} failed: {line}")
+        if verbose and data is not None and data.error is not None:
+            outcome.problems.append(data.error.to_string().rstrip())
+        if op in INPUT_OPS and data is not None and data.user_failure_data is not None:
+            outcome.bad_input = True
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.passed or evaluation.severity == dg.AssetCheckSeverity.WARN:
+            continue
+        asset = evaluation.asset_key.to_user_string()
+        why = evaluation.description or f"{dict(evaluation.metadata)}"
+        outcome.problems.append(f"{label}: check {asset}.{evaluation.check_name} failed: {why}")
+        if asset in INPUT_CHECK_ASSETS:
+            outcome.bad_input = True
+    if not result.success and not outcome.problems:  # a run failure that names no step
+        message = next((e.message for e in result.all_events if e.is_run_failure), None)
+        outcome.problems.append(f"{label}: run failed: {_first_line(message or 'unknown error')}")
+    outcome.ok = result.success and not outcome.problems
+    for materialization in result.asset_materializations_for_node("evaluation_report"):
+        outcome.report = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    return outcome
+
+
+def _is_check_failure(error: Any) -> bool:
+    while error is not None:
+        if error.cls_name == "DagsterAssetCheckFailedError":
+            return True
+        error = error.cause
+    return False
+
+
+def _check_notes(dg: Any, result: Any) -> list[str]:
+    """WARN checks that did not pass (the report's "beats the base"): news, not failures."""
+    return [
+        f"  check {e.check_name} warns: {e.description or dict(e.metadata)}"
+        for e in result.get_asset_check_evaluations()
+        if not e.passed and e.severity == dg.AssetCheckSeverity.WARN
+    ]
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _failure_line(data: Any) -> str:
+    """The error's own first line: a Failure's description, else ``Class: message`` of the
+    innermost user error (Dagster wraps user code errors in its own)."""
+    user = data.user_failure_data
+    if user is not None and user.description:
+        return _first_line(user.description)
+    error = data.error
+    while (
+        error is not None
+        and error.cause is not None
+        and (
+            (error.cls_name or "").startswith("Dagster") or "dagster" in error.message.split(":")[0]
+        )
+    ):
+        error = error.cause
+    if error is None:
+        return "unknown error"
+    message = _first_line(error.message)
+    head, _, rest = message.partition(": ")
+    if rest and "." in head and " " not in head:  # "module.Class: text" -> "Class: text"
+        message = f"{head.rsplit('.', 1)[-1]}: {rest}"
+    return message
+
+
+def _exception_line(exc: BaseException) -> str:
+    text = _first_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _summary_row(template: str, experiment: str, step: StepResult) -> SummaryRow:
+    row = SummaryRow(template, experiment, "ok" if step.ok else "FAILED")
+    if not step.ok:
+        failed_ops = [p.split(": ", 2)[1] for p in step.problems if p.count(": ") >= 2]
+        if failed_ops:
+            row.status = f"FAILED ({failed_ops[0].removesuffix(' failed')})"
+    report = step.report
+    if report:
+        row.verdict = str(report.get("verdict") or "-")
+        base, adapter = report.get("base_reply_loss"), report.get("adapter_reply_loss")
+        if base is not None and adapter is not None:
+            row.reply_loss = f"{float(base):.3f} -> {float(adapter):.3f}"
+        row.report = str(report.get("report_path") or "-")
+    return row
+
+
+def summary_table(rows: Sequence[SummaryRow]) -> list[str]:
+    """The end-of-run table: per template x experiment, status, verdict, reply loss, report."""
+    header = ("template", "experiment", "status", "verdict", "reply loss base -> adapter", "report")
+    cells = [header] + [
+        (r.template, r.experiment, r.status, r.verdict, r.reply_loss, r.report) for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
+    lines = ["", "summary"]
+    for c in cells:
+        lines.append(
+            "  ".join(v.ljust(w) for v, w in zip(c[:-1], widths, strict=True)) + "  " + c[-1]
+        )
+    return lines
+
+
+@contextlib.contextmanager
+def _stderr_to(log_file: Path | None) -> Iterator[TextIO]:
+    """Send file descriptor 2 (Dagster's console log, warnings, the Pipes child's output) to
+    ``log_file``; yield a stream on the terminal's stderr for the lines meant for the user."""
+    if log_file is None:
+        yield sys.stderr
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log_file, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+    try:
+        yield terminal
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        terminal.close()
+
+
+def default_log_file() -> Path:
+    from echo_pipeline.paths import data_dir
+
+    return data_dir() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 
 _UNFINISHED = ("STARTING", "STARTED", "CANCELING")
@@ -154,6 +457,35 @@ def pool_holders(instance: Any) -> list[str]:
                     f"dagster run delete --force {slot.run_id}"
                 )
     return lines
+
+
+# Fields of evaluation_report's config that bound how many held-out pairs it looks at; whichever
+# the config class has (the evaluation's config evolves) are set by --eval-max-pairs.
+EVAL_PAIR_BOUNDS = ("num_prompts", "max_loss_examples", "max_pairs", "max_eval_pairs")
+
+
+def quick_run_config(
+    run_config: dict, *, max_steps: int | None = None, eval_max_pairs: int | None = None
+) -> dict:
+    """``run_config`` with the CLI's quick-trial bounds added (they win over the file's)."""
+    ops = {name: dict(op) for name, op in (run_config.get("ops") or {}).items()}
+
+    def set_config(op: str, values: dict) -> None:
+        op_config = dict(ops.get(op, {}).get("config") or {})
+        op_config.update(values)
+        ops[op] = {**ops.get(op, {}), "config": op_config}
+
+    if max_steps is not None:
+        set_config("lora_adapter", {"max_steps": max_steps})
+    if eval_max_pairs is not None:
+        from echo_pipeline.defs.evaluation import EvaluationReportConfig
+
+        fields = EvaluationReportConfig.model_fields
+        set_config(
+            "evaluation_report",
+            {name: eval_max_pairs for name in EVAL_PAIR_BOUNDS if name in fields},
+        )
+    return {**run_config, "ops": ops} if ops else dict(run_config)
 
 
 QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}

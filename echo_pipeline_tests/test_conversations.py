@@ -12,8 +12,10 @@ from echo_pipeline.conversations import (
     ME_IDS_METADATA_KEY,
     MeNotFoundError,
     PairingConfig,
+    assign_splits,
     build_pairs,
     resolve_me,
+    split_targets,
 )
 
 T0 = pd.Timestamp("2024-03-01T12:00:00Z")
@@ -168,12 +170,14 @@ def test_schema_splits_and_stable_ids():
     pairs = table.to_pandas()
     assert set(pairs["split"]) == {"train", "val", "test"}
     assert pairs.groupby("session_id")["split"].nunique().max() == 1
+    # 40 one-pair sessions: test is held at 40 * 0.5 - val (4) = 16, short of test_min_pairs
+    assert pairs["split"].value_counts().to_dict() == {"train": 20, "test": 16, "val": 4}
     shuffled = df.sample(frac=1.0, random_state=3)
     again = build_pairs(shuffled, PairingConfig(me=("me",)))[0].to_pandas()
     assert list(again["pair_id"]) == list(pairs["pair_id"])
     assert list(again["split"]) == list(pairs["split"])
     chrono = build_pairs(df, PairingConfig(me=("me",), split_method="chronological"))[0].to_pandas()
-    latest = chrono.sort_values("reply_timestamp").tail(4)
+    latest = chrono.sort_values("reply_timestamp").tail(16)
     assert set(latest["split"]) == {"test"}
 
 
@@ -225,3 +229,89 @@ def test_a_reply_sent_over_and_over_is_capped_and_the_cap_is_stable():
     again, _ = build_pairs(df, PairingConfig(me=("me",), max_same_reply=5))
     assert again.column("pair_id").to_pylist() == table.column("pair_id").to_pylist()
     assert len(pairs_of(df, max_same_reply=0)) == 13
+
+
+def _sessions(sizes: list[int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "session_id": [f"{(i * 2654435761) % 2**32:08x}{i:08x}" for i in range(len(sizes))],
+            "start": [T0 + pd.Timedelta(hours=i) for i in range(len(sizes))],
+            "pairs": sizes,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("total", "expected"),
+    [
+        (2000, (200, 200, 1000)),  # 10% each: test_fraction beats test_min_pairs
+        (600, (100, 60, 300)),  # test_min_pairs beats 10%
+        (150, (60, 15, 75)),  # test held to the cap (train keeps 50%) minus val
+        (3, (1, 0, 1)),
+        (0, (0, 0, 0)),
+    ],
+)
+def test_split_targets_in_pairs(total, expected):
+    assert split_targets(total, PairingConfig(me=("me",))) == expected
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [1] * 1000,
+        [5] * 200,
+        [39, 26, 13, 1, 1, 1, 1],  # SDR++ (82 pairs): its sessions, largest first
+        [135, 79, 43, 35, 14, 9, 7, 7, 5, 5, 3, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1],  # ECE722
+        [63, 38, 8, 7, 2, 2, 1, 1],  # Rinkhals
+        [400, 300],
+        [1, 1],
+        [7, 2],
+    ],
+)
+@pytest.mark.parametrize("method", ["hash", "chronological"])
+def test_splits_are_sized_in_pairs_with_guard_rails(sizes, method):
+    config = PairingConfig(me=("me",), split_method=method)
+    sessions = _sessions(sizes)
+    split = assign_splits(sessions, config)
+    per_split = sessions["pairs"].groupby(split).sum().to_dict()
+    total = sum(sizes)
+    test_target, _val_target, cap = split_targets(total, config)
+    assert per_split.get("test", 0) > 0  # two or more sessions: always something to evaluate on
+    assert per_split.get("train", 0) > 0
+    if per_split.get("test", 0) + per_split.get("val", 0) > cap:  # only by the one-session rescue
+        assert (split == "test").sum() == 1 and (split == "val").sum() == 0
+    if all(size == sizes[0] for size in sizes) and total >= 200:  # even sessions: on target
+        assert per_split["test"] == test_target
+        assert per_split["test"] >= 0.1 * total and per_split["test"] >= 100
+    # deterministic, and independent of the order the sessions come in
+    shuffled = sessions.sample(frac=1.0, random_state=1)
+    assert assign_splits(shuffled, config).sort_index().tolist() == split.tolist()
+
+
+def test_one_session_or_nothing_held_out_leaves_test_empty():
+    one = assign_splits(_sessions([30]), PairingConfig(me=("me",)))
+    assert one.tolist() == ["train"]
+    nothing = PairingConfig(me=("me",), test_fraction=0, test_min_pairs=0, val_fraction=0)
+    assert set(assign_splits(_sessions([3, 3, 3]), nothing)) == {"train"}
+
+
+def test_the_real_exports_hold_out_test_pairs():
+    """The four real channel exports: every one gets a non-empty test split (SDR++ used to get
+    none: every session hashed into train)."""
+    from pathlib import Path
+
+    from echo_pipeline.exports import read_exports
+
+    real = Path(__file__).parent / "fixtures" / "real"
+    me = {
+        "ece722": "277113830809534464",
+        "Amulius": "296272996442570753",
+        "SDRplusplus": "274976585650536449",
+        "Rinkhals": "207668238182514688",
+    }
+    for path in sorted(real.glob("*.json")):
+        who = next(v for k, v in me.items() if k in path.name)
+        _table, report = build_pairs(read_exports([path]).to_pandas(), PairingConfig(me=(who,)))
+        counts = report.pairs_by_split
+        assert counts["test"] >= 0.1 * report.pairs, (path.name, counts)
+        assert counts["train"] >= 0.5 * report.pairs, (path.name, counts)

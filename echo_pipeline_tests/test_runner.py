@@ -23,9 +23,11 @@ def test_the_runner_takes_one_template_through_every_stage(pipeline_env):
     }
     lines: list[str] = []
 
-    assert run_pipeline(["chatml"], ["demo"], run_config=run_config, echo=lines.append), lines
+    outcome = run_pipeline(["chatml"], ["demo"], run_config=run_config, echo=lines.append)
+    assert outcome.ok and outcome.exit_status == 0, lines
 
-    steps = [line for line in lines if not line.startswith("  ")]  # indented: check news
+    progress = lines[: lines.index("summary") - 1]  # then a blank line and the summary table
+    steps = [line for line in progress if not line.startswith("  ")]  # indented: check news
     assert [line.split()[0] for line in steps] == [
         "ingest",
         "template_dataset[chatml]",
@@ -35,6 +37,10 @@ def test_the_runner_takes_one_template_through_every_stage(pipeline_env):
     assert all(" ok " in line for line in steps)
     # two steps of training may or may not beat the base: a WARN check says so, not a failure
     assert all(" warns: " in line for line in lines if line.startswith("  check"))
+    header, row = lines[lines.index("summary") + 1 :]
+    assert header.split()[:4] == ["template", "experiment", "status", "verdict"]
+    assert row.split()[:3] == ["chatml", "demo", "ok"] and "->" in row
+    assert row.split()[-1].endswith("report.html") and os.path.isfile(row.split()[-1])
     assert (adapter_dir("chatml", "demo") / "adapter_model.safetensors").exists()
     assert (data_dir() / "evaluation_report").is_dir()
     instance = dg.DagsterInstance.get()  # the runner's instance: DAGSTER_HOME of pipeline_env

@@ -81,8 +81,20 @@ class PairsConfig(dg.Config):
         ge=0,
         description="Keep at most this many pairs per distinct reply ('ok', 'Ha'), so one reflex does not become the answer to everything (0: no cap).",
     )
-    val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of sessions held out for validation.")
-    test_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of sessions held out for the final test.")
+    val_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of pairs held out for validation (whole sessions)."
+    )
+    test_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Least share of pairs held out for the test (whole sessions)."
+    )
+    test_min_pairs: int = Field(
+        default=100,
+        ge=0,
+        description="Least test pairs where the export allows it (train keeps min_train_fraction).",
+    )
+    min_train_fraction: float = Field(
+        default=0.5, gt=0, lt=1, description="Share of pairs that always stays in train."
+    )
     split_method: str = Field(
         default="hash",
         description="'hash' (stable per session across reruns) or 'chronological' (latest sessions held out).",
@@ -107,6 +119,8 @@ class PairsConfig(dg.Config):
             max_same_reply=self.max_same_reply,
             val_fraction=self.val_fraction,
             test_fraction=self.test_fraction,
+            test_min_pairs=self.test_min_pairs,
+            min_train_fraction=self.min_train_fraction,
             split_method=self.split_method,  # type: ignore[arg-type]
         )
 
@@ -273,11 +287,40 @@ def _me_ids(pairs: pa.Table) -> list[str]:
     return json.loads(raw)
 
 
+def heldout_check(df: pd.DataFrame) -> dg.AssetCheckResult:
+    """Fails, before minutes of training, an export too small to hold out test pairs.
+
+    The split puts at least one session in test whenever two sessions have pairs; so this fails
+    on pairs from one session only, or when the config holds out nothing. (No pairs at all is
+    has_pairs' failure, reported once.)
+    """
+    test = int((df["split"] == "test").sum()) if len(df) else 0
+    sessions = int(df["session_id"].nunique()) if len(df) else 0
+    metadata = {"pairs": len(df), "sessions": sessions, "test": test}
+    if test or not len(df):  # no pairs at all: has_pairs fails and says why, once
+        return dg.AssetCheckResult(check_name="has_heldout_pairs", passed=True, metadata=metadata)
+    if sessions >= 2:  # pairs to spare, so the config held out nothing
+        advice = "set test_fraction or test_min_pairs above 0 (conversation_pairs config)"
+    else:
+        advice = (
+            "use a longer export (more conversations), or a smaller session_gap_s so long "
+            "conversations split into sessions (conversation_pairs config)"
+        )
+    return dg.AssetCheckResult(
+        check_name="has_heldout_pairs",
+        passed=False,
+        metadata=metadata,
+        description=f"no held-out pairs to evaluate on: {len(df)} pairs in {sessions} session(s); "
+        f"the split needs at least 2 pairs in 2 sessions (one to train on, one to test on); {advice}",
+    )
+
+
 @dg.multi_asset_check(
     specs=[
         dg.AssetCheckSpec(name=name, asset="conversation_pairs", blocking=True, description=desc)
         for name, desc in (
             ("has_pairs", "At least one pair in the train split."),
+            ("has_heldout_pairs", "Test pairs to evaluate the adapter on (checked before any training)."),
             ("replies_are_mine", "Every reply was written by one of my author ids."),
             ("prompts_are_others", "Every prompt was written by someone else."),
             ("pairs_within_session", "Prompt, context and reply come from the same session."),
@@ -300,6 +343,7 @@ def conversation_pairs_checks(conversation_pairs: pa.Table):
         else "No training pairs: check that `me` is you (see chat_messages' authors) and that the "
         "export holds other people's messages you replied to (an export filtered to one author has none).",
     )
+    yield heldout_check(df)
     not_mine = int((~df["reply_author_id"].isin(me)).sum())
     yield dg.AssetCheckResult(check_name="replies_are_mine", passed=not_mine == 0, metadata={"violations": not_mine})
     mine_prompts = int(df["prompt_author_id"].isin(me).sum())

@@ -59,6 +59,7 @@ def test_ingest_materialises_on_the_bundled_sample_with_checks(pipeline_env):
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {
         "has_pairs": True,
+        "has_heldout_pairs": True,
         "replies_are_mine": True,
         "prompts_are_others": True,
         "pairs_within_session": True,

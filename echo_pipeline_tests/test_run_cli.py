@@ -1,0 +1,223 @@
+"""``echo-pipeline run`` as a user meets it, through the console entry point in a subprocess:
+broken inputs end with one line and the documented exit status (never a traceback), every real
+export runs end to end, and a failed run leaves nothing that blocks the next one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from run_configs import CLI_TINY
+
+from echo_pipeline.runner import EXIT_BAD_INPUT, EXIT_FAILED
+
+REAL = Path(__file__).parent / "fixtures" / "real"
+# Suggested "me" per real export (fixtures/real/README.md)
+REAL_ME = {
+    "ece722": "277113830809534464",
+    "Amulius": "296272996442570753",
+    "SDRplusplus": "274976585650536449",
+    "Rinkhals": "207668238182514688",
+}
+SDR = next(REAL.glob("*SDRplusplus*.json"))
+TINY_CONFIG = CLI_TINY
+
+
+def run_cli(env_root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``echo-pipeline run ARGS`` with the pipeline_env fixture's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "echo_pipeline.cli", "run", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        cwd=env_root,
+        timeout=timeout,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def dce(path: Path, rows: list[tuple[int, str, str]]) -> Path:
+    """A DiscordChatExporter JSON of (seconds, author name, text); me is "alex" (id 1)."""
+    ids = {"alex": "1", "sam": "2"}
+    document = {
+        "guild": {"id": "0", "name": "Direct Messages"},
+        "channel": {"id": "500", "type": "DirectTextChat", "name": "dm"},
+        "messages": [
+            {
+                "id": f"{1000 + i}",
+                "type": "Default",
+                "timestamp": f"2024-03-01T{12 + s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}+00:00",
+                "content": text,
+                "author": {"id": ids[who], "name": who, "isBot": False},
+                "attachments": [],
+            }
+            for i, (s, who, text) in enumerate(rows)
+        ],
+    }
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+def two_sessions(path: Path) -> Path:
+    """Two conversations two hours apart, three pairs each: enough to hold one out."""
+    rows = [
+        (start + 60 * i, "sam" if i % 2 == 0 else "alex", f"message {start} {i}")
+        for start in (0, 7200)
+        for i in range(6)
+    ]
+    return dce(path, rows)
+
+
+def test_help_documents_the_exit_statuses():
+    proc = subprocess.run(
+        [sys.executable, "-m", "echo_pipeline.cli", "run", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0
+    assert "exit status:" in proc.stdout and "2  bad input" in proc.stdout
+    assert "1  a step failed" in proc.stdout
+
+
+def test_truncated_export_one_line_exit_2_and_the_good_data_stays(pipeline_env):
+    """A run on a cut export fails in ingest, prints one line, leaves the earlier pairs as they
+    were and no run or pool slot behind; the fixed export then runs."""
+    import dagster as dg
+
+    from echo_pipeline.defs.evaluation import pairs_path
+    from echo_pipeline.runner import run_pipeline
+
+    good = two_sessions(pipeline_env / "good.json")
+    assert run_pipeline(
+        [], [], run_config={"ops": {"read_chat_exports": {"config": {"path": str(good)}}}}
+    ).ok
+    instance = dg.DagsterInstance.get()
+    before = instance.get_latest_materialization_event(dg.AssetKey("conversation_pairs"))
+    pairs_bytes = pairs_path().read_bytes()
+
+    cut = pipeline_env / "export.json"
+    cut.write_bytes(SDR.read_bytes()[:200_000])
+    proc = run_cli(
+        pipeline_env, "--export", str(cut), "--me", REAL_ME["SDRplusplus"], "--template", "chatml"
+    )
+
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
+    line = one_error_line(proc)
+    assert line.startswith("ingest: read_chat_exports failed: ")
+    assert str(cut) in line and "truncated" in line and "at byte 200000" in line
+    assert "not run (ingest failed)" in proc.stdout and "full log: " in proc.stdout
+    after = instance.get_latest_materialization_event(dg.AssetKey("conversation_pairs"))
+    assert after.run_id == before.run_id and pairs_path().read_bytes() == pairs_bytes
+    assert not instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+
+    cut.write_bytes(good.read_bytes())  # the user re-exports: same path, whole file
+    assert run_pipeline(
+        [], [], run_config={"ops": {"read_chat_exports": {"config": {"path": str(cut)}}}}
+    ).ok
+
+
+def test_too_few_pairs_for_a_heldout_split_fails_before_training(pipeline_env):
+    """Three pairs in one conversation: nothing to hold out. The blocking check says so and
+    what to do; no dataset is built and nothing trains."""
+    one_session = dce(
+        pipeline_env / "short.json",
+        [(60 * i, "sam" if i % 2 == 0 else "alex", f"message {i}") for i in range(6)],
+    )
+    proc = run_cli(
+        pipeline_env, "--export", str(one_session), "--me", "alex", "--template", "chatml"
+    )
+
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
+    line = one_error_line(proc)
+    assert line.startswith("ingest: check conversation_pairs.has_heldout_pairs failed: ")
+    assert "3 pairs in 1 session(s)" in line and "at least 2 pairs in 2 sessions" in line
+    assert "longer export" in line
+    assert "template_dataset" not in proc.stdout  # stopped before the dataset, let alone training
+    assert "not run (ingest failed)" in proc.stdout
+
+
+def test_unknown_me_is_bad_input(pipeline_env):
+    export = dce(pipeline_env / "x.json", [(0, "sam", "hi"), (5, "alex", "hey")])
+    proc = run_cli(pipeline_env, "--export", str(export), "--me", "nobody", "--template", "chatml")
+    assert proc.returncode == EXIT_BAD_INPUT
+    line = one_error_line(proc)
+    assert "conversation_pairs failed: no author matches me=['nobody']" in line
+    assert "alex (id 1" in line
+
+
+def broken_base_model(folder: Path, base_model) -> Path:
+    """A model folder whose tokenizer loads (the dataset builds) but whose weights do not."""
+    folder.mkdir()
+    for source in Path(base_model.path).iterdir():
+        if source.suffix != ".safetensors" and source.is_file():
+            shutil.copy(source, folder / source.name)
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    return folder
+
+
+def test_a_failed_training_subprocess_one_line_exit_1_then_a_rerun_trains(pipeline_env, base_model):
+    """The Pipes child fails loading weights: one line naming the step and the child's cause,
+    exit 1, the summary says which step; no slot or run left behind. The re-run with a good
+    base model then trains without any clean-up."""
+    import dagster as dg
+
+    from echo_pipeline.paths import sample_export_dir
+
+    bad = broken_base_model(pipeline_env / "bad_model", base_model)
+    config = pipeline_env / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_CONFIG), encoding="utf-8")
+    common = ["--export", str(sample_export_dir()), "--me", "alex", "--template", "chatml"]
+    quick = ["--max-steps", "1", "--eval-max-pairs", "2", "--config", str(config)]
+
+    proc = run_cli(pipeline_env, *common, *quick, "--base-model", str(bad))
+
+    assert proc.returncode == EXIT_FAILED, proc.stderr
+    line = one_error_line(proc)
+    assert line.startswith(
+        "adapter+evaluation[demo|chatml]: lora_adapter failed: training subprocess failed: "
+    )
+    assert "safetensors" in line.lower() or "header" in line.lower()
+    assert "FAILED (lora_adapter)" in proc.stdout
+    instance = dg.DagsterInstance.get()
+    assert not instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+
+    proc = run_cli(pipeline_env, *common, *quick)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "export", sorted(REAL.glob("*.json")), ids=lambda p: p.name.split("__")[-1][:20]
+)
+def test_every_real_export_runs_end_to_end(pipeline_env, export):
+    """Each real channel export through `echo-pipeline run`, one template, a one-step recipe and
+    a two-pair evaluation: exit 0, a report, and nothing on stderr (the summary is on stdout)."""
+    config = pipeline_env / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_CONFIG), encoding="utf-8")
+    me = next(v for k, v in REAL_ME.items() if k in export.name)
+    proc = run_cli(
+        pipeline_env,
+        *("--export", str(export), "--me", me, "--template", "chatml"),
+        *("--max-steps", "1", "--eval-max-pairs", "2", "--config", str(config)),
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == ""
+    summary = proc.stdout.split("\nsummary\n", 1)[1].splitlines()
+    assert summary[0].split()[:3] == ["template", "experiment", "status"]
+    row = summary[1].split()
+    assert row[:3] == ["chatml", "demo", "ok"]
+    assert "->" in summary[1] and Path(row[-1]).is_file()  # reply loss base -> adapter, report
