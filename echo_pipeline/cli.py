@@ -97,7 +97,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     outcome = run_pipeline(
         args.template or list(TEMPLATE_NAMES),
-        args.experiment or ["demo"],
+        args.experiment or (["echo"] if args.export else ["demo"]),
         run_config=run_config,
         base_model=args.base_model,
         log_file=None if args.verbose else default_log_file(),
@@ -173,8 +173,15 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         adapter = Path(args.adapter)
     else:
         from echo_pipeline.defs.training import adapter_dir
+        from echo_pipeline.experiments import EXPERIMENTS
 
-        adapter = adapter_dir(args.template, args.experiment)
+        if args.experiment:
+            adapter = adapter_dir(args.template, args.experiment)
+        else:  # the newest trained adapter of the template, else the demo's path (for the error)
+            trained = [adapter_dir(args.template, e) for e in EXPERIMENTS]
+            trained = [d for d in trained if (d / "echo_metadata.json").exists()]
+            adapter = max(trained, key=lambda d: (d / "echo_metadata.json").stat().st_mtime, default=None)
+            adapter = adapter or adapter_dir(args.template, "demo")
     if not adapter.exists():
         raise UsageError(f"{adapter}: no adapter there; train one with `echo-pipeline run` or pass --adapter")
     from echo_pipeline.evaluation.generation import GenerationSettings
@@ -265,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="Export file or folder (default: env ECHO_EXPORT_DIR or the sample).")
     p.add_argument("--me", action="append", help="Your author id or name (repeatable; default env ECHO_ME).")
     p.add_argument("--template", action="append", choices=TEMPLATE_NAMES, help="Templates (default: all).")
-    p.add_argument("--experiment", action="append", choices=list(EXPERIMENTS), help="Recipes (default: demo).")
+    p.add_argument("--experiment", action="append", choices=list(EXPERIMENTS), help="Recipes (default: echo for --export, sized for real chats on a CPU; demo for the sample).")
     p.add_argument("--base-model", help="Base model: alias, local directory, .gguf or hub id (default: env ECHO_BASE_MODEL or SmolLM2-135M-Instruct).")
     p.add_argument("--max-steps", type=int, help="Cut training to this many optimizer steps (a quick trial).")
     p.add_argument("--eval-max-pairs", type=int, help="Evaluate on at most this many held-out pairs (a quick trial).")
@@ -285,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="Talk to an adapter with its training template.")
     p.add_argument("--adapter", help="Adapter directory.")
     p.add_argument("--template", choices=TEMPLATE_NAMES, default="chatml", help="With --experiment, instead of --adapter.")
-    p.add_argument("--experiment", choices=list(EXPERIMENTS), default="demo")
+    p.add_argument(
+        "--experiment", choices=list(EXPERIMENTS), help="Recipe (default: the newest adapter of the template)."
+    )
     p.add_argument("--prompt", help="One-shot: print the reply to this and exit.")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature (default 0.7).")
