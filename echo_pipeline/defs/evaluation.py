@@ -48,7 +48,7 @@ class EvaluationReportConfig(dg.Config):
     """What the report measures, and how the replies it shows are generated."""
 
     num_prompts: int = Field(
-        default=128,
+        default=100,
         ge=2,
         description="Cap on held-out prompts answered; all of them when the split is smaller.",
     )

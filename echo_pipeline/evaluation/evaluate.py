@@ -91,7 +91,7 @@ SCORECARD: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
 class EvaluationConfig:
     """What is evaluated and how replies are generated."""
 
-    num_prompts: int = 128  # cap on held-out prompts answered (all of them when fewer)
+    num_prompts: int = 100  # cap on held-out prompts answered (all of them when fewer)
     samples_per_prompt: int = 3  # adapter replies per prompt, one seed per draw
     base_samples_per_prompt: int = 1  # the base rambles to the bound: one draw costs enough
     discriminator_prompts: int = 64  # train prompts answered to fit the real-vs-generated model
