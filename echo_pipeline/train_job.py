@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from echo_pipeline.adapters import AdapterJob, AdapterOutcome, TrainingStopped, run_adapter_job
+from echo_pipeline.quiet import quiet_output
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FAILURE_FILE = "failure.txt"  # in the job's work_dir: why the last subprocess failed
@@ -92,6 +93,7 @@ def outcome_metadata(outcome: AdapterOutcome) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    quiet_output()  # the parent's warning filters stay in the parent (ECHO_VERBOSE=1: all logs)
     if argv:
         job = AdapterJob.from_dict(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
         with StopRequest().installed() as stop:

@@ -169,6 +169,8 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint_and_marks_the_run_kill
     lineage = json.loads((job.adapter_dir / METADATA_FILE).read_text())
     assert lineage["mlflow"]["run_id"] == new.info.run_id
     assert sorted(p.name for p in job.adapter_dir.parent.iterdir()) == [job.adapter_dir.name]
+    # One copy only: the trainer's own (no lineage) and the spent work dir are gone.
+    assert not job.work_dir.exists(), sorted(job.work_dir.rglob("*"))
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from echo_pipeline import conversations
-from echo_pipeline.exports import ExportError, detect_format, discover_export_files, read_exports
+from echo_pipeline.exports import ExportError, detect_format, read_exports, require_export_files
 from echo_pipeline.paths import sample_export_dir
 
 INGEST = "ingest"
@@ -135,9 +135,7 @@ def file_sha256(path: Path) -> str:
 
 def export_manifest(location: str) -> pa.Table:
     """The export files under ``location`` with their detected format, size and content hash."""
-    files = discover_export_files([location])
-    if not files:
-        raise ExportError(location, "no export files found (expected .json, .csv or .txt exports)")
+    files = require_export_files([location])
     rows = [
         {"path": str(f), "format": detect_format(f), "bytes": f.stat().st_size, "sha256": file_sha256(f)}
         for f in files

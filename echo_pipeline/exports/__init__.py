@@ -6,17 +6,25 @@ whose one-line message names the file, the problem and, where there is one, the 
 """
 
 from echo_pipeline.exports.detect import FORMATS, detect_format
-from echo_pipeline.exports.discover import discover_export_files
+from echo_pipeline.exports.discover import (
+    LOOKED_FOR,
+    NoExportFilesError,
+    discover_export_files,
+    require_export_files,
+)
 from echo_pipeline.exports.errors import ExportError
 from echo_pipeline.exports.reader import HUMAN_KINDS, inspect_export, read_export, read_exports
 
 __all__ = [
     "FORMATS",
     "HUMAN_KINDS",
+    "LOOKED_FOR",
     "ExportError",
+    "NoExportFilesError",
     "detect_format",
     "discover_export_files",
     "inspect_export",
     "read_export",
     "read_exports",
+    "require_export_files",
 ]

@@ -299,11 +299,23 @@ def _decode(path: Path, body: memoryview, bom: int, size: int) -> _Export:
 def _export_error(path: Path, error: Exception, data, bom: int, size: int) -> ExportError:
     if isinstance(error, msgspec.ValidationError):
         return _not_an_export(path, error)
-    if isinstance(error, msgspec.DecodeError):
-        return _invalid_json(path, error, bom, size)
-    if isinstance(error, UnicodeDecodeError):
-        return _not_utf8(path, data, bom)
-    return _too_deep(path)
+    if isinstance(error, RecursionError):
+        return _too_deep(path)
+    # Decoders word (and type) invalid UTF-8 differently from one release to the next: msgspec
+    # 0.22 raises UnicodeDecodeError, 0.23 a DecodeError without a position. So the bytes decide:
+    # whichever comes first, an invalid UTF-8 sequence or the point where the JSON broke.
+    json_offset = _json_error_offset(error)
+    scan_to = len(data) if json_offset is None else min(len(data), json_offset + 4)
+    bad_byte = _first_invalid_utf8(data, scan_to)
+    if bad_byte is not None and (json_offset is None or bad_byte <= json_offset):
+        return _not_utf8(path, bom + bad_byte, data[bad_byte])
+    return _invalid_json(path, error, json_offset, bom, size)
+
+
+def _json_error_offset(error: Exception) -> int | None:
+    """Where the decoder says the JSON broke, if it says (``... (byte N)``)."""
+    match = _BYTE_OFFSET.search(str(error)) if isinstance(error, msgspec.DecodeError) else None
+    return int(match.group(1)) if match else None
 
 
 def _replace_lone_surrogates(buf) -> bytes | None:
@@ -325,14 +337,16 @@ def _replace_lone_surrogates(buf) -> bytes | None:
     return None if fixed == data else fixed
 
 
-def _invalid_json(path: Path, error: msgspec.DecodeError, bom: int, size: int) -> ExportError:
+def _invalid_json(
+    path: Path, error: Exception, json_offset: int | None, bom: int, size: int
+) -> ExportError:
     detail = str(error)
-    match = _BYTE_OFFSET.search(detail)
-    offset = int(match.group(1)) + bom if match else size
-    if match is None or "truncated" in detail:
+    if json_offset is None:  # the decoder ran out of input: no position to give
         why = "the file ends mid-document; the export was probably interrupted, re-export it"
+        offset = size
     else:
         why = f"{_BYTE_OFFSET.sub('', detail).strip()}; re-export the chat with `-f Json`"
+        offset = bom + json_offset
     return ExportError(path, f"truncated or invalid JSON at byte {offset} of {size} ({why})")
 
 
@@ -344,20 +358,31 @@ def _not_an_export(path: Path, error: msgspec.ValidationError) -> ExportError:
     )
 
 
-def _not_utf8(path: Path, buf, bom: int) -> ExportError:
-    """Find the first invalid UTF-8 byte without building one huge string."""
+def _first_invalid_utf8(buf, end: int) -> int | None:
+    """Offset of the first byte before ``end`` that is not valid UTF-8, or None.
+
+    Decoded in chunks so a large export never becomes one huge string; a multi-byte character
+    cut by ``end`` counts as valid (the bytes after it decide, and they were not asked about).
+    """
     decoder = codecs.getincrementaldecoder("utf-8")()
     chunk = 1 << 24
-    where = ""
     with memoryview(buf) as view:
-        for start in range(0, len(view), chunk):
+        for start in range(0, end, chunk):
+            stop = min(start + chunk, end)
             pending = len(decoder.getstate()[0])  # bytes held back from the previous chunk
             try:
-                decoder.decode(view[start : start + chunk], final=start + chunk >= len(view))
+                decoder.decode(view[start:stop], final=stop == len(view))
             except UnicodeDecodeError as error:
-                where = f" at byte offset {bom + start - pending + error.start}"
-                break
-    return ExportError(path, f"not UTF-8 text: invalid byte{where}; re-export the chat")
+                return start - pending + error.start
+    return None
+
+
+def _not_utf8(path: Path, offset: int, byte: int) -> ExportError:
+    return ExportError(
+        path,
+        f"not UTF-8 text: byte 0x{byte:02X} at byte offset {offset} is invalid (text saved in "
+        "another encoding, or a damaged file); re-export the chat",
+    )
 
 
 def _too_deep(path: Path) -> ExportError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -73,12 +74,39 @@ SKIPPED_SUFFIXES = frozenset(
 )
 
 
+#: What a folder is searched for, in words (every format is detected from content, not name).
+LOOKED_FOR = "DiscordChatExporter JSON, CSV or PlainText exports, or WhatsApp chat exports (.txt)"
+
+
+class NoExportFilesError(ExportError):
+    """The paths hold no file that could be an export: empty, unrelated files, a symlink loop."""
+
+    def __init__(self, path: str | Path, problem: str | None = None) -> None:
+        super().__init__(
+            path, problem or f"no export files found under {path}; looked for {LOOKED_FOR}"
+        )
+
+    def __str__(self) -> str:
+        return self.problem  # it names the folder already
+
+
+def require_export_files(paths: Iterable[str | Path] | str | Path) -> list[Path]:
+    """:func:`discover_export_files`, but finding nothing is bad input (NoExportFilesError)."""
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    paths = list(paths)
+    files = discover_export_files(paths)
+    if not files:
+        raise NoExportFilesError(", ".join(str(Path(p).expanduser()) for p in paths))
+    return files
+
+
 def discover_export_files(paths: Iterable[str | Path] | str | Path) -> list[Path]:
     """Export files under ``paths``: files as given, folders searched recursively.
 
-    Inside folders, hidden entries, DiscordChatExporter ``*_Files`` media folders and files with
-    a media/document suffix are skipped; the rest are returned sorted, with the partitions of an
-    export in part order. A file named explicitly is always kept (its content decides later).
+    Inside folders, hidden entries, DiscordChatExporter ``*_Files`` media folders, files with a
+    media/document suffix and symlink loops are skipped; the rest are returned sorted, with the
+    partitions of an export in part order. A file named explicitly is always kept (its content decides later).
     Raises ExportError for a path that does not exist or a file that cannot be opened.
     """
     if isinstance(paths, str | Path):
@@ -114,9 +142,21 @@ def _walk(root: Path) -> list[Path]:
         files.extend(
             Path(folder, name)
             for name in filenames
-            if not name.startswith(".") and Path(name).suffix.lower() not in SKIPPED_SUFFIXES
+            if not name.startswith(".")
+            and Path(name).suffix.lower() not in SKIPPED_SUFFIXES
+            and not _leads_in_a_circle(os.path.join(folder, name))
         )
     return sorted(files, key=export_sort_key)
+
+
+def _leads_in_a_circle(path: str) -> bool:
+    """A symlink loop is nothing at all; a dangling link (an export moved away) is an error,
+    raised later by name."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False
 
 
 def _check_readable(file: Path) -> None:

@@ -121,8 +121,10 @@ def _file_rank(item: tuple[Path, pa.Table]) -> tuple:
 def inspect_export(path: str | Path) -> dict[str, Any]:
     """What is in one export: format, channel, counts by kind, time span, authors.
 
-    ``content_access_suspect`` is True when most human messages are blank without attachments,
-    the sign of an export made with a bot token lacking the Message Content intent.
+    ``authors`` counts every message, ``human_authors`` only people's own words (no bots, system
+    messages or app commands): the candidates for ``--me``. ``content_access_suspect`` is True
+    when most human messages are blank without attachments, the sign of an export made with a
+    bot token lacking the Message Content intent.
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -147,6 +149,7 @@ def inspect_export(path: str | Path) -> dict[str, Any]:
         "first": _iso(span["min"].as_py()),
         "last": _iso(span["max"].as_py()),
         "authors": _authors(table),
+        "human_authors": _authors(table.filter(human)),
         "content_access_suspect": humans > 0 and blank_humans / humans > 0.5,
     }
 

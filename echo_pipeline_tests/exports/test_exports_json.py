@@ -390,3 +390,28 @@ def test_invalid_utf8_inside_json_reports_the_offset(padding, tmp_path, dce_mess
     with pytest.raises(ExportError, match=rf"not UTF-8 .*byte offset {offset}\b") as error:
         read_export(path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("latin1_then_cut", r"not UTF-8 .*byte offset {latin1}\b"),
+        ("syntax_then_latin1", r"truncated or invalid JSON at byte \d+ of \d+ \(JSON is malformed"),
+    ],
+)
+def test_the_first_problem_in_the_file_is_the_one_reported(damage, expected, tmp_path, dce_message):
+    """Whatever msgspec says (0.22: UnicodeDecodeError, 0.23: a DecodeError without a
+    position), the bytes decide: the earlier of a bad byte and a JSON error is reported."""
+    # Past the 64 KiB head that format detection decodes (it reports a bad byte there itself).
+    messages = [dce_message("1", "x" * 100_000 + "caf@"), dce_message("2", "late")]
+    data = json.dumps({"channel": {"id": "1"}, "messages": messages}).encode()
+    data = data.replace(b"caf@", b"caf\xe9")
+    if damage == "latin1_then_cut":
+        data = data[: data.index(b"late")]  # an interrupted export that was Latin-1 already
+    else:
+        data = data.replace(b'"content": "x', b'"content": ]"x', 1)
+    path = tmp_path / "damaged.json"
+    path.write_bytes(data)
+    pattern = expected.format(latin1=data.index(b"\xe9"))
+    with pytest.raises(ExportError, match=pattern):
+        read_export(path)
