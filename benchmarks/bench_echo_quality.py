@@ -91,9 +91,13 @@ def run_one(corpus: str, config: str, base_model: str, template: str, workdir: P
         }
     }
     started = time.perf_counter()
-    ok = run_pipeline([template], [spec["experiment"]], run_config=run_config)
+    ok = bool(run_pipeline([template], [spec["experiment"]], run_config=run_config))
     minutes = (time.perf_counter() - started) / 60
-    metrics_file = report_dir(template, spec["experiment"]) / "metrics.json"
+    return collect(report_dir(template, spec["experiment"]) / "metrics.json", ok, minutes)
+
+
+def collect(metrics_file: Path, ok: bool = True, minutes: float = float("nan")) -> dict:
+    """The numbers, verdicts and a few samples of one evaluation report."""
     if not metrics_file.exists():
         return {"ok": False, "minutes": minutes}
     report = json.loads(metrics_file.read_text(encoding="utf-8"))

@@ -53,19 +53,19 @@ class EvaluationReportConfig(dg.Config):
         description="Cap on held-out prompts answered; all of them when the split is smaller.",
     )
     samples_per_prompt: int = Field(
-        default=3, ge=1, description="Sampled adapter replies per prompt (draw k uses seed + k)."
+        default=2, ge=1, description="Sampled adapter replies per prompt (draw k uses seed + k)."
     )
     base_samples_per_prompt: int = Field(
         default=1, ge=1, description="Sampled base-model replies per prompt."
     )
     discriminator_prompts: int = Field(
-        default=64,
+        default=48,
         ge=0,
         description="Train prompts each model answers to fit the real-vs-generated discriminator "
         "(0: no discriminator).",
     )
     batch_size: int = Field(
-        default=16, ge=1, description="Prompts generated together (left-padded)."
+        default=32, ge=1, description="Prompts generated together (left-padded)."
     )
     max_new_tokens: int = Field(
         default=48, ge=1, description="Bound on reply length; a reply that hits it did not stop."

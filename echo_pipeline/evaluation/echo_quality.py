@@ -39,6 +39,7 @@ from echo_pipeline.evaluation.style import words
 # --- collapse --------------------------------------------------------------------------------
 
 _SPACE = re.compile(r"\s+")
+_CHAR_LOOP = re.compile(r"(\S{1,3})\1{9,}")
 _EDGE_PUNCT = re.compile(r"^[\W_]+|[\W_]+$")
 
 
@@ -59,8 +60,11 @@ def loops(text: str, *, min_repeats: int = 3) -> bool:
 
     True when one non-empty line comes back ``min_repeats`` times, or a phrase of 2-8 words
     comes back ``min_repeats`` times in a row ("i think i think i think"), or a single word
-    ``min_repeats + 2`` times in a row ("no no no" is speech; five is a loop).
+    ``min_repeats + 2`` times in a row ("no no no" is speech; five is a loop), or a unit of
+    1-3 characters ten times in a row ("No,,,,,,,,,,,,", what a word-level view cannot see).
     """
+    if _CHAR_LOOP.search(str(text)):
+        return True
     lines = [normalise_reply(line) for line in str(text).splitlines()]
     lines = [line for line in lines if line]
     if lines and Counter(lines).most_common(1)[0][1] >= min_repeats:
@@ -335,7 +339,7 @@ class VerdictThresholds:
     max_top_reply_ratio: float = 2.0
     top_reply_floor: float = 0.05  # two repeats in 40 replies is not collapse
     max_loop_share: float = 0.05
-    min_stop_rate: float = 0.9
+    min_stop_rate: float = 0.9  # times the share of my real replies that fit the bound
     min_known_word_ratio: float = 0.8
     max_parrot_excess: float = 0.15  # parrot share above my real replies' own
     min_attributed_ratio: float = 0.5
@@ -376,7 +380,7 @@ def verdict(
         return None if value is None or not np.isfinite(value) else float(value)
 
     real = {k: get(f"real_{k}") for k in ("distinct_2", "top_reply_share", "known_word_rate")}
-    real |= {k: get(f"real_{k}") for k in ("parrot_share", "attributed_share")}
+    real |= {k: get(f"real_{k}") for k in ("parrot_share", "attributed_share", "stop_rate")}
     mine = {
         k: get(f"{side}_{k}")
         for k in (
@@ -420,10 +424,15 @@ def verdict(
         )
     ratio_gate(BABBLING, "known_word_rate", ">=", t.min_known_word_ratio)
     if mine["stop_rate"] is not None:
+        # My own long replies would not fit the bound either: the limit is relative to the
+        # share of my real replies that do (1.0 when unknown).
+        fits = real.get("stop_rate")
+        limit = t.min_stop_rate * (1.0 if fits is None else fits)
         gate(
             BABBLING,
-            mine["stop_rate"] >= t.min_stop_rate,
-            f"stop_rate {mine['stop_rate']:.3f} (limit >= {t.min_stop_rate:.3f}: replies that never end ramble)",
+            mine["stop_rate"] >= limit,
+            f"stop_rate {mine['stop_rate']:.3f} (limit >= {limit:.3f}; mine fit the bound "
+            f"{1.0 if fits is None else fits:.3f}: replies that never end ramble)",
         )
     if mine["parrot_share"] is not None and real["parrot_share"] is not None:
         limit = real["parrot_share"] + t.max_parrot_excess

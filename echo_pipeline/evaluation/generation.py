@@ -29,7 +29,7 @@ class GenerationSettings:
     """
 
     max_new_tokens: int = 48
-    batch_size: int = 16
+    batch_size: int = 32
     do_sample: bool = True
     temperature: float = 0.7
     top_p: float = 0.9

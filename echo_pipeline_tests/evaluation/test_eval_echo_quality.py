@@ -137,6 +137,14 @@ def test_replies_that_never_stop_are_babbling():
     assert judged.label == BABBLING
 
 
+def test_the_stop_rate_limit_allows_for_my_own_long_replies():
+    # A fifth of my real replies would not fit the bound either: 0.75 is fine, 0.6 is not.
+    metrics = _metrics([_like_me(0)], stop=0.75) | {"real_stop_rate": 0.8}
+    assert verdict(metrics, "adapter").label == SOUNDS_LIKE_YOU
+    metrics = _metrics([_like_me(0)], stop=0.6) | {"real_stop_rate": 0.8}
+    assert verdict(metrics, "adapter").label == BABBLING
+
+
 def test_the_prompt_said_back_is_parroting():
     parrot = [[f"{p} ?" for p in PROMPTS] for _ in range(3)]
     judged = verdict(_metrics(parrot), "adapter")
@@ -175,6 +183,8 @@ def test_loops_tells_a_stuck_decoder_from_speech():
     assert not loops("no no no")
     assert not loops("yeah that works, see you at 8")
     assert not loops("ok\nsee you\nbye")
+    assert loops("No,,,,,,,,,,,,,,,,,")
+    assert not loops("soooo good!!!")
 
 
 def test_top_reply_share_normalises_case_and_edge_punctuation():
