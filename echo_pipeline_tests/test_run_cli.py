@@ -22,7 +22,7 @@ SDR = next(p for p in REAL_EXPORTS if "SDRplusplus" in p.name)
 TINY_CONFIG = CLI_TINY
 
 
-def run_cli(env_root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_cli(env_root: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     """``echo-pipeline run ARGS`` with the pipeline_env fixture's environment."""
     return subprocess.run(
         [sys.executable, "-m", "echo_pipeline.cli", "run", *args],
