@@ -107,14 +107,19 @@ def run_packed(
     gradient_checkpointing: bool = False,
     steps: int | None = None,
     packed_attention: str = "segments",
+    torch_threads: int | None = None,
 ) -> tuple[dict[str, Any], Any]:
     """One pass (or ``steps`` steps) of ``train_lora`` over ``examples`` packed into rows.
+
+    ``torch_threads``: None keeps torch's current setting (what ``--threads`` set).
 
     ``packed_attention="model"`` runs the model's own sdpa with its dense block-diagonal mask
     instead of one attention call per sample (the project's default, ``"segments"``).
 
     Returns the summary and the trained PEFT model (``.unload()`` gives the base model back).
     """
+    import torch
+
     from echo_pipeline.packing import pack_examples, padding_waste
     from echo_pipeline.training import TrainingConfig, train_lora
 
@@ -128,6 +133,7 @@ def run_packed(
         restore_best=False,
         gradient_checkpointing=gradient_checkpointing,
         packed_attention=packed_attention,
+        torch_threads=torch_threads or torch.get_num_threads(),
         **LORA_PRESETS[lora],
     )
     per_step: list[tuple[float, float]] = []

@@ -202,14 +202,26 @@ def main() -> int:
     parser.add_argument(
         "--one", nargs=3, metavar=("CORPUS", "CONFIG", "BASE"), help=argparse.SUPPRESS
     )
+    parser.add_argument(
+        "--collect",
+        nargs=4,
+        metavar=("CORPUS", "CONFIG", "BASE", "MINUTES"),
+        help="Record a finished run of this script's --workdir again (e.g. after a crash).",
+    )
     args = parser.parse_args()
+
+    if args.collect:
+        corpus, config, base, minutes = args.collect
+        folder = args.workdir / f"{corpus}-{config}-{base}" / "data" / "evaluation_report"
+        metrics = folder / f"{args.template}__{CONFIGS[config]['experiment']}" / "metrics.json"
+        _record(args, corpus, config, base, collect(metrics, True, float(minutes)))
+        return 0
 
     if args.one:
         corpus, config, base = args.one
         print("RESULT " + json.dumps(run_one(corpus, config, base, args.template, args.workdir)))
         return 0
 
-    rows = json.loads(args.out.read_text()) if args.out.exists() else []
     for base in args.base_models.split(","):
         for corpus in args.corpora.split(","):
             for config in args.configs.split(","):
@@ -247,25 +259,27 @@ def main() -> int:
                     result = {"ok": False, "minutes": 0.0}
                 else:
                     result = json.loads(lines[-1][len("RESULT ") :])
-                row = {
-                    "corpus": corpus,
-                    "config": config,
-                    "base_model": base,
-                    "template": args.template,
-                    "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "load": os.getloadavg()[0],
-                    "result": result,
-                }
-                rows = [
-                    r
-                    for r in rows
-                    if (r["corpus"], r["config"], r["base_model"], r["template"])
-                    != (corpus, config, base, args.template)
-                ] + [row]
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(rows, indent=1, ensure_ascii=False, default=str))
-                print_table([row])
+                _record(args, corpus, config, base, result)
     return 0
+
+
+def _record(args: argparse.Namespace, corpus: str, config: str, base: str, result: dict) -> None:
+    """Add (or replace) the row of this corpus/config/base in the results file, and print it."""
+    rows = json.loads(args.out.read_text()) if args.out.exists() else []
+    row = {
+        "corpus": corpus,
+        "config": config,
+        "base_model": base,
+        "template": args.template,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load": os.getloadavg()[0],
+        "result": result,
+    }
+    key = (corpus, config, base, args.template)
+    rows = [r for r in rows if (r["corpus"], r["config"], r["base_model"], r["template"]) != key]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps([*rows, row], indent=1, ensure_ascii=False, default=str))
+    print_table([row])
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ exit status:
   1  a step failed (training, evaluation, tracking, ...)
   2  bad input: the export cannot be read, "me" is unknown, no pairs, or too few pairs for a
      held-out test split (checked before any training)
-  130  interrupted (Ctrl-C / SIGTERM)
+  130, 143  interrupted (Ctrl-C, SIGTERM); while waiting for the gpu pool nothing stays claimed
 """
 
 

@@ -67,6 +67,7 @@ class StepResult:
     run_id: str = ""
     problems: list[str] = field(default_factory=list)  # one line each
     bad_input: bool = False
+    interrupted: bool = False  # Ctrl-C / SIGTERM reached the step (Dagster stops it)
     report: dict[str, Any] = field(default_factory=dict)  # evaluation_report metadata values
 
 
@@ -210,10 +211,34 @@ def _run(
         for line in outcome.problems:
             err(line)
         steps.append(outcome)
+        if outcome.interrupted:
+            raise _Interrupted
         return outcome
 
     steps: list[StepResult] = []
     rows: list[SummaryRow] = []
+    try:
+        _steps(templates, experiments, step, rows, names, adapter_key)
+    except _Interrupted:
+        return RunOutcome(EXIT_INTERRUPTED, rows, steps)
+    for line in summary_table(rows):
+        echo(line)
+    failed = [s for s in steps if not s.ok]
+    if not failed:
+        status = EXIT_OK
+    elif any(s.bad_input for s in failed):
+        status = EXIT_BAD_INPUT
+    else:
+        status = EXIT_FAILED
+    return RunOutcome(status, rows, steps)
+
+
+class _Interrupted(Exception):
+    """A step was interrupted: the runner stops, without a summary of what did not run."""
+
+
+def _steps(templates, experiments, step, rows, names, adapter_key) -> None:
+    """Ingest, then per template its dataset and adapters, then the comparison."""
     ingest = step(["raw_chat_export", "chat_messages", "conversation_pairs"], label="ingest")
     for template in templates:
         dataset = None
@@ -233,17 +258,6 @@ def _run(
             rows.append(_summary_row(template, experiment, trained))
     if "model_comparison" in names and any(row.status == "ok" for row in rows):
         step(["model_comparison"], label="model_comparison")
-
-    for line in summary_table(rows):
-        echo(line)
-    failed = [s for s in steps if not s.ok]
-    if not failed:
-        status = EXIT_OK
-    elif any(s.bad_input for s in failed):
-        status = EXIT_BAD_INPUT
-    else:
-        status = EXIT_FAILED
-    return RunOutcome(status, rows, steps)
 
 
 def _materialize(dg: Any, assets: list, selection: list[str], *, run_id: str, **kwargs: Any) -> Any:
@@ -266,6 +280,10 @@ def _step_result(dg: Any, result: Any, label: str, verbose: bool) -> StepResult:
         op = event.step_key or "?"
         if data is not None and data.error is not None and _is_check_failure(data.error):
             continue  # a blocking check failed: its own line below says which and why
+        if data is not None and _has_error(data.error, "DagsterExecutionInterruptedError"):
+            outcome.interrupted = True
+            outcome.problems.append(f"{label}: {op} interrupted (Ctrl-C or SIGTERM)")
+            continue
         line = _failure_line(data) if data is not None else (event.message or "failed")
         outcome.problems.append(f"{label}: {op} failed: {line}")
         if verbose and data is not None and data.error is not None:
@@ -289,12 +307,17 @@ def _step_result(dg: Any, result: Any, label: str, verbose: bool) -> StepResult:
     return outcome
 
 
-def _is_check_failure(error: Any) -> bool:
+def _has_error(error: Any, cls_name: str) -> bool:
+    """Whether ``cls_name`` is the error or one of its causes."""
     while error is not None:
-        if error.cls_name == "DagsterAssetCheckFailedError":
+        if error.cls_name == cls_name:
             return True
         error = error.cause
     return False
+
+
+def _is_check_failure(error: Any) -> bool:
+    return _has_error(error, "DagsterAssetCheckFailedError")
 
 
 def _check_notes(dg: Any, result: Any) -> list[str]:

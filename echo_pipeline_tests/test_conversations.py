@@ -298,20 +298,14 @@ def test_one_session_or_nothing_held_out_leaves_test_empty():
 def test_the_real_exports_hold_out_test_pairs():
     """The four real channel exports: every one gets a non-empty test split (SDR++ used to get
     none: every session hashed into train)."""
-    from pathlib import Path
+    from real_exports import REAL_EXPORTS, me_for
 
     from echo_pipeline.exports import read_exports
 
-    real = Path(__file__).parent / "fixtures" / "real"
-    me = {
-        "ece722": "277113830809534464",
-        "Amulius": "296272996442570753",
-        "SDRplusplus": "274976585650536449",
-        "Rinkhals": "207668238182514688",
-    }
-    for path in sorted(real.glob("*.json")):
-        who = next(v for k, v in me.items() if k in path.name)
-        _table, report = build_pairs(read_exports([path]).to_pandas(), PairingConfig(me=(who,)))
+    assert len(REAL_EXPORTS) == 4
+    for path in REAL_EXPORTS:
+        config = PairingConfig(me=(me_for(path),))
+        _table, report = build_pairs(read_exports([path]).to_pandas(), config)
         counts = report.pairs_by_split
         assert counts["test"] >= 0.1 * report.pairs, (path.name, counts)
         assert counts["train"] >= 0.5 * report.pairs, (path.name, counts)

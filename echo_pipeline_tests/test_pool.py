@@ -158,7 +158,9 @@ def test_sigterm_on_a_waiting_runner_exits_at_once_and_frees_everything(pipeline
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    assert time.monotonic() - sent < 15  # ~3 s here; the margin is for a machine under load
+    # ~3 s at normal priority on the shared 2 cores (load 11); 23 s was seen under nice 10 at
+    # load 8, where the exit's second of CPU waits its turn.
+    assert time.monotonic() - sent < 30
     stderr = proc.stderr.read()
     assert stderr.strip() == (
         "SIGTERM: stopped while waiting for the gpu pool; nothing claimed, nothing trained"

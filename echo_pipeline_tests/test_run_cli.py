@@ -13,23 +13,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from real_exports import REAL_EXPORTS, REAL_ME, me_for
 from run_configs import CLI_TINY
 
 from echo_pipeline.runner import EXIT_BAD_INPUT, EXIT_FAILED
 
-REAL = Path(__file__).parent / "fixtures" / "real"
-# Suggested "me" per real export (fixtures/real/README.md)
-REAL_ME = {
-    "ece722": "277113830809534464",
-    "Amulius": "296272996442570753",
-    "SDRplusplus": "274976585650536449",
-    "Rinkhals": "207668238182514688",
-}
-SDR = next(REAL.glob("*SDRplusplus*.json"))
+SDR = next(p for p in REAL_EXPORTS if "SDRplusplus" in p.name)
 TINY_CONFIG = CLI_TINY
 
 
-def run_cli(env_root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_cli(env_root: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     """``echo-pipeline run ARGS`` with the pipeline_env fixture's environment."""
     return subprocess.run(
         [sys.executable, "-m", "echo_pipeline.cli", "run", *args],
@@ -199,15 +192,13 @@ def test_a_failed_training_subprocess_one_line_exit_1_then_a_rerun_trains(pipeli
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "export", sorted(REAL.glob("*.json")), ids=lambda p: p.name.split("__")[-1][:20]
-)
+@pytest.mark.parametrize("export", REAL_EXPORTS, ids=lambda p: p.name.split("__")[-1][:20])
 def test_every_real_export_runs_end_to_end(pipeline_env, export):
     """Each real channel export through `echo-pipeline run`, one template, a one-step recipe and
     a two-pair evaluation: exit 0, a report, and nothing on stderr (the summary is on stdout)."""
     config = pipeline_env / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY_CONFIG), encoding="utf-8")
-    me = next(v for k, v in REAL_ME.items() if k in export.name)
+    me = me_for(export)
     proc = run_cli(
         pipeline_env,
         *("--export", str(export), "--me", me, "--template", "chatml"),

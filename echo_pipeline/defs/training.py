@@ -72,7 +72,8 @@ class LoraConfig(dg.Config):
     torch_threads: int | None = Field(
         default=None,
         ge=1,
-        description="CPU threads for torch (unset: torch's default). One is faster on a busy machine.",
+        description="CPU threads for torch (unset: the cores free when training starts, at most "
+        "one per core; on a busy machine more threads than free cores is several times slower).",
     )
     out_of_process: bool = Field(
         default=True,
