@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_packing import make_examples, packed_and_solo_logits, tiny_llama
+from test_packing import make_examples, packed_and_solo_logits, segments, tiny_llama
 
 from echo_pipeline.packed_attention import ATTENTION_NAME, segment_attention, segment_bounds
 from echo_pipeline.packing import pack_examples
@@ -170,15 +170,16 @@ def test_gemma3_sliding_window_layers_keep_their_window_in_packed_rows(attn_impl
     assert max(len(e["input_ids"]) for e in examples) > 3 * 8
     (row,) = pack_examples(examples, max_tokens=4096, seed=0, shuffle=False)
 
-    with segment_attention(model) as switched:
-        assert switched
-        _, pairs = packed_and_solo_logits(
-            model, examples, position_ids=torch.tensor([row.position_ids]), use_cache=False
-        )
-
-    assert model.config._attn_implementation == attn_implementation
-    for packed, alone in pairs:
-        torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
+    ids, positions = torch.tensor([row.input_ids]), torch.tensor([row.position_ids])
+    with torch.no_grad():
+        with segment_attention(model) as switched:
+            assert switched
+            packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
+        assert model.config._attn_implementation == attn_implementation
+        for index, start, end in segments(row):  # alone: the model's own sliding-window masks
+            alone_ids = torch.tensor([examples[index]["input_ids"]])
+            alone = model(input_ids=alone_ids, use_cache=False).logits[0]
+            torch.testing.assert_close(packed[start:end], alone, atol=1e-5, rtol=0)
 
 
 def test_gemma3_window_matters_so_the_comparison_above_can_fail():
