@@ -16,6 +16,7 @@ transformers are imported inside functions so importing this module stays cheap.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -81,9 +82,22 @@ PACKAGED_GGUF: dict[str, PackagedGGUF] = {
     ),
 }
 BASE_MODEL_ALIASES = tuple(PACKAGED_GGUF)
+BASE_MODEL_ENV = "ECHO_BASE_MODEL"
+
+
+def default_base_model() -> str:
+    """The base model when none is named: env ``ECHO_BASE_MODEL``, else the bundled default."""
+    return os.environ.get(BASE_MODEL_ENV, "").strip() or DEFAULT_BASE_MODEL
+
+
 CONVERSION_RECORD = "conversion.json"
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Purpose = Literal["training", "inference"]
+CPU_BF16_ENV = "ECHO_CPU_BF16"
+#: /proc/cpuinfo flags of CPUs that compute bf16 matmuls natively (Intel since Cooper Lake and
+#: Sapphire Rapids, AMD since Zen 4); elsewhere torch emulates bf16 and is slower than fp32.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 Quantization = Literal["none", "4bit", "8bit", "auto"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -445,6 +459,65 @@ def _package_versions(*names: str) -> dict[str, str]:
     return found
 
 
+# --- dtype ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def _cpuinfo_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: no flags, so no native bf16 claimed
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The native-bf16 flags this CPU reports (empty: bf16 would be emulated)."""
+    return tuple(flag for flag in CPU_BF16_FLAGS if flag in _cpuinfo_flags())
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16).
+
+    ``ECHO_CPU_BF16=1`` or ``0`` overrides the detection (tests, or a CPU that reports the flag
+    but runs bf16 slower); any other value is an error rather than a silent guess.
+    """
+    override = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if override in ("1", "true", "yes", "on"):
+        return True
+    if override in ("0", "false", "no", "off"):
+        return False
+    if override:
+        raise BaseModelError(f"{CPU_BF16_ENV}={override!r}: set it to 1 or 0 (or unset it)")
+    return bool(cpu_bf16_flags())
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "cpu", purpose: Purpose = "training") -> str:
+    """The dtype ``load_causal_lm`` uses: ``float32``, ``bfloat16`` or ``float16``.
+
+    ``auto`` is bfloat16 on a CUDA device that supports it (float16 on one that does not). On a
+    CPU it is bfloat16 for training where bf16 is native (:func:`cpu_has_native_bf16`), float32
+    elsewhere, and float32 for inference: generation on CPU is not faster in bf16 (see
+    benchmarks/RESULTS.md), and fp32 keeps greedy replies the same on every CPU.
+    """
+    if dtype in ("float32", "bfloat16", "float16"):
+        return dtype
+    if dtype != "auto":
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    if purpose not in ("training", "inference"):
+        raise ValueError(f"purpose must be training or inference, not {purpose!r}")
+    if str(device).startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if purpose == "training" and cpu_has_native_bf16() else "float32"
+
+
 # --- loading ------------------------------------------------------------------------------
 
 
@@ -497,28 +570,24 @@ def load_causal_lm(
     quantization: Quantization = "none",
     device: str | None = None,
     attn_implementation: str = "sdpa",
+    purpose: Purpose = "training",
 ) -> PreTrainedModel:
     """The base model, ready for LoRA: safetensors only, on one device.
 
-    ``dtype="auto"`` is bfloat16 on a CUDA device that supports it (float16 on one that does
-    not) and float32 on CPU. ``quantization="auto"`` is QLoRA's 4-bit NF4 with double
-    quantisation on CUDA and none on CPU (bitsandbytes runs there, but slowly).
+    ``dtype="auto"`` follows :func:`resolve_dtype` for ``purpose``: bfloat16 on a CUDA device
+    that supports it (float16 on one that does not); on CPU bfloat16 for training where the CPU
+    has native bf16, float32 otherwise and for inference. ``quantization="auto"`` is QLoRA's
+    4-bit NF4 with double quantisation on CUDA and none on CPU (bitsandbytes runs there, but
+    slowly).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_cuda = str(device).startswith("cuda")
-    if dtype == "auto":
-        torch_dtype = (
-            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-            if on_cuda
-            else torch.float32
-        )
-    elif dtype in ("float32", "bfloat16", "float16"):
-        torch_dtype = getattr(torch, dtype)
-    else:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    torch_dtype = getattr(torch, resolve_dtype(dtype, str(device), purpose))
     if quantization == "auto":
         quantization = "4bit" if on_cuda else "none"
 
