@@ -195,3 +195,13 @@ def test_a_short_lora_run_in_bf16_trains_evaluates_and_generates(
             pad_token_id=tok.pad_token_id,
         )
     assert out.shape[1] > len(prompt)
+
+
+def test_the_ollama_template_leaves_the_bos_to_the_runtime(gemma3_tokenizer, smollm2_tokenizer):
+    from echo_pipeline.export_model import ollama_template
+
+    gemma = ollama_template("model_default", gemma3_tokenizer)
+    assert gemma.startswith("{{ if .System }}<start_of_turn>user\n{{ .System }}\n\n")
+    assert gemma.endswith("{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n")
+    # SmolLM2's bos_token is ChatML's turn opener, not a BOS: it stays in the text
+    assert ollama_template("chatml", smollm2_tokenizer).startswith("{{ if .System }}<|im_start|>")
