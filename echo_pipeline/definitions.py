@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from echo_pipeline.base_model import default_base_model
 from echo_pipeline.defs.automation import automation_jobs, automation_schedules, automation_sensors
 from echo_pipeline.defs.datasets import dataset_assets
 from echo_pipeline.defs.evaluation import evaluation_assets
@@ -20,7 +21,8 @@ from echo_pipeline.defs.training import training_assets
 def build_resources() -> dict:
     return {
         "io_manager": ParquetIOManager(),
-        "base_model": BaseModelResource(),
+        # read now, not at import: `echo-pipeline run --base-model` sets ECHO_BASE_MODEL
+        "base_model": BaseModelResource(source=default_base_model()),
         "mlflow_tracking": MlflowResource(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

@@ -22,16 +22,21 @@ _SYSTEM_MARK = "\u0000SYSTEM\u0000"
 
 def ollama_template(template: str, tokenizer: Any) -> str:
     """The training prompt format as an Ollama Go template (single turn with optional system)."""
-    from echo_pipeline.templates import ChatPair, render_inference_prompt
+    from echo_pipeline.templates import ChatPair, auto_bos_token_id, render_inference_prompt
 
     with_system = render_inference_prompt(
         template, ChatPair((), _PROMPT_MARK, None), system_prompt=_SYSTEM_MARK, tokenizer=tokenizer
     )
     without_system = render_inference_prompt(template, ChatPair((), _PROMPT_MARK, None), tokenizer=tokenizer)
     # The literal "<s>" of llama2_chat/nous_hermes is a BOS marker: the runtime adds the real
-    # BOS where the model wants one, so the text must not carry it.
-    with_system = with_system.removeprefix("<s>")
-    without_system = without_system.removeprefix("<s>")
+    # BOS where the model wants one, so the text must not carry it (nor Gemma's "<bos>"; not
+    # SmolLM2's bos_token either, which is ChatML's "<|im_start|>" and never added as a BOS).
+    bos_texts = {"<s>"}
+    if auto_bos_token_id(tokenizer) is not None and getattr(tokenizer, "bos_token", None):
+        bos_texts.add(tokenizer.bos_token)
+    for bos in bos_texts:
+        with_system = with_system.removeprefix(bos)
+        without_system = without_system.removeprefix(bos)
     head, _, tail = with_system.partition(_SYSTEM_MARK)
     system_part = "{{ if .System }}" + head + "{{ .System }}" + tail.split(_PROMPT_MARK)[0]
     prompt_start = without_system.split(_PROMPT_MARK)[0]

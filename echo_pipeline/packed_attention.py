@@ -9,6 +9,12 @@ fraction of the work, and no T x T mask to build. On a CUDA device in bf16/fp16,
 torch's flash varlen kernel (``torch.nn.attention.varlen``, torch >= 2.9) does the same for the
 whole row, without a kernel launch per sample.
 
+Sliding-window layers (Gemma 3: 5 of every 6 layers see only the last 512 tokens) pass their
+``sliding_window``; a sample longer than the window gets a banded causal mask in its own call,
+the rule transformers' sliding masks follow (a query sees itself and the ``window - 1`` keys
+before it). Models that soft-cap attention scores (Gemma 2) are left on their own
+implementation: sdpa has no soft-capping.
+
 The implementation is registered with transformers' ``AttentionInterface`` and switched on only
 inside :func:`segment_attention`, around training and held-out loss passes. Generation (padding
 masks, KV caches) never sees it: it keeps the model's own implementation.
@@ -67,42 +73,70 @@ def segment_attention_forward(
     dropout: float = 0.0,
     scaling: float | None = None,
     position_ids: Any = None,
+    sliding_window: int | None = None,
     **kwargs: Any,
 ) -> tuple[Any, None]:
-    """One causal sdpa call per packed sample; output laid out as transformers expects
-    (batch, tokens, heads, head_dim)."""
+    """One causal sdpa call per packed sample (banded when ``sliding_window`` is shorter than
+    the sample); output laid out as transformers expects (batch, tokens, heads, head_dim)."""
     import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if attention_mask is not None or query.shape[2] != key.shape[2]:
         raise RuntimeError(
             f"{ATTENTION_NAME} attention serves packed training rows only (no padding mask, no "
             "KV cache); leave the segment_attention() block before generating"
         )
+    if kwargs.get("softcap") is not None:
+        raise RuntimeError(f"{ATTENTION_NAME} attention has no attention-score soft-capping")
+
     if position_ids is None:  # one unpacked sequence per row: plain causal attention
-        return sdpa_attention_forward(
-            module, query, key, value, None, dropout=dropout, scaling=scaling, is_causal=True
+        return _causal_sdpa(module, query, key, value, dropout, scaling, sliding_window), None
+
+    def attend(b: int, start: int, end: int) -> Any:
+        return _causal_sdpa(
+            module,
+            query[b : b + 1, :, start:end],
+            key[b : b + 1, :, start:end],
+            value[b : b + 1, :, start:end],
+            dropout,
+            scaling,
+            sliding_window,
         )
+
     bounds_per_row = _cached_bounds(position_ids)
-    if _can_use_varlen(query, dropout, len(bounds_per_row)):
+    longest = max(end - start for bounds in bounds_per_row for start, end in bounds)
+    windowed = sliding_window is not None and longest > sliding_window
+    if not windowed and _can_use_varlen(query, dropout, len(bounds_per_row)):
         return _varlen_forward(query, key, value, scaling, position_ids), None
     rows = []
     for b, bounds in enumerate(bounds_per_row):
-        parts = [
-            sdpa_attention_forward(
-                module,
-                query[b : b + 1, :, start:end],
-                key[b : b + 1, :, start:end],
-                value[b : b + 1, :, start:end],
-                None,
-                dropout=dropout,
-                scaling=scaling,
-                is_causal=True,
-            )[0]
-            for start, end in bounds
-        ]
+        parts = [attend(b, start, end) for start, end in bounds]
         rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
     return (rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)), None
+
+
+def _causal_sdpa(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    dropout: float,
+    scaling: float | None,
+    sliding_window: int | None,
+) -> Any:
+    """transformers' sdpa over one sequence: causal, or banded to ``sliding_window`` keys."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    length = query.shape[2]
+    if sliding_window is None or length <= sliding_window:
+        mask, causal = None, True
+    else:
+        offsets = torch.arange(length, device=query.device)
+        distance = offsets[:, None] - offsets[None, :]  # query index minus key index
+        mask, causal = ((distance >= 0) & (distance < sliding_window))[None, None], False
+    return sdpa_attention_forward(
+        module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=causal
+    )[0]
 
 
 @functools.cache
@@ -180,13 +214,15 @@ def segment_attention(model: Any, enabled: bool = True) -> Iterator[bool]:
     """Run packed forward passes of ``model`` (a causal LM or a PEFT wrapper) with per-sample
     attention inside the block; yields whether it was switched on. Models on eager or sdpa
     attention are switched; flash/flex implementations are left alone (they already skip the
-    masked blocks), as is anything not built on transformers' attention interface."""
+    masked blocks), as is anything not built on transformers' attention interface or that
+    soft-caps attention scores (sdpa cannot)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     previous = getattr(config, "_attn_implementation", None)
     swappable = (
         enabled
         and previous in _SWAPPABLE
+        and getattr(config, "attn_logit_softcapping", None) is None
         and hasattr(base, "set_attn_implementation")
         and getattr(base, "_can_set_attn_implementation", lambda: False)()
     )

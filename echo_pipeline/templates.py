@@ -24,7 +24,9 @@ exchange is a complete seed-format block ``<s>### Instruction:\\n…\\n\\n### Re
 and a system prompt is a plain paragraph before the first ``### Instruction:`` (Alpaca's
 preamble convention). ``chatml`` ends every turn with ``<|im_end|>`` as an EOS marker, so a
 turn end means the same token in the context as after the reply. ``model_default`` is the
-tokenizer's own ``chat_template``.
+tokenizer's own ``chat_template``. A tokenizer without one (pretrained bases such as Gemma 3
+270M) gets :func:`fallback_chat_template`: Gemma's own turn format when its vocabulary has
+``<start_of_turn>``/``<end_of_turn>`` as special tokens, ChatML otherwise.
 
 This module is pure Python: it imports neither torch nor transformers (``model_default`` calls
 methods of the tokenizer object it is given).
@@ -302,9 +304,47 @@ def _facts(tokenizer: Any) -> tuple[int | None, frozenset[str]]:
     return facts
 
 
+#: Gemma's turn format (its instruction-tuned models' template, text content only): the system
+#: prompt opens the first user turn, the assistant's role is ``model``, and every turn ends with
+#: ``<end_of_turn>``, which thus also ends the labelled reply.
+GEMMA_TURNS_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set first = messages[0]['content'] + '\n\n' %}{% set chat = messages[1:] %}"
+    "{% else %}{% set first = '' %}{% set chat = messages %}{% endif %}"
+    "{% for m in chat %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ first if loop.first else '' }}{{ m['content'] | trim }}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+GEMMA_TURN_TOKENS = ("<start_of_turn>", "<end_of_turn>")
+
+
+def has_own_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def fallback_chat_template(tokenizer: Any) -> str | None:
+    """What ``model_default`` renders with when the tokenizer has no ``chat_template``.
+
+    ``None`` when it has one. Otherwise Gemma's turn format if both turn markers are special
+    tokens of the vocabulary (a pretrained Gemma has them, untrained but reserved), so
+    ``model_default`` on Gemma means what its instruction-tuned siblings use; ChatML (with the
+    EOS token ending turns when ``<|im_end|>`` is no token) for any other tokenizer.
+    """
+    if has_own_chat_template(tokenizer):
+        return None
+    specials = _facts(tokenizer)[1]
+    if all(token in specials for token in GEMMA_TURN_TOKENS):
+        return GEMMA_TURNS_CHAT_TEMPLATE
+    return jinja_chat_template("chatml", tokenizer)
+
+
 def _apply_chat_template(tokenizer: Any, messages: list[dict[str, str]], generation: bool) -> str:
     text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation, return_dict=False
+        messages,
+        tokenize=False,
+        add_generation_prompt=generation,
+        return_dict=False,
+        chat_template=fallback_chat_template(tokenizer),
     )
     if not isinstance(text, str):
         raise TemplateError(
@@ -402,11 +442,12 @@ def jinja_chat_template(template: str, tokenizer: Any) -> str | None:
 
     Saved with every adapter (and merged model), so tools that format prompts with the
     tokenizer (vLLM, text-generation-webui, ``apply_chat_template``) use the format the adapter
-    was trained on. ``None`` for ``model_default``: the tokenizer's own template already is it.
+    was trained on. For ``model_default`` that is the tokenizer's own template (``None``: keep
+    it) or, when it has none, :func:`fallback_chat_template`.
     """
     check_template(template)
     if template == "model_default":
-        return None
+        return fallback_chat_template(tokenizer)
     bos, eos = _jinja_literals(tokenizer)
     if template == "chatml":
         end = "<|im_end|>" if "<|im_end|>" in _facts(tokenizer)[1] else eos
@@ -422,7 +463,9 @@ def jinja_chat_template(template: str, tokenizer: Any) -> str | None:
         body = (
             "{% for m in chat %}{% if m['role'] == 'user' %}" + bos + "[INST] "
             "{% if loop.first and sys %}<<SYS>>\n{{ sys }}\n<</SYS>>\n\n{% endif %}"
-            "{{ m['content'] }} [/INST]{% else %} {{ m['content'] }} " + eos + "{% endif %}{% endfor %}"
+            "{{ m['content'] }} [/INST]{% else %} {{ m['content'] }} "
+            + eos
+            + "{% endif %}{% endfor %}"
         )
     else:  # nous_hermes
         body = (

@@ -17,6 +17,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# dtype "auto" trains in bf16 on CPUs with native bf16: the suite pins fp32 so its numbers are the
+# same on every CPU; tests of the bf16 path set ECHO_CPU_BF16=1 themselves.
+os.environ.setdefault("ECHO_CPU_BF16", "0")
 
 from echo_pipeline import paths  # after the offline switches, like every test import
 
@@ -31,6 +34,28 @@ def base_model():
 
     with mock.patch.dict(os.environ, {"ECHO_DATA_DIR": str(_SESSION_DATA_DIR)}):
         return resolve_base_model()
+
+
+@pytest.fixture(scope="session")
+def gemma3_base():
+    """The second offline base, Gemma 3 270M (converted on first use, ~1.5 min; reused after).
+    Skips where its packages are not installed."""
+    from echo_pipeline.base_model import GEMMA3_270M, BaseModelError, resolve_base_model
+
+    with mock.patch.dict(os.environ, {"ECHO_DATA_DIR": str(_SESSION_DATA_DIR)}):
+        try:
+            return resolve_base_model(GEMMA3_270M)
+        except BaseModelError as error:
+            if "not installed" not in str(error):
+                raise
+            pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def gemma3_tokenizer(gemma3_base):
+    from echo_pipeline.base_model import load_tokenizer
+
+    return load_tokenizer(gemma3_base)
 
 
 @pytest.fixture(scope="session")

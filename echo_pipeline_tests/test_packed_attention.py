@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_packing import make_examples, packed_and_solo_logits, tiny_llama
+from test_packing import make_examples, packed_and_solo_logits, segments, tiny_llama
 
 from echo_pipeline.packed_attention import ATTENTION_NAME, segment_attention, segment_bounds
 from echo_pipeline.packing import pack_examples
@@ -137,3 +137,63 @@ def test_on_a_gpu_in_bf16_the_varlen_kernel_gives_each_sample_its_own_logits():
         segment = packed[start : start + alone.shape[0]]
         torch.testing.assert_close(segment, alone, atol=3e-2, rtol=3e-2)  # bf16 rounding
         start += alone.shape[0]
+
+
+def tiny_gemma3(sliding_window: int = 8, attn_implementation: str = "sdpa"):
+    """Gemma 3's shape in miniature: sliding-window layers around a global one, one key/value
+    head for four query heads, tied embeddings."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=512,
+        attn_implementation=attn_implementation,
+    )
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_gemma3_sliding_window_layers_keep_their_window_in_packed_rows(attn_implementation):
+    """Samples several times longer than the window: each still sees only its last 8 tokens."""
+    model = tiny_gemma3(sliding_window=8, attn_implementation=attn_implementation)
+    examples = make_examples(5, mean_tokens=40, seed=5)
+    assert max(len(e["input_ids"]) for e in examples) > 3 * 8
+    (row,) = pack_examples(examples, max_tokens=4096, seed=0, shuffle=False)
+
+    ids, positions = torch.tensor([row.input_ids]), torch.tensor([row.position_ids])
+    with torch.no_grad():
+        with segment_attention(model) as switched:
+            assert switched
+            packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
+        assert model.config._attn_implementation == attn_implementation
+        for index, start, end in segments(row):  # alone: the model's own sliding-window masks
+            alone_ids = torch.tensor([examples[index]["input_ids"]])
+            alone = model(input_ids=alone_ids, use_cache=False).logits[0]
+            torch.testing.assert_close(packed[start:end], alone, atol=1e-5, rtol=0)
+
+
+def test_gemma3_window_matters_so_the_comparison_above_can_fail():
+    """Negative control: the same weights with a window wider than every sample differ."""
+    examples = make_examples(3, mean_tokens=40, seed=5)
+    ids = torch.tensor([examples[0]["input_ids"]])
+    with torch.no_grad():
+        narrow = tiny_gemma3(sliding_window=8)(input_ids=ids, use_cache=False).logits
+        wide = tiny_gemma3(sliding_window=4096)(input_ids=ids, use_cache=False).logits
+    assert (narrow - wide).abs().max().item() > 1e-2
+
+
+def test_models_that_soft_cap_attention_keep_their_own_implementation():
+    model = tiny_gemma3()
+    model.config.attn_logit_softcapping = 50.0
+    with segment_attention(model) as isolated:
+        assert not isolated and model.config._attn_implementation == "sdpa"

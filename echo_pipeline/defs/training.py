@@ -63,6 +63,12 @@ class LoraConfig(dg.Config):
         default=None,
         description="'auto' (4-bit QLoRA on CUDA, none on CPU), '4bit', '8bit' or 'none'.",
     )
+    dtype: str | None = Field(
+        default=None,
+        description="'auto' (default): bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16 or "
+        "AMX; env ECHO_CPU_BF16=0/1 overrides), fp32 on other CPUs; or 'float32', 'bfloat16', "
+        "'float16'. The dtype used is logged as train.resolved_dtype.",
+    )
     gradient_checkpointing: bool | None = Field(
         default=None, description="Trade compute for memory (long packs, big models)."
     )

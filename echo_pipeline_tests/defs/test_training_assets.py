@@ -101,6 +101,10 @@ def test_lora_adapter_trains_tracks_lineage_and_beats_the_base(chatml_dataset, p
     assert run.info.run_name == "chatml/demo" and run.info.status == "FINISHED"
     assert run.data.params["train.lora_r"] == "16" and run.data.params["train.max_steps"] == "2"
     assert run.data.params["template"] == "chatml"
+    # dtype "auto", resolved on this machine (the suite pins fp32 with ECHO_CPU_BF16=0)
+    assert run.data.params["train.resolved_dtype"] == "float32"
+    assert lineage["training"]["dtype"] == "auto"
+    assert lineage["training"]["resolved_dtype"] == "float32"
     assert run.data.tags["dagster.partition_key"] == str(key)
     assert run.data.tags["dagster.asset_key"] == "lora_adapter"
     assert run.data.tags["dagster.run_id"] == result.run_id
