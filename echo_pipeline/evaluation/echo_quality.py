@@ -330,7 +330,8 @@ class VerdictThresholds:
     a person). The others were set on the real corpora (benchmarks/RESULTS.md): fluent English
     from the untrained base keeps 0.87-0.9x my known-word rate on a technical channel (its
     words are real, just not mine), so babble starts below 0.8x; the base's replies are told
-    from mine with a discriminator AUC of 0.95-0.98, so "unlike you" starts above 0.9; the
+    from mine with a discriminator AUC of 0.95-0.98, so "unlike you" starts above 0.9, and for an
+    adapter above halfway from its base's AUC to 0.5 (the issue-11 target); the
     attribution classifier is weak on small exports (balanced accuracy ~0.78), so it only
     vetoes below half my own share.
     """
@@ -449,10 +450,16 @@ def verdict(
         )
     ratio_gate(UNLIKE_YOU, "attributed_share", ">=", t.min_attributed_ratio)
     if mine["discriminator_auc"] is not None:
+        # A clone must close at least half the gap between its base and a reader's coin flip.
+        limit = t.max_discriminator_auc
+        base_auc = get("base_discriminator_auc") if side != "base" else None
+        if base_auc is not None:
+            limit = min(limit, (base_auc + 0.5) / 2)
         gate(
             UNLIKE_YOU,
-            mine["discriminator_auc"] <= t.max_discriminator_auc,
-            f"discriminator AUC {mine['discriminator_auc']:.3f} (limit <= {t.max_discriminator_auc:.3f}; 0.5: indistinguishable)",
+            mine["discriminator_auc"] <= limit,
+            f"discriminator AUC {mine['discriminator_auc']:.3f} (limit <= {limit:.3f}: halfway "
+            "from the base's to 0.5, the coin flip of a reader who cannot tell)",
         )
 
     failed = [g for g in gates if not g[2]]

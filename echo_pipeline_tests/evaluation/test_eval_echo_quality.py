@@ -167,6 +167,14 @@ def test_fluent_text_a_discriminator_tells_apart_is_unlike_you():
     assert judged.label == UNLIKE_YOU
 
 
+def test_an_adapter_must_close_half_the_gap_from_its_base_to_a_coin_flip():
+    # The base is told apart at 0.96: halfway to 0.5 is 0.73.
+    metrics = _metrics([_like_me(0)], auc=0.8) | {"base_discriminator_auc": 0.96}
+    judged = verdict(metrics, "adapter")
+    assert judged.label == UNLIKE_YOU and "0.730" in judged.reasons[0]
+    assert verdict(metrics | {"adapter_discriminator_auc": 0.7}, "adapter").ok
+
+
 def test_the_worst_failure_names_the_verdict_and_every_failure_is_listed():
     collapsed_babble = [["zzkkoo"] * len(REAL)]
     judged = verdict(_metrics(collapsed_babble, auc=0.99), "adapter")
