@@ -100,18 +100,23 @@ def collect(metrics_file: Path, ok: bool = True, minutes: float = float("nan")) 
     """The numbers, verdicts and a few samples of one evaluation report."""
     if not metrics_file.exists():
         return {"ok": False, "minutes": minutes}
+    from echo_pipeline.evaluation.echo_quality import verdict
+
     report = json.loads(metrics_file.read_text(encoding="utf-8"))
     samples = [
         {k: s.get(k) for k in ("prompt", "real", "base", "adapter")} for s in report["samples"][:6]
     ]
+    # Judged again with today's thresholds, so rows evaluated on different days compare.
+    verdicts = {side: verdict(report["metrics"], side) for side in ("base", "adapter")}
     return {
         "ok": ok,
         "minutes": minutes,
         "metrics": report["metrics"],
-        "verdicts": {side: v["label"] for side, v in report.get("verdicts", {}).items()},
-        "reasons": {side: v["reasons"] for side, v in report.get("verdicts", {}).items()},
+        "verdicts": {side: v.label for side, v in verdicts.items()},
+        "reasons": {side: list(v.reasons) for side, v in verdicts.items()},
         "samples": samples,
         "training": report["lineage"].get("training", {}),
+        "training_results": report["lineage"].get("training_results", {}),
     }
 
 
