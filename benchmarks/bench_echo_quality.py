@@ -106,6 +106,7 @@ def collect(metrics_file: Path, ok: bool = True, minutes: float = float("nan")) 
     samples = [
         {k: s.get(k) for k in ("prompt", "real", "base", "adapter")} for s in report["samples"][:6]
     ]
+    _add_real_stop_rate(report)
     # Judged again with today's thresholds, so rows evaluated on different days compare.
     verdicts = {side: verdict(report["metrics"], side) for side in ("base", "adapter")}
     return {
@@ -118,6 +119,21 @@ def collect(metrics_file: Path, ok: bool = True, minutes: float = float("nan")) 
         "training": report["lineage"].get("training", {}),
         "training_results": report["lineage"].get("training_results", {}),
     }
+
+
+def _add_real_stop_rate(report: dict) -> None:
+    """Reports older than the metric: the share of my real replies that fit the bound, from the
+    dataset (the same computation as the evaluation's)."""
+    if "real_stop_rate" in report["metrics"]:
+        return
+    import pyarrow.parquet as pq
+
+    frame = pq.read_table(report["lineage"]["dataset_path"]).to_pandas()
+    lengths = frame.drop_duplicates("pair_id").set_index("pair_id")["completion_tokens"]
+    chosen = lengths.reindex([s["pair_id"] for s in report["samples"]]).dropna()
+    bound = report["config"]["generation"]["max_new_tokens"]
+    if len(chosen):
+        report["metrics"]["real_stop_rate"] = float((chosen <= bound).mean())
 
 
 def targets(metrics: dict) -> dict[str, bool]:
