@@ -180,6 +180,47 @@ def _cell(metrics: dict, side: str, key: str) -> str:
     return f"{value:.3f}"
 
 
+def markdown(rows: list[dict]) -> str:
+    """One table per corpus: a column per (config, base) run, mine and the base alongside."""
+    out = []
+    for corpus in dict.fromkeys(r["corpus"] for r in rows):
+        runs = [r for r in rows if r["corpus"] == corpus and "metrics" in r["result"]]
+        if not runs:
+            continue
+        bases = list({r["base_model"]: r for r in reversed(runs)}.values())  # one run per base
+        head = ["measure", "mine", *(f"base ({r['base_model']})" for r in bases)]
+        head += [f"adapter: {r['config']} ({r['base_model']})" for r in runs]
+        lines = [f"**{corpus}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for label, key in SHOWN:
+            if key == "verdict":
+                cells = ["", *(r["result"]["verdicts"]["base"] for r in bases)]
+                cells += [f"**{r['result']['verdicts']['adapter']}**" for r in runs]
+            else:
+                first = runs[0]["result"]["metrics"]
+                cells = [_cell(first, "real", key)]
+                cells += [_cell(r["result"]["metrics"], "base", key) for r in bases]
+                cells += [_cell(r["result"]["metrics"], "adapter", key) for r in runs]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        met = [targets(r["result"]["metrics"]) for r in runs]
+        lines.append(
+            "| issue-11 targets met | | "
+            + " | ".join("" for _ in bases)
+            + " | "
+            + " | ".join(f"{sum(m.values())}/{len(m)}" for m in met)
+            + " |"
+        )
+        minutes = [f"{r['result']['minutes']:.0f}" for r in runs]
+        lines.append(
+            "| minutes (train + evaluate) | | "
+            + " | ".join("" for _ in runs)
+            + " | "
+            + " | ".join(minutes)
+            + " |"
+        )
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
 def print_table(rows: list[dict]) -> None:
     for row in rows:
         result = row["result"]
@@ -229,7 +270,14 @@ def main() -> int:
         metavar=("CORPUS", "CONFIG", "BASE", "MINUTES"),
         help="Record a finished run of this script's --workdir again (e.g. after a crash).",
     )
+    parser.add_argument(
+        "--markdown", action="store_true", help="Print the recorded results as Markdown tables."
+    )
     args = parser.parse_args()
+
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
 
     if args.collect:
         corpus, config, base, minutes = args.collect
