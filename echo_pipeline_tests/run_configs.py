@@ -32,12 +32,13 @@ QUICK_EVALUATION = {
 }
 
 # The same cuts for `echo-pipeline run --config FILE` (with --max-steps 1 --eval-max-pairs 2):
-# one 256-token step, one thread, an evaluation of two pairs with 8 new tokens and no MiniLM.
+# one 512-token step (real exports have 280-token samples), one thread, an evaluation of two
+# pairs with 8 new tokens and no MiniLM.
 CLI_TINY = {
     "ops": {
         "lora_adapter": {
             "config": {
-                "pack_tokens": 256,
+                "pack_tokens": 512,
                 "eval_every": 0,
                 "checkpoint_every": 0,
                 "torch_threads": 1,
