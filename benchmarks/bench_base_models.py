@@ -82,7 +82,9 @@ def one(
     model = load_causal_lm(resolved, dtype=dtype, quantization="none", device="cpu")
     load_s = time.perf_counter() - load_started
     load_at_start = _common.load_str()
+    cpu_started = time.process_time()
     summary, peft_model = recipes.run_packed(model, chosen, pack_tokens=pack_tokens)
+    train_cpu_s = time.process_time() - cpu_started
     rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     base_model = peft_model.unload().eval()
 
@@ -120,11 +122,12 @@ def one(
 
     generate(prompt_ids[:8], 4)  # warm-up
     gen_load = _common.load_str()
-    gen_started = time.perf_counter()
+    gen_started, gen_cpu_started = time.perf_counter(), time.process_time()
     replies = []
     for start in range(0, len(prompt_ids), 8):
         replies += generate(prompt_ids[start : start + 8], max_new_tokens)
     gen_s = time.perf_counter() - gen_started
+    gen_cpu_s = time.process_time() - gen_cpu_started
     texts = [
         tokenizer.decode(r[: r.index(eos)] if eos in r else r, skip_special_tokens=True)
         for r in replies
@@ -144,12 +147,16 @@ def one(
         "real_tokens_per_s_incl_first": round(summary["real_tokens_per_s_incl_first"], 1),
         # the same speed in pairs (this tokenizer's mean pair length), comparable across bases
         "pairs_per_s": round(summary["real_tokens_per_s"] * len(chosen) / total, 2),
+        # per CPU-second of this process (all steps): steadier than wall time on a busy machine
+        # with one thread; with several, threads spin while they wait and inflate it
+        "real_tokens_per_cpu_s": round(summary["real_tokens"] / train_cpu_s, 1),
         "train_loss": summary["train_loss"],
         "train_load_at_start": load_at_start,
         "peak_rss_train_mb": round(rss_train),
         "generations": len(replies),
         "generation_s": round(gen_s, 2),
         "replies_per_s": round(len(replies) / gen_s, 3),
+        "replies_per_cpu_s": round(len(replies) / gen_cpu_s, 3),
         "stop_rate": sum(eos in r for r in replies) / len(replies),
         "generation_load_at_start": gen_load,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10),
@@ -216,22 +223,25 @@ def main(argv: list[str] | None = None) -> int:
             runs[(base, dtype)].append(result)
             print(
                 f"round {round_no + 1} {base:<22} {dtype:<8} train {result['real_tokens_per_s']:6.1f}"
-                f" real tok/s, {result['pairs_per_s']:5.2f} pairs/s (load "
-                f"{result['train_load_at_start']}), gen {result['replies_per_s']:.2f} replies/s "
-                f"(load {result['generation_load_at_start']}), peak RSS {result['peak_rss_mb']} MB",
+                f" real tok/s ({result['real_tokens_per_cpu_s']:.1f} per CPU-s), "
+                f"{result['pairs_per_s']:5.2f} pairs/s (load {result['train_load_at_start']}), gen "
+                f"{result['replies_per_s']:.2f} replies/s ({result['replies_per_cpu_s']:.2f} per "
+                f"CPU-s; load {result['generation_load_at_start']}), peak RSS "
+                f"{result['peak_rss_mb']} MB",
                 flush=True,
             )
     best = {c: max(r, key=lambda x: x["real_tokens_per_s"]) for c, r in runs.items()}
     print(
-        "\n| base | dtype | train real tok/s | pairs/s | train loss | replies/s (batch 8) | "
-        "stop rate | peak RSS | load at start |"
+        "\n| base | dtype | train real tok/s | per CPU-s | pairs/s | train loss | "
+        "replies/s (batch 8) | per CPU-s | stop rate | peak RSS | load at start |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (base, dtype), b in best.items():
         print(
-            f"| {base} | {dtype} | {b['real_tokens_per_s']:.1f} | {b['pairs_per_s']:.2f} | "
-            f"{b['train_loss']:.3f} | {b['replies_per_s']:.2f} | {b['stop_rate']:.0%} | "
-            f"{b['peak_rss_mb']} MB | {b['train_load_at_start']} |"
+            f"| {base} | {dtype} | {b['real_tokens_per_s']:.1f} | {b['real_tokens_per_cpu_s']:.1f} "
+            f"| {b['pairs_per_s']:.2f} | {b['train_loss']:.3f} | {b['replies_per_s']:.2f} | "
+            f"{b['replies_per_cpu_s']:.2f} | {b['stop_rate']:.0%} | {b['peak_rss_mb']} MB | "
+            f"{b['train_load_at_start']} |"
         )
     for base in args.bases.split(","):
         b = next(r for (name, _), r in best.items() if name == base)
