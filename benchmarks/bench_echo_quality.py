@@ -212,7 +212,7 @@ def markdown(rows: list[dict]) -> str:
         minutes = [f"{r['result']['minutes']:.0f}" for r in runs]
         lines.append(
             "| minutes (train + evaluate) | | "
-            + " | ".join("" for _ in runs)
+            + " | ".join("" for _ in bases)
             + " | "
             + " | ".join(minutes)
             + " |"
