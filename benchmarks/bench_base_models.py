@@ -7,7 +7,7 @@
 Every (base, dtype) runs in its own subprocess, so its peak RSS is its own and no allocator state
 carries over. Each one: resolves the base (the conversion time is read from its
 ``conversion.json``), builds the bundled sample's pairs with that base's tokenizer and the
-``model_default`` template (ChatML on SmolLM2, Gemma's turn format on Gemma 3), trains LoRA
+``model_default`` template (ChatML on both: SmolLM2's own, Gemma's fallback), trains LoRA
 with the project's defaults (r16, all linear layers, per-sample attention; ``--pack-tokens``) on
 the first train examples up to ``--real-tokens`` (the first step is left out of the speed: it
 pays one-off allocations), then generates greedy replies to held-out

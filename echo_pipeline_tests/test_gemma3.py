@@ -15,7 +15,6 @@ import torch
 
 from echo_pipeline import base_model as bm
 from echo_pipeline.templates import (
-    GEMMA_TURNS_CHAT_TEMPLATE,
     TEMPLATE_NAMES,
     ChatPair,
     ContextTurn,
@@ -61,26 +60,29 @@ def test_its_tokenizer_adds_a_bos_ends_with_eos_and_has_no_chat_template(gemma3_
     tok = gemma3_tokenizer
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<bos>", "<eos>", "<pad>")
     assert auto_bos_token_id(tok) == tok.bos_token_id == 2
-    assert not tok.chat_template  # pretrained: model_default falls back to Gemma's turns
+    assert not tok.chat_template  # pretrained: model_default falls back to ChatML
     for marker, token_id in (("<start_of_turn>", 105), ("<end_of_turn>", 106)):
         assert tok(marker, add_special_tokens=False)["input_ids"] == [token_id]
 
 
-def test_model_default_is_gemmas_turn_format_ending_replies_with_end_of_turn(gemma3_tokenizer):
+def test_model_default_falls_back_to_chatml_with_the_same_ids(gemma3_tokenizer):
+    """No chat template: ChatML, turns ending with <eos> as in the chatml template (Gemma's own
+    <start_of_turn> markers are untrained in the pretrained model: 3 nats worse, see RESULTS)."""
     tok = gemma3_tokenizer
     rendering = render("model_default", PAIR, system_prompt=SYSTEM, tokenizer=tok)
     assert rendering.text == (
-        f"<bos><start_of_turn>user\n{SYSTEM}\n\nhey, you around?<end_of_turn>\n"
-        "<start_of_turn>model\nyep<end_of_turn>\n"
-        "<start_of_turn>user\nwant to grab lunch?<end_of_turn>\n"
-        "<start_of_turn>model\nsure, 12:30?<end_of_turn>"
+        f"<|im_start|>system\n{SYSTEM}<eos>\n<|im_start|>user\nhey, you around?<eos>\n"
+        "<|im_start|>assistant\nyep<eos>\n<|im_start|>user\nwant to grab lunch?<eos>\n"
+        "<|im_start|>assistant\nsure, 12:30?<eos>"
     )
     example = tokenize_pair("model_default", tok, PAIR, system_prompt=SYSTEM)
     assert example.input_ids[0] == 2 and example.input_ids.count(2) == 1  # one BOS, by id
-    assert example.labels[-1] == 106 == stop_token_id("model_default", tok)
-    assert example.input_ids.count(105) == 4 and example.input_ids.count(106) == 4
+    assert example.labels[-1] == 1 == stop_token_id("model_default", tok)
+    chatml = tokenize_pair("chatml", tok, PAIR, system_prompt=SYSTEM)
+    assert (example.input_ids, example.labels) == (chatml.input_ids, chatml.labels)
     # the adapter saves the template it was trained with, and it renders the same text
-    assert jinja_chat_template("model_default", tok) == GEMMA_TURNS_CHAT_TEMPLATE
+    saved = jinja_chat_template("model_default", tok)
+    assert saved == jinja_chat_template("chatml", tok)
     messages = [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": "hey, you around?"},
@@ -88,11 +90,7 @@ def test_model_default_is_gemmas_turn_format_ending_replies_with_end_of_turn(gem
         {"role": "user", "content": "want to grab lunch?"},
     ]
     text = tok.apply_chat_template(
-        messages,
-        chat_template=GEMMA_TURNS_CHAT_TEMPLATE,
-        tokenize=False,
-        add_generation_prompt=True,
-        return_dict=False,
+        messages, chat_template=saved, tokenize=False, add_generation_prompt=True, return_dict=False
     )
     assert text == rendering.prompt_text
 
@@ -110,7 +108,7 @@ def test_every_template_tokenizes_with_inference_parity(gemma3_tokenizer, templa
     assert example.labels[-1] == stop and tok.decode(example.labels[example.prompt_len : -1])
     # chatml spells <|im_end|> in text (not in Gemma's vocabulary): replies end with <eos>;
     # "</s>" is one of Gemma's added tokens, so llama2_chat/nous_hermes end on it.
-    expected = {"chatml": 1, "model_default": 106}.get(template, tok.convert_tokens_to_ids("</s>"))
+    expected = {"chatml": 1, "model_default": 1}.get(template, tok.convert_tokens_to_ids("</s>"))
     assert stop == expected
 
 
@@ -162,7 +160,7 @@ def test_a_short_lora_run_in_bf16_trains_evaluates_and_generates(
     gemma3_base, gemma3_tokenizer, tmp_path, monkeypatch
 ):
     """dtype auto on a CPU with native bf16 (forced here): two steps, the vocabulary projection
-    at labelled positions only, held-out loss, then greedy replies ending at <end_of_turn>."""
+    at labelled positions only, held-out loss, then greedy replies."""
     from echo_pipeline.training import TrainingConfig, reply_loss, train_lora
 
     monkeypatch.setenv(bm.CPU_BF16_ENV, "1")
@@ -200,8 +198,16 @@ def test_a_short_lora_run_in_bf16_trains_evaluates_and_generates(
 def test_the_ollama_template_leaves_the_bos_to_the_runtime(gemma3_tokenizer, smollm2_tokenizer):
     from echo_pipeline.export_model import ollama_template
 
-    gemma = ollama_template("model_default", gemma3_tokenizer)
-    assert gemma.startswith("{{ if .System }}<start_of_turn>user\n{{ .System }}\n\n")
-    assert gemma.endswith("{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n")
+    tok = gemma3_tokenizer
+    it_template = (  # what Gemma's instruction-tuned tokenizers carry: the BOS written in text
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+        "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
+    tok.chat_template = it_template
+    try:
+        gemma = ollama_template("model_default", tok)
+    finally:
+        tok.chat_template = None
+    assert gemma.startswith("{{ if .System }}<start_of_turn>system\n{{ .System }}")
     # SmolLM2's bos_token is ChatML's turn opener, not a BOS: it stays in the text
     assert ollama_template("chatml", smollm2_tokenizer).startswith("{{ if .System }}<|im_start|>")
