@@ -114,9 +114,11 @@ def _load_run_config(path: str) -> dict:
     try:
         config = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as error:
-        raise UsageError(f"{source}: cannot read run config: {' '.join(str(error).split())}") from error
+        reason = " ".join(str(error).split())
+        raise UsageError(f"{source}: cannot read run config: {reason}") from error
     if not isinstance(config, dict) or not isinstance(config.get("ops", {}), dict):
-        raise UsageError(f'{source}: a run config is a mapping like {{"ops": {{"lora_adapter": {{"config": {{...}}}}}}}}')
+        example = '{"ops": {"lora_adapter": {"config": {...}}}}'
+        raise UsageError(f"{source}: a run config is a mapping like {example}")
     return config
 
 
@@ -246,11 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--me", action="append", help="Your author id or name (repeatable; default env ECHO_ME).")
     p.add_argument("--template", action="append", choices=TEMPLATE_NAMES, help="Templates (default: all).")
     p.add_argument("--experiment", action="append", choices=list(EXPERIMENTS), help="Recipes (default: demo).")
-    p.add_argument("--base-model", help="Base model: alias, local directory, .gguf or hub id (default: env ECHO_BASE_MODEL or SmolLM2-135M-Instruct).")
-    p.add_argument("--max-steps", type=int, help="Cut training to this many optimizer steps (a quick trial).")
-    p.add_argument("--eval-max-pairs", type=int, help="Evaluate on at most this many held-out pairs (a quick trial).")
+    p.add_argument(
+        "--base-model",
+        help="Base model: alias, local directory, .gguf or hub id "
+        "(default: env ECHO_BASE_MODEL or SmolLM2-135M-Instruct).",
+    )
+    p.add_argument(
+        "--max-steps", type=int, help="Cut training to this many optimizer steps (a quick trial)."
+    )
+    p.add_argument(
+        "--eval-max-pairs",
+        type=int,
+        help="Evaluate on at most this many held-out pairs (a quick trial).",
+    )
     p.add_argument("--config", help="Dagster run config file (YAML/JSON) with per-op settings.")
-    p.add_argument("-v", "--verbose", action="store_true", help="Dagster's log and tracebacks on the terminal.")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="Dagster's log and tracebacks on the terminal."
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("show-labels", help="Print samples token by token with their labels (masking check).")
