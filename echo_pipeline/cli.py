@@ -167,9 +167,11 @@ def _load_run_config(path: str) -> dict:
     try:
         config = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as error:
-        raise UsageError(f"{source}: cannot read run config: {' '.join(str(error).split())}") from error
+        reason = " ".join(str(error).split())
+        raise UsageError(f"{source}: cannot read run config: {reason}") from error
     if not isinstance(config, dict) or not isinstance(config.get("ops", {}), dict):
-        raise UsageError(f'{source}: a run config is a mapping like {{"ops": {{"lora_adapter": {{"config": {{...}}}}}}}}')
+        example = '{"ops": {"lora_adapter": {"config": {...}}}}'
+        raise UsageError(f"{source}: a run config is a mapping like {example}")
     return config
 
 
@@ -356,10 +358,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="Export file or folder (default: env ECHO_EXPORT_DIR or the sample).")
     p.add_argument("--me", action="append", help="Your author id or name (repeatable; default env ECHO_ME).")
     p.add_argument("--template", action="append", choices=TEMPLATE_NAMES, help="Templates (default: all).")
-    p.add_argument("--experiment", action="append", choices=list(EXPERIMENTS), help="Recipes (default: echo for --export, sized for real chats on a CPU; demo for the sample).")
-    p.add_argument("--base-model", help=f"{base_model_help} (default: env ECHO_BASE_MODEL or {DEFAULT_BASE_MODEL}).")
-    p.add_argument("--max-steps", type=int, help="Cut training to this many optimizer steps (a quick trial).")
-    p.add_argument("--eval-max-pairs", type=int, help="Evaluate on at most this many held-out pairs (a quick trial).")
+    p.add_argument(
+        "--experiment",
+        action="append",
+        choices=list(EXPERIMENTS),
+        help="Recipes (default: echo for --export, sized for real chats on a CPU; demo for the sample).",
+    )
+    p.add_argument(
+        "--base-model",
+        help=f"{base_model_help} (default: env ECHO_BASE_MODEL or {DEFAULT_BASE_MODEL}).",
+    )
+    p.add_argument(
+        "--max-steps", type=int, help="Cut training to this many optimizer steps (a quick trial)."
+    )
+    p.add_argument(
+        "--eval-max-pairs",
+        type=int,
+        help="Evaluate on at most this many held-out pairs (a quick trial).",
+    )
     p.add_argument("--config", help="Dagster run config file (YAML/JSON) with per-op settings.")
     p.set_defaults(func=_cmd_run)
 

@@ -103,7 +103,7 @@ def run_pipeline(
     experiments: Sequence[str],
     *,
     run_config: dict | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
     error: Callable[[str], None] | None = None,
     base_model: str | None = None,
     log_file: Path | None = None,
@@ -111,11 +111,16 @@ def run_pipeline(
 ) -> RunOutcome:
     """Materialise ingest, then per template its dataset and adapters (and evaluations).
 
-    ``echo`` gets the progress lines and the summary, ``error`` the one line per failure (stderr
-    by default). With ``log_file``, everything else written to stderr (Dagster's log, library
+    ``echo`` gets the progress lines and the summary (stdout by default), ``error`` the one line
+    per failure (stderr by default). With ``log_file``, everything else written to stderr (Dagster's log, library
     warnings, the training subprocess' output) goes to that file instead of the terminal.
     """
     from echo_pipeline.pool import PoolWaitInterrupted
+
+    if echo is None:  # flushed line by line: a "waiting for pool" line must show at once
+
+        def echo(line: str) -> None:
+            print(line, flush=True)
 
     with _stderr_to(log_file) as terminal_stderr:
         err = error or (lambda line: print(line, file=terminal_stderr, flush=True))

@@ -318,7 +318,7 @@ def heldout_check(df: pd.DataFrame) -> dg.AssetCheckResult:
         dg.AssetCheckSpec(name=name, asset="conversation_pairs", blocking=True, description=desc)
         for name, desc in (
             ("has_pairs", "At least one pair in the train split."),
-            ("has_heldout_pairs", "Test pairs to evaluate the adapter on (checked before any training)."),
+            ("has_heldout_pairs", "Test pairs to evaluate the adapter on (before any training)."),
             ("replies_are_mine", "Every reply was written by one of my author ids."),
             ("prompts_are_others", "Every prompt was written by someone else."),
             ("pairs_within_session", "Prompt, context and reply come from the same session."),
