@@ -100,8 +100,8 @@ class EvaluationReportConfig(dg.Config):
     torch_threads: int | None = Field(
         default=None,
         ge=1,
-        description="CPU threads for the models (unset: torch's default). On a CPU shared with "
-        "other jobs, 1 can be several times faster.",
+        description="CPU threads for the models (unset: the cores idle when the evaluation starts, "
+        "at most torch's default, so a busy machine does not collapse it).",
     )
 
     def evaluation_config(self):
