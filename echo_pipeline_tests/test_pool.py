@@ -196,6 +196,6 @@ def test_a_waiting_runner_uses_no_cpu_then_trains(pipeline_env):
     assert proc.wait(timeout=1800) == 0, (lines, proc.stderr.read())
     assert proc.stderr.read() == ""
     assert any(
-        line.startswith("adapter+evaluation[demo|chatml]") and " ok " in line for line in lines
+        line.startswith("adapter+evaluation[echo|chatml]") and " ok " in line for line in lines
     )
     assert claims(instance) == (set(), set())

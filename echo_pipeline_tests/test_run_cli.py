@@ -178,7 +178,7 @@ def test_a_failed_training_subprocess_one_line_exit_1_then_a_rerun_trains(pipeli
     assert proc.returncode == EXIT_FAILED, proc.stderr
     line = one_error_line(proc)
     assert line.startswith(
-        "adapter+evaluation[demo|chatml]: lora_adapter failed: training subprocess failed: "
+        "adapter+evaluation[echo|chatml]: lora_adapter failed: training subprocess failed: "
     )
     assert "safetensors" in line.lower() or "header" in line.lower()
     assert "FAILED (lora_adapter)" in proc.stdout
@@ -210,5 +210,5 @@ def test_every_real_export_runs_end_to_end(pipeline_env, export):
     summary = proc.stdout.split("\nsummary\n", 1)[1].splitlines()
     assert summary[0].split()[:3] == ["template", "experiment", "status"]
     row = summary[1].split()
-    assert row[:3] == ["chatml", "demo", "ok"]
+    assert row[:3] == ["chatml", "echo", "ok"]
     assert "->" in summary[1] and Path(row[-1]).is_file()  # reply loss base -> adapter, report
