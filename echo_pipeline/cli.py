@@ -43,7 +43,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         if s.get("content_access_suspect"):
             print("  warning  most messages are blank: exported without message-content access?")
         for author in s["authors"][:10]:
-            print(f"  author   {author['name']:<24} id {author['id']:<22} {author['messages']:>7} messages")
+            print(
+                f"  author   {author['name']:<24} id {author['id']:<22} {author['messages']:>7} messages"
+            )
     print()
     print(_next_after_inspect(args.paths, summaries))
     return 0
@@ -110,8 +112,13 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
             "has none)?",
             file=sys.stderr,
         )
-    print(f"messages {report.messages_in}  kept {report.messages_kept}  turns {report.turns}  sessions {report.sessions}")
-    print(f"pairs    {report.pairs}  " + "  ".join(f"{k} {v}" for k, v in report.pairs_by_split.items()))
+    print(
+        f"messages {report.messages_in}  kept {report.messages_kept}  turns {report.turns}  sessions {report.sessions}"
+    )
+    print(
+        f"pairs    {report.pairs}  "
+        + "  ".join(f"{k} {v}" for k, v in report.pairs_by_split.items())
+    )
     if report.redactions:
         print("redacted " + "  ".join(f"{k} {v}" for k, v in sorted(report.redactions.items())))
     dropped = {k: v for k, v in sorted(report.dropped.items()) if v}
@@ -214,7 +221,9 @@ def _cmd_show_labels(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(resolve_base_model(args.base_model or default_base_model()))
     system_prompt = default_system_prompt(infer_me_name(list(pairs["context"])))
     for row in pairs.head(args.n).to_dict("records"):
-        example = tokenize_pair(args.template, tokenizer, row, system_prompt=system_prompt, max_tokens=args.max_tokens)
+        example = tokenize_pair(
+            args.template, tokenizer, row, system_prompt=system_prompt, max_tokens=args.max_tokens
+        )
         print(f"# pair {row['pair_id']}  template {args.template}  tokens {len(example.input_ids)}")
         print(format_labels_debug(tokenizer, example, max_rows=args.max_rows))
         print()
@@ -235,10 +244,14 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         else:  # the newest trained adapter of the template, else the demo's path (for the error)
             trained = [adapter_dir(args.template, e) for e in EXPERIMENTS]
             trained = [d for d in trained if (d / "echo_metadata.json").exists()]
-            adapter = max(trained, key=lambda d: (d / "echo_metadata.json").stat().st_mtime, default=None)
+            adapter = max(
+                trained, key=lambda d: (d / "echo_metadata.json").stat().st_mtime, default=None
+            )
             adapter = adapter or adapter_dir(args.template, "demo")
     if not adapter.exists():
-        raise UsageError(f"{adapter}: no adapter there; train one with `echo-pipeline run` or pass --adapter")
+        raise UsageError(
+            f"{adapter}: no adapter there; train one with `echo-pipeline run` or pass --adapter"
+        )
     from echo_pipeline.evaluation.generation import GenerationSettings
 
     try:
@@ -324,26 +337,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("inspect", parents=[common], help="Detected format, channel, counts, dates and authors per export file.")
+    p = sub.add_parser(
+        "inspect",
+        parents=[common],
+        help="Detected format, channel, counts, dates and authors per export file.",
+    )
     p.add_argument("paths", nargs="+", help="Export files or folders.")
     p.add_argument("--json", action="store_true", help="One JSON object per file.")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("pairs", parents=[common], help="Build conversation pairs from exports (same code as the asset).")
+    p = sub.add_parser(
+        "pairs",
+        parents=[common],
+        help="Build conversation pairs from exports (same code as the asset).",
+    )
     p.add_argument("paths", nargs="+", help="Export files or folders.")
-    p.add_argument("--me", action="append", required=True, help="Your author id or name (repeatable).")
+    p.add_argument(
+        "--me", action="append", required=True, help="Your author id or name (repeatable)."
+    )
     p.add_argument("--out", help="Write the pairs to this Parquet file.")
-    p.add_argument("--merge-gap", type=float, default=300.0, help="Seconds within which one author's messages merge.")
-    p.add_argument("--session-gap", type=float, default=3600.0, help="Seconds of silence that start a new session.")
+    p.add_argument(
+        "--merge-gap",
+        type=float,
+        default=300.0,
+        help="Seconds within which one author's messages merge.",
+    )
+    p.add_argument(
+        "--session-gap",
+        type=float,
+        default=3600.0,
+        help="Seconds of silence that start a new session.",
+    )
     p.add_argument("--context-turns", type=int, default=3, help="Earlier turns kept as context.")
-    p.add_argument("--no-redact", action="store_true", help="Keep emails, phones, tokens... as they are.")
+    p.add_argument(
+        "--no-redact", action="store_true", help="Keep emails, phones, tokens... as they are."
+    )
     p.set_defaults(func=_cmd_pairs)
 
     from echo_pipeline.base_model import BASE_MODEL_ALIASES, DEFAULT_BASE_MODEL
     from echo_pipeline.experiments import EXPERIMENTS
     from echo_pipeline.templates import TEMPLATE_NAMES
 
-    base_model_help = f"Base model: {' or '.join(BASE_MODEL_ALIASES)} (offline), a local directory or a hub id"
+    base_model_help = (
+        f"Base model: {' or '.join(BASE_MODEL_ALIASES)} (offline), a local directory or a hub id"
+    )
 
     p = sub.add_parser(
         "run",
@@ -355,9 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--demo", action="store_true", help="The bundled sample export with me=alex.")
-    p.add_argument("--export", help="Export file or folder (default: env ECHO_EXPORT_DIR or the sample).")
-    p.add_argument("--me", action="append", help="Your author id or name (repeatable; default env ECHO_ME).")
-    p.add_argument("--template", action="append", choices=TEMPLATE_NAMES, help="Templates (default: all).")
+    p.add_argument(
+        "--export", help="Export file or folder (default: env ECHO_EXPORT_DIR or the sample)."
+    )
+    p.add_argument(
+        "--me", action="append", help="Your author id or name (repeatable; default env ECHO_ME)."
+    )
+    p.add_argument(
+        "--template", action="append", choices=TEMPLATE_NAMES, help="Templates (default: all)."
+    )
     p.add_argument(
         "--experiment",
         action="append",
@@ -379,39 +422,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="Dagster run config file (YAML/JSON) with per-op settings.")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("show-labels", parents=[common], help="Print samples token by token with their labels (masking check).")
+    p = sub.add_parser(
+        "show-labels",
+        parents=[common],
+        help="Print samples token by token with their labels (masking check).",
+    )
     p.add_argument("--template", required=True, choices=TEMPLATE_NAMES)
     p.add_argument("--pairs", help="Pairs Parquet (default: the materialised conversation_pairs).")
     p.add_argument("-n", type=int, default=2, help="How many pairs.")
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--max-rows", type=int, default=200, help="Tokens shown per sample.")
-    p.add_argument("--base-model", default=None, help=f"Whose tokenizer: {base_model_help} (default: as run).")
+    p.add_argument(
+        "--base-model", default=None, help=f"Whose tokenizer: {base_model_help} (default: as run)."
+    )
     p.set_defaults(func=_cmd_show_labels)
 
-    p = sub.add_parser("chat", parents=[common], help="Talk to an adapter with its training template.")
+    p = sub.add_parser(
+        "chat", parents=[common], help="Talk to an adapter with its training template."
+    )
     p.add_argument("--adapter", help="Adapter directory.")
-    p.add_argument("--template", choices=TEMPLATE_NAMES, default="chatml", help="With --experiment, instead of --adapter.")
     p.add_argument(
-        "--experiment", choices=list(EXPERIMENTS), help="Recipe (default: the newest adapter of the template)."
+        "--template",
+        choices=TEMPLATE_NAMES,
+        default="chatml",
+        help="With --experiment, instead of --adapter.",
+    )
+    p.add_argument(
+        "--experiment",
+        choices=list(EXPERIMENTS),
+        help="Recipe (default: the newest adapter of the template).",
     )
     p.add_argument("--prompt", help="One-shot: print the reply to this and exit.")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature (default 0.7).")
+    p.add_argument(
+        "--temperature", type=float, default=0.7, help="Sampling temperature (default 0.7)."
+    )
     p.add_argument("--top-p", type=float, default=0.9, help="Nucleus sampling mass (default 0.9).")
     p.add_argument(
-        "--repetition-penalty", type=float, default=1.1, help="Guard against loops (1: off; default 1.1)."
+        "--repetition-penalty",
+        type=float,
+        default=1.1,
+        help="Guard against loops (1: off; default 1.1).",
     )
-    p.add_argument("--seed", type=int, default=0, help="Sampling seed: the same seed, the same replies.")
-    p.add_argument("--greedy", action="store_true", help="Always the most likely token (small clones collapse).")
-    p.add_argument("--base-model", help="Where the adapter's base lives now (default: as recorded in the adapter).")
+    p.add_argument(
+        "--seed", type=int, default=0, help="Sampling seed: the same seed, the same replies."
+    )
+    p.add_argument(
+        "--greedy",
+        action="store_true",
+        help="Always the most likely token (small clones collapse).",
+    )
+    p.add_argument(
+        "--base-model",
+        help="Where the adapter's base lives now (default: as recorded in the adapter).",
+    )
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("export", parents=[common], help="Merge an adapter into its base (safetensors) and write an Ollama Modelfile.")
-    p.add_argument("--adapter", required=True, help="Adapter directory (data/lora_adapter/<template>__<experiment>).")
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="Merge an adapter into its base (safetensors) and write an Ollama Modelfile.",
+    )
+    p.add_argument(
+        "--adapter",
+        required=True,
+        help="Adapter directory (data/lora_adapter/<template>__<experiment>).",
+    )
     p.add_argument("--out", required=True, help="Output directory for the merged model.")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("ui", parents=[common], help="Dagster UI and MLflow UI together on 127.0.0.1; Ctrl-C stops both.")
+    p = sub.add_parser(
+        "ui",
+        parents=[common],
+        help="Dagster UI and MLflow UI together on 127.0.0.1; Ctrl-C stops both.",
+    )
     p.add_argument("--dagster-port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.set_defaults(func=_cmd_ui)

@@ -107,14 +107,19 @@ def _stable_hash(*parts: pd.Series) -> pd.Series:
     joined = parts[0].astype(str)
     for part in parts[1:]:
         joined = joined + "\x1f" + part.astype(str)
-    return joined.map(lambda s: hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest())
+    return joined.map(
+        lambda s: hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    )
 
 
 def author_counts(messages: pd.DataFrame) -> pd.DataFrame:
     """Human authors with their message counts, most active first: the candidates for "me"."""
     human = messages[messages["kind"].isin(HUMAN_KINDS) & ~messages["is_bot"]]
     counts = (
-        human.groupby(["author_id", "author_name"], sort=False).size().rename("messages").reset_index()
+        human.groupby(["author_id", "author_name"], sort=False)
+        .size()
+        .rename("messages")
+        .reset_index()
     )
     return counts.sort_values("messages", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -201,14 +206,18 @@ def clean_messages(
     return df.reset_index(drop=True)
 
 
-def build_turns(messages: pd.DataFrame, me_ids: Sequence[str], config: PairingConfig) -> pd.DataFrame:
+def build_turns(
+    messages: pd.DataFrame, me_ids: Sequence[str], config: PairingConfig
+) -> pd.DataFrame:
     """Merge bursts into turns and number sessions.
 
     A turn is one author's consecutive messages within ``merge_gap_s`` of each other; a
     message that explicitly replies to something starts its own turn so that its target stays
     attached to it. A session ends after ``session_gap_s`` of silence.
     """
-    df = messages.sort_values(["channel_id", "timestamp", "seq"], kind="stable").reset_index(drop=True)
+    df = messages.sort_values(["channel_id", "timestamp", "seq"], kind="stable").reset_index(
+        drop=True
+    )
     if df.empty:
         return _empty_turns()
     ts = df["timestamp"]
@@ -246,14 +255,13 @@ def build_turns(messages: pd.DataFrame, me_ids: Sequence[str], config: PairingCo
     turns["session_id"] = session_ids.reindex(turns["session_no"].to_numpy()).to_numpy()
     # Where each message landed, so explicit replies can find the turn of their target.
     turns.attrs["message_turn"] = pd.Series(
-        df["turn_no"].to_numpy(), index=df["channel_id"].astype(str) + "\x1f" + df["message_id"].astype(str)
+        df["turn_no"].to_numpy(),
+        index=df["channel_id"].astype(str) + "\x1f" + df["message_id"].astype(str),
     )
     return turns
 
 
-def _join_turn_texts(
-    content: pd.Series, new_turn: np.ndarray
-) -> pd.api.extensions.ExtensionArray:
+def _join_turn_texts(content: pd.Series, new_turn: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """Each turn's messages joined by newlines, in turn order, in one Arrow kernel.
 
     A turn's messages are consecutive rows, so the turn starts are list offsets over the content
@@ -312,7 +320,11 @@ def _prompt_turns(turns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
     reply_to = turns["reply_to_id"]
     has_target = is_me & reply_to.notna().to_numpy() & reply_to.astype(str).ne("").to_numpy()
     if has_target.any() and len(lookup):
-        keys = turns.loc[has_target, "channel_id"].astype(str) + "\x1f" + reply_to[has_target].astype(str)
+        keys = (
+            turns.loc[has_target, "channel_id"].astype(str)
+            + "\x1f"
+            + reply_to[has_target].astype(str)
+        )
         target = lookup.reindex(keys.to_numpy()).to_numpy()
         rows = np.flatnonzero(has_target)
         found = ~pd.isna(target)
@@ -472,9 +484,7 @@ def _source_files(messages: pd.DataFrame, shown: int = 3) -> str:
     return ", ".join(files[:shown]) + more
 
 
-def build_pairs(
-    messages: pd.DataFrame, config: PairingConfig
-) -> tuple[pa.Table, PairingReport]:
+def build_pairs(messages: pd.DataFrame, config: PairingConfig) -> tuple[pa.Table, PairingReport]:
     """The whole path from ``chat_messages`` rows to ``conversation_pairs``."""
     report = PairingReport()
     me_ids = resolve_me(messages, config.me)
@@ -527,7 +537,9 @@ def build_pairs(
         ("prompt_too_long", frame["prompt"].str.len() > config.max_prompt_chars),
         (
             "link_only",
-            frame["reply"].str.match(_LINK_ONLY) if config.drop_link_only else pd.Series(False, index=frame.index),
+            frame["reply"].str.match(_LINK_ONLY)
+            if config.drop_link_only
+            else pd.Series(False, index=frame.index),
         ),
         (
             "placeholder_only",

@@ -27,7 +27,9 @@ def ollama_template(template: str, tokenizer: Any) -> str:
     with_system = render_inference_prompt(
         template, ChatPair((), _PROMPT_MARK, None), system_prompt=_SYSTEM_MARK, tokenizer=tokenizer
     )
-    without_system = render_inference_prompt(template, ChatPair((), _PROMPT_MARK, None), tokenizer=tokenizer)
+    without_system = render_inference_prompt(
+        template, ChatPair((), _PROMPT_MARK, None), tokenizer=tokenizer
+    )
     # The literal "<s>" of llama2_chat/nous_hermes is a BOS marker: the runtime adds the real
     # BOS where the model wants one, so the text must not carry it (nor Gemma's "<bos>"; not
     # SmolLM2's bos_token either, which is ChatML's "<|im_start|>" and never added as a BOS).
@@ -85,6 +87,7 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
         tokenizer.save_pretrained(staging)
         shutil.copy2(adapter_dir / METADATA_FILE, staging / "echo_merged_from.json")
         (staging / "Modelfile").write_text(
-            modelfile_text(meta["template"], tokenizer, meta.get("system_prompt", ""), stop), encoding="utf-8"
+            modelfile_text(meta["template"], tokenizer, meta.get("system_prompt", ""), stop),
+            encoding="utf-8",
         )
     return out_dir

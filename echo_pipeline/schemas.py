@@ -16,7 +16,9 @@ CHAT_MESSAGES = pa.schema(
         pa.field("channel_id", pa.string(), nullable=False),
         pa.field("channel_name", pa.string()),
         pa.field("message_id", pa.string(), nullable=False),
-        pa.field("seq", pa.int64(), nullable=False),  # order within its file: ties at minute precision
+        pa.field(
+            "seq", pa.int64(), nullable=False
+        ),  # order within its file: ties at minute precision
         pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("author_id", pa.string(), nullable=False),
         pa.field("author_name", pa.string(), nullable=False),

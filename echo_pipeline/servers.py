@@ -21,12 +21,30 @@ def _default_sigint() -> None:
 
 
 def dagster_command(port: int) -> list[str]:
-    return [which("dagster"), "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(PROJECT_ROOT / "workspace.yaml")]
+    return [
+        which("dagster"),
+        "dev",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        str(PROJECT_ROOT / "workspace.yaml"),
+    ]
 
 
 def mlflow_command(port: int) -> list[str]:
     uri = default_tracking_uri()
-    command = [which("mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", uri]
+    command = [
+        which("mlflow"),
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        uri,
+    ]
     artifacts = artifact_location_for(uri)
     if artifacts:
         command += ["--default-artifact-root", artifacts]
@@ -87,8 +105,12 @@ def serve_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
     try:
         dagster_up = wait_until_up(f"http://127.0.0.1:{dagster_port}/server_info")
         mlflow_up = wait_until_up(f"http://127.0.0.1:{mlflow_port}/health")
-        print(f"Dagster UI  http://127.0.0.1:{dagster_port}  {'up' if dagster_up else 'NOT UP: see ' + str(logs)}")
-        print(f"MLflow UI   http://127.0.0.1:{mlflow_port}  {'up' if mlflow_up else 'NOT UP: see ' + str(logs)}")
+        print(
+            f"Dagster UI  http://127.0.0.1:{dagster_port}  {'up' if dagster_up else 'NOT UP: see ' + str(logs)}"
+        )
+        print(
+            f"MLflow UI   http://127.0.0.1:{mlflow_port}  {'up' if mlflow_up else 'NOT UP: see ' + str(logs)}"
+        )
         print("Ctrl-C stops both.", flush=True)
         while not stopping and dagster.poll() is None and mlflow.poll() is None:
             time.sleep(0.5)

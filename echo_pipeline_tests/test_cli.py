@@ -88,6 +88,19 @@ def test_chat_one_shot_with_an_adapter(tmp_path, capsys, base_model):
     from echo_pipeline.evaluation.untrained import write_untrained_adapter
 
     adapter = write_untrained_adapter(base_model, tmp_path / "adapter", template="chatml")
-    assert main(["chat", "--adapter", str(adapter), "--prompt", "hey, are you coming?", "--max-new-tokens", "8"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--adapter",
+                str(adapter),
+                "--prompt",
+                "hey, are you coming?",
+                "--max-new-tokens",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip()
     assert main(["chat", "--adapter", str(tmp_path / "missing")]) == EXIT_BAD_INPUT

@@ -218,7 +218,10 @@ def test_attachment_only_replies_are_context_not_targets():
 def test_a_reply_sent_over_and_over_is_capped_and_the_cap_is_stable():
     rows = []
     for i in range(12):  # twelve sessions, each: a question, then "Ha!" / "ha"
-        rows += [(i * 4000, "sam", f"joke number {i}"), (i * 4000 + 30, "me", "Ha!" if i % 2 else "ha")]
+        rows += [
+            (i * 4000, "sam", f"joke number {i}"),
+            (i * 4000 + 30, "me", "Ha!" if i % 2 else "ha"),
+        ]
     rows += [(60000, "sam", "what now"), (60030, "me", "dinner?")]
     df = messages(rows)
     table, report = build_pairs(df, PairingConfig(me=("me",), max_same_reply=5))

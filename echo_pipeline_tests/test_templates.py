@@ -247,7 +247,9 @@ def test_jinja_chat_template_renders_like_the_training_renderer(template, smollm
     )
     messages = conversation_messages(pair, "You are alex.")
     got = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    expected = render_inference_prompt(template, pair, system_prompt="You are alex.", tokenizer=tokenizer)
+    expected = render_inference_prompt(
+        template, pair, system_prompt="You are alex.", tokenizer=tokenizer
+    )
     # Markers: SmolLM2 adds no BOS, and its EOS is spelled <|im_end|>.
     expected = expected.replace("<s>", "").replace("</s>", tokenizer.eos_token)
     assert got == expected

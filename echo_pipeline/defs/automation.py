@@ -82,7 +82,9 @@ def export_folder_sensor(context: dg.SensorEvaluationContext):
 def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext):
     keys = _materialised_adapter_partitions(context.instance)
     if not keys:
-        templates = adapter_partitions.get_partitions_def_for_dimension("template").get_partition_keys()
+        templates = adapter_partitions.get_partitions_def_for_dimension(
+            "template"
+        ).get_partition_keys()
         keys = [str(adapter_key(t, "demo")) for t in templates]
     stamp = context.scheduled_execution_time.strftime("%Y-%m-%d")
     return [dg.RunRequest(run_key=f"{stamp}:{key}", partition_key=key) for key in sorted(keys)]

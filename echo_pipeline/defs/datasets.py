@@ -1,6 +1,5 @@
 """Datasets stage: one tokenised, label-masked dataset per prompt template."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +14,10 @@ from echo_pipeline.paths import data_dir
 
 DATASETS = "datasets"
 OWNERS = ["team:echo-pipeline"]
-TOKEN_FIELDS = [pa.field("input_ids", pa.list_(pa.int32())), pa.field("labels", pa.list_(pa.int32()))]
+TOKEN_FIELDS = [
+    pa.field("input_ids", pa.list_(pa.int32())),
+    pa.field("labels", pa.list_(pa.int32())),
+]
 PARITY_SAMPLE = 64
 SYSTEM_PROMPT_METADATA_KEY = b"echo.system_prompt"
 
@@ -29,7 +31,9 @@ class DatasetConfig(dg.Config):
         "Unset: 'You are <me>. Reply the way <me> would in a casual chat.'",
     )
     max_tokens: int = Field(
-        default=512, ge=32, le=32768,
+        default=512,
+        ge=32,
+        le=32768,
         description="Longest example in tokens; longer ones lose their oldest context first, then the prompt's start.",
     )
 
@@ -50,10 +54,26 @@ def jsonl_dir(template: str) -> Path:
         dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
     ),
     check_specs=[
-        dg.AssetCheckSpec("template_parity", asset="template_dataset", description="The inference prompt equals the training prompt token for token."),
-        dg.AssetCheckSpec("eos_labelled", asset="template_dataset", description="Every example's last labelled token is the template's EOS, and only the reply is labelled."),
-        dg.AssetCheckSpec("single_bos", asset="template_dataset", description="No example starts with two BOS tokens."),
-        dg.AssetCheckSpec("token_lengths", asset="template_dataset", description="Every example fits the configured maximum; reports how many were truncated."),
+        dg.AssetCheckSpec(
+            "template_parity",
+            asset="template_dataset",
+            description="The inference prompt equals the training prompt token for token.",
+        ),
+        dg.AssetCheckSpec(
+            "eos_labelled",
+            asset="template_dataset",
+            description="Every example's last labelled token is the template's EOS, and only the reply is labelled.",
+        ),
+        dg.AssetCheckSpec(
+            "single_bos",
+            asset="template_dataset",
+            description="No example starts with two BOS tokens.",
+        ),
+        dg.AssetCheckSpec(
+            "token_lengths",
+            asset="template_dataset",
+            description="Every example fits the configured maximum; reports how many were truncated.",
+        ),
     ],
     description="Pairs rendered in one prompt template and tokenised, loss on the reply and its EOS only.",
 )
@@ -84,11 +104,17 @@ def template_dataset(
     )
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({SYSTEM_PROMPT_METADATA_KEY: system_prompt.encode()})
-    table = table.append_column(TOKEN_FIELDS[0], pa.array([e.input_ids for e in examples], pa.list_(pa.int32())))
-    table = table.append_column(TOKEN_FIELDS[1], pa.array([e.labels for e in examples], pa.list_(pa.int32())))
+    table = table.append_column(
+        TOKEN_FIELDS[0], pa.array([e.input_ids for e in examples], pa.list_(pa.int32()))
+    )
+    table = table.append_column(
+        TOKEN_FIELDS[1], pa.array([e.labels for e in examples], pa.list_(pa.int32()))
+    )
 
     out_dir = jsonl_dir(template)
-    line_counts = write_jsonl(frame, {split: out_dir / f"{split}.jsonl" for split in ("train", "val", "test")})
+    line_counts = write_jsonl(
+        frame, {split: out_dir / f"{split}.jsonl" for split in ("train", "val", "test")}
+    )
 
     # Checks computed here, where the tokenizer is loaded.
     eos = stop_token_id(template, tokenizer)
@@ -97,21 +123,32 @@ def template_dataset(
     # the inference side cannot know, and a cut reply deliberately has no EOS.
     whole = np.flatnonzero(~frame["truncated"].to_numpy())
     rng = np.random.default_rng(0)
-    sample = rng.choice(whole, size=min(PARITY_SAMPLE, len(whole)), replace=False) if len(whole) else []
+    sample = (
+        rng.choice(whole, size=min(PARITY_SAMPLE, len(whole)), replace=False) if len(whole) else []
+    )
     mismatched = 0
     for i in sample:
         row = pairs.iloc[int(i)]
         expected = examples[int(i)].input_ids[: examples[int(i)].prompt_len]
         got = tokenize_inference_prompt(
-            template, tokenizer, row["context"], row["prompt"], system_prompt,
-            prompt_author=row["prompt_author"], max_tokens=config.max_tokens,
+            template,
+            tokenizer,
+            row["context"],
+            row["prompt"],
+            system_prompt,
+            prompt_author=row["prompt_author"],
+            max_tokens=config.max_tokens,
         )
         mismatched += got != expected
     eos_bad = sum(
         1
         for e in examples
         if not e.truncated
-        and (not e.labels or e.labels[-1] != eos or any(label != -100 for label in e.labels[: e.prompt_len]))
+        and (
+            not e.labels
+            or e.labels[-1] != eos
+            or any(label != -100 for label in e.labels[: e.prompt_len])
+        )
     )
     double_bos = sum(1 for e in examples if bos is not None and e.input_ids[:2] == [bos, bos])
     lengths = np.array([len(e.input_ids) for e in examples]) if examples else np.array([0])
@@ -133,11 +170,22 @@ def template_dataset(
             "base_model": base_model.source,
         },
     )
-    yield dg.AssetCheckResult(check_name="template_parity", passed=mismatched == 0, metadata={"sampled": len(sample), "mismatched": int(mismatched)})
-    yield dg.AssetCheckResult(check_name="eos_labelled", passed=eos_bad == 0, metadata={"violations": eos_bad, "eos_id": int(eos)})
-    yield dg.AssetCheckResult(check_name="single_bos", passed=double_bos == 0, metadata={"double_bos": double_bos})
     yield dg.AssetCheckResult(
-        check_name="token_lengths", passed=too_long == 0,
+        check_name="template_parity",
+        passed=mismatched == 0,
+        metadata={"sampled": len(sample), "mismatched": int(mismatched)},
+    )
+    yield dg.AssetCheckResult(
+        check_name="eos_labelled",
+        passed=eos_bad == 0,
+        metadata={"violations": eos_bad, "eos_id": int(eos)},
+    )
+    yield dg.AssetCheckResult(
+        check_name="single_bos", passed=double_bos == 0, metadata={"double_bos": double_bos}
+    )
+    yield dg.AssetCheckResult(
+        check_name="token_lengths",
+        passed=too_long == 0,
         metadata={"max_tokens": config.max_tokens, "over_max": too_long, "truncated": truncated},
     )
 

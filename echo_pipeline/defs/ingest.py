@@ -1,6 +1,5 @@
 """Ingest stage: export files -> one message table -> conversation pairs, with blocking checks."""
 
-
 import hashlib
 import json
 import os
@@ -54,20 +53,25 @@ class PairsConfig(dg.Config):
         "(comma-separated) sets the default; 'alex' is 'me' in the bundled sample.",
     )
     merge_gap_s: float = Field(
-        default=300.0, description="Consecutive messages of one author closer than this merge into one turn."
+        default=300.0,
+        description="Consecutive messages of one author closer than this merge into one turn.",
     )
     session_gap_s: float = Field(
         default=3600.0, description="A silence longer than this starts a new conversation session."
     )
     context_turns: int = Field(
-        default=3, ge=0, le=32, description="Earlier turns of the session kept as context for each pair."
+        default=3,
+        ge=0,
+        le=32,
+        description="Earlier turns of the session kept as context for each pair.",
     )
     attachments: str = Field(
         default="placeholder",
         description="Attachment-only messages: 'placeholder' keeps them as [image]/[video]/[file]; 'drop' removes them.",
     )
     redact: bool = Field(
-        default=True, description="Replace emails, phones, IPs, cards, tokens and credential URLs by typed placeholders."
+        default=True,
+        description="Replace emails, phones, IPs, cards, tokens and credential URLs by typed placeholders.",
     )
     min_reply_chars: int = Field(default=1, ge=1, description="Shorter replies are dropped.")
     max_reply_chars: int = Field(default=2000, ge=1, description="Longer replies are dropped.")
@@ -82,10 +86,16 @@ class PairsConfig(dg.Config):
         description="Keep at most this many pairs per distinct reply ('ok', 'Ha'), so one reflex does not become the answer to everything (0: no cap).",
     )
     val_fraction: float = Field(
-        default=0.1, ge=0, lt=1, description="Share of pairs held out for validation (whole sessions)."
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Share of pairs held out for validation (whole sessions).",
     )
     test_fraction: float = Field(
-        default=0.1, ge=0, lt=1, description="Least share of pairs held out for the test (whole sessions)."
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Least share of pairs held out for the test (whole sessions).",
     )
     test_min_pairs: int = Field(
         default=100,
@@ -102,9 +112,13 @@ class PairsConfig(dg.Config):
 
     def to_core(self) -> conversations.PairingConfig:
         if self.attachments not in ("placeholder", "drop"):
-            raise ValueError(f"attachments must be 'placeholder' or 'drop', got {self.attachments!r}")
+            raise ValueError(
+                f"attachments must be 'placeholder' or 'drop', got {self.attachments!r}"
+            )
         if self.split_method not in ("hash", "chronological"):
-            raise ValueError(f"split_method must be 'hash' or 'chronological', got {self.split_method!r}")
+            raise ValueError(
+                f"split_method must be 'hash' or 'chronological', got {self.split_method!r}"
+            )
         return conversations.PairingConfig(
             me=tuple(self.me),
             merge_gap_s=self.merge_gap_s,
@@ -137,7 +151,12 @@ def export_manifest(location: str) -> pa.Table:
     """The export files under ``location`` with their detected format, size and content hash."""
     files = require_export_files([location])
     rows = [
-        {"path": str(f), "format": detect_format(f), "bytes": f.stat().st_size, "sha256": file_sha256(f)}
+        {
+            "path": str(f),
+            "format": detect_format(f),
+            "bytes": f.stat().st_size,
+            "sha256": file_sha256(f),
+        }
         for f in files
     ]
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
@@ -203,7 +222,9 @@ def read_chat_exports(context: dg.AssetExecutionContext, config: ExportConfig):
 
 
 def _messages_metadata(table: pa.Table) -> dict:
-    df = table.select(["kind", "author_id", "author_name", "is_bot", "timestamp", "channel_id"]).to_pandas()
+    df = table.select(
+        ["kind", "author_id", "author_name", "is_bot", "timestamp", "channel_id"]
+    ).to_pandas()
     kinds = df["kind"].value_counts().to_dict()
     authors = conversations.author_counts(df.assign(content=""))
     metadata: dict = {
@@ -221,7 +242,10 @@ def _messages_metadata(table: pa.Table) -> dict:
 
 def _authors_markdown(authors: pd.DataFrame, limit: int = 10) -> str:
     lines = ["| author | id | messages |", "|---|---|---|"]
-    lines += [f"| {r.author_name} | {r.author_id} | {r.messages} |" for r in authors.head(limit).itertuples()]
+    lines += [
+        f"| {r.author_name} | {r.author_id} | {r.messages} |"
+        for r in authors.head(limit).itertuples()
+    ]
     return "\n".join(lines)
 
 
@@ -343,22 +367,34 @@ def conversation_pairs_checks(conversation_pairs: pa.Table):
     )
     yield heldout_check(df)
     not_mine = int((~df["reply_author_id"].isin(me)).sum())
-    yield dg.AssetCheckResult(check_name="replies_are_mine", passed=not_mine == 0, metadata={"violations": not_mine})
+    yield dg.AssetCheckResult(
+        check_name="replies_are_mine", passed=not_mine == 0, metadata={"violations": not_mine}
+    )
     mine_prompts = int(df["prompt_author_id"].isin(me).sum())
     yield dg.AssetCheckResult(
-        check_name="prompts_are_others", passed=mine_prompts == 0, metadata={"violations": mine_prompts}
+        check_name="prompts_are_others",
+        passed=mine_prompts == 0,
+        metadata={"violations": mine_prompts},
     )
     crossing = int((df["prompt_session_id"] != df["session_id"]).sum())
-    yield dg.AssetCheckResult(check_name="pairs_within_session", passed=crossing == 0, metadata={"violations": crossing})
+    yield dg.AssetCheckResult(
+        check_name="pairs_within_session", passed=crossing == 0, metadata={"violations": crossing}
+    )
     per_session = df.groupby("session_id")["split"].nunique() if len(df) else pd.Series(dtype=int)
     leaking = int((per_session > 1).sum())
-    yield dg.AssetCheckResult(check_name="sessions_in_one_split", passed=leaking == 0, metadata={"violations": leaking})
+    yield dg.AssetCheckResult(
+        check_name="sessions_in_one_split", passed=leaking == 0, metadata={"violations": leaking}
+    )
     from echo_pipeline.redaction import find_pii
 
-    redacted = json.loads((conversation_pairs.schema.metadata or {}).get(conversations.REDACTED_METADATA_KEY, b"true"))
+    redacted = json.loads(
+        (conversation_pairs.schema.metadata or {}).get(conversations.REDACTED_METADATA_KEY, b"true")
+    )
     if not redacted:
         yield dg.AssetCheckResult(
-            check_name="no_pii_left", passed=True, metadata={"note": "redaction turned off in config"}
+            check_name="no_pii_left",
+            passed=True,
+            metadata={"note": "redaction turned off in config"},
         )
         return
 
@@ -368,7 +404,11 @@ def conversation_pairs_checks(conversation_pairs: pa.Table):
     )
     found = texts.map(find_pii)
     leftover = found[found.map(len) > 0]
-    kinds = pd.Series([k for ks in leftover for k in ks]).value_counts().to_dict() if len(leftover) else {}
+    kinds = (
+        pd.Series([k for ks in leftover for k in ks]).value_counts().to_dict()
+        if len(leftover)
+        else {}
+    )
     yield dg.AssetCheckResult(
         check_name="no_pii_left",
         passed=len(leftover) == 0,

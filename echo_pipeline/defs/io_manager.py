@@ -18,7 +18,9 @@ def partition_slug(partition: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in slug).lstrip(".") or "_"
 
 
-def asset_path(root: Path, asset_key: dg.AssetKey, partition: str | None = None, suffix: str = ".parquet") -> Path:
+def asset_path(
+    root: Path, asset_key: dg.AssetKey, partition: str | None = None, suffix: str = ".parquet"
+) -> Path:
     """Where an asset (partition) lives under ``root``; shared by the IO manager and its readers."""
     key = asset_key.path
     folder = Path(root).joinpath(*key[:-1])

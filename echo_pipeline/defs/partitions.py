@@ -18,7 +18,9 @@ adapter_partitions = dg.MultiPartitionsDefinition(
 )
 with warnings.catch_warnings():  # beta since 1.6 and stable in practice; keep the CLI output clean
     warnings.simplefilter("ignore", dg.BetaWarning)
-    dataset_for_adapter = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="template")
+    dataset_for_adapter = dg.MultiToSingleDimensionPartitionMapping(
+        partition_dimension_name="template"
+    )
 
 
 def adapter_key(template: str, experiment: str) -> dg.MultiPartitionKey:

@@ -26,7 +26,10 @@ class LoraConfig(dg.Config):
     lora_r: int | None = Field(default=None, ge=1, description="LoRA rank (default 16).")
     lora_alpha: int | None = Field(default=None, ge=1, description="LoRA alpha (default 32).")
     lora_dropout: float | None = Field(
-        default=None, ge=0, lt=1, description="LoRA dropout (default 0: measured no better at 0.05, and slower)."
+        default=None,
+        ge=0,
+        lt=1,
+        description="LoRA dropout (default 0: measured no better at 0.05, and slower).",
     )
     learning_rate: float | None = Field(
         default=None, gt=0, description="Peak learning rate of the cosine schedule."

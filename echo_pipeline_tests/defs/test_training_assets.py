@@ -87,7 +87,9 @@ def test_lora_adapter_trains_tracks_lineage_and_beats_the_base(chatml_dataset, p
     ):
         assert (out / name).exists(), name
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
-    saved_template = tokenizer_config.get("chat_template") or (out / "chat_template.jinja").read_text()
+    saved_template = (
+        tokenizer_config.get("chat_template") or (out / "chat_template.jinja").read_text()
+    )
     assert saved_template.startswith("{% for m in messages %}<|im_start|>")  # the training format
     lineage = json.loads((out / "echo_metadata.json").read_text())
     assert (

@@ -102,7 +102,8 @@ def test_markdown_and_html_show_every_adapter(tmp_path):
     board = leaderboard_from_runs(RUNS)
     markdown = leaderboard_markdown(board)
     assert (
-        markdown.count("\n") == 2 + len(board) - 1 and "| 1 | chatml | demo | – | 0.800 |" in markdown
+        markdown.count("\n") == 2 + len(board) - 1
+        and "| 1 | chatml | demo | – | 0.800 |" in markdown
     )
     page = render_leaderboard(board)
     assert page.count("<tr>") == 1 + len(board) and "data:image/png;base64," in page

@@ -39,7 +39,10 @@ TOPICS = [
     ("did you fix the build on the ci box", "yeah the cache was stale, wiped it and its green now"),
     ("are we still on for pizza tonight", "ya def, 8ish? ill grab the drinks"),
     ("what did you think of the new album", "honestly the second half drags but track 3 slaps"),
-    ("can you send me the slides from monday", "sure sending in a sec, they're on the shared drive too"),
+    (
+        "can you send me the slides from monday",
+        "sure sending in a sec, they're on the shared drive too",
+    ),
     ("how was the hike", "brutal lol my legs are dead but the view was worth it"),
     ("is the exam open book", "nope closed book, only one cheat sheet allowed"),
     ("should i buy the red or the blue one", "blue for sure, red looked kinda cheap in the pics"),
@@ -249,12 +252,17 @@ def test_discriminator_tells_a_different_register_apart_but_not_my_own_replies()
     order = rng.permutation(len(mine))
     train, test = order[: len(mine) // 2], order[len(mine) // 2 :]
     pick = lambda texts, idx: [texts[i] for i in idx]  # noqa: E731
-    apart = discriminator_auc(pick(mine, train), pick(formal, train), pick(mine, test), pick(formal, test))
+    apart = discriminator_auc(
+        pick(mine, train), pick(formal, train), pick(mine, test), pick(formal, test)
+    )
     assert apart > 0.95
     # My own replies against my own replies: nothing to learn.
     half = len(train) // 2
     alike = discriminator_auc(
-        pick(mine, train[:half]), pick(mine, train[half:]), pick(mine, test[:half]), pick(mine, test[half:])
+        pick(mine, train[:half]),
+        pick(mine, train[half:]),
+        pick(mine, test[:half]),
+        pick(mine, test[half:]),
     )
     assert 0.2 < alike < 0.8
 
