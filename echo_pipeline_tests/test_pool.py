@@ -100,11 +100,18 @@ def test_a_signal_while_waiting_leaves_nothing_claimed(pipeline_env):
 
     instance = _instance()
     holder = hold_pool(instance)
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
-    with pytest.raises(PoolWaitInterrupted), pool_slot(instance, "waiter-run", echo=lambda _: None):
+    before = signal.getsignal(signal.SIGTERM)  # an earlier test (or dagster) may have set one
+
+    def signal_once_waiting(_line: str) -> None:  # the wait has begun: its handler is in place
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    with (
+        pytest.raises(PoolWaitInterrupted),
+        pool_slot(instance, "waiter-run", echo=signal_once_waiting),
+    ):
         pytest.fail("the slot is held: the block must not run")
     assert claims(instance) == ({holder.run_id}, {holder.run_id})
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
 
 def _cpu_seconds(pid: int) -> float:
