@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from echo_pipeline.processes import pid_alive
+
 POOL = "gpu"
 RUNNER_CLAIM_PREFIX = "echo-runner:"  # step key of a runner's claim: echo-runner:<pid>@<host>
 _ETA = re.compile(r"\beta_s (\d+(?:\.\d+)?)")
@@ -164,20 +166,10 @@ def free_dead_runner_claims(instance: Any, pool: str = POOL) -> list[str]:
     freed = []
     for slot in instance.event_log_storage.get_concurrency_info(pool).claimed_slots:
         runner = _runner_of(slot.step_key)
-        if runner and runner[1] == host and not _alive(runner[0]):
+        if runner and runner[1] == host and not pid_alive(runner[0]):
             instance.event_log_storage.free_concurrency_slot_for_step(slot.run_id, slot.step_key)
             freed.append(slot.run_id)
     return freed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from echo_pipeline.paths import PROJECT_ROOT
+from echo_pipeline.processes import pid_alive
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 # Who ran a run from the shell: lets the next runner tell a dead run from a live one.
@@ -438,16 +439,6 @@ def _unfinished_runs(instance: Any) -> list[Any]:
     return list(instance.get_runs(filters=dg.RunsFilter(statuses=statuses)))
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 def reclaim_abandoned_runs(instance: Any) -> list[str]:
     """Fail the runs a runner on this host started and never finished (its process was killed:
     SIGKILL, out of memory, a reboot), and free their concurrency slots.
@@ -459,7 +450,7 @@ def reclaim_abandoned_runs(instance: Any) -> list[str]:
     reclaimed = []
     for run in _unfinished_runs(instance):
         pid = run.tags.get(RUNNER_PID_TAG)
-        if pid is None or run.tags.get(RUNNER_HOST_TAG) != host or _process_alive(int(pid)):
+        if pid is None or run.tags.get(RUNNER_HOST_TAG) != host or pid_alive(int(pid)):
             continue
         instance.report_run_failed(
             run, f"the echo-pipeline process that ran it (pid {pid}) is gone; run abandoned"

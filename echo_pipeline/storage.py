@@ -8,21 +8,29 @@ Failures surface as :class:`AtomicWriteError`, an ``OSError`` whose one-line mes
 target (not the hidden temporary beside it), says why and what to do, and promises that the
 previous version is untouched. Temporaries carry the writer's pid, so the next write of the same
 target sweeps away what a killed writer (SIGKILL, power loss) left behind.
+
+Files are fingerprinted here too (:func:`file_sha256`): one content hash for exports, base
+models and everything else whose identity is its bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import hashlib
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from echo_pipeline.processes import pid_alive
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -59,18 +67,6 @@ class AtomicWriteError(OSError):
 _TEMP_RE = re.compile(r"(?P<pid>\d+)\.(?:[a-z0-9_]{8}(?:\..*)?\.(?:tmp|staging)|old)")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def _sweep_stale(parent: Path, name: str) -> None:
     """Remove temporaries of ``name`` left by writers that no longer run (killed mid-write)."""
     if not parent.is_dir():
@@ -80,7 +76,7 @@ def _sweep_stale(parent: Path, name: str) -> None:
         if not entry.name.startswith(prefix):
             continue
         match = _TEMP_RE.fullmatch(entry.name[len(prefix) :])
-        if match is None or _pid_alive(int(match["pid"])):
+        if match is None or pid_alive(int(match["pid"])):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -144,6 +140,8 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
 
 def write_parquet(table: pa.Table, target: Path) -> Path:
     """Write ``table`` to ``target`` atomically (zstd-compressed)."""
+    import pyarrow.parquet as pq
+
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return Path(target)
@@ -154,6 +152,26 @@ def write_text(text: str, target: Path) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(target)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, memoised per process on (path, size, mtime).
+
+    A base model of gigabytes is fingerprinted several times per run; a rewritten file changes
+    its mtime (or size) and is hashed again.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _restore_interrupted_swap(target: Path) -> None:
@@ -167,7 +185,7 @@ def _restore_interrupted_swap(target: Path) -> None:
     )
     for candidate in reversed(aside):
         match = _TEMP_RE.fullmatch(candidate.name[len(target.name) + 2 :])
-        if match is not None and not _pid_alive(int(match["pid"])):
+        if match is not None and not pid_alive(int(match["pid"])):
             os.replace(candidate, target)
             return
 

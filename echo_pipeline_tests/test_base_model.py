@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from echo_pipeline import base_model as bm
+from echo_pipeline import storage
 from echo_pipeline.base_model import (
     CONVERSION_RECORD,
     DEFAULT_BASE_MODEL,
@@ -215,7 +216,7 @@ def test_a_rename_race_lost_to_another_process_keeps_the_winner(tmp_path, monkey
     monkeypatch.setenv("ECHO_DATA_DIR", str(tmp_path / "data"))
     gguf = tmp_path / "raced.gguf"
     gguf.write_bytes(b"GGUF raced")
-    target = tmp_path / "data" / "models" / f"raced-{bm.file_sha256(gguf)[:12]}"
+    target = tmp_path / "data" / "models" / f"raced-{storage.file_sha256(gguf)[:12]}"
 
     def convert_while_another_process_finishes(staging: Path, gguf: Path, sha: str) -> None:
         _fake_conversion([], delay=0)(staging, gguf, sha)
@@ -267,7 +268,7 @@ def test_chunk_packages_are_joined_once_into_the_model_cache_and_sha_checked(tmp
     assert bm.packaged_gguf_path("fake-chunked").stat().st_mtime_ns == mtime  # reused
 
     joined.write_bytes(b"GGUF-chunk-TAIL")  # same size, other bytes: rebuilt, not trusted
-    bm._SHA_CACHE.clear()
+    storage._sha256_of.cache_clear()  # same size and maybe the same mtime tick
     assert bm.packaged_gguf_path("fake-chunked").read_bytes() == whole
 
 

@@ -8,6 +8,7 @@ names the target (not the hidden temporary) and says what to do.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from echo_pipeline.storage import (
     AtomicWriteError,
     atomic_directory,
     atomic_path,
+    file_sha256,
     write_parquet,
     write_text,
 )
@@ -69,7 +71,7 @@ def test_a_writer_that_dies_half_way_leaves_the_previous_file_intact(tmp_path, m
             fh.write(b"PAR1" + b"\0" * 4096)  # some bytes made it to disk
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage.pq, "write_table", half_then_disk_full)
+    monkeypatch.setattr(pq, "write_table", half_then_disk_full)
     with pytest.raises(AtomicWriteError) as caught:
         write_parquet(table(1000), target)
     message = str(caught.value)
@@ -153,6 +155,16 @@ def test_a_live_writers_temporary_is_left_alone(tmp_path):
         path.write_bytes(b"x")
     write_parquet(table(2), target)
     assert mine.exists() and unrelated.exists() and not theirs_dead.exists()
+
+
+def test_file_sha256_is_the_content_hash_and_follows_a_rewrite(tmp_path):
+    path = tmp_path / "export.json"
+    path.write_bytes(b"first")
+    assert file_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    assert file_sha256(tmp_path / "." / "export.json") == file_sha256(path)  # one key per file
+
+    write_text("second, longer", path)  # a new size and mtime: hashed again, not remembered
+    assert file_sha256(path) == hashlib.sha256(b"second, longer").hexdigest()
 
 
 def make_adapter(folder: Path, version: str) -> Path:
@@ -313,7 +325,7 @@ def test_a_failed_write_during_materialisation_keeps_every_earlier_asset_file(
             fh.write(b"PAR1" + b"\0" * 1024)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage.pq, "write_table", fail_on_messages)
+    monkeypatch.setattr(pq, "write_table", fail_on_messages)
     result = materialize()
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)

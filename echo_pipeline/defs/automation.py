@@ -7,8 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from echo_pipeline.defs.ingest import default_export_location, file_sha256
+from echo_pipeline.defs.ingest import default_export_location
 from echo_pipeline.defs.partitions import adapter_key, adapter_partitions
+from echo_pipeline.storage import file_sha256
 
 INGEST_SELECTION = ["raw_chat_export", "chat_messages", "conversation_pairs"]
 

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -13,6 +12,7 @@ from pydantic import Field
 from echo_pipeline import conversations
 from echo_pipeline.exports import ExportError, detect_format, read_exports, require_export_files
 from echo_pipeline.paths import sample_export_dir
+from echo_pipeline.storage import file_sha256
 
 INGEST = "ingest"
 OWNERS = ["team:echo-pipeline"]
@@ -137,14 +137,6 @@ class PairsConfig(dg.Config):
             min_train_fraction=self.min_train_fraction,
             split_method=self.split_method,  # type: ignore[arg-type]
         )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_manifest(location: str) -> pa.Table:
