@@ -34,6 +34,7 @@ from echo_pipeline.packing import (
     example_fields,
     pack_examples,
 )
+from echo_pipeline.storage import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -765,28 +766,27 @@ def _save_checkpoint(
     fingerprint: str,
     total_steps: int,
 ) -> Path:
-    """Write ``root/step-N`` atomically: everything goes into a temp dir renamed at the end."""
+    """Write ``root/step-N`` through :func:`~echo_pipeline.storage.atomic_directory`: a
+    checkpoint is on disk whole (fsynced) or not at all, so resume never meets half of one."""
     import torch
     from safetensors.torch import save_file
 
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
-    temp = root / f".tmp-step-{state.step}"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
-    peft_model.save_pretrained(temp)
-    torch.save(optimizer.state_dict(), temp / _OPTIMIZER_FILE)
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, temp / _RNG_FILE)
-    if best_snapshot is not None and state.best_step != state.step:
-        save_file({k: v.contiguous().cpu() for k, v in best_snapshot.items()}, temp / _BEST_FILE)
-    payload = dataclasses.asdict(state) | {"fingerprint": fingerprint, "total_steps": total_steps}
-    (temp / _STATE_FILE).write_text(json.dumps(payload))
-    if final.exists():
-        shutil.rmtree(final)
-    temp.rename(final)
+    with atomic_directory(final) as staging:
+        peft_model.save_pretrained(staging)
+        torch.save(optimizer.state_dict(), staging / _OPTIMIZER_FILE)
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, staging / _RNG_FILE)
+        if best_snapshot is not None and state.best_step != state.step:
+            best = {k: v.contiguous().cpu() for k, v in best_snapshot.items()}
+            save_file(best, staging / _BEST_FILE)
+        payload = dataclasses.asdict(state) | {
+            "fingerprint": fingerprint,
+            "total_steps": total_steps,
+        }
+        (staging / _STATE_FILE).write_text(json.dumps(payload))
     logger.info("checkpoint saved at step %d", state.step)
     return final
 
@@ -824,19 +824,13 @@ def _load_checkpoint(
 
 
 def _prune_checkpoints(root: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints; drop temp dirs left by a crash during a save."""
+    """Keep the newest ``keep`` checkpoints. (What a killed save left is swept by storage.)"""
     for path in _checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(path)
-    for path in root.glob(".tmp-step-*"):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _save_adapter_atomically(peft_model: Any, tokenizer: Any | None, adapter_dir: Path) -> None:
-    temp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
-    shutil.rmtree(temp, ignore_errors=True)
-    peft_model.save_pretrained(temp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(temp)
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    temp.rename(adapter_dir)
+    with atomic_directory(adapter_dir) as staging:
+        peft_model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from echo_pipeline.packing import IGNORE_INDEX, pack_examples
+from echo_pipeline.storage import AtomicWriteError
 from echo_pipeline.training import (
     CHECKPOINTS_DIR,
     TrainingConfig,
@@ -159,6 +162,31 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(reference, tmp_
     again = train_lora(tiny_llama(), None, TRAIN, VAL, config(), tmp_path)
     assert again.resumed_from_step is None and again.steps == 20
     assert again.train_losses == uninterrupted.train_losses
+
+
+def test_a_checkpoint_save_that_fails_half_way_leaves_the_previous_one_to_resume_from(
+    reference, tmp_path, monkeypatch
+):
+    """A full disk while writing step-8: no half checkpoint where resume looks, step-4 stays."""
+    uninterrupted, _ = reference
+    real_save = torch.save
+
+    def disk_full_at_step_8(obj, where, *args, **kwargs):
+        if ".step-8." in str(where):
+            Path(where).write_bytes(b"half an optimizer state")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, where, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_step_8)
+    with pytest.raises(AtomicWriteError, match="step-8: could not be written"):
+        train_lora(tiny_llama(), None, TRAIN, VAL, config(), tmp_path)
+    checkpoints = tmp_path / CHECKPOINTS_DIR
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-4"]  # nothing hidden either
+
+    monkeypatch.setattr(torch, "save", real_save)
+    resumed = train_lora(tiny_llama(), None, TRAIN, VAL, config(), tmp_path)
+    assert resumed.resumed_from_step == 4 and resumed.completed
+    assert resumed.train_losses == uninterrupted.train_losses
 
 
 def test_checkpoints_of_another_run_are_discarded(tmp_path):
