@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from echo_pipeline import tracking
 from echo_pipeline.base_model import ResolvedBaseModel
+from echo_pipeline.conversations import heldout_split
 from echo_pipeline.storage import atomic_directory
 from echo_pipeline.templates import jinja_chat_template
 from echo_pipeline.training import TrainingConfig
@@ -213,7 +214,8 @@ def run_adapter_job(
     train, val, test = (split_examples(frame, s) for s in ("train", "val", "test"))
     if not train:
         raise ValueError(f"{job.dataset_path}: the train split is empty; nothing to learn from")
-    heldout_name, heldout = ("test", test) if test else ("val", val)
+    heldout_name = heldout_split({"test": len(test), "val": len(val)})
+    heldout = {"test": test, "val": val}[heldout_name]
     digest = dataset_digest(frame)
     fingerprint = fingerprint_run(
         job.training, train, val, base_model_id=job.base_model.fingerprint

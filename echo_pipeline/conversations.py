@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +39,16 @@ _PLACEHOLDER_ONLY = r"^\s*(?:\[(?:image|video|audio|file)\]\s*)+$"
 
 class MeNotFoundError(ValueError):
     """Raised when "me" matches no author; the message lists who could be meant."""
+
+
+def heldout_split(rows_by_split: Mapping[str, int], preferred: str = "test") -> str:
+    """The split a model is judged on: ``preferred`` if it has rows, else ``val``.
+
+    Training and evaluation both ask here, so the reply loss logged at training time and the
+    evaluation report are about the same pairs. ``val`` may be empty too (a chat too small to
+    hold anything out); callers decide whether that is an error.
+    """
+    return preferred if rows_by_split.get(preferred, 0) else "val"
 
 
 @dataclass(frozen=True)

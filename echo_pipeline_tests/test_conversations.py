@@ -14,6 +14,7 @@ from echo_pipeline.conversations import (
     PairingConfig,
     assign_splits,
     build_pairs,
+    heldout_split,
     resolve_me,
     split_targets,
 )
@@ -296,6 +297,20 @@ def test_one_session_or_nothing_held_out_leaves_test_empty():
     assert one.tolist() == ["train"]
     nothing = PairingConfig(me=("me",), test_fraction=0, test_min_pairs=0, val_fraction=0)
     assert set(assign_splits(_sessions([3, 3, 3]), nothing)) == {"train"}
+
+
+@pytest.mark.parametrize(
+    ("rows", "preferred", "expected"),
+    [
+        ({"train": 50, "val": 5, "test": 5}, "test", "test"),
+        ({"train": 50, "val": 5, "test": 0}, "test", "val"),  # too small a chat for a test split
+        ({"train": 50, "val": 5}, "test", "val"),
+        ({"train": 50}, "test", "val"),  # nothing held out: val, empty (the caller decides)
+        ({"train": 50, "val": 5, "test": 5}, "val", "val"),
+    ],
+)
+def test_the_heldout_split_is_test_where_it_has_pairs_else_val(rows, preferred, expected):
+    assert heldout_split(rows, preferred) == expected
 
 
 def test_the_real_exports_hold_out_test_pairs():

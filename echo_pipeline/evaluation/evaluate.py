@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from echo_pipeline.conversations import heldout_split
 from echo_pipeline.evaluation.attribution import (
     AuthorshipClassifier,
     attributed_share,
@@ -173,11 +174,12 @@ def adapter_vs_base(metrics: dict[str, float]) -> dict[str, bool]:
 
 
 def heldout_split_name(frame: pd.DataFrame, preferred: str = "test") -> str:
-    """``preferred`` if it has rows, else ``val`` (the training side makes the same choice)."""
-    for split in dict.fromkeys((preferred, "val")):
-        if (frame["split"] == split).any():
-            return split
-    raise ValueError(f"the dataset has no {preferred!r} or 'val' rows to evaluate on")
+    """The split to evaluate on (:func:`~echo_pipeline.conversations.heldout_split`, the
+    training side's choice too); an error when it has no rows."""
+    split = heldout_split(frame["split"].value_counts().to_dict(), preferred)
+    if not (frame["split"] == split).any():
+        raise ValueError(f"the dataset has no {preferred!r} or 'val' rows to evaluate on")
+    return split
 
 
 def select_prompts(heldout: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
