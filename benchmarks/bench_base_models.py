@@ -40,13 +40,14 @@ def sample_frame(base: str):
     from echo_pipeline.base_model import load_tokenizer, resolve_base_model
     from echo_pipeline.conversations import PairingConfig, build_pairs
     from echo_pipeline.exports import read_exports
+    from echo_pipeline.pairing_config import SAMPLE_ME
     from echo_pipeline.paths import sample_export_dir
     from echo_pipeline.tokenization import build_template_dataset
 
     resolved = resolve_base_model(base)
     tokenizer = load_tokenizer(resolved)
     messages = read_exports([sample_export_dir()])
-    pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=("alex",)))
+    pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=(SAMPLE_ME,)))
     pairs = pairs.to_pandas()
     frame, examples = build_template_dataset(pairs, "model_default", tokenizer)
     return resolved, tokenizer, pairs, frame, examples

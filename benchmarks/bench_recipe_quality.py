@@ -51,11 +51,12 @@ def splits(template: str):
     from echo_pipeline.base_model import load_tokenizer, resolve_base_model
     from echo_pipeline.conversations import PairingConfig, build_pairs
     from echo_pipeline.exports import read_exports
+    from echo_pipeline.pairing_config import SAMPLE_ME
     from echo_pipeline.paths import sample_export_dir
     from echo_pipeline.tokenization import build_template_dataset
 
     messages = read_exports([sample_export_dir()])
-    pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=("alex",)))
+    pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=(SAMPLE_ME,)))
     tokenizer = load_tokenizer(resolve_base_model())
     frame, examples = build_template_dataset(pairs.to_pandas(), template, tokenizer)
     by_split: dict[str, list] = {"train": [], "val": [], "test": []}

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from echo_pipeline import pairing_config
+
 EXIT_BAD_INPUT = 2
 #: Accounts that are nobody's voice: Discord shows deleted accounts under this name.
 NOT_A_PERSON = ("deleted user",)
@@ -139,19 +141,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.demo:
         os.environ["ECHO_EXPORT_DIR"] = str(sample_export_dir())
-        os.environ["ECHO_ME"] = "alex"
     if args.export:
         export = Path(args.export)
         if not export.exists():
             raise UsageError(f"{export}: no such file or folder")
         os.environ["ECHO_EXPORT_DIR"] = str(export.resolve())
-    if args.me:
-        os.environ["ECHO_ME"] = ",".join(args.me)
     if args.base_model:
         os.environ["ECHO_BASE_MODEL"] = args.base_model
     from echo_pipeline.templates import TEMPLATE_NAMES
 
     run_config = _load_run_config(args.config) if args.config else {}
+    run_config = with_me(run_config, args.me, demo=args.demo)
     run_config = quick_run_config(
         run_config, max_steps=args.max_steps, eval_max_pairs=args.eval_max_pairs
     )
@@ -164,6 +164,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     return outcome.exit_status
+
+
+#: The op whose config says who "me" is (PairsConfig).
+PAIRS_OP = "conversation_pairs"
+
+
+def with_me(run_config: dict, me: Sequence[str] | None, *, demo: bool = False) -> dict:
+    """``run_config`` with "me" set for the pairs step: ``--me`` wins over the config file;
+    ``--demo`` names the sample's author unless the file names someone. Neither: the file's,
+    else the step's own default (env ECHO_ME, else the sample's author)."""
+    if not me and not demo:
+        return run_config
+    ops = dict(run_config.get("ops") or {})
+    op = dict(ops.get(PAIRS_OP) or {})
+    config = dict(op.get("config") or {})
+    if me:
+        config["me"] = list(me)
+    else:
+        config.setdefault("me", [pairing_config.SAMPLE_ME])
+    ops[PAIRS_OP] = {**op, "config": config}
+    return {**run_config, "ops": ops}
 
 
 def _load_run_config(path: str) -> dict:
@@ -215,14 +236,15 @@ def _load_pairs(path: str | None):
 def _cmd_show_labels(args: argparse.Namespace) -> int:
     from echo_pipeline.base_model import default_base_model, load_tokenizer, resolve_base_model
     from echo_pipeline.templates import default_system_prompt, infer_me_name
-    from echo_pipeline.tokenization import format_labels_debug, tokenize_pair
+    from echo_pipeline.tokenization import DEFAULT_MAX_TOKENS, format_labels_debug, tokenize_pair
 
+    max_tokens = DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens
     pairs = _load_pairs(args.pairs)
     tokenizer = load_tokenizer(resolve_base_model(args.base_model or default_base_model()))
     system_prompt = default_system_prompt(infer_me_name(list(pairs["context"])))
     for row in pairs.head(args.n).to_dict("records"):
         example = tokenize_pair(
-            args.template, tokenizer, row, system_prompt=system_prompt, max_tokens=args.max_tokens
+            args.template, tokenizer, row, system_prompt=system_prompt, max_tokens=max_tokens
         )
         print(f"# pair {row['pair_id']}  template {args.template}  tokens {len(example.input_ids)}")
         print(format_labels_debug(tokenizer, example, max_rows=args.max_rows))
@@ -356,19 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--me", action="append", required=True, help="Your author id or name (repeatable)."
     )
     p.add_argument("--out", help="Write the pairs to this Parquet file.")
-    p.add_argument(
-        "--merge-gap",
-        type=float,
-        default=300.0,
-        help="Seconds within which one author's messages merge.",
-    )
-    p.add_argument(
-        "--session-gap",
-        type=float,
-        default=3600.0,
-        help="Seconds of silence that start a new session.",
-    )
-    p.add_argument("--context-turns", type=int, default=3, help="Earlier turns kept as context.")
+    for flag, name, kind in (
+        ("--merge-gap", "merge_gap_s", float),
+        ("--session-gap", "session_gap_s", float),
+        ("--context-turns", "context_turns", int),
+    ):
+        default, description = pairing_config.setting(name)
+        p.add_argument(flag, type=kind, default=default, help=f"{description} Default: {default}.")
     p.add_argument(
         "--no-redact", action="store_true", help="Keep emails, phones, tokens... as they are."
     )
@@ -391,12 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--demo", action="store_true", help="The bundled sample export with me=alex.")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"The bundled sample export with me={pairing_config.SAMPLE_ME}.",
+    )
     p.add_argument(
         "--export", help="Export file or folder (default: env ECHO_EXPORT_DIR or the sample)."
     )
     p.add_argument(
-        "--me", action="append", help="Your author id or name (repeatable; default env ECHO_ME)."
+        "--me",
+        action="append",
+        help=f"Your author id or name (repeatable; default env {pairing_config.ME_ENV}).",
     )
     p.add_argument(
         "--template", action="append", choices=TEMPLATE_NAMES, help="Templates (default: all)."
@@ -430,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", required=True, choices=TEMPLATE_NAMES)
     p.add_argument("--pairs", help="Pairs Parquet (default: the materialised conversation_pairs).")
     p.add_argument("-n", type=int, default=2, help="How many pairs.")
-    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument(
+        "--max-tokens", type=int, help="Longest example in tokens (default: the dataset's)."
+    )
     p.add_argument("--max-rows", type=int, default=200, help="Tokens shown per sample.")
     p.add_argument(
         "--base-model", default=None, help=f"Whose tokenizer: {base_model_help} (default: as run)."

@@ -14,13 +14,13 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from echo_pipeline import schemas
+from echo_pipeline.pairing_config import PairingConfig
 from echo_pipeline.redaction import redact_series
 
 HUMAN_KINDS = ("message", "reply")
@@ -49,48 +49,6 @@ def heldout_split(rows_by_split: Mapping[str, int], preferred: str = "test") -> 
     hold anything out); callers decide whether that is an error.
     """
     return preferred if rows_by_split.get(preferred, 0) else "val"
-
-
-@dataclass(frozen=True)
-class PairingConfig:
-    """How messages become pairs. Defaults suit a casual 1:1 or small-group chat."""
-
-    me: tuple[str, ...]
-    merge_gap_s: float = 300.0
-    session_gap_s: float = 3600.0
-    context_turns: int = 3
-    attachments: Literal["placeholder", "drop"] = "placeholder"
-    redact: bool = True
-    min_reply_chars: int = 1
-    max_reply_chars: int = 2000
-    max_prompt_chars: int = 4000
-    drop_link_only: bool = True
-    # An attachment-only reply ("[image]") tells the model nothing about how I write; as a
-    # target it teaches the clone to answer "[image]". It stays as a prompt or context.
-    drop_placeholder_replies: bool = True
-    # Keep at most this many pairs per distinct (normalised) reply, e.g. "ok" or "Ha" sent
-    # hundreds of times, so one reflex does not become the clone's answer to everything; 0: off.
-    max_same_reply: int = 8
-    # Held-out sizing, in pairs (see assign_splits): test gets at least test_fraction of the
-    # pairs and at least test_min_pairs where the export allows it, val gets val_fraction, and
-    # train keeps at least min_train_fraction.
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    test_min_pairs: int = 100
-    min_train_fraction: float = 0.5
-    split_method: Literal["hash", "chronological"] = "hash"
-
-    def __post_init__(self) -> None:
-        if not self.me:
-            raise ValueError("`me` needs at least one author id or name")
-        if self.val_fraction < 0 or self.test_fraction < 0 or self.test_min_pairs < 0:
-            raise ValueError("split fractions and test_min_pairs must be >= 0")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must be < 1")
-        if not 0 < self.min_train_fraction < 1:
-            raise ValueError("min_train_fraction must be between 0 and 1")
-        if self.merge_gap_s < 0 or self.session_gap_s <= 0:
-            raise ValueError("gaps must be positive")
 
 
 @dataclass

@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 IGNORE_INDEX = -100
+#: Longest example in tokens unless told otherwise: the template_dataset asset, the CLI and
+#: direct callers all cut here (oldest context first, then the prompt's start).
+DEFAULT_MAX_TOKENS = 512
 MIN_PROMPT_TOKENS = 32
 _BATCH = 4096
 
@@ -287,7 +290,7 @@ def tokenize_pair(
     pair: ChatPair | Mapping[str, Any],
     *,
     system_prompt: str = "",
-    max_tokens: int | None = 1024,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
     me_names: Iterable[str] = (),
 ) -> TokenizedExample:
     """Token ids and labels of one pair (a :class:`ChatPair` or a pairs-table row)."""
@@ -328,7 +331,7 @@ def build_template_dataset(
     me_name: str | None = None,
     me_names: Iterable[str] = (),
     system_prompt: str | None = None,
-    max_tokens: int | None = 1024,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
 ) -> tuple[pd.DataFrame, list[TokenizedExample]]:
     """A ``TEMPLATE_DATASET`` frame and the tokenised examples, row for row, from ``pairs``.
 

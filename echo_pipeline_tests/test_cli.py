@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,25 @@ def test_chat_one_shot_with_an_adapter(tmp_path, capsys, base_model):
     )
     assert capsys.readouterr().out.strip()
     assert main(["chat", "--adapter", str(tmp_path / "missing")]) == EXIT_BAD_INPUT
+
+
+def test_run_hands_me_to_the_pipeline_as_run_config_not_through_the_environment(
+    monkeypatch, tmp_path
+):
+    from echo_pipeline import runner
+    from echo_pipeline.quiet import VERBOSE_ENV
+
+    monkeypatch.delenv("ECHO_ME", raising=False)
+    monkeypatch.setenv(VERBOSE_ENV, "1")  # -v sets it; monkeypatch puts it back afterwards
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    seen = {}
+
+    def run_pipeline(templates, experiments, *, run_config, **kwargs):
+        seen["run_config"] = run_config
+        return runner.RunOutcome(0)
+
+    monkeypatch.setattr(runner, "run_pipeline", run_pipeline)
+    args = ["run", "--export", str(sample_export_dir()), "--me", "alex", "--me", "123", "-v"]
+    assert main(args) == 0
+    assert seen["run_config"]["ops"]["conversation_pairs"]["config"]["me"] == ["alex", "123"]
+    assert "ECHO_ME" not in os.environ

@@ -11,6 +11,7 @@ from echo_pipeline.defs.io_manager import asset_path, partition_slug
 from echo_pipeline.defs.partitions import template_partitions
 from echo_pipeline.defs.resources import BaseModelResource
 from echo_pipeline.paths import data_dir
+from echo_pipeline.tokenization import DEFAULT_MAX_TOKENS
 
 DATASETS = "datasets"
 OWNERS = ["team:echo-pipeline"]
@@ -31,7 +32,7 @@ class DatasetConfig(dg.Config):
         "Unset: 'You are <me>. Reply the way <me> would in a casual chat.'",
     )
     max_tokens: int = Field(
-        default=512,
+        default=DEFAULT_MAX_TOKENS,
         ge=32,
         le=32768,
         description="Longest example in tokens; longer ones lose their oldest context first, then the prompt's start.",

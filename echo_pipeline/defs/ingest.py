@@ -3,13 +3,14 @@
 import hashlib
 import json
 import os
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 
-from echo_pipeline import conversations
+from echo_pipeline import conversations, pairing_config
 from echo_pipeline.exports import ExportError, detect_format, read_exports, require_export_files
 from echo_pipeline.paths import sample_export_dir
 from echo_pipeline.storage import file_sha256
@@ -42,73 +43,37 @@ class ExportConfig(dg.Config):
     )
 
 
+def _core(name: str, **limits: Any) -> Any:
+    """A Dagster config field with the default and description of the core setting."""
+    default, description = pairing_config.setting(name)
+    return Field(default=default, description=description, **limits)
+
+
 class PairsConfig(dg.Config):
-    """Who "me" is and how turns become pairs."""
+    """Who "me" is and how turns become pairs (the settings of :class:`PairingConfig`)."""
 
     me: list[str] = Field(
-        default_factory=lambda: [
-            m.strip() for m in os.environ.get("ECHO_ME", "alex").split(",") if m.strip()
-        ],
-        description="Your author ids or names (several for alt accounts). Env ECHO_ME "
-        "(comma-separated) sets the default; 'alex' is 'me' in the bundled sample.",
+        default_factory=pairing_config.default_me,
+        description=f"{pairing_config.setting('me')[1]} Env {pairing_config.ME_ENV} "
+        f"(comma-separated) sets the default; '{pairing_config.SAMPLE_ME}' is 'me' in the "
+        "bundled sample.",
     )
-    merge_gap_s: float = Field(
-        default=300.0,
-        description="Consecutive messages of one author closer than this merge into one turn.",
-    )
-    session_gap_s: float = Field(
-        default=3600.0, description="A silence longer than this starts a new conversation session."
-    )
-    context_turns: int = Field(
-        default=3,
-        ge=0,
-        le=32,
-        description="Earlier turns of the session kept as context for each pair.",
-    )
-    attachments: str = Field(
-        default="placeholder",
-        description="Attachment-only messages: 'placeholder' keeps them as [image]/[video]/[file]; 'drop' removes them.",
-    )
-    redact: bool = Field(
-        default=True,
-        description="Replace emails, phones, IPs, cards, tokens and credential URLs by typed placeholders.",
-    )
-    min_reply_chars: int = Field(default=1, ge=1, description="Shorter replies are dropped.")
-    max_reply_chars: int = Field(default=2000, ge=1, description="Longer replies are dropped.")
-    drop_link_only: bool = Field(default=True, description="Drop replies that are only links.")
-    drop_placeholder_replies: bool = Field(
-        default=True,
-        description="Drop replies that are only attachment placeholders ([image], [video], ...); they stay as prompts and context.",
-    )
-    max_same_reply: int = Field(
-        default=8,
-        ge=0,
-        description="Keep at most this many pairs per distinct reply ('ok', 'Ha'), so one reflex does not become the answer to everything (0: no cap).",
-    )
-    val_fraction: float = Field(
-        default=0.1,
-        ge=0,
-        lt=1,
-        description="Share of pairs held out for validation (whole sessions).",
-    )
-    test_fraction: float = Field(
-        default=0.1,
-        ge=0,
-        lt=1,
-        description="Least share of pairs held out for the test (whole sessions).",
-    )
-    test_min_pairs: int = Field(
-        default=100,
-        ge=0,
-        description="Least test pairs where the export allows it (train keeps min_train_fraction).",
-    )
-    min_train_fraction: float = Field(
-        default=0.5, gt=0, lt=1, description="Share of pairs that always stays in train."
-    )
-    split_method: str = Field(
-        default="hash",
-        description="'hash' (stable per session across reruns) or 'chronological' (latest sessions held out).",
-    )
+    merge_gap_s: float = _core("merge_gap_s")
+    session_gap_s: float = _core("session_gap_s")
+    context_turns: int = _core("context_turns", ge=0, le=32)
+    attachments: str = _core("attachments")
+    redact: bool = _core("redact")
+    min_reply_chars: int = _core("min_reply_chars", ge=1)
+    max_reply_chars: int = _core("max_reply_chars", ge=1)
+    max_prompt_chars: int = _core("max_prompt_chars", ge=1)
+    drop_link_only: bool = _core("drop_link_only")
+    drop_placeholder_replies: bool = _core("drop_placeholder_replies")
+    max_same_reply: int = _core("max_same_reply", ge=0)
+    val_fraction: float = _core("val_fraction", ge=0, lt=1)
+    test_fraction: float = _core("test_fraction", ge=0, lt=1)
+    test_min_pairs: int = _core("test_min_pairs", ge=0)
+    min_train_fraction: float = _core("min_train_fraction", gt=0, lt=1)
+    split_method: str = _core("split_method")
 
     def to_core(self) -> conversations.PairingConfig:
         if self.attachments not in ("placeholder", "drop"):
@@ -119,24 +84,8 @@ class PairsConfig(dg.Config):
             raise ValueError(
                 f"split_method must be 'hash' or 'chronological', got {self.split_method!r}"
             )
-        return conversations.PairingConfig(
-            me=tuple(self.me),
-            merge_gap_s=self.merge_gap_s,
-            session_gap_s=self.session_gap_s,
-            context_turns=self.context_turns,
-            attachments=self.attachments,  # type: ignore[arg-type]
-            redact=self.redact,
-            min_reply_chars=self.min_reply_chars,
-            max_reply_chars=self.max_reply_chars,
-            drop_link_only=self.drop_link_only,
-            drop_placeholder_replies=self.drop_placeholder_replies,
-            max_same_reply=self.max_same_reply,
-            val_fraction=self.val_fraction,
-            test_fraction=self.test_fraction,
-            test_min_pairs=self.test_min_pairs,
-            min_train_fraction=self.min_train_fraction,
-            split_method=self.split_method,  # type: ignore[arg-type]
-        )
+        settings = {name: getattr(self, name) for name in pairing_config.SETTINGS}
+        return conversations.PairingConfig(me=tuple(self.me), **settings)
 
 
 def export_manifest(location: str) -> pa.Table:
