@@ -41,15 +41,17 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 setup: $(VENV)/.installed
 
+# The sample is committed; tools/sample_export.py regenerates it (byte for byte) if it is missing.
 demo: setup
+	@ls data/sample/*.json > /dev/null 2>&1 || $(PY) -m tools.sample_export
 	$(VENV)/bin/echo-pipeline run --demo
 
 test: setup
 	$(PY) -m pytest -p no:cacheprovider
 
 lint: setup
-	$(VENV)/bin/ruff check echo_pipeline echo_pipeline_tests benchmarks
-	$(VENV)/bin/ruff format --check echo_pipeline echo_pipeline_tests benchmarks
+	$(VENV)/bin/ruff check echo_pipeline echo_pipeline_tests benchmarks tools
+	$(VENV)/bin/ruff format --check echo_pipeline echo_pipeline_tests benchmarks tools
 
 ui: setup
 	$(VENV)/bin/echo-pipeline ui

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from echo_pipeline.paths import sample_export_dir
-from echo_pipeline.sample_export import (
+from tools.sample_export import (
     ALEX,
     DISCORD_EPOCH_MS,
     SAM,
@@ -78,7 +78,7 @@ def test_generation_is_byte_identical_for_the_same_seed(tmp_path: Path) -> None:
 def test_committed_sample_equals_a_fresh_generation(sample: list[Path]) -> None:
     committed = sorted(sample_export_dir().glob("*.json"))
     assert sorted(p.name for p in committed) == sorted(p.name for p in sample), (
-        "data/sample/ is out of date: run `python -m echo_pipeline.sample_export`"
+        "data/sample/ is out of date: run `python -m tools.sample_export`"
     )
     for path in sample:
         assert (sample_export_dir() / path.name).read_bytes() == path.read_bytes(), (

@@ -8,7 +8,9 @@ clearly different styles and "me" (``alex``) answers what was asked, so a small 
 to learn and the evaluation can tell whether it learnt it. Everything comes from
 ``random.Random(seed)`` and no clock is read: the same arguments give byte-identical files.
 
-Run ``python -m echo_pipeline.sample_export --out data/sample`` to regenerate the bundled sample.
+Run ``python -m tools.sample_export`` from the repository root to regenerate the bundled sample
+(``--out`` writes elsewhere). It lives outside the runtime package: the pipeline only reads
+the files it wrote.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+from echo_pipeline.pairing_config import SAMPLE_ME
 from echo_pipeline.paths import sample_export_dir
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
@@ -61,7 +64,7 @@ def _default_avatar(user_id: str) -> str:
 
 ALEX = Person(
     "291274804919574979",
-    "alex",
+    SAMPLE_ME,  # "me": the name the demo pairs by
     "0000",
     "https://cdn.discordapp.com/avatars/291274804919574979/a3f9c1e07b2d4865c0e1f2a3b4c5d6e7.png?size=512",
 )
@@ -103,11 +106,11 @@ class _Member:
 
 
 _DM_MEMBERS = {
-    "A": _Member(ALEX, "alex"),
+    "A": _Member(ALEX, ALEX.name),
     "S": _Member(SAM, "sam"),
 }
 _GUILD_MEMBERS = {
-    "A": _Member(ALEX, "alex", (_ROLE_ADMIN, _ROLE_FRIENDS)),
+    "A": _Member(ALEX, ALEX.name, (_ROLE_ADMIN, _ROLE_FRIENDS)),
     "S": _Member(SAM, "sammy", (_ROLE_FRIENDS,)),
     "J": _Member(JORDAN, "jordan", (_ROLE_FRIENDS,)),
     "B": _Member(DJ_BOT, "DJ Bot", (_ROLE_BOT,)),
