@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from echo_pipeline import schemas
-from echo_pipeline.pairing_config import PairingConfig
+from echo_pipeline.pairing_config import PairingConfig  # build_pairs takes it: re-exported
 from echo_pipeline.redaction import redact_series
 
 HUMAN_KINDS = ("message", "reply")
