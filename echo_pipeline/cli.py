@@ -162,6 +162,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         base_model=args.base_model,
         log_file=None if args.verbose else default_log_file(),
         verbose=args.verbose,
+        force=args.force,
     )
     return outcome.exit_status
 
@@ -420,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Evaluate on at most this many held-out pairs (a quick trial).",
     )
     p.add_argument("--config", help="Dagster run config file (YAML/JSON) with per-op settings.")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="Re-make every step, even those whose code, inputs and config are unchanged since "
+        "their last run (without it, those print 'up to date' and are skipped).",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

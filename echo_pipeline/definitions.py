@@ -12,6 +12,7 @@ from echo_pipeline.base_model import default_base_model
 from echo_pipeline.defs.automation import automation_jobs, automation_schedules, automation_sensors
 from echo_pipeline.defs.datasets import dataset_assets
 from echo_pipeline.defs.evaluation import evaluation_assets
+from echo_pipeline.defs.freshness import latest_materialization, stale_reasons
 from echo_pipeline.defs.ingest import ingest_assets, ingest_checks
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource
@@ -30,6 +31,8 @@ def build_resources() -> dict:
 
 ALL_ASSETS = [*ingest_assets, *dataset_assets, *training_assets, *evaluation_assets]
 ALL_CHECKS = [*ingest_checks]
+__all__ = ["ALL_ASSETS", "ALL_CHECKS", "build_resources", "defs"]
+__all__ += ["latest_materialization", "stale_reasons"]  # what the shell runner asks
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,

@@ -7,6 +7,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from echo_pipeline.defs.freshness import (
+    CODE_VERSIONS,
+    data_version,
+    dataset_provenance,
+    provenance_metadata,
+)
 from echo_pipeline.defs.io_manager import asset_path, partition_slug
 from echo_pipeline.defs.partitions import template_partitions
 from echo_pipeline.defs.resources import BaseModelResource
@@ -47,7 +53,7 @@ def jsonl_dir(template: str) -> Path:
     kinds={"transformers", "parquet"},
     owners=OWNERS,
     partitions_def=template_partitions,
-    code_version="1",
+    code_version=CODE_VERSIONS["template_dataset"],
     # New pairs (from the export sensor or by hand) re-render every template's dataset.
     # ...but never from pairs whose blocking checks failed (a one-author export, leftover PII).
     automation_condition=(
@@ -94,7 +100,8 @@ def template_dataset(
     )
 
     template = context.partition_key
-    tokenizer = load_tokenizer(base_model.resolve())
+    resolved = base_model.resolve()
+    tokenizer = load_tokenizer(resolved)
     pairs = conversation_pairs.to_pandas()
     system_prompt = config.system_prompt
     if system_prompt is None:
@@ -155,9 +162,12 @@ def template_dataset(
     too_long = int((lengths > config.max_tokens).sum())
     truncated = int(frame["truncated"].sum())
 
+    provenance = dataset_provenance(context.instance, config, resolved.fingerprint)
     yield dg.Output(
         table,
+        data_version=data_version(provenance),
         metadata={
+            **provenance_metadata(provenance),
             "dagster/row_count": table.num_rows,
             "rows_by_split": frame["split"].value_counts().to_dict(),
             "tokens_mean": float(lengths.mean()),

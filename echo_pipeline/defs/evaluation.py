@@ -6,6 +6,13 @@ import dagster as dg
 from pydantic import Field
 
 from echo_pipeline.defs.datasets import dataset_path
+from echo_pipeline.defs.freshness import (
+    CODE_VERSIONS,
+    comparison_provenance,
+    data_version,
+    provenance_metadata,
+    report_provenance,
+)
 from echo_pipeline.defs.io_manager import asset_path, partition_slug
 from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
@@ -14,8 +21,8 @@ from echo_pipeline.paths import data_dir
 
 EVALUATION = "evaluation"
 OWNERS = ["team:echo-pipeline"]
-EVALUATION_CODE_VERSION = "2"
-COMPARISON_CODE_VERSION = "2"
+EVALUATION_CODE_VERSION = CODE_VERSIONS["evaluation_report"]
+COMPARISON_CODE_VERSION = CODE_VERSIONS["model_comparison"]
 HEADLINE_METRICS = (
     "base_reply_loss",
     "adapter_reply_loss",
@@ -259,6 +266,8 @@ def evaluation_report(
     }
     if run.model_id:
         metadata["mlflow_model_id"] = run.model_id
+    provenance = report_provenance(context.instance, str(context.partition_key), config)
+    metadata.update(provenance_metadata(provenance))
     check = dg.AssetCheckResult(
         check_name="beats_base",
         passed=beats,
@@ -274,7 +283,9 @@ def evaluation_report(
         else f"The adapter's verdict is {adapter_verdict.label!r} (base: {base_verdict.label!r}): "
         + "; ".join(adapter_verdict.reasons[:3]),
     )
-    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+    return dg.MaterializeResult(
+        metadata=metadata, check_results=[check], data_version=data_version(provenance)
+    )
 
 
 @dg.asset(
@@ -299,6 +310,7 @@ def model_comparison(
         write_leaderboard,
     )
 
+    provenance = comparison_provenance(context.instance)
     frame = leaderboard(mlflow_tracking.uri(), mlflow_tracking.experiment_name)
     files = write_leaderboard(frame, comparison_dir())
     metadata = {
@@ -307,6 +319,7 @@ def model_comparison(
         "csv_path": dg.MetadataValue.path(str(files.csv)),
         "adapters": len(frame),
         "evaluated": int((~frame["stale"].astype(bool)).sum()) if len(frame) else 0,
+        **provenance_metadata(provenance),
     }
     if len(frame):
         best = frame.iloc[0]
@@ -315,7 +328,7 @@ def model_comparison(
         context.log.warning(
             "no adapter runs in MLflow yet: materialise lora_adapter and evaluation_report"
         )
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=data_version(provenance))
 
 
 evaluation_assets = [evaluation_report, model_comparison]

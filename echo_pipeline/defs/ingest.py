@@ -11,6 +11,13 @@ import pyarrow as pa
 from pydantic import Field
 
 from echo_pipeline import conversations
+from echo_pipeline.defs.freshness import (
+    CODE_VERSIONS,
+    data_version,
+    ingest_provenance,
+    pairs_provenance,
+    provenance_metadata,
+)
 from echo_pipeline.exports import ExportError, detect_format, read_exports, require_export_files
 from echo_pipeline.paths import sample_export_dir
 
@@ -173,6 +180,7 @@ def _failure(error: Exception) -> dg.Failure:
             group_name=INGEST,
             kinds={"python", "parquet"},
             owners=OWNERS,
+            code_version=CODE_VERSIONS["read_chat_exports"],
             description="The export files (with content hashes): what every later asset is "
             "derived from.",
         ),
@@ -180,6 +188,7 @@ def _failure(error: Exception) -> dg.Failure:
             group_name=INGEST,
             kinds={"pandas", "parquet"},
             owners=OWNERS,
+            code_version=CODE_VERSIONS["read_chat_exports"],
             description="Every message of every export in one schema (chat_messages), "
             "timestamps in UTC.",
         ),
@@ -200,13 +209,15 @@ def read_chat_exports(context: dg.AssetExecutionContext, config: ExportConfig):
     except ExportError as error:
         raise _failure(error) from error
     combined = hashlib.sha256("".join(manifest.column("sha256").to_pylist()).encode()).hexdigest()
+    provenance = ingest_provenance(manifest.column("sha256").to_pylist())
     formats = pd.Series(manifest.column("format").to_pylist()).value_counts().to_dict()
     context.log.info("read %d messages from %d files", table.num_rows, len(paths))
     yield dg.Output(
         manifest,
         output_name="raw_chat_export",
-        data_version=dg.DataVersion(combined[:16]),
+        data_version=data_version(provenance),
         metadata={
+            **provenance_metadata(provenance),
             "location": config.path,
             "files": manifest.num_rows,
             "bytes": int(sum(manifest.column("bytes").to_pylist())),
@@ -217,7 +228,8 @@ def read_chat_exports(context: dg.AssetExecutionContext, config: ExportConfig):
     yield dg.Output(
         table,
         output_name="chat_messages",
-        metadata=_messages_metadata(table),
+        data_version=data_version(provenance),
+        metadata={**provenance_metadata(provenance), **_messages_metadata(table)},
     )
 
 
@@ -269,6 +281,7 @@ def pairs_preview_markdown(pairs: pa.Table, limit: int = 5) -> str:
     group_name=INGEST,
     kinds={"pandas", "parquet"},
     owners=OWNERS,
+    code_version=CODE_VERSIONS["conversation_pairs"],
     description="(context, someone else's turn) -> my reply, redacted and split by session.",
 )
 def conversation_pairs(
@@ -282,9 +295,12 @@ def conversation_pairs(
     for warning in report.warnings:
         context.log.warning(warning)
     context.log.info("built %d pairs from %d turns", report.pairs, report.turns)
+    provenance = pairs_provenance(context.instance, config)
     return dg.Output(
         pairs,
+        data_version=data_version(provenance),
         metadata={
+            **provenance_metadata(provenance),
             "dagster/row_count": report.pairs,
             "pairs_by_split": report.pairs_by_split,
             "explicit_reply_pairs": report.explicit_reply_pairs,

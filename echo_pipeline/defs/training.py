@@ -7,6 +7,12 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from echo_pipeline.defs.datasets import SYSTEM_PROMPT_METADATA_KEY, dataset_path
+from echo_pipeline.defs.freshness import (
+    CODE_VERSIONS,
+    adapter_provenance,
+    data_version,
+    provenance_metadata,
+)
 from echo_pipeline.defs.io_manager import partition_slug
 from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapter
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource, dagster_lineage_tags
@@ -14,7 +20,7 @@ from echo_pipeline.paths import data_dir
 
 TRAINING = "training"
 OWNERS = ["team:echo-pipeline"]
-TRAINING_CODE_VERSION = "1"
+TRAINING_CODE_VERSION = CODE_VERSIONS["lora_adapter"]
 
 
 class LoraConfig(dg.Config):
@@ -158,16 +164,29 @@ def lora_adapter(
         mlflow_tracking.ensure_experiment()
     except TrackingUnavailableError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
+    provenance = adapter_provenance(
+        context.instance, template, job.training, job.base_model.fingerprint
+    )
+
+    def versioned(result: dg.MaterializeResult) -> dg.MaterializeResult:
+        """The adapter's data version is its provenance: same dataset, base, recipe and code."""
+        return dg.MaterializeResult(
+            metadata={**(result.metadata or {}), **provenance_metadata(provenance)},
+            data_version=data_version(provenance),
+            check_results=result.check_results,
+        )
 
     if config.out_of_process:
         failure = failure_file(job.work_dir)
         failure.unlink(missing_ok=True)
         try:
-            return pipes_subprocess_client.run(
-                command=[sys.executable, "-m", "echo_pipeline.train_job"],
-                context=context,
-                extras={"job": job.to_dict()},
-            ).get_materialize_result()
+            return versioned(
+                pipes_subprocess_client.run(
+                    command=[sys.executable, "-m", "echo_pipeline.train_job"],
+                    context=context,
+                    extras={"job": job.to_dict()},
+                ).get_materialize_result()
+            )
         except Exception as error:  # Pipes' error class is not public API
             if not failure.exists():
                 raise  # killed, or failed before the job started: Pipes' own message
@@ -181,10 +200,7 @@ def lora_adapter(
         context.log.info(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     outcome = run_adapter_job(job, on_progress=progress)
-    return dg.MaterializeResult(
-        metadata=_as_dagster_metadata(outcome_metadata(outcome)),
-        data_version=dg.DataVersion(outcome.fingerprint),
-    )
+    return versioned(dg.MaterializeResult(metadata=_as_dagster_metadata(outcome_metadata(outcome))))
 
 
 def _as_dagster_metadata(raw: dict) -> dict:
