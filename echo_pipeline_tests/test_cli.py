@@ -83,24 +83,52 @@ def test_show_labels_prints_masked_prompt_and_labelled_reply(tmp_path, capsys, b
     assert "-100" in table and "<|im_end|>" in table
 
 
+def base_greedy_reply(base_model, prompt: str, max_new_tokens: int) -> str:
+    """The base model's own greedy continuation of ``prompt`` in ChatML, up to its EOS, decoded."""
+    import torch
+
+    from echo_pipeline.base_model import load_causal_lm, load_tokenizer
+    from echo_pipeline.tokenization import stop_token_id, tokenize_inference_prompt
+
+    tokenizer = load_tokenizer(base_model)
+    model = load_causal_lm(base_model, quantization="none", purpose="inference").eval()
+    ids = tokenize_inference_prompt("chatml", tokenizer, [], prompt, "", prompt_author="friend")
+    eos = stop_token_id("chatml", tokenizer)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    new = out[0, len(ids) :].tolist()
+    assert len(new) <= max_new_tokens
+    new = new[: new.index(eos)] if eos in new else new
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
 @pytest.mark.slow
 def test_chat_one_shot_with_an_adapter(tmp_path, capsys, base_model):
+    """One-shot chat prints the model's reply to the prompt in the adapter's template, cut at the
+    template's EOS. An untrained adapter (B = 0) computes what the base computes, so greedy, the
+    reply is exactly the base model's greedy continuation; sampled, a seed gives one reply."""
     from echo_pipeline.evaluation.untrained import write_untrained_adapter
 
     adapter = write_untrained_adapter(base_model, tmp_path / "adapter", template="chatml")
-    assert (
-        main(
-            [
-                "chat",
-                "--adapter",
-                str(adapter),
-                "--prompt",
-                "hey, are you coming?",
-                "--max-new-tokens",
-                "8",
-            ]
-        )
-        == 0
-    )
-    assert capsys.readouterr().out.strip()
+    prompt = "hey, are you coming?"
+
+    def chat(*flags: str) -> str:
+        capsys.readouterr()
+        argv = ["chat", "--adapter", str(adapter), "--prompt", prompt, "--max-new-tokens", "8"]
+        assert main([*argv, *flags]) == 0
+        return capsys.readouterr().out
+
+    greedy = chat("--greedy", "--repetition-penalty", "1")
+    expected = base_greedy_reply(base_model, prompt, max_new_tokens=8)
+    assert expected and greedy == expected + "\n"
+    assert "<|im_end|>" not in greedy and "<|im_start|>" not in greedy
+    sampled = chat("--seed", "3")
+    assert sampled.strip() and chat("--seed", "3") == sampled
     assert main(["chat", "--adapter", str(tmp_path / "missing")]) == EXIT_BAD_INPUT
