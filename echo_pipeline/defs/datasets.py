@@ -7,6 +7,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from echo_pipeline.checks import check_template_dataset, example_lengths
+from echo_pipeline.defs.check_results import asset_check_results
 from echo_pipeline.defs.freshness import (
     CODE_VERSIONS,
     data_version,
@@ -91,13 +93,8 @@ def template_dataset(
 ):
     """Per-template training data, plus JSONL in the seed's {"inputs": ...} shape for hosted tuning."""
     from echo_pipeline.base_model import load_tokenizer
-    from echo_pipeline.templates import auto_bos_token_id, default_system_prompt, infer_me_name
-    from echo_pipeline.tokenization import (
-        build_template_dataset,
-        stop_token_id,
-        tokenize_inference_prompt,
-        write_jsonl,
-    )
+    from echo_pipeline.templates import default_system_prompt, infer_me_name
+    from echo_pipeline.tokenization import build_template_dataset, write_jsonl
 
     template = context.partition_key
     resolved = base_model.resolve()
@@ -123,43 +120,16 @@ def template_dataset(
         frame, {split: out_dir / f"{split}.jsonl" for split in ("train", "val", "test")}
     )
 
-    # Checks computed here, where the tokenizer is loaded.
-    eos = stop_token_id(template, tokenizer)
-    bos = auto_bos_token_id(tokenizer)
-    # Truncated rows are excluded from parity and EOS checks: their prompt was cut to fit a reply
-    # the inference side cannot know, and a cut reply deliberately has no EOS.
-    whole = np.flatnonzero(~frame["truncated"].to_numpy())
-    rng = np.random.default_rng(0)
-    sample = (
-        rng.choice(whole, size=min(PARITY_SAMPLE, len(whole)), replace=False) if len(whole) else []
+    # Checked here, where the tokenizer is loaded.
+    checks = check_template_dataset(
+        template,
+        tokenizer,
+        pairs,
+        examples,
+        system_prompt=system_prompt,
+        max_tokens=config.max_tokens,
     )
-    mismatched = 0
-    for i in sample:
-        row = pairs.iloc[int(i)]
-        expected = examples[int(i)].input_ids[: examples[int(i)].prompt_len]
-        got = tokenize_inference_prompt(
-            template,
-            tokenizer,
-            row["context"],
-            row["prompt"],
-            system_prompt,
-            prompt_author=row["prompt_author"],
-            max_tokens=config.max_tokens,
-        )
-        mismatched += got != expected
-    eos_bad = sum(
-        1
-        for e in examples
-        if not e.truncated
-        and (
-            not e.labels
-            or e.labels[-1] != eos
-            or any(label != -100 for label in e.labels[: e.prompt_len])
-        )
-    )
-    double_bos = sum(1 for e in examples if bos is not None and e.input_ids[:2] == [bos, bos])
-    lengths = np.array([len(e.input_ids) for e in examples]) if examples else np.array([0])
-    too_long = int((lengths > config.max_tokens).sum())
+    lengths = example_lengths(examples)
     truncated = int(frame["truncated"].sum())
 
     provenance = dataset_provenance(context.instance, config, resolved.fingerprint)
@@ -180,24 +150,7 @@ def template_dataset(
             "base_model": base_model.source,
         },
     )
-    yield dg.AssetCheckResult(
-        check_name="template_parity",
-        passed=mismatched == 0,
-        metadata={"sampled": len(sample), "mismatched": int(mismatched)},
-    )
-    yield dg.AssetCheckResult(
-        check_name="eos_labelled",
-        passed=eos_bad == 0,
-        metadata={"violations": eos_bad, "eos_id": int(eos)},
-    )
-    yield dg.AssetCheckResult(
-        check_name="single_bos", passed=double_bos == 0, metadata={"double_bos": double_bos}
-    )
-    yield dg.AssetCheckResult(
-        check_name="token_lengths",
-        passed=too_long == 0,
-        metadata={"max_tokens": config.max_tokens, "over_max": too_long, "truncated": truncated},
-    )
+    yield from asset_check_results(checks)
 
 
 def dataset_path(template: str) -> Path:

@@ -11,6 +11,8 @@ import pyarrow as pa
 from pydantic import Field
 
 from echo_pipeline import conversations
+from echo_pipeline.checks import check_pairs
+from echo_pipeline.defs.check_results import asset_check_results
 from echo_pipeline.defs.freshness import (
     CODE_VERSIONS,
     data_version,
@@ -325,32 +327,9 @@ def _me_ids(pairs: pa.Table) -> list[str]:
     return json.loads(raw)
 
 
-def heldout_check(df: pd.DataFrame) -> dg.AssetCheckResult:
-    """Fails, before minutes of training, an export too small to hold out test pairs.
-
-    The split puts at least one session in test whenever two sessions have pairs; so this fails
-    on pairs from one session only, or when the config holds out nothing. (No pairs at all is
-    has_pairs' failure, reported once.)
-    """
-    test = int((df["split"] == "test").sum()) if len(df) else 0
-    sessions = int(df["session_id"].nunique()) if len(df) else 0
-    metadata = {"pairs": len(df), "sessions": sessions, "test": test}
-    if test or not len(df):  # no pairs at all: has_pairs fails and says why, once
-        return dg.AssetCheckResult(check_name="has_heldout_pairs", passed=True, metadata=metadata)
-    if sessions >= 2:  # pairs to spare, so the config held out nothing
-        advice = "set test_fraction or test_min_pairs above 0 (conversation_pairs config)"
-    else:
-        advice = (
-            "use a longer export (more conversations), or a smaller session_gap_s so long "
-            "conversations split into sessions (conversation_pairs config)"
-        )
-    return dg.AssetCheckResult(
-        check_name="has_heldout_pairs",
-        passed=False,
-        metadata=metadata,
-        description=f"no held-out pairs to evaluate on: {len(df)} pairs in {sessions} session(s); "
-        f"the split needs at least 2 pairs in 2 sessions (one to train on, one to test on); {advice}",
-    )
+def _redacted(pairs: pa.Table) -> bool:
+    raw = (pairs.schema.metadata or {}).get(conversations.REDACTED_METADATA_KEY, b"true")
+    return bool(json.loads(raw))
 
 
 @dg.multi_asset_check(
@@ -369,66 +348,10 @@ def heldout_check(df: pd.DataFrame) -> dg.AssetCheckResult:
 )
 def conversation_pairs_checks(conversation_pairs: pa.Table):
     """Invariants that, if broken, would train on the wrong voice or leak test data or secrets."""
-    df = conversation_pairs.to_pandas()
-    me = set(_me_ids(conversation_pairs))
-    train = int((df["split"] == "train").sum()) if len(df) else 0
-    yield dg.AssetCheckResult(
-        check_name="has_pairs",
-        passed=train > 0,
-        metadata={"pairs": len(df), "train": train},
-        description=None
-        if train
-        else "No training pairs: check that `me` is you (see chat_messages' authors) and that the "
-        "export holds other people's messages you replied to (an export filtered to one author has none).",
-    )
-    yield heldout_check(df)
-    not_mine = int((~df["reply_author_id"].isin(me)).sum())
-    yield dg.AssetCheckResult(
-        check_name="replies_are_mine", passed=not_mine == 0, metadata={"violations": not_mine}
-    )
-    mine_prompts = int(df["prompt_author_id"].isin(me).sum())
-    yield dg.AssetCheckResult(
-        check_name="prompts_are_others",
-        passed=mine_prompts == 0,
-        metadata={"violations": mine_prompts},
-    )
-    crossing = int((df["prompt_session_id"] != df["session_id"]).sum())
-    yield dg.AssetCheckResult(
-        check_name="pairs_within_session", passed=crossing == 0, metadata={"violations": crossing}
-    )
-    per_session = df.groupby("session_id")["split"].nunique() if len(df) else pd.Series(dtype=int)
-    leaking = int((per_session > 1).sum())
-    yield dg.AssetCheckResult(
-        check_name="sessions_in_one_split", passed=leaking == 0, metadata={"violations": leaking}
-    )
-    from echo_pipeline.redaction import find_pii
-
-    redacted = json.loads(
-        (conversation_pairs.schema.metadata or {}).get(conversations.REDACTED_METADATA_KEY, b"true")
-    )
-    if not redacted:
-        yield dg.AssetCheckResult(
-            check_name="no_pii_left",
-            passed=True,
-            metadata={"note": "redaction turned off in config"},
+    yield from asset_check_results(
+        check_pairs(
+            conversation_pairs, _me_ids(conversation_pairs), redacted=_redacted(conversation_pairs)
         )
-        return
-
-    texts = pd.concat(
-        [df["prompt"], df["reply"], df["context"].explode().dropna().map(lambda t: t["text"])],
-        ignore_index=True,
-    )
-    found = texts.map(find_pii)
-    leftover = found[found.map(len) > 0]
-    kinds = (
-        pd.Series([k for ks in leftover for k in ks]).value_counts().to_dict()
-        if len(leftover)
-        else {}
-    )
-    yield dg.AssetCheckResult(
-        check_name="no_pii_left",
-        passed=len(leftover) == 0,
-        metadata={"texts_with_pii": len(leftover), "kinds": {k: int(v) for k, v in kinds.items()}},
     )
 
 
