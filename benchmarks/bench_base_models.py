@@ -38,7 +38,7 @@ import _common
 def sample_frame(base: str):
     """The bundled sample as model_default examples tokenised by ``base``'s tokenizer."""
     from echo_pipeline.base_model import load_tokenizer, resolve_base_model
-    from echo_pipeline.conversations import PairingConfig, build_pairs
+    from echo_pipeline.conversations import PairingConfig, build_pairs, pairs_identity
     from echo_pipeline.exports import read_exports
     from echo_pipeline.paths import sample_export_dir
     from echo_pipeline.tokenization import build_template_dataset
@@ -47,8 +47,9 @@ def sample_frame(base: str):
     tokenizer = load_tokenizer(resolved)
     messages = read_exports([sample_export_dir()])
     pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=("alex",)))
+    me_name = next(iter(pairs_identity(pairs).names), "")
     pairs = pairs.to_pandas()
-    frame, examples = build_template_dataset(pairs, "model_default", tokenizer)
+    frame, examples = build_template_dataset(pairs, "model_default", tokenizer, me_name=me_name)
     return resolved, tokenizer, pairs, frame, examples
 
 

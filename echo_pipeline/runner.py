@@ -423,9 +423,9 @@ def _stderr_to(log_file: Path | None) -> Iterator[TextIO]:
 
 
 def default_log_file() -> Path:
-    from echo_pipeline.paths import data_dir
+    from echo_pipeline.layout import Layout
 
-    return data_dir() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    return Layout.default().logs_dir() / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 
 _UNFINISHED = ("STARTING", "STARTED", "CANCELING")
