@@ -590,8 +590,7 @@ def build_pairs(messages: pd.DataFrame, config: PairingConfig) -> tuple[pa.Table
 
 def me_display_names(messages: pd.DataFrame, me_ids: Sequence[str]) -> list[str]:
     """The names my accounts wrote under, most messages first (what the system prompt calls me)."""
-    counts = author_counts(messages)
-    mine = counts[counts["author_id"].astype(str).isin(list(me_ids))]
+    mine = author_counts(messages[messages["author_id"].astype(str).isin(list(me_ids))])
     return list(dict.fromkeys(str(n) for n in mine["author_name"] if str(n).strip()))
 
 
