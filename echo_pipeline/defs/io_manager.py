@@ -47,4 +47,3 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 "materialised yet; materialise it first"
             )
         return pq.read_table(path)
-
