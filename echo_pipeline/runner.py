@@ -203,9 +203,7 @@ def _run(
                 reasons[asset] = [f"{next(iter(reasons))} runs first"]
             else:
                 op_config = (run_config.get("ops", {}).get(op_of[asset]) or {}).get("config")
-                why = stale_reasons(
-                    instance, asset, partition_key, op_config, resources["base_model"]
-                )
+                why = stale_reasons(instance, asset, partition_key, op_config, resources)
                 if why:
                     reasons[asset] = why
         return reasons
@@ -472,9 +470,9 @@ def _stderr_to(log_file: Path | None) -> Iterator[TextIO]:
 
 
 def default_log_file() -> Path:
-    from echo_pipeline.paths import data_dir
+    from echo_pipeline.layout import Layout
 
-    return data_dir() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    return Layout.default().logs_dir() / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 
 _UNFINISHED = ("STARTING", "STARTED", "CANCELING")

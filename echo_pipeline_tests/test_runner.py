@@ -9,7 +9,7 @@ import shutil
 import dagster as dg
 from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
 
-from echo_pipeline.defs.training import adapter_dir
+from echo_pipeline.layout import Layout
 from echo_pipeline.paths import data_dir, sample_export_dir
 from echo_pipeline.runner import run_pipeline
 
@@ -41,7 +41,7 @@ def test_the_runner_takes_one_template_through_every_stage(pipeline_env):
     assert header.split()[:4] == ["template", "experiment", "status", "verdict"]
     assert row.split()[:3] == ["chatml", "demo", "ok"] and "->" in row
     assert row.split()[-1].endswith("report.html") and os.path.isfile(row.split()[-1])
-    assert (adapter_dir("chatml", "demo") / "adapter_model.safetensors").exists()
+    assert (Layout.default().adapter_dir("chatml", "demo") / "adapter_model.safetensors").exists()
     assert (data_dir() / "evaluation_report").is_dir()
     instance = dg.DagsterInstance.get()  # the runner's instance: DAGSTER_HOME of pipeline_env
     manifest = instance.get_latest_materialization_event(dg.AssetKey("raw_chat_export"))
@@ -121,9 +121,7 @@ def _a_rerun_does_only_what_changed(instance, export, run_config):
     assert _steps_run(lines) == {"ingest": "ok", "template_dataset[chatml]": "ok"}, lines
     from echo_pipeline.definitions import build_resources, stale_reasons
 
-    why = stale_reasons(
-        instance, "lora_adapter", "demo|chatml", {}, build_resources()["base_model"]
-    )
+    why = stale_reasons(instance, "lora_adapter", "demo|chatml", {}, build_resources())
     assert any(reason.startswith("data changed: template_dataset") for reason in why), why
 
     lines = []  # --force: every step runs, current or not

@@ -1,7 +1,5 @@
 """Datasets stage: one tokenised, label-masked dataset per prompt template."""
 
-from pathlib import Path
-
 import dagster as dg
 import numpy as np
 import pyarrow as pa
@@ -15,10 +13,9 @@ from echo_pipeline.defs.freshness import (
     dataset_provenance,
     provenance_metadata,
 )
-from echo_pipeline.defs.io_manager import asset_path, partition_slug
+from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import template_partitions
 from echo_pipeline.defs.resources import BaseModelResource
-from echo_pipeline.paths import data_dir
 
 DATASETS = "datasets"
 OWNERS = ["team:echo-pipeline"]
@@ -27,7 +24,6 @@ TOKEN_FIELDS = [
     pa.field("labels", pa.list_(pa.int32())),
 ]
 PARITY_SAMPLE = 64
-SYSTEM_PROMPT_METADATA_KEY = b"echo.system_prompt"
 
 
 class DatasetConfig(dg.Config):
@@ -44,10 +40,6 @@ class DatasetConfig(dg.Config):
         le=32768,
         description="Longest example in tokens; longer ones lose their oldest context first, then the prompt's start.",
     )
-
-
-def jsonl_dir(template: str) -> Path:
-    return data_dir() / "template_dataset_jsonl" / partition_slug(template)
 
 
 @dg.asset(
@@ -89,25 +81,29 @@ def template_dataset(
     context: dg.AssetExecutionContext,
     config: DatasetConfig,
     base_model: BaseModelResource,
+    io_manager: dg.ResourceParam[ParquetIOManager],
     conversation_pairs: pa.Table,
 ):
     """Per-template training data, plus JSONL in the seed's {"inputs": ...} shape for hosted tuning."""
     from echo_pipeline.base_model import load_tokenizer
-    from echo_pipeline.templates import default_system_prompt, infer_me_name
-    from echo_pipeline.tokenization import build_template_dataset, write_jsonl
+    from echo_pipeline.conversations import pairs_identity
+    from echo_pipeline.records import DatasetManifest
+    from echo_pipeline.templates import default_system_prompt
+    from echo_pipeline.tokenization import build_template_dataset, stop_token_id, write_jsonl
 
     template = context.partition_key
+    layout = io_manager.layout()
     resolved = base_model.resolve()
     tokenizer = load_tokenizer(resolved)
     pairs = conversation_pairs.to_pandas()
+    me = pairs_identity(conversation_pairs)
     system_prompt = config.system_prompt
     if system_prompt is None:
-        system_prompt = default_system_prompt(infer_me_name(list(pairs["context"])))
+        system_prompt = default_system_prompt(next(iter(me.names), ""))
     frame, examples = build_template_dataset(
         pairs, template, tokenizer, system_prompt=system_prompt, max_tokens=config.max_tokens
     )
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({SYSTEM_PROMPT_METADATA_KEY: system_prompt.encode()})
     table = table.append_column(
         TOKEN_FIELDS[0], pa.array([e.input_ids for e in examples], pa.list_(pa.int32()))
     )
@@ -115,7 +111,7 @@ def template_dataset(
         TOKEN_FIELDS[1], pa.array([e.labels for e in examples], pa.list_(pa.int32()))
     )
 
-    out_dir = jsonl_dir(template)
+    out_dir = layout.jsonl_dir(template)
     line_counts = write_jsonl(
         frame, {split: out_dir / f"{split}.jsonl" for split in ("train", "val", "test")}
     )
@@ -150,12 +146,20 @@ def template_dataset(
             "base_model": base_model.source,
         },
     )
+    # After the Parquet is stored (Dagster stores a yielded output before resuming): the
+    # manifest never describes a dataset that failed to write.
+    manifest = DatasetManifest(
+        template=template,
+        system_prompt=system_prompt,
+        eos_id=int(stop_token_id(template, tokenizer)),
+        me_ids=me.ids,
+        me_names=me.names,
+        max_tokens=config.max_tokens,
+        base_model=resolved.source,
+        base_model_fingerprint=resolved.fingerprint,
+    )
+    manifest.write(layout.dataset_manifest_path(template))
     yield from asset_check_results(checks)
-
-
-def dataset_path(template: str) -> Path:
-    """The Parquet file of one template_dataset partition (as the IO manager writes it)."""
-    return asset_path(data_dir(), dg.AssetKey("template_dataset"), template)
 
 
 dataset_assets = [template_dataset]

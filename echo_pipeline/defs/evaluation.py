@@ -1,11 +1,8 @@
 """Evaluation stage: does each adapter sound like me, and which one does best?"""
 
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field
 
-from echo_pipeline.defs.datasets import dataset_path
 from echo_pipeline.defs.freshness import (
     CODE_VERSIONS,
     comparison_provenance,
@@ -13,11 +10,9 @@ from echo_pipeline.defs.freshness import (
     provenance_metadata,
     report_provenance,
 )
-from echo_pipeline.defs.io_manager import asset_path, partition_slug
+from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
-from echo_pipeline.defs.training import adapter_dir
-from echo_pipeline.paths import data_dir
 
 EVALUATION = "evaluation"
 OWNERS = ["team:echo-pipeline"]
@@ -137,23 +132,6 @@ class EvaluationReportConfig(dg.Config):
         )
 
 
-def report_dir(template: str, experiment: str) -> Path:
-    return (
-        data_dir()
-        / "evaluation_report"
-        / f"{partition_slug(template)}__{partition_slug(experiment)}"
-    )
-
-
-def comparison_dir() -> Path:
-    return data_dir() / "model_comparison"
-
-
-def pairs_path() -> Path:
-    """The conversation_pairs Parquet (as the IO manager writes it)."""
-    return asset_path(data_dir(), dg.AssetKey("conversation_pairs"))
-
-
 def summary_markdown(metrics: dict) -> str:
     from echo_pipeline.evaluation.evaluate import SCORECARD
     from echo_pipeline.evaluation.report import direction_label, fmt
@@ -191,6 +169,7 @@ def evaluation_report(
     context: dg.AssetExecutionContext,
     config: EvaluationReportConfig,
     mlflow_tracking: MlflowResource,
+    io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Answers "does it sound like me?" for one adapter, with numbers, plots and samples.
 
@@ -202,12 +181,14 @@ def evaluation_report(
     from echo_pipeline.evaluation.evaluate import adapter_vs_base, evaluate_adapter
     from echo_pipeline.evaluation.report import write_report
     from echo_pipeline.evaluation.runs import log_evaluation_run, training_history, training_run
+    from echo_pipeline.records import METADATA_FILE
     from echo_pipeline.tracking import TrackingUnavailableError, run_url
 
     keys = context.partition_key.keys_by_dimension
     template, experiment = keys["template"], keys["experiment"]
-    adapter = adapter_dir(template, experiment)
-    if not (adapter / "echo_metadata.json").exists():
+    layout = io_manager.layout()
+    adapter = layout.adapter_dir(template, experiment)
+    if not (adapter / METADATA_FILE).exists():
         raise dg.Failure(
             f"{adapter}: lora_adapter[{context.partition_key}] is not materialised; materialise it first"
         )
@@ -218,8 +199,8 @@ def evaluation_report(
 
     result = evaluate_adapter(
         adapter,
-        dataset_path(template),
-        pairs_path(),
+        layout.dataset_path(template),
+        layout.pairs_path(),
         config=config.evaluation_config(),
         log=context.log.info,
     )
@@ -227,7 +208,7 @@ def evaluation_report(
     parent = training_run(uri, result.lineage.get("training_run_id"))
     history = training_history(uri, parent.info.run_id) if parent else {}
     parent_url = run_url(uri, parent.info.experiment_id, parent.info.run_id) if parent else None
-    out = report_dir(template, experiment)
+    out = layout.report_dir(template, experiment)
 
     def write_files(evaluation_url: str):
         return write_report(
@@ -297,7 +278,9 @@ def evaluation_report(
     description="Leaderboard over every adapter (template x experiment) from MLflow: one table, one plot.",
 )
 def model_comparison(
-    context: dg.AssetExecutionContext, mlflow_tracking: MlflowResource
+    context: dg.AssetExecutionContext,
+    mlflow_tracking: MlflowResource,
+    io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Which template and recipe sounds most like me, at a glance.
 
@@ -312,7 +295,7 @@ def model_comparison(
 
     provenance = comparison_provenance(context.instance)
     frame = leaderboard(mlflow_tracking.uri(), mlflow_tracking.experiment_name)
-    files = write_leaderboard(frame, comparison_dir())
+    files = write_leaderboard(frame, io_manager.layout().comparison_dir())
     metadata = {
         "leaderboard": dg.MetadataValue.md(leaderboard_markdown(frame)),
         "html_path": dg.MetadataValue.path(str(files.html)),

@@ -237,27 +237,22 @@ EXPECTED: Mapping[str, Expected] = {
 }
 
 
-def output_missing(asset: str, partition: str | None) -> bool:
+def output_missing(layout: Any, asset: str, partition: str | None) -> bool:
     """The files a materialisation wrote are gone (a deleted data folder, another data dir)."""
-    from echo_pipeline.defs.datasets import dataset_path
-    from echo_pipeline.defs.evaluation import comparison_dir, pairs_path, report_dir
-    from echo_pipeline.defs.io_manager import asset_path
-    from echo_pipeline.defs.training import adapter_dir
-    from echo_pipeline.paths import data_dir
-
-    if asset in ("raw_chat_export", "chat_messages"):
-        return not asset_path(data_dir(), dg.AssetKey(asset)).exists()
-    if asset == "conversation_pairs":
-        return not pairs_path().exists()
+    if asset in ("raw_chat_export", "chat_messages", "conversation_pairs"):
+        return not layout.asset_path([asset]).exists()
     if asset == "template_dataset":
-        return not dataset_path(str(partition)).exists()
+        return not (
+            layout.dataset_path(str(partition)).exists()
+            and layout.dataset_manifest_path(str(partition)).exists()
+        )
     if asset == "model_comparison":
-        return not comparison_dir().is_dir()
+        return not layout.comparison_dir().is_dir()
     dims = _dimensions(partition)
     template, experiment = dims["template"], dims["experiment"]
     if asset == "lora_adapter":
-        return not (adapter_dir(template, experiment) / "echo_metadata.json").exists()
-    return not report_dir(template, experiment).is_dir()
+        return not (layout.adapter_dir(template, experiment) / "echo_metadata.json").exists()
+    return not layout.report_dir(template, experiment).is_dir()
 
 
 def stale_reasons(
@@ -265,13 +260,14 @@ def stale_reasons(
     asset: str,
     partition: str | None,
     op_config: Mapping[str, Any] | None,
-    base_model: Any,
+    resources: Mapping[str, Any],
 ) -> list[str]:
     """Why ``asset[partition]`` would be re-made now (empty: it is current).
 
     ``op_config`` is the run config of its op (defaults fill the rest, as in a run), and
-    ``base_model`` the BaseModelResource the run would use.
+    ``resources`` those the run would use (the base model and the IO manager's layout count).
     """
+    base_model = resources["base_model"]
     materialization = latest_materialization(instance, asset, partition)
     if materialization is None:
         return ["never materialised"]
@@ -280,7 +276,7 @@ def stale_reasons(
     except Exception as error:  # an unreadable export, an unknown base: the run says it well
         return [f"cannot tell ({type(error).__name__}: {str(error)[:200]})"]
     reasons = expected.changes_from(recorded_provenance(materialization))
-    if output_missing(asset, partition):
+    if output_missing(resources["io_manager"].layout(), asset, partition):
         reasons.append("output missing on disk")
     failed = failed_blocking_checks(instance, asset)
     if failed:

@@ -3,20 +3,17 @@
 import sys
 
 import dagster as dg
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from echo_pipeline.defs.datasets import SYSTEM_PROMPT_METADATA_KEY, dataset_path
 from echo_pipeline.defs.freshness import (
     CODE_VERSIONS,
     adapter_provenance,
     data_version,
     provenance_metadata,
 )
-from echo_pipeline.defs.io_manager import partition_slug
+from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapter
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource, dagster_lineage_tags
-from echo_pipeline.paths import data_dir
 
 TRAINING = "training"
 OWNERS = ["team:echo-pipeline"]
@@ -102,17 +99,6 @@ class LoraConfig(dg.Config):
         }
 
 
-def adapter_dir(template: str, experiment: str):
-    return data_dir() / "lora_adapter" / f"{partition_slug(template)}__{partition_slug(experiment)}"
-
-
-def training_work_dir(template: str, experiment: str):
-    """Checkpoints live here between attempts, so a re-materialisation resumes."""
-    return (
-        data_dir() / "training_work" / f"{partition_slug(template)}__{partition_slug(experiment)}"
-    )
-
-
 @dg.asset(
     group_name=TRAINING,
     kinds={"pytorch", "mlflow"},
@@ -129,32 +115,37 @@ def lora_adapter(
     base_model: BaseModelResource,
     mlflow_tracking: MlflowResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
+    io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Trains, measures held-out reply loss against the base model, and registers the adapter."""
     from echo_pipeline.adapters import AdapterJob, run_adapter_job
     from echo_pipeline.experiments import experiment_config
+    from echo_pipeline.records import DatasetManifest
     from echo_pipeline.tracking import TrackingUnavailableError
     from echo_pipeline.train_job import failure_file, outcome_metadata
 
     keys = context.partition_key.keys_by_dimension
     template, experiment = keys["template"], keys["experiment"]
-    data = dataset_path(template)
+    layout = io_manager.layout()
+    data = layout.dataset_path(template)
     if not data.exists():
         raise dg.Failure(
             f"{data}: template_dataset[{template}] is not materialised; materialise it first"
         )
-    system_prompt = (
-        (pq.read_schema(data).metadata or {}).get(SYSTEM_PROMPT_METADATA_KEY, b"").decode()
-    )
+    try:
+        manifest = DatasetManifest.load(layout.dataset_manifest_path(template))
+    except (OSError, ValueError) as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
     job = AdapterJob(
         template=template,
         experiment=experiment,
         dataset_path=data,
-        adapter_dir=adapter_dir(template, experiment),
-        work_dir=training_work_dir(template, experiment),
+        adapter_dir=layout.adapter_dir(template, experiment),
+        work_dir=layout.training_work_dir(template, experiment),
         base_model=base_model.resolve(),
         training=experiment_config(experiment, config.overrides()),
-        system_prompt=system_prompt,
+        system_prompt=manifest.system_prompt,
+        me_names=list(manifest.me_names),
         tracking_uri=mlflow_tracking.uri(),
         experiment_name=mlflow_tracking.experiment_name,
         tags=dagster_lineage_tags(context, TRAINING_CODE_VERSION),
