@@ -27,9 +27,9 @@ from echo_pipeline.provenance import (
 CODE_VERSIONS: Mapping[str, str] = {
     "read_chat_exports": code_version("exports", "schemas"),
     "conversation_pairs": code_version("conversations", "redaction", "schemas"),
-    "template_dataset": code_version("templates", "tokenization"),
+    "template_dataset": code_version("templates", "tokenization", "records"),
     "lora_adapter": code_version(
-        "training", "packing", "packed_attention", "adapters", "train_job", "base_model"
+        "training", "packing", "packed_attention", "adapters", "train_job", "base_model", "records"
     ),
     "evaluation_report": code_version("evaluation", "templates", "tokenization"),
     "model_comparison": code_version("evaluation.comparison"),
