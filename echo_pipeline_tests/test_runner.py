@@ -107,12 +107,12 @@ def _a_rerun_does_only_what_changed(instance, export, run_config):
     }, lines
     assert any("config changed: max_tokens 512 -> 384" in line for line in lines), lines
     lines = []  # ...and the other template's dataset is not touched by it
-    assert run_pipeline(["llama2"], [], run_config=run_config, echo=lines.append).ok
-    assert _steps_run(lines) == {"ingest": "up to date", "template_dataset[llama2]": "ok"}
+    assert run_pipeline(["llama2_chat"], [], run_config=run_config, echo=lines.append).ok
+    assert _steps_run(lines) == {"ingest": "up to date", "template_dataset[llama2_chat]": "ok"}
     lines = []
-    assert run_pipeline(["llama2", "chatml"], [], run_config=shorter, echo=lines.append).ok
+    assert run_pipeline(["llama2_chat", "chatml"], [], run_config=shorter, echo=lines.append).ok
     assert _steps_run(lines)["template_dataset[chatml]"] == "up to date", lines
-    assert _steps_run(lines)["template_dataset[llama2]"] == "ok", lines  # 512 -> 384 for it
+    assert _steps_run(lines)["template_dataset[llama2_chat]"] == "ok", lines  # 512 -> 384 for it
 
     lines = []  # new messages in the export: everything downstream of it
     first = sorted(p for p in export.rglob("*") if p.is_file())[0]

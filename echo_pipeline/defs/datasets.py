@@ -7,6 +7,7 @@ from pydantic import Field
 
 from echo_pipeline.checks import check_template_dataset, example_lengths
 from echo_pipeline.defs.check_results import asset_check_results
+from echo_pipeline.defs.conditions import DATASET_AUTOMATION
 from echo_pipeline.defs.freshness import (
     CODE_VERSIONS,
     data_version,
@@ -48,11 +49,7 @@ class DatasetConfig(dg.Config):
     owners=OWNERS,
     partitions_def=template_partitions,
     code_version=CODE_VERSIONS["template_dataset"],
-    # New pairs (from the export sensor or by hand) re-render every template's dataset.
-    # ...but never from pairs whose blocking checks failed (a one-author export, leftover PII).
-    automation_condition=(
-        dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-    ),
+    automation_condition=DATASET_AUTOMATION,
     check_specs=[
         dg.AssetCheckSpec(
             "template_parity",

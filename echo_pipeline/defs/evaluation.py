@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from echo_pipeline.defs.conditions import REPORT_AUTOMATION
 from echo_pipeline.defs.freshness import (
     CODE_VERSIONS,
     comparison_provenance,
@@ -155,6 +156,7 @@ def summary_markdown(metrics: dict) -> str:
     deps=[dg.AssetDep("lora_adapter")],
     code_version=EVALUATION_CODE_VERSION,
     pool="gpu",
+    automation_condition=REPORT_AUTOMATION,
     check_specs=[
         dg.AssetCheckSpec(
             "beats_base",

@@ -5,6 +5,7 @@ import sys
 import dagster as dg
 from pydantic import Field
 
+from echo_pipeline.defs.conditions import ADAPTER_AUTOMATION
 from echo_pipeline.defs.freshness import (
     CODE_VERSIONS,
     adapter_provenance,
@@ -107,6 +108,7 @@ class LoraConfig(dg.Config):
     deps=[dg.AssetDep("template_dataset", partition_mapping=dataset_for_adapter)],
     code_version=TRAINING_CODE_VERSION,
     pool="gpu",
+    automation_condition=ADAPTER_AUTOMATION,
     description="A PEFT LoRA adapter (QLoRA on CUDA) trained on one template's dataset, with its MLflow run.",
 )
 def lora_adapter(
