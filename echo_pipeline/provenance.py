@@ -111,40 +111,22 @@ def provenance_config(values: Mapping[str, Any], ignore: Iterable[str] = ()) -> 
 # --- code versions -------------------------------------------------------------------------
 
 
-def _code_parts(code: CodeType, out: list[bytes]) -> None:
-    out += [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            _code_parts(const, out)
-        else:
-            out.append(_const_repr(const).encode())
-
-
-def _const_repr(const: object) -> str:
-    """``repr`` with sets in sorted order: a frozenset's order follows the per-process string
-    hash seed, and a version must not change between two processes."""
-    if isinstance(const, frozenset):
-        return "frozenset(" + ",".join(sorted(_const_repr(c) for c in const)) + ")"
-    if isinstance(const, tuple):
-        return "(" + ",".join(_const_repr(c) for c in const) + ")"
-    return repr(const)
-
-
-def _compiled(path: Path, stat: os.stat_result) -> CodeType:
-    """The module compiled without docstrings (``-OO``), from its ``opt-2`` pyc when that is
-    current: compiling the assets' modules afresh costs 0.1 s of every code-location load."""
+def _compiled(path: Path) -> CodeType:
+    """The module compiled without docstrings (``-OO``), from its ``opt-2`` pyc when that was
+    compiled from these very bytes: compiling the assets' modules afresh costs 0.1 s of every
+    code-location load. The pyc is hash-checked (PEP 552), so an edit is never missed."""
+    source = path.read_bytes()
     cached = Path(importlib.util.cache_from_source(str(path), optimization=2))
     header = (
         importlib.util.MAGIC_NUMBER
-        + (0).to_bytes(4, "little")
-        + (int(stat.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
-        + (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little")
+        + (0b11).to_bytes(4, "little")  # hash-based, checked
+        + importlib.util.source_hash(source)
     )
     with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
         data = cached.read_bytes()
         if data[:16] == header:
             return marshal.loads(data[16:])
-    code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True, optimize=2)
+    code = compile(source, str(path), "exec", dont_inherit=True, optimize=2)
     with contextlib.suppress(OSError):  # a read-only install compiles every time, that is all
         cached.parent.mkdir(exist_ok=True)
         temp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
@@ -176,7 +158,7 @@ def module_digest(path: Path) -> str:
     """The module's bytecode without docstrings or line numbers: rewording a docstring, a
     comment or the layout does not change it; changing a default or a line of logic does."""
     parts: list[bytes] = []
-    _code_parts(_compiled(path, path.stat()), parts)
+    _code_parts(_compiled(path), parts)
     return hashlib.sha256(b"\0".join(parts)).hexdigest()
 
 
