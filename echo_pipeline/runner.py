@@ -154,8 +154,14 @@ def _run(
 ) -> RunOutcome:
     import dagster as dg
 
-    from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources, stale_reasons
-    from echo_pipeline.defs.partitions import adapter_key
+    from echo_pipeline.definitions import (
+        ALL_ASSETS,
+        ALL_CHECKS,
+        BaseModelResource,
+        adapter_key,
+        build_resources,
+        stale_reasons,
+    )
     from echo_pipeline.pool import (
         POOL,
         PoolWaitInterrupted,
@@ -183,8 +189,6 @@ def _run(
         echo(line)
     resources = build_resources()
     if base_model:
-        from echo_pipeline.defs.resources import BaseModelResource
-
         resources["base_model"] = BaseModelResource(source=base_model)
     tags = {RUNNER_PID_TAG: str(os.getpid()), RUNNER_HOST_TAG: socket.gethostname()}
     # asset name -> the op that computes it (raw_chat_export and chat_messages share one)
@@ -553,7 +557,7 @@ def quick_run_config(
     if max_steps is not None:
         set_config("lora_adapter", {"max_steps": max_steps})
     if eval_max_pairs is not None:
-        from echo_pipeline.defs.evaluation import EvaluationReportConfig
+        from echo_pipeline.definitions import EvaluationReportConfig
 
         fields = EvaluationReportConfig.model_fields
         set_config(

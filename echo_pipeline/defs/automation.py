@@ -109,8 +109,8 @@ def stale_adapter_partitions(
     With the default config (a schedule has no launchpad): a recipe is judged as
     ``experiments.py`` defines it now.
     """
-    from echo_pipeline.definitions import build_resources
     from echo_pipeline.defs.freshness import stale_reasons
+    from echo_pipeline.defs.resources import build_resources
 
     resources = build_resources()
     found = []

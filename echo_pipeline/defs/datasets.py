@@ -19,7 +19,6 @@ from echo_pipeline.defs.partitions import template_partitions
 from echo_pipeline.defs.resources import BaseModelResource
 
 DATASETS = "datasets"
-OWNERS = ["team:echo-pipeline"]
 TOKEN_FIELDS = [
     pa.field("input_ids", pa.list_(pa.int32())),
     pa.field("labels", pa.list_(pa.int32())),
@@ -46,7 +45,6 @@ class DatasetConfig(dg.Config):
 @dg.asset(
     group_name=DATASETS,
     kinds={"transformers", "parquet"},
-    owners=OWNERS,
     partitions_def=template_partitions,
     code_version=CODE_VERSIONS["template_dataset"],
     automation_condition=DATASET_AUTOMATION,

@@ -16,7 +16,6 @@ from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
 
 EVALUATION = "evaluation"
-OWNERS = ["team:echo-pipeline"]
 EVALUATION_CODE_VERSION = CODE_VERSIONS["evaluation_report"]
 COMPARISON_CODE_VERSION = CODE_VERSIONS["model_comparison"]
 HEADLINE_METRICS = (
@@ -151,7 +150,6 @@ def summary_markdown(metrics: dict) -> str:
 @dg.asset(
     group_name=EVALUATION,
     kinds={"pytorch", "mlflow", "html"},
-    owners=OWNERS,
     partitions_def=adapter_partitions,
     deps=[dg.AssetDep("lora_adapter")],
     code_version=EVALUATION_CODE_VERSION,
@@ -274,7 +272,6 @@ def evaluation_report(
 @dg.asset(
     group_name=EVALUATION,
     kinds={"mlflow", "html", "csv"},
-    owners=OWNERS,
     deps=[dg.AssetDep("evaluation_report", partition_mapping=dg.AllPartitionMapping())],
     code_version=COMPARISON_CODE_VERSION,
     description="Leaderboard over every adapter (template x experiment) from MLflow: one table, one plot.",

@@ -24,7 +24,6 @@ from echo_pipeline.exports import ExportError, detect_format, read_exports, requ
 from echo_pipeline.paths import sample_export_dir
 
 INGEST = "ingest"
-OWNERS = ["team:echo-pipeline"]
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -181,7 +180,6 @@ def _failure(error: Exception) -> dg.Failure:
         "raw_chat_export": dg.AssetOut(
             group_name=INGEST,
             kinds={"python", "parquet"},
-            owners=OWNERS,
             code_version=CODE_VERSIONS["read_chat_exports"],
             description="The export files (with content hashes): what every later asset is "
             "derived from.",
@@ -189,7 +187,6 @@ def _failure(error: Exception) -> dg.Failure:
         "chat_messages": dg.AssetOut(
             group_name=INGEST,
             kinds={"pandas", "parquet"},
-            owners=OWNERS,
             code_version=CODE_VERSIONS["read_chat_exports"],
             description="Every message of every export in one schema (chat_messages), "
             "timestamps in UTC.",
@@ -282,7 +279,6 @@ def pairs_preview_markdown(pairs: pa.Table, limit: int = 5) -> str:
 @dg.asset(
     group_name=INGEST,
     kinds={"pandas", "parquet"},
-    owners=OWNERS,
     code_version=CODE_VERSIONS["conversation_pairs"],
     description="(context, someone else's turn) -> my reply, redacted and split by session.",
 )

@@ -17,7 +17,6 @@ from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapte
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource, dagster_lineage_tags
 
 TRAINING = "training"
-OWNERS = ["team:echo-pipeline"]
 TRAINING_CODE_VERSION = CODE_VERSIONS["lora_adapter"]
 
 
@@ -103,7 +102,6 @@ class LoraConfig(dg.Config):
 @dg.asset(
     group_name=TRAINING,
     kinds={"pytorch", "mlflow"},
-    owners=OWNERS,
     partitions_def=adapter_partitions,
     deps=[dg.AssetDep("template_dataset", partition_mapping=dataset_for_adapter)],
     code_version=TRAINING_CODE_VERSION,
