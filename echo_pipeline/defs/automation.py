@@ -96,6 +96,11 @@ def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext):
                 tags={"echo/stale": "; ".join(reasons)[:200]},
             )
         )
+    if not requests and not current:
+        return dg.SkipReason(
+            "no adapter made yet: nothing to keep fresh (`echo-pipeline run`, or materialise "
+            "lora_adapter in the UI)"
+        )
     if not requests:
         return dg.SkipReason(f"all {current} adapter(s) and their reports are up to date")
     return requests
