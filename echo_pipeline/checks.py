@@ -8,7 +8,7 @@ unit test can hand it a broken input and watch it fail. The Dagster layer only t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ class CheckOutcome:
     passed: bool
     metadata: dict[str, Any]
     description: str | None = None
+    warn_only: bool = False  # news for whoever reads it, never a reason to stop downstream
 
 
 class _Outcomes:
@@ -331,4 +332,35 @@ def check_template_dataset(
         eos_id=stop_token_id(template, tokenizer),
         bos_id=auto_bos_token_id(tokenizer),
         max_tokens=max_tokens,
+    )
+
+
+# --- the evaluation ----------------------------------------------------------------------------
+
+
+def check_beats_base(
+    verdicts: Mapping[str, Any], metrics: Mapping[str, float], headline: Sequence[str] = ()
+) -> CheckOutcome:
+    """Passes when the adapter sounds like me, or at least earns a better verdict than the base
+    with a lower held-out reply loss. ``verdicts``: the report's ``{"adapter": .., "base": ..}``
+    (``ok``, ``rank()``, ``label``, ``reasons``); ``headline``: metrics copied into the result."""
+    from echo_pipeline.evaluation.evaluate import adapter_vs_base
+
+    ahead = adapter_vs_base(dict(metrics))
+    adapter, base = verdicts["adapter"], verdicts["base"]
+    passed = bool(adapter.ok or (adapter.rank() < base.rank() and ahead.get("reply_loss")))
+    return CheckOutcome(
+        "beats_base",
+        passed,
+        {
+            "verdict": adapter.label,
+            "base_verdict": base.label,
+            **{f"adapter_ahead_on_{name}": won for name, won in ahead.items()},
+            **{n: float(metrics[n]) for n in headline if n in metrics},
+        },
+        None
+        if passed
+        else f"The adapter's verdict is {adapter.label!r} (base: {base.label!r}): "
+        + "; ".join(adapter.reasons[:3]),
+        warn_only=True,
     )

@@ -17,4 +17,7 @@ def asset_check_results(outcomes: Iterable[CheckOutcome]) -> Iterator[dg.AssetCh
             passed=outcome.passed,
             metadata=dict(outcome.metadata),
             description=outcome.description,
+            severity=dg.AssetCheckSeverity.WARN
+            if outcome.warn_only
+            else dg.AssetCheckSeverity.ERROR,
         )

@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from echo_pipeline.defs.check_results import asset_check_results
 from echo_pipeline.defs.conditions import REPORT_AUTOMATION
 from echo_pipeline.defs.freshness import (
     CODE_VERSIONS,
@@ -178,7 +179,8 @@ def evaluation_report(
     model's and my real ones on the same held-out prompts and the same template, and is logged
     as a child of the adapter's training run.
     """
-    from echo_pipeline.evaluation.evaluate import adapter_vs_base, evaluate_adapter
+    from echo_pipeline.checks import check_beats_base
+    from echo_pipeline.evaluation.evaluate import evaluate_adapter
     from echo_pipeline.evaluation.report import write_report
     from echo_pipeline.evaluation.runs import log_evaluation_run, training_history, training_run
     from echo_pipeline.records import METADATA_FILE
@@ -224,11 +226,7 @@ def evaluation_report(
     )
 
     metrics = result.metrics
-    ahead = adapter_vs_base(metrics)
     adapter_verdict, base_verdict = result.verdicts["adapter"], result.verdicts["base"]
-    beats = adapter_verdict.ok or (
-        adapter_verdict.rank() < base_verdict.rank() and bool(ahead.get("reply_loss"))
-    )
     metadata = {
         "verdict": adapter_verdict.label,
         "base_verdict": base_verdict.label,
@@ -249,23 +247,11 @@ def evaluation_report(
         metadata["mlflow_model_id"] = run.model_id
     provenance = report_provenance(context.instance, str(context.partition_key), config)
     metadata.update(provenance_metadata(provenance))
-    check = dg.AssetCheckResult(
-        check_name="beats_base",
-        passed=beats,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "verdict": adapter_verdict.label,
-            "base_verdict": base_verdict.label,
-            **{f"adapter_ahead_on_{name}": won for name, won in ahead.items()},
-            **{n: float(metrics[n]) for n in HEADLINE_METRICS if n in metrics},
-        },
-        description=None
-        if beats
-        else f"The adapter's verdict is {adapter_verdict.label!r} (base: {base_verdict.label!r}): "
-        + "; ".join(adapter_verdict.reasons[:3]),
-    )
+    check = check_beats_base(result.verdicts, metrics, HEADLINE_METRICS)
     return dg.MaterializeResult(
-        metadata=metadata, check_results=[check], data_version=data_version(provenance)
+        metadata=metadata,
+        check_results=list(asset_check_results([check])),
+        data_version=data_version(provenance),
     )
 
 
