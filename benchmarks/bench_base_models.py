@@ -38,19 +38,23 @@ import _common
 def sample_frame(base: str):
     """The bundled sample as model_default examples tokenised by ``base``'s tokenizer."""
     from echo_pipeline.base_model import load_tokenizer, resolve_base_model
-    from echo_pipeline.conversations import PairingConfig, build_pairs
+    from echo_pipeline.conversations import PairingConfig, build_pairs, pairs_identity
     from echo_pipeline.exports import read_exports
     from echo_pipeline.pairing_config import SAMPLE_ME
     from echo_pipeline.paths import sample_export_dir
+    from echo_pipeline.templates import default_system_prompt
     from echo_pipeline.tokenization import build_template_dataset
 
     resolved = resolve_base_model(base)
     tokenizer = load_tokenizer(resolved)
     messages = read_exports([sample_export_dir()])
     pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=(SAMPLE_ME,)))
+    system = default_system_prompt(next(iter(pairs_identity(pairs).names), ""))
     pairs = pairs.to_pandas()
-    frame, examples = build_template_dataset(pairs, "model_default", tokenizer)
-    return resolved, tokenizer, pairs, frame, examples
+    frame, examples = build_template_dataset(
+        pairs, "model_default", tokenizer, system_prompt=system
+    )
+    return resolved, tokenizer, pairs, system, frame, examples
 
 
 def one(
@@ -65,11 +69,10 @@ def one(
     import _train_recipes as recipes
 
     from echo_pipeline.base_model import CONVERSION_RECORD, load_causal_lm
-    from echo_pipeline.templates import default_system_prompt, infer_me_name
     from echo_pipeline.tokenization import stop_token_id, tokenize_inference_prompt
 
     started = time.perf_counter()
-    resolved, tokenizer, pairs, frame, examples = sample_frame(base)
+    resolved, tokenizer, pairs, system, frame, examples = sample_frame(base)
     record = json.loads((Path(resolved.path) / CONVERSION_RECORD).read_text())
     train = [e for e, s in zip(examples, frame["split"], strict=True) if s == "train"]
     chosen, total = [], 0
@@ -90,7 +93,6 @@ def one(
     base_model = peft_model.unload().eval()
 
     held_out = pairs[pairs["split"] != "train"].head(prompts)
-    system = default_system_prompt(infer_me_name(list(pairs["context"])))
     prompt_ids = [
         tokenize_inference_prompt(
             "model_default",

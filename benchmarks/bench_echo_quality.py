@@ -77,7 +77,7 @@ def fixtures_dir() -> Path:
 
 def run_one(corpus: str, config: str, base_model: str, template: str, workdir: Path) -> dict:
     """In this process (a fresh one per run): the whole pipeline, then the report's numbers."""
-    from echo_pipeline.defs.evaluation import report_dir
+    from echo_pipeline.layout import Layout
     from echo_pipeline.runner import run_pipeline
 
     spec = CONFIGS[config]
@@ -93,7 +93,8 @@ def run_one(corpus: str, config: str, base_model: str, template: str, workdir: P
     started = time.perf_counter()
     ok = bool(run_pipeline([template], [spec["experiment"]], run_config=run_config))
     minutes = (time.perf_counter() - started) / 60
-    return collect(report_dir(template, spec["experiment"]) / "metrics.json", ok, minutes)
+    report = Layout.default().report_dir(template, spec["experiment"])
+    return collect(report / "metrics.json", ok, minutes)
 
 
 def collect(metrics_file: Path, ok: bool = True, minutes: float = float("nan")) -> dict:

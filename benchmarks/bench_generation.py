@@ -46,9 +46,9 @@ def held_out_prompts(count: int) -> list[dict]:
     """Held-out pairs (context, prompt, author) if the pipeline has built them, else fallbacks."""
     import pyarrow.parquet as pq
 
-    from echo_pipeline.paths import data_dir
+    from echo_pipeline.layout import Layout
 
-    path = data_dir() / "conversation_pairs.parquet"
+    path = Layout.default().pairs_path()
     if path.exists():
         pairs = pq.read_table(
             path, columns=["context", "prompt", "prompt_author", "split"]

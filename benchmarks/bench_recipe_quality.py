@@ -49,7 +49,7 @@ def parse_variants(text: str) -> list[dict]:
 
 def splits(template: str):
     from echo_pipeline.base_model import load_tokenizer, resolve_base_model
-    from echo_pipeline.conversations import PairingConfig, build_pairs
+    from echo_pipeline.conversations import PairingConfig, build_pairs, pairs_identity
     from echo_pipeline.exports import read_exports
     from echo_pipeline.pairing_config import SAMPLE_ME
     from echo_pipeline.paths import sample_export_dir
@@ -58,7 +58,10 @@ def splits(template: str):
     messages = read_exports([sample_export_dir()])
     pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=(SAMPLE_ME,)))
     tokenizer = load_tokenizer(resolve_base_model())
-    frame, examples = build_template_dataset(pairs.to_pandas(), template, tokenizer)
+    me_name = next(iter(pairs_identity(pairs).names), "")
+    frame, examples = build_template_dataset(
+        pairs.to_pandas(), template, tokenizer, me_name=me_name
+    )
     by_split: dict[str, list] = {"train": [], "val": [], "test": []}
     for example, split in zip(examples, frame["split"], strict=True):
         by_split[split].append(example)

@@ -55,15 +55,19 @@ import _train_recipes as recipes
 def training_examples(template: str, real_tokens: int) -> tuple[list, dict]:
     """The same examples for every recipe: train split of the bundled sample, in order."""
     from echo_pipeline.base_model import load_tokenizer, resolve_base_model
-    from echo_pipeline.conversations import PairingConfig, build_pairs
+    from echo_pipeline.conversations import PairingConfig, build_pairs, pairs_identity
     from echo_pipeline.exports import read_exports
+    from echo_pipeline.pairing_config import SAMPLE_ME
     from echo_pipeline.paths import sample_export_dir
     from echo_pipeline.tokenization import build_template_dataset
 
     messages = read_exports([sample_export_dir()])
-    pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=("alex",)))
+    pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=(SAMPLE_ME,)))
     tokenizer = load_tokenizer(resolve_base_model())
-    frame, examples = build_template_dataset(pairs.to_pandas(), template, tokenizer)
+    me_name = next(iter(pairs_identity(pairs).names), "")
+    frame, examples = build_template_dataset(
+        pairs.to_pandas(), template, tokenizer, me_name=me_name
+    )
     train = [ex for ex, split in zip(examples, frame["split"], strict=True) if split == "train"]
     chosen, total = [], 0
     for example in train:

@@ -26,13 +26,20 @@ import pyarrow.parquet as pq
 from echo_pipeline import tracking
 from echo_pipeline.base_model import ResolvedBaseModel
 from echo_pipeline.conversations import heldout_split
+from echo_pipeline.records import (
+    METADATA_FILE,
+    AdapterMetadata,
+    BaseModelRecord,
+    DatasetRecord,
+    TrackingRecord,
+    write_adapter_metadata,
+)
 from echo_pipeline.storage import atomic_directory
 from echo_pipeline.templates import jinja_chat_template
 from echo_pipeline.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 
-METADATA_FILE = "echo_metadata.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 REQUIRED_CONFIG_KEYS = ("peft_type", "r", "lora_alpha", "target_modules")
@@ -54,6 +61,7 @@ class AdapterJob:
     base_model: ResolvedBaseModel
     training: TrainingConfig
     system_prompt: str = ""
+    me_names: list[str] = field(default_factory=list)  # from the dataset manifest
     tracking_uri: str = field(default_factory=tracking.default_tracking_uri)
     experiment_name: str = tracking.DEFAULT_EXPERIMENT
     tags: dict[str, str] = field(default_factory=dict)
@@ -301,31 +309,25 @@ def run_adapter_job(
             final[f"base_{heldout_name}_reply_loss"] = base_loss
         mlflow.log_metrics(final)
 
-        metadata = {
-            "base_model": {
-                "source": job.base_model.source,
-                "path": job.base_model.path,
-                "fingerprint": job.base_model.fingerprint,
-                "revision": job.base_model.revision,
-            },
-            "template": job.template,
-            "experiment": job.experiment,
-            "system_prompt": job.system_prompt,
-            "dataset": {"path": str(job.dataset_path), "digest": digest, "rows": rows},
-            "training": job.training.to_dict() | {"resolved_dtype": dtype},
-            "fingerprint": fingerprint,
-            "results": final,
-            "package_version": package_version(),
-            "git_commit": commit,
-            "mlflow": {
-                "tracking_uri": job.tracking_uri,
-                "experiment_id": experiment_id,
-                "run_id": run_id,
-            },
-        }
+        metadata = AdapterMetadata(
+            template=job.template,
+            base_model=base_model_record(job.base_model),
+            experiment=job.experiment,
+            system_prompt=job.system_prompt,
+            me_names=tuple(job.me_names),
+            dataset=DatasetRecord(path=str(job.dataset_path), digest=digest, rows=rows),
+            training=job.training.to_dict() | {"resolved_dtype": dtype},
+            fingerprint=fingerprint,
+            results=final,
+            package_version=package_version(),
+            git_commit=commit,
+            mlflow=TrackingRecord(
+                tracking_uri=job.tracking_uri, experiment_id=experiment_id, run_id=run_id
+            ),
+        )
         assert result.adapter_dir is not None
         write_adapter_dir(job.adapter_dir, Path(result.adapter_dir), tokenizer, metadata)
-        mlflow.log_dict(metadata, METADATA_FILE)
+        mlflow.log_dict(metadata.to_dict(), METADATA_FILE)
         model_uri = _log_adapter_model(job, result.model, final) if job.register_model else None
         discard_trained_copy(job.work_dir, Path(result.adapter_dir))
 
@@ -377,12 +379,11 @@ def _log_adapter_model(job: AdapterJob, model: Any, metrics: dict[str, float]) -
     return info.model_uri
 
 
-def read_adapter_metadata(adapter_dir: Path) -> dict[str, Any]:
-    """The ``echo_metadata.json`` of an adapter directory, with a clear error if absent."""
-    path = Path(adapter_dir) / METADATA_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{adapter_dir}: not an echo_pipeline adapter (no {METADATA_FILE})")
-    return json.loads(path.read_text(encoding="utf-8"))
+def base_model_record(base: ResolvedBaseModel) -> BaseModelRecord:
+    """What an adapter's metadata says about its base model."""
+    return BaseModelRecord(
+        source=base.source, path=base.path, fingerprint=base.fingerprint, revision=base.revision
+    )
 
 
 def job_summary(outcome: AdapterOutcome) -> dict[str, Any]:
@@ -395,7 +396,10 @@ def job_summary(outcome: AdapterOutcome) -> dict[str, Any]:
 
 
 def write_adapter_dir(
-    adapter_dir: Path, trained_dir: Path, tokenizer: Any | None, metadata: dict[str, Any]
+    adapter_dir: Path,
+    trained_dir: Path,
+    tokenizer: Any | None,
+    metadata: AdapterMetadata | dict[str, Any],
 ) -> Path:
     """Publish a trained adapter: weights, config, tokenizer and lineage together, or nothing.
 
@@ -412,16 +416,16 @@ def write_adapter_dir(
         if missing:
             raise ValueError(f"{trained_dir}: the trained adapter lacks {', '.join(missing)}")
         if tokenizer is not None:
-            chat_template = (
-                jinja_chat_template(metadata["template"], tokenizer)
-                if "template" in metadata
-                else None
+            template = (
+                metadata.template
+                if isinstance(metadata, AdapterMetadata)
+                else metadata.get("template")
             )
+            chat_template = jinja_chat_template(template, tokenizer) if template else None
             if chat_template is not None:  # tools that format with the tokenizer use our format
                 tokenizer.chat_template = chat_template
             tokenizer.save_pretrained(staging)
-        text = json.dumps(metadata, indent=2, default=str)
-        (staging / METADATA_FILE).write_text(text, encoding="utf-8")
+        write_adapter_metadata(staging, metadata)
     return adapter_dir
 
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echo_pipeline.adapters import base_model_config, read_adapter_metadata, validate_adapter_dir
+from echo_pipeline.adapters import base_model_config, validate_adapter_dir
 from echo_pipeline.base_model import ResolvedBaseModel, resolve_base_model
+from echo_pipeline.records import AdapterMetadata
 
 
 @dataclass
@@ -25,6 +26,7 @@ class ChatSession:
     max_new_tokens: int = 64
     history: list[dict[str, Any]] = field(default_factory=list)
     partner: str = "friend"
+    me: str = "me"  # my name in the history: the dataset's, recorded with the adapter
     # How replies are decoded (GenerationSettings.generate_kwargs()); empty: greedy. The CLI and
     # the MLflow model sample, as the evaluation does, since greedy collapses small clones.
     decoding: dict[str, Any] = field(default_factory=dict)
@@ -45,21 +47,22 @@ class ChatSession:
         from echo_pipeline.base_model import load_causal_lm
 
         adapter_dir = Path(adapter_dir)
-        meta = read_adapter_metadata(adapter_dir)
+        meta = AdapterMetadata.load(adapter_dir)
         if base_model is None:
-            recorded = meta["base_model"]
-            base_model = resolve_base_model(recorded["source"], revision=recorded.get("revision"))
-            if base_model.fingerprint != recorded["fingerprint"]:
+            recorded = meta.base_model
+            base_model = resolve_base_model(recorded.source, revision=recorded.revision)
+            if base_model.fingerprint != recorded.fingerprint:
                 raise ValueError(
-                    f"{adapter_dir}: trained on base {recorded['fingerprint']}, but "
-                    f"{recorded['source']!r} now resolves to {base_model.fingerprint}"
+                    f"{adapter_dir}: trained on base {recorded.fingerprint}, but "
+                    f"{recorded.source!r} now resolves to {base_model.fingerprint}"
                 )
         validate_adapter_dir(adapter_dir, base_model_config(base_model))
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
         base = load_causal_lm(base_model, quantization="none", purpose="inference")
         model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
         model.eval()
-        return cls(model, tokenizer, meta["template"], meta.get("system_prompt", ""), **options)
+        options.setdefault("me", meta.me_name or "me")
+        return cls(model, tokenizer, meta.template, meta.system_prompt, **options)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         from echo_pipeline.tokenization import tokenize_inference_prompt
@@ -115,5 +118,5 @@ class ChatSession:
         """A reply to ``prompt``; both join the history for the next turn."""
         reply = self.reply_once(prompt)
         self.history.append({"speaker": self.partner, "text": prompt, "is_me": False})
-        self.history.append({"speaker": "me", "text": reply, "is_me": True})
+        self.history.append({"speaker": self.me, "text": reply, "is_me": True})
         return reply

@@ -162,6 +162,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         base_model=args.base_model,
         log_file=None if args.verbose else default_log_file(),
         verbose=args.verbose,
+        force=args.force,
     )
     return outcome.exit_status
 
@@ -222,26 +223,28 @@ exit status:
 def _load_pairs(path: str | None):
     import pyarrow.parquet as pq
 
-    from echo_pipeline.paths import data_dir
+    from echo_pipeline.layout import Layout
 
-    source = Path(path) if path else data_dir() / "conversation_pairs.parquet"
+    source = Path(path) if path else Layout.default().pairs_path()
     if not source.exists():
         raise UsageError(
             f"{source}: no conversation pairs yet; run `echo-pipeline run` or pass --pairs FILE "
             "(from `echo-pipeline pairs ... --out FILE`)"
         )
-    return pq.read_table(source).to_pandas()
+    return pq.read_table(source)
 
 
 def _cmd_show_labels(args: argparse.Namespace) -> int:
     from echo_pipeline.base_model import default_base_model, load_tokenizer, resolve_base_model
-    from echo_pipeline.templates import default_system_prompt, infer_me_name
+    from echo_pipeline.conversations import pairs_identity
+    from echo_pipeline.templates import default_system_prompt
     from echo_pipeline.tokenization import DEFAULT_MAX_TOKENS, format_labels_debug, tokenize_pair
 
     max_tokens = DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens
-    pairs = _load_pairs(args.pairs)
+    table = _load_pairs(args.pairs)
+    pairs = table.to_pandas()
     tokenizer = load_tokenizer(resolve_base_model(args.base_model or default_base_model()))
-    system_prompt = default_system_prompt(infer_me_name(list(pairs["context"])))
+    system_prompt = default_system_prompt(next(iter(pairs_identity(table).names), ""))
     for row in pairs.head(args.n).to_dict("records"):
         example = tokenize_pair(
             args.template, tokenizer, row, system_prompt=system_prompt, max_tokens=max_tokens
@@ -258,17 +261,18 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     if args.adapter:
         adapter = Path(args.adapter)
     else:
-        from echo_pipeline.defs.training import adapter_dir
         from echo_pipeline.experiments import EXPERIMENTS
+        from echo_pipeline.layout import Layout
+        from echo_pipeline.records import METADATA_FILE
+
+        adapter_dir = Layout.default().adapter_dir
 
         if args.experiment:
             adapter = adapter_dir(args.template, args.experiment)
         else:  # the newest trained adapter of the template, else the demo's path (for the error)
             trained = [adapter_dir(args.template, e) for e in EXPERIMENTS]
-            trained = [d for d in trained if (d / "echo_metadata.json").exists()]
-            adapter = max(
-                trained, key=lambda d: (d / "echo_metadata.json").stat().st_mtime, default=None
-            )
+            trained = [d for d in trained if (d / METADATA_FILE).exists()]
+            adapter = max(trained, key=lambda d: (d / METADATA_FILE).stat().st_mtime, default=None)
             adapter = adapter or adapter_dir(args.template, "demo")
     if not adapter.exists():
         raise UsageError(
@@ -317,14 +321,14 @@ def _chat_base_model(adapter: Path, source: str | None):
     """``--base-model``: where the adapter's base lives now (it must be the same weights)."""
     if not source:
         return None
-    from echo_pipeline.adapters import read_adapter_metadata
     from echo_pipeline.base_model import resolve_base_model
+    from echo_pipeline.records import AdapterMetadata
 
-    recorded = read_adapter_metadata(adapter)["base_model"]
+    recorded = AdapterMetadata.load(adapter).base_model
     resolved = resolve_base_model(source)
-    if resolved.fingerprint != recorded["fingerprint"]:
+    if resolved.fingerprint != recorded.fingerprint:
         raise UsageError(
-            f"{adapter} was trained on {recorded['source']!r} ({recorded['fingerprint']}); "
+            f"{adapter} was trained on {recorded.source!r} ({recorded.fingerprint}); "
             f"--base-model {source!r} is other weights ({resolved.fingerprint})"
         )
     return resolved
@@ -442,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Evaluate on at most this many held-out pairs (a quick trial).",
     )
     p.add_argument("--config", help="Dagster run config file (YAML/JSON) with per-op settings.")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="Re-make every step, even those whose code, inputs and config are unchanged since "
+        "their last run (without it, those print 'up to date' and are skipped).",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

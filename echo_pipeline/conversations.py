@@ -25,6 +25,7 @@ from echo_pipeline.redaction import redact_series
 
 HUMAN_KINDS = ("message", "reply")
 ME_IDS_METADATA_KEY = b"echo.me_ids"  # Parquet schema metadata: who "me" resolved to
+ME_NAMES_METADATA_KEY = b"echo.me_names"  # ...and my display names, most used first
 REDACTED_METADATA_KEY = b"echo.redacted"  # whether redaction ran (the user may turn it off)
 SPLITS = ("train", "val", "test")
 
@@ -60,6 +61,7 @@ class PairingReport:
     dropped: Counter = field(default_factory=Counter)
     redactions: dict[str, int] = field(default_factory=dict)
     me_ids: list[str] = field(default_factory=list)
+    me_names: list[str] = field(default_factory=list)
     turns: int = 0
     sessions: int = 0
     pairs: int = 0
@@ -457,6 +459,7 @@ def build_pairs(messages: pd.DataFrame, config: PairingConfig) -> tuple[pa.Table
     report = PairingReport()
     me_ids = resolve_me(messages, config.me)
     report.me_ids = me_ids
+    report.me_names = me_display_names(messages, me_ids)
     cleaned = clean_messages(messages, config, report)
     turns = build_turns(cleaned, me_ids, config)
     if config.redact:
@@ -539,7 +542,11 @@ def build_pairs(messages: pd.DataFrame, config: PairingConfig) -> tuple[pa.Table
     ).append_column("context", context.take(pa.array(frame["_context_pos"].to_numpy())))
     table = table.select(schemas.CONVERSATION_PAIRS.names).cast(schemas.CONVERSATION_PAIRS)
     table = table.replace_schema_metadata(
-        {ME_IDS_METADATA_KEY: json.dumps(me_ids), REDACTED_METADATA_KEY: json.dumps(config.redact)}
+        {
+            ME_IDS_METADATA_KEY: json.dumps(me_ids),
+            ME_NAMES_METADATA_KEY: json.dumps(report.me_names),
+            REDACTED_METADATA_KEY: json.dumps(config.redact),
+        }
     )
 
     report.pairs = table.num_rows
@@ -547,3 +554,34 @@ def build_pairs(messages: pd.DataFrame, config: PairingConfig) -> tuple[pa.Table
     counts = frame["split"].value_counts()
     report.pairs_by_split = {s: int(counts.get(s, 0)) for s in SPLITS}
     return table, report
+
+
+def me_display_names(messages: pd.DataFrame, me_ids: Sequence[str]) -> list[str]:
+    """The names my accounts wrote under, most messages first (what the system prompt calls me)."""
+    mine = author_counts(messages[messages["author_id"].astype(str).isin(list(me_ids))])
+    return list(dict.fromkeys(str(n) for n in mine["author_name"] if str(n).strip()))
+
+
+@dataclass(frozen=True)
+class MeIdentity:
+    """Who "me" is in a conversation_pairs table: author ids and display names."""
+
+    ids: tuple[str, ...]
+    names: tuple[str, ...]
+
+
+def pairs_identity(pairs: pa.Table) -> MeIdentity:
+    """The one reader of the identity ``build_pairs`` stores with the pairs.
+
+    Pairs written before names were stored fall back to my most frequent speaker name in the
+    context turns (none with ``context_turns=0``).
+    """
+    from echo_pipeline.templates import infer_me_name
+
+    metadata = pairs.schema.metadata or {}
+    ids = tuple(json.loads(metadata.get(ME_IDS_METADATA_KEY, b"[]")))
+    raw_names = metadata.get(ME_NAMES_METADATA_KEY)
+    if raw_names is not None:
+        return MeIdentity(ids, tuple(json.loads(raw_names)))
+    guessed = infer_me_name(pairs.column("context").to_pylist())
+    return MeIdentity(ids, () if guessed == "me" else (guessed,))

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from echo_pipeline.adapters import METADATA_FILE, read_adapter_metadata
+from echo_pipeline.records import METADATA_FILE, AdapterMetadata
 from echo_pipeline.storage import atomic_directory
 
 _PROMPT_MARK = "\u0000PROMPT\u0000"
@@ -74,20 +74,19 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     from echo_pipeline.tokenization import stop_token_id
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    meta = read_adapter_metadata(adapter_dir)
-    recorded = meta["base_model"]
-    base = resolve_base_model(recorded["source"], revision=recorded.get("revision"))
+    meta = AdapterMetadata.load(adapter_dir)
+    base = resolve_base_model(meta.base_model.source, revision=meta.base_model.revision)
     validate_adapter_dir(adapter_dir, base_model_config(base))  # before anything is loaded
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
     model = load_causal_lm(base, quantization="none", dtype="float32", device="cpu")
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    stop = tokenizer.decode([stop_token_id(meta["template"], tokenizer)])
+    stop = tokenizer.decode([stop_token_id(meta.template, tokenizer)])
     with atomic_directory(out_dir) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         shutil.copy2(adapter_dir / METADATA_FILE, staging / "echo_merged_from.json")
         (staging / "Modelfile").write_text(
-            modelfile_text(meta["template"], tokenizer, meta.get("system_prompt", ""), stop),
+            modelfile_text(meta.template, tokenizer, meta.system_prompt, stop),
             encoding="utf-8",
         )
     return out_dir

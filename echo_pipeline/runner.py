@@ -70,6 +70,7 @@ class StepResult:
     bad_input: bool = False
     interrupted: bool = False  # Ctrl-C / SIGTERM reached the step (Dagster stops it)
     report: dict[str, Any] = field(default_factory=dict)  # evaluation_report metadata values
+    up_to_date: bool = False  # nothing in it was stale: nothing ran
 
 
 @dataclass
@@ -109,8 +110,12 @@ def run_pipeline(
     base_model: str | None = None,
     log_file: Path | None = None,
     verbose: bool = False,
+    force: bool = False,
 ) -> RunOutcome:
     """Materialise ingest, then per template its dataset and adapters (and evaluations).
+
+    Only what is stale runs: a step whose assets' code, inputs and config are unchanged since
+    their last materialisation prints "up to date" and is skipped, unless ``force``.
 
     ``echo`` gets the progress lines and the summary (stdout by default), ``error`` the one line
     per failure (stderr by default). With ``log_file``, everything else written to stderr (Dagster's log, library
@@ -126,7 +131,9 @@ def run_pipeline(
     with _stderr_to(log_file) as terminal_stderr:
         err = error or (lambda line: print(line, file=terminal_stderr, flush=True))
         try:
-            outcome = _run(templates, experiments, run_config or {}, echo, err, base_model, verbose)
+            outcome = _run(
+                templates, experiments, run_config or {}, echo, err, base_model, verbose, force
+            )
         except PoolWaitInterrupted as stop:
             err(f"{stop}: stopped while waiting for the gpu pool; nothing claimed, nothing trained")
             outcome = RunOutcome(128 + stop.signum)
@@ -144,11 +151,18 @@ def _run(
     err: Callable[[str], None],
     base_model: str | None,
     verbose: bool,
+    force: bool = False,
 ) -> RunOutcome:
     import dagster as dg
 
-    from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
-    from echo_pipeline.defs.partitions import adapter_key
+    from echo_pipeline.definitions import (
+        ALL_ASSETS,
+        ALL_CHECKS,
+        BaseModelResource,
+        adapter_key,
+        build_resources,
+        stale_reasons,
+    )
     from echo_pipeline.pool import (
         POOL,
         PoolWaitInterrupted,
@@ -176,8 +190,6 @@ def _run(
         echo(line)
     resources = build_resources()
     if base_model:
-        from echo_pipeline.defs.resources import BaseModelResource
-
         resources["base_model"] = BaseModelResource(source=base_model)
     tags = {RUNNER_PID_TAG: str(os.getpid()), RUNNER_HOST_TAG: socket.gethostname()}
     # asset name -> the op that computes it (raw_chat_export and chat_messages share one)
@@ -186,8 +198,36 @@ def _run(
 
     pooled = {key.to_user_string() for a in ALL_ASSETS if a.op.pool == POOL for key in a.keys}
 
+    def stale(selection: list[str], partition_key) -> dict[str, list[str]]:
+        """The assets of ``selection`` (a chain, upstream first) that must run, with why."""
+        reasons: dict[str, list[str]] = {}
+        for asset in selection:
+            if force:
+                reasons[asset] = ["--force"]
+            elif reasons:  # an asset upstream in this step runs: so does everything after it
+                reasons[asset] = [f"{next(iter(reasons))} runs first"]
+            else:
+                op_config = (run_config.get("ops", {}).get(op_of[asset]) or {}).get("config")
+                why = stale_reasons(instance, asset, partition_key, op_config, resources)
+                if why:
+                    reasons[asset] = why
+        return reasons
+
     def step(selection: list[str], partition_key=None, label: str = "") -> StepResult:
         selected = [s for s in selection if s in names]
+        why = stale(selected, None if partition_key is None else str(partition_key))
+        if not why:
+            outcome = StepResult(label, ok=True, up_to_date=True)
+            if "evaluation_report" in selected:
+                outcome.report = _latest_report(instance, partition_key)
+            echo(f"{label:<40} up to date")
+            steps.append(outcome)
+            return outcome
+        quiet = ([f"{next(iter(why))} runs first"], ["--force"], ["never materialised"])
+        for asset, reasons in why.items():
+            if reasons not in quiet:
+                echo(f"  {asset}: {'; '.join(reasons)}")
+        selected = [s for s in selected if s in why]
         run_id = str(uuid.uuid4())
         in_pool = gate and bool(pooled & set(selected))
         try:
@@ -262,8 +302,18 @@ def _steps(templates, experiments, step, rows, names, adapter_key) -> None:
                 ["lora_adapter", "evaluation_report"], key, label=f"adapter+evaluation[{key}]"
             )
             rows.append(_summary_row(template, experiment, trained))
-    if "model_comparison" in names and any(row.status == "ok" for row in rows):
+    if "model_comparison" in names and any(row.status in ("ok", "up to date") for row in rows):
         step(["model_comparison"], label="model_comparison")
+
+
+def _latest_report(instance: Any, partition_key: Any) -> dict[str, Any]:
+    """The metadata of the last evaluation_report of a partition, for the summary table."""
+    from echo_pipeline.definitions import latest_materialization
+
+    materialization = latest_materialization(instance, "evaluation_report", str(partition_key))
+    if materialization is None:
+        return {}
+    return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
 
 
 def _materialize(dg: Any, assets: list, selection: list[str], *, run_id: str, **kwargs: Any) -> Any:
@@ -370,7 +420,8 @@ def _exception_line(exc: BaseException) -> str:
 
 
 def _summary_row(template: str, experiment: str, step: StepResult) -> SummaryRow:
-    row = SummaryRow(template, experiment, "ok" if step.ok else "FAILED")
+    status = "up to date" if step.up_to_date else "ok" if step.ok else "FAILED"
+    row = SummaryRow(template, experiment, status)
     if not step.ok:
         failed_ops = [p.split(": ", 2)[1] for p in step.problems if p.count(": ") >= 2]
         if failed_ops:
@@ -424,9 +475,9 @@ def _stderr_to(log_file: Path | None) -> Iterator[TextIO]:
 
 
 def default_log_file() -> Path:
-    from echo_pipeline.paths import data_dir
+    from echo_pipeline.layout import Layout
 
-    return data_dir() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    return Layout.default().logs_dir() / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 
 _UNFINISHED = ("STARTING", "STARTED", "CANCELING")
@@ -497,7 +548,7 @@ def quick_run_config(
     if max_steps is not None:
         set_config("lora_adapter", {"max_steps": max_steps})
     if eval_max_pairs is not None:
-        from echo_pipeline.defs.evaluation import EvaluationReportConfig
+        from echo_pipeline.definitions import EvaluationReportConfig
 
         fields = EvaluationReportConfig.model_fields
         set_config(

@@ -41,7 +41,6 @@ from echo_pipeline.templates import (
     clean_text,
     context_turns,
     default_system_prompt,
-    infer_me_name,
     render,
 )
 
@@ -336,7 +335,8 @@ def build_template_dataset(
     """A ``TEMPLATE_DATASET`` frame and the tokenised examples, row for row, from ``pairs``.
 
     ``system_prompt=None`` uses :data:`~echo_pipeline.templates.DEFAULT_SYSTEM_PROMPT` with
-    ``me_name`` (default: my most frequent name in the context turns); ``""`` means none.
+    ``me_name`` (the pairs' own, :func:`~echo_pipeline.conversations.pairs_identity`; unset:
+    "me"); ``""`` means none.
     ``me_names`` only matters for context turns without an ``is_me`` flag.
     """
     import pyarrow as pa
@@ -344,7 +344,7 @@ def build_template_dataset(
     check_template(template)
     me_names = tuple(me_names)
     if system_prompt is None:
-        system_prompt = default_system_prompt(me_name or infer_me_name(list(pairs["context"])))
+        system_prompt = default_system_prompt(me_name or "")
     chats = [
         ChatPair(context_turns(context, me_names), str(prompt), str(reply), str(author or ""))
         for context, prompt, reply, author in zip(

@@ -84,26 +84,66 @@ def test_show_labels_prints_masked_prompt_and_labelled_reply(tmp_path, capsys, b
     assert "-100" in table and "<|im_end|>" in table
 
 
+SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
+
+
+def sampled_reply(model, tokenizer, prompt: str, *, max_new_tokens: int, seed: int) -> str:
+    """``model``'s own continuation of ``prompt`` in ChatML, sampled from ``seed`` with
+    ``SAMPLING``, up to the template's EOS, decoded."""
+    import torch
+
+    from echo_pipeline.tokenization import stop_token_id, tokenize_inference_prompt
+
+    ids = tokenize_inference_prompt("chatml", tokenizer, [], prompt, "", prompt_author="friend")
+    eos = stop_token_id("chatml", tokenizer)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            eos_token_id=eos,
+            pad_token_id=eos,
+            **SAMPLING,
+        )
+    new = out[0, len(ids) :].tolist()
+    assert len(new) <= max_new_tokens
+    new = new[: new.index(eos)] if eos in new else new
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
 @pytest.mark.slow
-def test_chat_one_shot_with_an_adapter(tmp_path, capsys, base_model):
+def test_chat_one_shot_with_an_adapter(tmp_path, capsys, monkeypatch, base_model):
+    """One-shot chat prints the model's reply to the prompt in the adapter's template (ChatML,
+    the partner speaking), sampled from the seed and cut at the template's EOS: exactly what the
+    loaded model generates from that prompt and seed, decoded."""
+    from echo_pipeline.base_model import load_tokenizer
+    from echo_pipeline.chat import ChatSession
     from echo_pipeline.evaluation.untrained import write_untrained_adapter
 
     adapter = write_untrained_adapter(base_model, tmp_path / "adapter", template="chatml")
-    assert (
-        main(
-            [
-                "chat",
-                "--adapter",
-                str(adapter),
-                "--prompt",
-                "hey, are you coming?",
-                "--max-new-tokens",
-                "8",
-            ]
-        )
-        == 0
-    )
-    assert capsys.readouterr().out.strip()
+    sessions = []  # the session the CLI builds, to reuse its loaded model below
+    from_adapter = ChatSession.from_adapter.__func__
+
+    def recording(cls, *args, **kwargs):
+        sessions.append(from_adapter(cls, *args, **kwargs))
+        return sessions[-1]
+
+    monkeypatch.setattr(ChatSession, "from_adapter", classmethod(recording))
+    prompt = "hey, are you coming?"
+    flags = ["--temperature", "0.7", "--top-p", "0.9", "--repetition-penalty", "1.1"]
+    argv = ["chat", "--adapter", str(adapter), "--prompt", prompt, "--max-new-tokens", "8"]
+    capsys.readouterr()
+    assert main([*argv, *flags, "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+
+    (session,) = sessions
+    assert session.template == "chatml" and session.system_prompt == ""
+    tokenizer = load_tokenizer(base_model)
+    expected = sampled_reply(session.model, tokenizer, prompt, max_new_tokens=8, seed=3)
+    assert expected and printed == expected + "\n"
+    assert "<|im_end|>" not in printed and "<|im_start|>" not in printed
     assert main(["chat", "--adapter", str(tmp_path / "missing")]) == EXIT_BAD_INPUT
 
 

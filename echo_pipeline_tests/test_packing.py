@@ -240,16 +240,11 @@ def test_packed_reply_loss_equals_the_padded_per_example_loss():
     assert packed == pytest.approx(total / count, abs=1e-5)
 
 
-def test_smollm2_packed_segments_match_alone():
-    """The same isolation on the real base model (skipped until base_model.py is in place)."""
-    base_model = pytest.importorskip("echo_pipeline.base_model")
-    try:
-        resolved = base_model.resolve_base_model()
-    except Exception as error:  # the GGUF wheel or the converted cache may be absent
-        pytest.skip(f"base model unavailable: {error}")
-    model = base_model.load_causal_lm(
-        resolved, dtype="float32", quantization="none", device="cpu"
-    ).eval()
+def test_smollm2_packed_segments_match_alone(base_model):
+    """The same isolation on the real base model (the suite's default base, never skipped)."""
+    from echo_pipeline.base_model import load_causal_lm
+
+    model = load_causal_lm(base_model, dtype="float32", quantization="none", device="cpu").eval()
     examples = make_examples(3, mean_tokens=24, seed=11, vocab=10_000)
     (row,) = pack_examples(examples, max_tokens=4096, seed=0, shuffle=False)
 

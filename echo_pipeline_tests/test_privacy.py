@@ -9,18 +9,21 @@ text in Dagster metadata is the short, redacted preview.
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import re
 import subprocess
+from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 from echo_pipeline import redaction
 from echo_pipeline.definitions import build_resources
 from echo_pipeline.defs.ingest import conversation_pairs_checks, ingest_assets
 from echo_pipeline.exports import read_exports
-from echo_pipeline.paths import PROJECT_ROOT, sample_export_dir
+from echo_pipeline.paths import PROJECT_ROOT, data_dir, sample_export_dir
 
 PREVIEW_LIMIT = 80
 MIN_TEXT = 16  # shorter messages ("lol", "see you") are not evidence of a leak
@@ -130,6 +133,158 @@ def test_the_preview_of_long_messages_is_cut(ingest_run):
 
     assert len(_short("x" * 500)) == PREVIEW_LIMIT and _short("x" * 500).endswith("…")
     assert _short("a | b\nc") == "a \\| b c"
+
+
+# --- planted secrets: the literal values never reach the pairs or the datasets ---------------
+
+# Fake values of every kind redaction covers (documentation IPs, test cards, 555 and 07700 900
+# phone ranges, example.* domains), each in a message with a marker word, so that a secret's
+# absence downstream cannot come from its message having been dropped. The assertions look for
+# these exact strings, not for what the redaction rules can find.
+PLANTED = {
+    "email": "jamie.rivera@example.com",
+    "phone": "+44 7700 900123",
+    "phone, US": "(555) 010-4477",
+    "ip": "203.0.113.77",
+    "ip, v6": "2001:db8:85a3::8a2e:370:7334",
+    "card": "4111 1111 1111 1111",
+    "card, no spaces": "5555555555554444",
+    "token, GitHub": "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5",
+    "token, AWS key id": "AKIAIOSFODNN7EXAMPLE",
+    "token, Slack": "xoxb-2048-1024-aBcDeFgHiJkLmNoPqRsTuVwX",
+    "token, password=": "hunter2hunter2",
+    "url_credentials": "https://admin:s3cretPassw0rd@db.example.com:5432/prod",
+    "url_credentials, password": "s3cretPassw0rd",
+    "url_credentials, DSN": "postgres://svc:Tr0ub4dor3x@10.0.0.5/app",
+    "url_credentials, DSN password": "Tr0ub4dor3x",
+}
+P = PLANTED
+# (author, text) per session; sessions are days apart. Secrets sit in prompts, in replies, at
+# the start and end of a message, before punctuation, on their own line of a multi-line
+# message, and in consecutive messages of one author (merged into one turn).
+PLANTED_SESSIONS = [
+    [
+        ("sam", "quokka01 hey what's your new email?"),
+        ("alex", f"quokka02 it's {P['email']}, the old one is dead"),
+        ("sam", f"quokka03 cool, mine's the same. call me on {P['phone']} later"),
+        ("alex", "quokka04 will do"),
+        ("sam", f"quokka05 or the office line {P['phone, US']}"),
+        ("alex", "quokka06 noted"),
+    ],
+    [
+        ("sam", "quokka07 the server is down again"),
+        ("alex", f"{P['ip']} is the box quokka08, ssh in and check"),
+        ("sam", f"quokka09 v6 only here: {P['ip, v6']}."),
+        ("alex", "quokka10 then try that"),
+        ("alex", f"quokka11 db is at {P['url_credentials, DSN']} btw"),
+        ("sam", f"quokka12 and the admin panel?\n{P['url_credentials']} right?"),
+        ("alex", f"quokka13 yes, password={P['token, password=']} for the old one"),
+    ],
+    [
+        ("sam", "quokka14 can you pay for the tickets"),
+        ("alex", f"quokka15 use my card\n{P['card']}\nexp 04/27"),
+        ("sam", f"quokka16 or mine {P['card, no spaces']} whichever"),
+        ("alex", "quokka17 mine is fine"),
+    ],
+    [
+        ("sam", "quokka18 the deploy needs a token"),
+        ("alex", f"quokka19 here {P['token, GitHub']} don't share it"),
+        ("sam", f"quokka20 and aws? {P['token, AWS key id']}"),
+        ("alex", f"quokka21 slack bot one too: {P['token, Slack']}"),
+        ("sam", "quokka22 thanks!"),
+        ("alex", "quokka23 np"),
+    ],
+]
+MARKERS = [f"quokka{i:02d}" for i in range(1, 24)]
+
+
+def write_planted_export(folder: Path) -> Path:
+    """The sessions as an Android WhatsApp export (24-hour clock), one message every 3 minutes."""
+    lines = [
+        f"{day:02d}/03/2024, 18:{3 * minute:02d} - {author}: {text}"
+        for day, session in enumerate(PLANTED_SESSIONS, start=14)
+        for minute, (author, text) in enumerate(session)
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "WhatsApp Chat with sam.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def strings_in(value) -> list[str]:
+    """Every string inside a Parquet/JSON value (nested lists and structs included)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings_in(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in strings_in(v)]
+    return []
+
+
+def artefact_text(path: Path, tokenizer) -> str:
+    """All text a written artefact holds: cells, schema metadata, and the decoded token ids."""
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        return "\n".join(strings_in(rows))
+    table = pq.read_table(path)
+    parts = [v.decode("utf-8", "replace") for v in (table.schema.metadata or {}).values()]
+    for name in table.column_names:
+        values = table.column(name).to_pylist()
+        if name in ("input_ids", "labels"):
+            parts += [tokenizer.decode([t for t in ids if t >= 0]) for ids in values]
+        else:
+            parts += strings_in(values)
+    return "\n".join(parts)
+
+
+def test_planted_secrets_of_every_kind_are_absent_from_pairs_and_datasets(
+    pipeline_env, smollm2_tokenizer
+):
+    from echo_pipeline.defs.datasets import dataset_assets
+
+    export = write_planted_export(pipeline_env / "planted")
+    ingest = dg.materialize(
+        [*ingest_assets, conversation_pairs_checks],
+        resources=build_resources(),
+        run_config={"ops": {"read_chat_exports": {"config": {"path": str(export)}}}},
+    )
+    assert ingest.success  # the blocking checks passed too
+    dataset = dg.materialize(
+        [*ingest_assets, *dataset_assets],
+        selection=["template_dataset"],
+        partition_key="chatml",
+        resources=build_resources(),
+    )
+    assert dataset.success
+
+    data = data_dir()
+    written = sorted(p for p in data.rglob("*") if p.suffix in (".parquet", ".jsonl"))
+    raw = {p.stem: p for p in written if p.stem in ("chat_messages", "raw_chat_export")}
+    derived = {
+        p.relative_to(data).as_posix(): artefact_text(p, smollm2_tokenizer)
+        for p in written
+        if p not in raw.values()
+    }
+    pairs = [text for name, text in derived.items() if "conversation_pairs" in name]
+    datasets = [
+        text
+        for name, text in derived.items()
+        if "template_dataset" in name and name.endswith(".parquet")
+    ]
+    jsonl = "\n".join(text for name, text in derived.items() if name.endswith(".jsonl"))
+    assert len(pairs) == 1 and len(datasets) == 1 and jsonl
+
+    # the secrets were read from the export (chat_messages keeps the raw text, git-ignored)...
+    messages = artefact_text(raw["chat_messages"], smollm2_tokenizer)
+    assert [kind for kind, value in PLANTED.items() if value not in messages] == []
+    # ...every message carrying one became a pair (or its context) and a training example...
+    for text in (pairs[0], datasets[0], jsonl):
+        assert [m for m in MARKERS if m not in text] == []
+    # ...with each secret replaced by a placeholder, and not one literal left in any file
+    for name, text in derived.items():
+        assert {kind: value for kind, value in PLANTED.items() if value in text} == {}, name
+    assert [p for p in redaction.PLACEHOLDERS.values() if p not in pairs[0]] == []
 
 
 # --- git: private data never gets committed ---------------------------------------------------

@@ -270,6 +270,30 @@ def test_chat_loads_a_valid_adapter_and_replies(chat_base, smollm2_tokenizer, tm
     assert isinstance(session.reply_once("hey"), str)
 
 
+def test_chat_prompts_as_the_adapter_was_trained_and_knows_my_name(
+    chat_base, smollm2_tokenizer, tmp_path
+):
+    from echo_pipeline.chat import ChatSession
+    from echo_pipeline.records import AdapterMetadata, BaseModelRecord
+
+    torch.set_num_threads(1)
+    folder = chat_adapter(chat_base, smollm2_tokenizer, tmp_path / "adapter")
+    system = "You are alex. Reply the way alex would in a casual chat."
+    AdapterMetadata(
+        template="chatml",
+        base_model=BaseModelRecord(chat_base.source, fingerprint=chat_base.fingerprint),
+        system_prompt=system,
+        me_names=("alex",),
+    ).write(folder)
+    session = ChatSession.from_adapter(folder, base_model=chat_base, max_new_tokens=2)
+    assert session.system_prompt == system and session.me == "alex"
+    assert smollm2_tokenizer.decode(session.prompt_ids("hey")).startswith(
+        f"<|im_start|>system\n{system}<|im_end|>"
+    )
+    session.say("hey")
+    assert [t["speaker"] for t in session.history] == ["friend", "alex"]
+
+
 # --- the package never loads pickles or remote code by default -------------------------
 
 

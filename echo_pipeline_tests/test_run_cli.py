@@ -87,8 +87,10 @@ def test_truncated_export_one_line_exit_2_and_the_good_data_stays(pipeline_env):
     were and no run or pool slot behind; the fixed export then runs."""
     import dagster as dg
 
-    from echo_pipeline.defs.evaluation import pairs_path
+    from echo_pipeline.layout import Layout
     from echo_pipeline.runner import run_pipeline
+
+    pairs_path = Layout.default().pairs_path
 
     good = two_sessions(pipeline_env / "good.json")
     assert run_pipeline(

@@ -9,7 +9,7 @@ import shutil
 import dagster as dg
 from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
 
-from echo_pipeline.defs.training import adapter_dir
+from echo_pipeline.layout import Layout
 from echo_pipeline.paths import data_dir, sample_export_dir
 from echo_pipeline.runner import run_pipeline
 
@@ -41,11 +41,110 @@ def test_the_runner_takes_one_template_through_every_stage(pipeline_env):
     assert header.split()[:4] == ["template", "experiment", "status", "verdict"]
     assert row.split()[:3] == ["chatml", "demo", "ok"] and "->" in row
     assert row.split()[-1].endswith("report.html") and os.path.isfile(row.split()[-1])
-    assert (adapter_dir("chatml", "demo") / "adapter_model.safetensors").exists()
+    assert (Layout.default().adapter_dir("chatml", "demo") / "adapter_model.safetensors").exists()
     assert (data_dir() / "evaluation_report").is_dir()
     instance = dg.DagsterInstance.get()  # the runner's instance: DAGSTER_HOME of pipeline_env
     manifest = instance.get_latest_materialization_event(dg.AssetKey("raw_chat_export"))
     assert manifest.asset_materialization.metadata["location"].value == str(export)
+
+    _a_rerun_does_only_what_changed(instance, export, run_config)
+
+
+def _steps_run(lines: list[str]) -> dict[str, str]:
+    """{step label: "ok" / "up to date" / "FAILED"} from the runner's progress lines."""
+    progress = lines[: lines.index("summary") - 1] if "summary" in lines else lines
+    steps = [line for line in progress if line and not line.startswith("  ")]
+    return {
+        line.split()[0]: "up to date" if "up to date" in line else line.split()[1] for line in steps
+    }
+
+
+def _adapter_materializations(instance) -> int:
+    return len(instance.fetch_materializations(dg.AssetKey("lora_adapter"), limit=100).records)
+
+
+def _a_rerun_does_only_what_changed(instance, export, run_config):
+    """Continues the run above (sharing its training): what a re-run re-makes, and why."""
+    from echo_pipeline.experiments import EXPERIMENTS
+
+    adapter = "adapter+evaluation[demo|chatml]"
+    runs, trained = len(instance.get_runs()), _adapter_materializations(instance)
+
+    lines: list[str] = []  # nothing changed: nothing runs, not even a Dagster run
+    assert run_pipeline(["chatml"], ["demo"], run_config=run_config, echo=lines.append).ok
+    assert set(_steps_run(lines).values()) == {"up to date"}, lines
+    assert len(instance.get_runs()) == runs and _adapter_materializations(instance) == trained
+    row = lines[lines.index("summary") + 2]
+    assert row.split()[2:5] == ["up", "to", "date"] and row.split()[-1].endswith("report.html")
+
+    lines = []  # a recipe field: that adapter and its report, then the leaderboard
+    old_rate = EXPERIMENTS["demo"].get("learning_rate")
+    EXPERIMENTS["demo"]["learning_rate"] = 3e-4
+    try:
+        assert run_pipeline(["chatml"], ["demo"], run_config=run_config, echo=lines.append).ok
+    finally:
+        if old_rate is None:
+            del EXPERIMENTS["demo"]["learning_rate"]
+        else:
+            EXPERIMENTS["demo"]["learning_rate"] = old_rate
+    assert _steps_run(lines) == {
+        "ingest": "up to date",
+        "template_dataset[chatml]": "up to date",
+        adapter: "ok",
+        "model_comparison": "ok",
+    }, lines
+    assert any("lora_adapter: config changed: learning_rate" in line for line in lines), lines
+    assert _adapter_materializations(instance) == trained + 1
+
+    lines = []  # one template's max tokens: that template's dataset, adapter and report
+    shorter = {"ops": {**run_config["ops"], "template_dataset": {"config": {"max_tokens": 384}}}}
+    assert run_pipeline(["chatml"], ["demo"], run_config=shorter, echo=lines.append).ok
+    assert _steps_run(lines) == {
+        "ingest": "up to date",
+        "template_dataset[chatml]": "ok",
+        adapter: "ok",  # the recipe is back to what it was, and the dataset is new
+        "model_comparison": "ok",
+    }, lines
+    assert any("config changed: max_tokens 512 -> 384" in line for line in lines), lines
+    lines = []  # ...and the other template's dataset is not touched by it
+    assert run_pipeline(["llama2_chat"], [], run_config=run_config, echo=lines.append).ok
+    assert _steps_run(lines) == {"ingest": "up to date", "template_dataset[llama2_chat]": "ok"}
+    lines = []
+    assert run_pipeline(["llama2_chat", "chatml"], [], run_config=shorter, echo=lines.append).ok
+    assert _steps_run(lines)["template_dataset[chatml]"] == "up to date", lines
+    assert _steps_run(lines)["template_dataset[llama2_chat]"] == "ok", lines  # 512 -> 384 for it
+
+    lines = []  # new messages in the export: everything downstream of it
+    first = sorted(p for p in export.rglob("*") if p.is_file())[0]
+    _append_a_message(first)
+    assert run_pipeline(["chatml"], [], run_config=shorter, echo=lines.append).ok
+    assert _steps_run(lines) == {"ingest": "ok", "template_dataset[chatml]": "ok"}, lines
+    from echo_pipeline.definitions import build_resources, stale_reasons
+
+    why = stale_reasons(instance, "lora_adapter", "demo|chatml", {}, build_resources())
+    assert any(reason.startswith("data changed: template_dataset") for reason in why), why
+
+    lines = []  # --force: every step runs, current or not
+    runs = len(instance.get_runs())
+    assert run_pipeline(["chatml"], [], run_config=shorter, echo=lines.append, force=True).ok
+    assert _steps_run(lines) == {"ingest": "ok", "template_dataset[chatml]": "ok"}, lines
+    assert len(instance.get_runs()) == runs + 2
+
+
+def _append_a_message(path) -> None:
+    """One more message at the end of an export file, in its own format."""
+    import json
+
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        last = dict(data["messages"][-1])
+        last["id"] = str(int(last["id"]) + 1)
+        last["content"] = "one more thing before I go"
+        data["messages"].append(last)
+        data["messageCount"] = len(data["messages"])
+        path.write_text(json.dumps(data), encoding="utf-8")
+    else:
+        raise AssertionError(f"{path}: the sample is DiscordChatExporter JSON")
 
 
 def _stuck_run(instance, tags: dict) -> str:

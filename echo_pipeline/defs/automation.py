@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from echo_pipeline.defs.ingest import default_export_location
-from echo_pipeline.defs.partitions import adapter_key, adapter_partitions
+from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.storage import file_sha256
 
 INGEST_SELECTION = ["raw_chat_export", "chat_messages", "conversation_pairs"]
@@ -77,24 +77,69 @@ def export_folder_sensor(context: dg.SensorEvaluationContext):
     job=training_job,
     cron_schedule="0 3 * * 0",
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Weekly (Sunday 03:00) re-training and evaluation of every adapter partition that "
-    "has been materialised before (the demo partitions when none has). Off until turned on.",
+    description="Weekly (Sunday 03:00) freshness check: of the adapters made before, re-trains "
+    "those whose dataset, base model, recipe or code changed, and re-evaluates those whose "
+    "adapter or evaluation code changed. Current ones are left alone. Off until turned on.",
 )
 def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext):
-    keys = _materialised_adapter_partitions(context.instance)
-    if not keys:
-        templates = adapter_partitions.get_partitions_def_for_dimension(
-            "template"
-        ).get_partition_keys()
-        keys = [str(adapter_key(t, "demo")) for t in templates]
     stamp = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return [dg.RunRequest(run_key=f"{stamp}:{key}", partition_key=key) for key in sorted(keys)]
+    requests, current = [], 0
+    for key, assets, reasons in stale_adapter_partitions(context.instance):
+        if not assets:
+            current += 1
+            continue
+        context.log.info(f"{key}: {'; '.join(reasons)}")
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{stamp}:{key}",
+                partition_key=key,
+                asset_selection=[dg.AssetKey(a) for a in assets],
+                tags={"echo/stale": "; ".join(reasons)[:200]},
+            )
+        )
+    if not requests and not current:
+        return dg.SkipReason(
+            "no adapter made yet: nothing to keep fresh (`echo-pipeline run`, or materialise "
+            "lora_adapter in the UI)"
+        )
+    if not requests:
+        return dg.SkipReason(f"all {current} adapter(s) and their reports are up to date")
+    return requests
 
 
-def _materialised_adapter_partitions(instance: dg.DagsterInstance) -> list[str]:
-    return sorted(instance.get_materialized_partitions(dg.AssetKey("lora_adapter")))
+def stale_adapter_partitions(
+    instance: dg.DagsterInstance,
+) -> list[tuple[str, list[str], list[str]]]:
+    """(partition, the assets to re-make, why) for every adapter partition made before.
+
+    With the default config (a schedule has no launchpad): a recipe is judged as
+    ``experiments.py`` defines it now.
+    """
+    from echo_pipeline.defs.freshness import stale_reasons
+    from echo_pipeline.defs.resources import build_resources
+
+    resources = build_resources()
+    found = []
+    for key in sorted(instance.get_materialized_partitions(dg.AssetKey("lora_adapter"))):
+        adapter = stale_reasons(instance, "lora_adapter", key, {}, resources)
+        if adapter:
+            found.append((key, ["lora_adapter", "evaluation_report"], adapter))
+            continue
+        report = stale_reasons(instance, "evaluation_report", key, {}, resources)
+        found.append((key, ["evaluation_report"] if report else [], report))
+    return found
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "echo_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    minimum_interval_seconds=60,
+    description="Declarative automation: datasets follow new pairs, adapters made before follow "
+    "their dataset, reports follow their adapter. Off until turned on in the UI.",
+)
 
 
 automation_jobs = [ingest_job, training_job]
-automation_sensors = [export_folder_sensor]
+automation_sensors = [export_folder_sensor, automation_sensor]
 automation_schedules = [weekly_retraining_schedule]

@@ -1,26 +1,30 @@
 """Datasets stage: one tokenised, label-masked dataset per prompt template."""
 
-from pathlib import Path
-
 import dagster as dg
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from echo_pipeline.defs.io_manager import asset_path, partition_slug
+from echo_pipeline.checks import check_template_dataset, example_lengths
+from echo_pipeline.defs.check_results import asset_check_results
+from echo_pipeline.defs.conditions import DATASET_AUTOMATION
+from echo_pipeline.defs.freshness import (
+    CODE_VERSIONS,
+    data_version,
+    dataset_provenance,
+    provenance_metadata,
+)
+from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import template_partitions
 from echo_pipeline.defs.resources import BaseModelResource
-from echo_pipeline.paths import data_dir
 from echo_pipeline.tokenization import DEFAULT_MAX_TOKENS
 
 DATASETS = "datasets"
-OWNERS = ["team:echo-pipeline"]
 TOKEN_FIELDS = [
     pa.field("input_ids", pa.list_(pa.int32())),
     pa.field("labels", pa.list_(pa.int32())),
 ]
 PARITY_SAMPLE = 64
-SYSTEM_PROMPT_METADATA_KEY = b"echo.system_prompt"
 
 
 class DatasetConfig(dg.Config):
@@ -39,21 +43,12 @@ class DatasetConfig(dg.Config):
     )
 
 
-def jsonl_dir(template: str) -> Path:
-    return data_dir() / "template_dataset_jsonl" / partition_slug(template)
-
-
 @dg.asset(
     group_name=DATASETS,
     kinds={"transformers", "parquet"},
-    owners=OWNERS,
     partitions_def=template_partitions,
-    code_version="1",
-    # New pairs (from the export sensor or by hand) re-render every template's dataset.
-    # ...but never from pairs whose blocking checks failed (a one-author export, leftover PII).
-    automation_condition=(
-        dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-    ),
+    code_version=CODE_VERSIONS["template_dataset"],
+    automation_condition=DATASET_AUTOMATION,
     check_specs=[
         dg.AssetCheckSpec(
             "template_parity",
@@ -82,29 +77,29 @@ def template_dataset(
     context: dg.AssetExecutionContext,
     config: DatasetConfig,
     base_model: BaseModelResource,
+    io_manager: dg.ResourceParam[ParquetIOManager],
     conversation_pairs: pa.Table,
 ):
     """Per-template training data, plus JSONL in the seed's {"inputs": ...} shape for hosted tuning."""
     from echo_pipeline.base_model import load_tokenizer
-    from echo_pipeline.templates import auto_bos_token_id, default_system_prompt, infer_me_name
-    from echo_pipeline.tokenization import (
-        build_template_dataset,
-        stop_token_id,
-        tokenize_inference_prompt,
-        write_jsonl,
-    )
+    from echo_pipeline.conversations import pairs_identity
+    from echo_pipeline.records import DatasetManifest
+    from echo_pipeline.templates import default_system_prompt
+    from echo_pipeline.tokenization import build_template_dataset, stop_token_id, write_jsonl
 
     template = context.partition_key
-    tokenizer = load_tokenizer(base_model.resolve())
+    layout = io_manager.layout()
+    resolved = base_model.resolve()
+    tokenizer = load_tokenizer(resolved)
     pairs = conversation_pairs.to_pandas()
+    me = pairs_identity(conversation_pairs)
     system_prompt = config.system_prompt
     if system_prompt is None:
-        system_prompt = default_system_prompt(infer_me_name(list(pairs["context"])))
+        system_prompt = default_system_prompt(next(iter(me.names), ""))
     frame, examples = build_template_dataset(
         pairs, template, tokenizer, system_prompt=system_prompt, max_tokens=config.max_tokens
     )
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({SYSTEM_PROMPT_METADATA_KEY: system_prompt.encode()})
     table = table.append_column(
         TOKEN_FIELDS[0], pa.array([e.input_ids for e in examples], pa.list_(pa.int32()))
     )
@@ -112,53 +107,29 @@ def template_dataset(
         TOKEN_FIELDS[1], pa.array([e.labels for e in examples], pa.list_(pa.int32()))
     )
 
-    out_dir = jsonl_dir(template)
+    out_dir = layout.jsonl_dir(template)
     line_counts = write_jsonl(
         frame, {split: out_dir / f"{split}.jsonl" for split in ("train", "val", "test")}
     )
 
-    # Checks computed here, where the tokenizer is loaded.
-    eos = stop_token_id(template, tokenizer)
-    bos = auto_bos_token_id(tokenizer)
-    # Truncated rows are excluded from parity and EOS checks: their prompt was cut to fit a reply
-    # the inference side cannot know, and a cut reply deliberately has no EOS.
-    whole = np.flatnonzero(~frame["truncated"].to_numpy())
-    rng = np.random.default_rng(0)
-    sample = (
-        rng.choice(whole, size=min(PARITY_SAMPLE, len(whole)), replace=False) if len(whole) else []
+    # Checked here, where the tokenizer is loaded.
+    checks = check_template_dataset(
+        template,
+        tokenizer,
+        pairs,
+        examples,
+        system_prompt=system_prompt,
+        max_tokens=config.max_tokens,
     )
-    mismatched = 0
-    for i in sample:
-        row = pairs.iloc[int(i)]
-        expected = examples[int(i)].input_ids[: examples[int(i)].prompt_len]
-        got = tokenize_inference_prompt(
-            template,
-            tokenizer,
-            row["context"],
-            row["prompt"],
-            system_prompt,
-            prompt_author=row["prompt_author"],
-            max_tokens=config.max_tokens,
-        )
-        mismatched += got != expected
-    eos_bad = sum(
-        1
-        for e in examples
-        if not e.truncated
-        and (
-            not e.labels
-            or e.labels[-1] != eos
-            or any(label != -100 for label in e.labels[: e.prompt_len])
-        )
-    )
-    double_bos = sum(1 for e in examples if bos is not None and e.input_ids[:2] == [bos, bos])
-    lengths = np.array([len(e.input_ids) for e in examples]) if examples else np.array([0])
-    too_long = int((lengths > config.max_tokens).sum())
+    lengths = example_lengths(examples)
     truncated = int(frame["truncated"].sum())
 
+    provenance = dataset_provenance(context.instance, config, resolved.fingerprint)
     yield dg.Output(
         table,
+        data_version=data_version(provenance),
         metadata={
+            **provenance_metadata(provenance),
             "dagster/row_count": table.num_rows,
             "rows_by_split": frame["split"].value_counts().to_dict(),
             "tokens_mean": float(lengths.mean()),
@@ -171,29 +142,20 @@ def template_dataset(
             "base_model": base_model.source,
         },
     )
-    yield dg.AssetCheckResult(
-        check_name="template_parity",
-        passed=mismatched == 0,
-        metadata={"sampled": len(sample), "mismatched": int(mismatched)},
+    # After the Parquet is stored (Dagster stores a yielded output before resuming): the
+    # manifest never describes a dataset that failed to write.
+    manifest = DatasetManifest(
+        template=template,
+        system_prompt=system_prompt,
+        eos_id=int(stop_token_id(template, tokenizer)),
+        me_ids=me.ids,
+        me_names=me.names,
+        max_tokens=config.max_tokens,
+        base_model=resolved.source,
+        base_model_fingerprint=resolved.fingerprint,
     )
-    yield dg.AssetCheckResult(
-        check_name="eos_labelled",
-        passed=eos_bad == 0,
-        metadata={"violations": eos_bad, "eos_id": int(eos)},
-    )
-    yield dg.AssetCheckResult(
-        check_name="single_bos", passed=double_bos == 0, metadata={"double_bos": double_bos}
-    )
-    yield dg.AssetCheckResult(
-        check_name="token_lengths",
-        passed=too_long == 0,
-        metadata={"max_tokens": config.max_tokens, "over_max": too_long, "truncated": truncated},
-    )
-
-
-def dataset_path(template: str) -> Path:
-    """The Parquet file of one template_dataset partition (as the IO manager writes it)."""
-    return asset_path(data_dir(), dg.AssetKey("template_dataset"), template)
+    manifest.write(layout.dataset_manifest_path(template))
+    yield from asset_check_results(checks)
 
 
 dataset_assets = [template_dataset]

@@ -1,21 +1,24 @@
 """Evaluation stage: does each adapter sound like me, and which one does best?"""
 
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field
 
-from echo_pipeline.defs.datasets import dataset_path
-from echo_pipeline.defs.io_manager import asset_path, partition_slug
+from echo_pipeline.defs.check_results import asset_check_results
+from echo_pipeline.defs.conditions import REPORT_AUTOMATION
+from echo_pipeline.defs.freshness import (
+    CODE_VERSIONS,
+    comparison_provenance,
+    data_version,
+    provenance_metadata,
+    report_provenance,
+)
+from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
-from echo_pipeline.defs.training import adapter_dir
-from echo_pipeline.paths import data_dir
 
 EVALUATION = "evaluation"
-OWNERS = ["team:echo-pipeline"]
-EVALUATION_CODE_VERSION = "2"
-COMPARISON_CODE_VERSION = "2"
+EVALUATION_CODE_VERSION = CODE_VERSIONS["evaluation_report"]
+COMPARISON_CODE_VERSION = CODE_VERSIONS["model_comparison"]
 HEADLINE_METRICS = (
     "base_reply_loss",
     "adapter_reply_loss",
@@ -130,23 +133,6 @@ class EvaluationReportConfig(dg.Config):
         )
 
 
-def report_dir(template: str, experiment: str) -> Path:
-    return (
-        data_dir()
-        / "evaluation_report"
-        / f"{partition_slug(template)}__{partition_slug(experiment)}"
-    )
-
-
-def comparison_dir() -> Path:
-    return data_dir() / "model_comparison"
-
-
-def pairs_path() -> Path:
-    """The conversation_pairs Parquet (as the IO manager writes it)."""
-    return asset_path(data_dir(), dg.AssetKey("conversation_pairs"))
-
-
 def summary_markdown(metrics: dict) -> str:
     from echo_pipeline.evaluation.evaluate import SCORECARD
     from echo_pipeline.evaluation.report import direction_label, fmt
@@ -165,11 +151,11 @@ def summary_markdown(metrics: dict) -> str:
 @dg.asset(
     group_name=EVALUATION,
     kinds={"pytorch", "mlflow", "html"},
-    owners=OWNERS,
     partitions_def=adapter_partitions,
     deps=[dg.AssetDep("lora_adapter")],
     code_version=EVALUATION_CODE_VERSION,
     pool="gpu",
+    automation_condition=REPORT_AUTOMATION,
     check_specs=[
         dg.AssetCheckSpec(
             "beats_base",
@@ -184,6 +170,7 @@ def evaluation_report(
     context: dg.AssetExecutionContext,
     config: EvaluationReportConfig,
     mlflow_tracking: MlflowResource,
+    io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Answers "does it sound like me?" for one adapter, with numbers, plots and samples.
 
@@ -192,15 +179,18 @@ def evaluation_report(
     model's and my real ones on the same held-out prompts and the same template, and is logged
     as a child of the adapter's training run.
     """
-    from echo_pipeline.evaluation.evaluate import adapter_vs_base, evaluate_adapter
+    from echo_pipeline.checks import check_beats_base
+    from echo_pipeline.evaluation.evaluate import evaluate_adapter
     from echo_pipeline.evaluation.report import write_report
     from echo_pipeline.evaluation.runs import log_evaluation_run, training_history, training_run
+    from echo_pipeline.records import METADATA_FILE
     from echo_pipeline.tracking import TrackingUnavailableError, run_url
 
     keys = context.partition_key.keys_by_dimension
     template, experiment = keys["template"], keys["experiment"]
-    adapter = adapter_dir(template, experiment)
-    if not (adapter / "echo_metadata.json").exists():
+    layout = io_manager.layout()
+    adapter = layout.adapter_dir(template, experiment)
+    if not (adapter / METADATA_FILE).exists():
         raise dg.Failure(
             f"{adapter}: lora_adapter[{context.partition_key}] is not materialised; materialise it first"
         )
@@ -211,8 +201,8 @@ def evaluation_report(
 
     result = evaluate_adapter(
         adapter,
-        dataset_path(template),
-        pairs_path(),
+        layout.dataset_path(template),
+        layout.pairs_path(),
         config=config.evaluation_config(),
         log=context.log.info,
     )
@@ -220,7 +210,7 @@ def evaluation_report(
     parent = training_run(uri, result.lineage.get("training_run_id"))
     history = training_history(uri, parent.info.run_id) if parent else {}
     parent_url = run_url(uri, parent.info.experiment_id, parent.info.run_id) if parent else None
-    out = report_dir(template, experiment)
+    out = layout.report_dir(template, experiment)
 
     def write_files(evaluation_url: str):
         return write_report(
@@ -236,11 +226,7 @@ def evaluation_report(
     )
 
     metrics = result.metrics
-    ahead = adapter_vs_base(metrics)
     adapter_verdict, base_verdict = result.verdicts["adapter"], result.verdicts["base"]
-    beats = adapter_verdict.ok or (
-        adapter_verdict.rank() < base_verdict.rank() and bool(ahead.get("reply_loss"))
-    )
     metadata = {
         "verdict": adapter_verdict.label,
         "base_verdict": base_verdict.label,
@@ -259,34 +245,27 @@ def evaluation_report(
     }
     if run.model_id:
         metadata["mlflow_model_id"] = run.model_id
-    check = dg.AssetCheckResult(
-        check_name="beats_base",
-        passed=beats,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "verdict": adapter_verdict.label,
-            "base_verdict": base_verdict.label,
-            **{f"adapter_ahead_on_{name}": won for name, won in ahead.items()},
-            **{n: float(metrics[n]) for n in HEADLINE_METRICS if n in metrics},
-        },
-        description=None
-        if beats
-        else f"The adapter's verdict is {adapter_verdict.label!r} (base: {base_verdict.label!r}): "
-        + "; ".join(adapter_verdict.reasons[:3]),
+    provenance = report_provenance(context.instance, str(context.partition_key), config)
+    metadata.update(provenance_metadata(provenance))
+    check = check_beats_base(result.verdicts, metrics, HEADLINE_METRICS)
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=list(asset_check_results([check])),
+        data_version=data_version(provenance),
     )
-    return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
 
 @dg.asset(
     group_name=EVALUATION,
     kinds={"mlflow", "html", "csv"},
-    owners=OWNERS,
     deps=[dg.AssetDep("evaluation_report", partition_mapping=dg.AllPartitionMapping())],
     code_version=COMPARISON_CODE_VERSION,
     description="Leaderboard over every adapter (template x experiment) from MLflow: one table, one plot.",
 )
 def model_comparison(
-    context: dg.AssetExecutionContext, mlflow_tracking: MlflowResource
+    context: dg.AssetExecutionContext,
+    mlflow_tracking: MlflowResource,
+    io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Which template and recipe sounds most like me, at a glance.
 
@@ -299,14 +278,16 @@ def model_comparison(
         write_leaderboard,
     )
 
+    provenance = comparison_provenance(context.instance)
     frame = leaderboard(mlflow_tracking.uri(), mlflow_tracking.experiment_name)
-    files = write_leaderboard(frame, comparison_dir())
+    files = write_leaderboard(frame, io_manager.layout().comparison_dir())
     metadata = {
         "leaderboard": dg.MetadataValue.md(leaderboard_markdown(frame)),
         "html_path": dg.MetadataValue.path(str(files.html)),
         "csv_path": dg.MetadataValue.path(str(files.csv)),
         "adapters": len(frame),
         "evaluated": int((~frame["stale"].astype(bool)).sum()) if len(frame) else 0,
+        **provenance_metadata(provenance),
     }
     if len(frame):
         best = frame.iloc[0]
@@ -315,7 +296,7 @@ def model_comparison(
         context.log.warning(
             "no adapter runs in MLflow yet: materialise lora_adapter and evaluation_report"
         )
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=data_version(provenance))
 
 
 evaluation_assets = [evaluation_report, model_comparison]

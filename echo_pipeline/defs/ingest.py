@@ -11,12 +11,20 @@ import pyarrow as pa
 from pydantic import Field
 
 from echo_pipeline import conversations, pairing_config
+from echo_pipeline.checks import check_pairs
+from echo_pipeline.defs.check_results import asset_check_results
+from echo_pipeline.defs.freshness import (
+    CODE_VERSIONS,
+    data_version,
+    ingest_provenance,
+    pairs_provenance,
+    provenance_metadata,
+)
 from echo_pipeline.exports import ExportError, detect_format, read_exports, require_export_files
 from echo_pipeline.paths import sample_export_dir
 from echo_pipeline.storage import file_sha256
 
 INGEST = "ingest"
-OWNERS = ["team:echo-pipeline"]
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -113,14 +121,14 @@ def _failure(error: Exception) -> dg.Failure:
         "raw_chat_export": dg.AssetOut(
             group_name=INGEST,
             kinds={"python", "parquet"},
-            owners=OWNERS,
+            code_version=CODE_VERSIONS["read_chat_exports"],
             description="The export files (with content hashes): what every later asset is "
             "derived from.",
         ),
         "chat_messages": dg.AssetOut(
             group_name=INGEST,
             kinds={"pandas", "parquet"},
-            owners=OWNERS,
+            code_version=CODE_VERSIONS["read_chat_exports"],
             description="Every message of every export in one schema (chat_messages), "
             "timestamps in UTC.",
         ),
@@ -141,13 +149,15 @@ def read_chat_exports(context: dg.AssetExecutionContext, config: ExportConfig):
     except ExportError as error:
         raise _failure(error) from error
     combined = hashlib.sha256("".join(manifest.column("sha256").to_pylist()).encode()).hexdigest()
+    provenance = ingest_provenance(manifest.column("sha256").to_pylist())
     formats = pd.Series(manifest.column("format").to_pylist()).value_counts().to_dict()
     context.log.info("read %d messages from %d files", table.num_rows, len(paths))
     yield dg.Output(
         manifest,
         output_name="raw_chat_export",
-        data_version=dg.DataVersion(combined[:16]),
+        data_version=data_version(provenance),
         metadata={
+            **provenance_metadata(provenance),
             "location": config.path,
             "files": manifest.num_rows,
             "bytes": int(sum(manifest.column("bytes").to_pylist())),
@@ -158,7 +168,8 @@ def read_chat_exports(context: dg.AssetExecutionContext, config: ExportConfig):
     yield dg.Output(
         table,
         output_name="chat_messages",
-        metadata=_messages_metadata(table),
+        data_version=data_version(provenance),
+        metadata={**provenance_metadata(provenance), **_messages_metadata(table)},
     )
 
 
@@ -209,7 +220,7 @@ def pairs_preview_markdown(pairs: pa.Table, limit: int = 5) -> str:
 @dg.asset(
     group_name=INGEST,
     kinds={"pandas", "parquet"},
-    owners=OWNERS,
+    code_version=CODE_VERSIONS["conversation_pairs"],
     description="(context, someone else's turn) -> my reply, redacted and split by session.",
 )
 def conversation_pairs(
@@ -223,9 +234,12 @@ def conversation_pairs(
     for warning in report.warnings:
         context.log.warning(warning)
     context.log.info("built %d pairs from %d turns", report.pairs, report.turns)
+    provenance = pairs_provenance(context.instance, config)
     return dg.Output(
         pairs,
+        data_version=data_version(provenance),
         metadata={
+            **provenance_metadata(provenance),
             "dagster/row_count": report.pairs,
             "pairs_by_split": report.pairs_by_split,
             "explicit_reply_pairs": report.explicit_reply_pairs,
@@ -250,32 +264,9 @@ def _me_ids(pairs: pa.Table) -> list[str]:
     return json.loads(raw)
 
 
-def heldout_check(df: pd.DataFrame) -> dg.AssetCheckResult:
-    """Fails, before minutes of training, an export too small to hold out test pairs.
-
-    The split puts at least one session in test whenever two sessions have pairs; so this fails
-    on pairs from one session only, or when the config holds out nothing. (No pairs at all is
-    has_pairs' failure, reported once.)
-    """
-    test = int((df["split"] == "test").sum()) if len(df) else 0
-    sessions = int(df["session_id"].nunique()) if len(df) else 0
-    metadata = {"pairs": len(df), "sessions": sessions, "test": test}
-    if test or not len(df):  # no pairs at all: has_pairs fails and says why, once
-        return dg.AssetCheckResult(check_name="has_heldout_pairs", passed=True, metadata=metadata)
-    if sessions >= 2:  # pairs to spare, so the config held out nothing
-        advice = "set test_fraction or test_min_pairs above 0 (conversation_pairs config)"
-    else:
-        advice = (
-            "use a longer export (more conversations), or a smaller session_gap_s so long "
-            "conversations split into sessions (conversation_pairs config)"
-        )
-    return dg.AssetCheckResult(
-        check_name="has_heldout_pairs",
-        passed=False,
-        metadata=metadata,
-        description=f"no held-out pairs to evaluate on: {len(df)} pairs in {sessions} session(s); "
-        f"the split needs at least 2 pairs in 2 sessions (one to train on, one to test on); {advice}",
-    )
+def _redacted(pairs: pa.Table) -> bool:
+    raw = (pairs.schema.metadata or {}).get(conversations.REDACTED_METADATA_KEY, b"true")
+    return bool(json.loads(raw))
 
 
 @dg.multi_asset_check(
@@ -294,66 +285,10 @@ def heldout_check(df: pd.DataFrame) -> dg.AssetCheckResult:
 )
 def conversation_pairs_checks(conversation_pairs: pa.Table):
     """Invariants that, if broken, would train on the wrong voice or leak test data or secrets."""
-    df = conversation_pairs.to_pandas()
-    me = set(_me_ids(conversation_pairs))
-    train = int((df["split"] == "train").sum()) if len(df) else 0
-    yield dg.AssetCheckResult(
-        check_name="has_pairs",
-        passed=train > 0,
-        metadata={"pairs": len(df), "train": train},
-        description=None
-        if train
-        else "No training pairs: check that `me` is you (see chat_messages' authors) and that the "
-        "export holds other people's messages you replied to (an export filtered to one author has none).",
-    )
-    yield heldout_check(df)
-    not_mine = int((~df["reply_author_id"].isin(me)).sum())
-    yield dg.AssetCheckResult(
-        check_name="replies_are_mine", passed=not_mine == 0, metadata={"violations": not_mine}
-    )
-    mine_prompts = int(df["prompt_author_id"].isin(me).sum())
-    yield dg.AssetCheckResult(
-        check_name="prompts_are_others",
-        passed=mine_prompts == 0,
-        metadata={"violations": mine_prompts},
-    )
-    crossing = int((df["prompt_session_id"] != df["session_id"]).sum())
-    yield dg.AssetCheckResult(
-        check_name="pairs_within_session", passed=crossing == 0, metadata={"violations": crossing}
-    )
-    per_session = df.groupby("session_id")["split"].nunique() if len(df) else pd.Series(dtype=int)
-    leaking = int((per_session > 1).sum())
-    yield dg.AssetCheckResult(
-        check_name="sessions_in_one_split", passed=leaking == 0, metadata={"violations": leaking}
-    )
-    from echo_pipeline.redaction import find_pii
-
-    redacted = json.loads(
-        (conversation_pairs.schema.metadata or {}).get(conversations.REDACTED_METADATA_KEY, b"true")
-    )
-    if not redacted:
-        yield dg.AssetCheckResult(
-            check_name="no_pii_left",
-            passed=True,
-            metadata={"note": "redaction turned off in config"},
+    yield from asset_check_results(
+        check_pairs(
+            conversation_pairs, _me_ids(conversation_pairs), redacted=_redacted(conversation_pairs)
         )
-        return
-
-    texts = pd.concat(
-        [df["prompt"], df["reply"], df["context"].explode().dropna().map(lambda t: t["text"])],
-        ignore_index=True,
-    )
-    found = texts.map(find_pii)
-    leftover = found[found.map(len) > 0]
-    kinds = (
-        pd.Series([k for ks in leftover for k in ks]).value_counts().to_dict()
-        if len(leftover)
-        else {}
-    )
-    yield dg.AssetCheckResult(
-        check_name="no_pii_left",
-        passed=len(leftover) == 0,
-        metadata={"texts_with_pii": len(leftover), "kinds": {k: int(v) for k, v in kinds.items()}},
     )
 
 

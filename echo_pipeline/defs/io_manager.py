@@ -8,42 +8,28 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from echo_pipeline.paths import data_dir
+from echo_pipeline.layout import Layout
 from echo_pipeline.storage import write_parquet
-
-
-def partition_slug(partition: str) -> str:
-    """A partition key as a file name: ``chatml|demo`` -> ``chatml__demo``; never a path."""
-    slug = str(partition).replace("|", "__")
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in slug).lstrip(".") or "_"
-
-
-def asset_path(
-    root: Path, asset_key: dg.AssetKey, partition: str | None = None, suffix: str = ".parquet"
-) -> Path:
-    """Where an asset (partition) lives under ``root``; shared by the IO manager and its readers."""
-    key = asset_key.path
-    folder = Path(root).joinpath(*key[:-1])
-    if partition is not None:
-        return folder / key[-1] / f"{partition_slug(partition)}{suffix}"
-    return folder / f"{key[-1]}{suffix}"
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
     """Stores Arrow tables as ``<base_dir>/<asset>/<partition>.parquet`` (or ``<asset>.parquet``).
 
     Writes go to a temporary file and are renamed into place, so a failed run leaves the
-    previous materialisation intact.
+    previous materialisation intact. Assets that write folders of their own (adapters, reports,
+    JSONL) take this resource as ``io_manager: dg.ResourceParam[ParquetIOManager]`` and ask
+    :meth:`layout`, so ``base_dir`` moves everything together.
     """
 
     base_dir: str = ""
 
-    def _root(self) -> Path:
-        return Path(self.base_dir) if self.base_dir else data_dir()
+    def layout(self) -> Layout:
+        """Where every artefact lives for this IO manager (``base_dir``, else ``data_dir()``)."""
+        return Layout.at(self.base_dir)
 
     def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
         partition = context.asset_partition_key if context.has_asset_partitions else None
-        return asset_path(self._root(), context.asset_key, partition)
+        return self.layout().asset_path(context.asset_key.path, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: pa.Table) -> None:
         if obj is None:

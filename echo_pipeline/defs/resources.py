@@ -74,3 +74,20 @@ def dagster_lineage_tags(context: dg.AssetExecutionContext, code_version: str) -
         "dagster.partition_key": str(context.partition_key),
         "dagster.code_version": code_version,
     }
+
+
+def build_resources() -> dict:
+    """Every resource the assets ask for, read when called: `echo-pipeline run --base-model`
+    sets ECHO_BASE_MODEL before the runner builds its own."""
+    from echo_pipeline.base_model import default_base_model
+    from echo_pipeline.defs.io_manager import ParquetIOManager
+
+    return {
+        "io_manager": ParquetIOManager(),
+        "base_model": BaseModelResource(source=default_base_model()),
+        "mlflow_tracking": MlflowResource(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+
+
+resources = dg.Definitions(resources=build_resources())  # found with the rest of the defs folder

@@ -3,18 +3,21 @@
 import sys
 
 import dagster as dg
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from echo_pipeline.defs.datasets import SYSTEM_PROMPT_METADATA_KEY, dataset_path
-from echo_pipeline.defs.io_manager import partition_slug
+from echo_pipeline.defs.conditions import ADAPTER_AUTOMATION
+from echo_pipeline.defs.freshness import (
+    CODE_VERSIONS,
+    adapter_provenance,
+    data_version,
+    provenance_metadata,
+)
+from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapter
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource, dagster_lineage_tags
-from echo_pipeline.paths import data_dir
 
 TRAINING = "training"
-OWNERS = ["team:echo-pipeline"]
-TRAINING_CODE_VERSION = "1"
+TRAINING_CODE_VERSION = CODE_VERSIONS["lora_adapter"]
 
 
 class LoraConfig(dg.Config):
@@ -96,25 +99,14 @@ class LoraConfig(dg.Config):
         }
 
 
-def adapter_dir(template: str, experiment: str):
-    return data_dir() / "lora_adapter" / f"{partition_slug(template)}__{partition_slug(experiment)}"
-
-
-def training_work_dir(template: str, experiment: str):
-    """Checkpoints live here between attempts, so a re-materialisation resumes."""
-    return (
-        data_dir() / "training_work" / f"{partition_slug(template)}__{partition_slug(experiment)}"
-    )
-
-
 @dg.asset(
     group_name=TRAINING,
     kinds={"pytorch", "mlflow"},
-    owners=OWNERS,
     partitions_def=adapter_partitions,
     deps=[dg.AssetDep("template_dataset", partition_mapping=dataset_for_adapter)],
     code_version=TRAINING_CODE_VERSION,
     pool="gpu",
+    automation_condition=ADAPTER_AUTOMATION,
     description="A PEFT LoRA adapter (QLoRA on CUDA) trained on one template's dataset, with its MLflow run.",
 )
 def lora_adapter(
@@ -123,32 +115,37 @@ def lora_adapter(
     base_model: BaseModelResource,
     mlflow_tracking: MlflowResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
+    io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Trains, measures held-out reply loss against the base model, and registers the adapter."""
     from echo_pipeline.adapters import AdapterJob, run_adapter_job
     from echo_pipeline.experiments import experiment_config
+    from echo_pipeline.records import DatasetManifest
     from echo_pipeline.tracking import TrackingUnavailableError
     from echo_pipeline.train_job import failure_file, outcome_metadata
 
     keys = context.partition_key.keys_by_dimension
     template, experiment = keys["template"], keys["experiment"]
-    data = dataset_path(template)
+    layout = io_manager.layout()
+    data = layout.dataset_path(template)
     if not data.exists():
         raise dg.Failure(
             f"{data}: template_dataset[{template}] is not materialised; materialise it first"
         )
-    system_prompt = (
-        (pq.read_schema(data).metadata or {}).get(SYSTEM_PROMPT_METADATA_KEY, b"").decode()
-    )
+    try:
+        manifest = DatasetManifest.load(layout.dataset_manifest_path(template))
+    except (OSError, ValueError) as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
     job = AdapterJob(
         template=template,
         experiment=experiment,
         dataset_path=data,
-        adapter_dir=adapter_dir(template, experiment),
-        work_dir=training_work_dir(template, experiment),
+        adapter_dir=layout.adapter_dir(template, experiment),
+        work_dir=layout.training_work_dir(template, experiment),
         base_model=base_model.resolve(),
         training=experiment_config(experiment, config.overrides()),
-        system_prompt=system_prompt,
+        system_prompt=manifest.system_prompt,
+        me_names=list(manifest.me_names),
         tracking_uri=mlflow_tracking.uri(),
         experiment_name=mlflow_tracking.experiment_name,
         tags=dagster_lineage_tags(context, TRAINING_CODE_VERSION),
@@ -158,16 +155,29 @@ def lora_adapter(
         mlflow_tracking.ensure_experiment()
     except TrackingUnavailableError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
+    provenance = adapter_provenance(
+        context.instance, template, job.training, job.base_model.fingerprint
+    )
+
+    def versioned(result: dg.MaterializeResult) -> dg.MaterializeResult:
+        """The adapter's data version is its provenance: same dataset, base, recipe and code."""
+        return dg.MaterializeResult(
+            metadata={**(result.metadata or {}), **provenance_metadata(provenance)},
+            data_version=data_version(provenance),
+            check_results=result.check_results,
+        )
 
     if config.out_of_process:
         failure = failure_file(job.work_dir)
         failure.unlink(missing_ok=True)
         try:
-            return pipes_subprocess_client.run(
-                command=[sys.executable, "-m", "echo_pipeline.train_job"],
-                context=context,
-                extras={"job": job.to_dict()},
-            ).get_materialize_result()
+            return versioned(
+                pipes_subprocess_client.run(
+                    command=[sys.executable, "-m", "echo_pipeline.train_job"],
+                    context=context,
+                    extras={"job": job.to_dict()},
+                ).get_materialize_result()
+            )
         except Exception as error:  # Pipes' error class is not public API
             if not failure.exists():
                 raise  # killed, or failed before the job started: Pipes' own message
@@ -181,10 +191,7 @@ def lora_adapter(
         context.log.info(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     outcome = run_adapter_job(job, on_progress=progress)
-    return dg.MaterializeResult(
-        metadata=_as_dagster_metadata(outcome_metadata(outcome)),
-        data_version=dg.DataVersion(outcome.fingerprint),
-    )
+    return versioned(dg.MaterializeResult(metadata=_as_dagster_metadata(outcome_metadata(outcome))))
 
 
 def _as_dagster_metadata(raw: dict) -> dict:

@@ -59,6 +59,7 @@ from echo_pipeline.evaluation.generation import (
 )
 from echo_pipeline.evaluation.relevance import distinct_n
 from echo_pipeline.evaluation.style import compare_style, style_profile, word_counts
+from echo_pipeline.records import AdapterMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ def read_pairs(pairs_path: Path) -> pd.DataFrame:
 class HeldOut:
     """What an evaluation reads: the adapter's metadata, its dataset, and the chosen prompts."""
 
-    meta: dict[str, Any]
+    meta: AdapterMetadata
     frame: pd.DataFrame  # the template dataset, token columns included
     pairs: pd.DataFrame  # conversation pairs: every split, for the attribution classifier
     split: str
@@ -297,9 +298,9 @@ class HeldOut:
 def load_heldout(
     adapter_dir: Path, dataset_path: Path, pairs_path: Path, config: EvaluationConfig
 ) -> HeldOut:
-    from echo_pipeline.adapters import load_dataset, read_adapter_metadata
+    from echo_pipeline.adapters import load_dataset
 
-    meta = read_adapter_metadata(adapter_dir)
+    meta = AdapterMetadata.load(adapter_dir)
     frame = load_dataset(dataset_path)
     pairs = read_pairs(pairs_path)
     split = heldout_split_name(frame, config.heldout_split)
@@ -323,28 +324,27 @@ def _lineage(
     from echo_pipeline.adapters import dataset_digest
 
     meta, digest = data.meta, dataset_digest(data.frame)
-    recorded = (meta.get("dataset") or {}).get("digest")
-    tracked = meta.get("mlflow") or {}
+    recorded, tracked = meta.dataset.digest, meta.mlflow
     return {
-        "template": meta["template"],
-        "experiment": meta.get("experiment", ""),
+        "template": meta.template,
+        "experiment": meta.experiment,
         "adapter_dir": str(adapter_dir),
-        "adapter_fingerprint": meta.get("fingerprint"),
-        "base_model": meta.get("base_model", {}),
-        "system_prompt": meta.get("system_prompt", ""),
+        "adapter_fingerprint": meta.fingerprint,
+        "base_model": dataclasses.asdict(meta.base_model),
+        "system_prompt": meta.system_prompt,
         "dataset_path": str(dataset_path),
         "dataset_digest": digest,
         "adapter_dataset_digest": recorded,
         "dataset_matches_adapter": recorded == digest,
         "pairs_path": str(pairs_path),
         "heldout_split": data.split,
-        "training": meta.get("training", {}),
-        "training_results": meta.get("results", {}),
-        "training_run_id": tracked.get("run_id"),
-        "training_experiment_id": tracked.get("experiment_id"),
-        "training_tracking_uri": tracked.get("tracking_uri"),
-        "package_version": meta.get("package_version"),
-        "git_commit": meta.get("git_commit"),
+        "training": meta.training,
+        "training_results": meta.results,
+        "training_run_id": tracked.run_id,
+        "training_experiment_id": tracked.experiment_id,
+        "training_tracking_uri": tracked.tracking_uri,
+        "package_version": meta.package_version,
+        "git_commit": meta.git_commit,
     }
 
 
@@ -588,8 +588,8 @@ def evaluate_adapter(
             f"({lineage['adapter_dataset_digest']} -> {lineage['dataset_digest']})"
         )
     return EvaluationResult(
-        template=data.meta["template"],
-        experiment=data.meta.get("experiment", ""),
+        template=data.meta.template,
+        experiment=data.meta.experiment,
         metrics={k: float(v) for k, v in metrics.items()},
         samples=samples,
         lineage=lineage,

@@ -8,12 +8,12 @@ reports) without minutes of training. The directory has everything a trained ada
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from echo_pipeline.adapters import METADATA_FILE, package_version
+from echo_pipeline.adapters import base_model_record, package_version
 from echo_pipeline.base_model import ResolvedBaseModel
+from echo_pipeline.records import AdapterMetadata, DatasetRecord, TrackingRecord
 
 
 def write_untrained_adapter(
@@ -50,23 +50,15 @@ def write_untrained_adapter(
     )
     model.save_pretrained(out_dir)
     load_tokenizer(base_model).save_pretrained(out_dir)
-    metadata = {
-        "base_model": {
-            "source": base_model.source,
-            "path": base_model.path,
-            "fingerprint": base_model.fingerprint,
-            "revision": base_model.revision,
-        },
-        "template": template,
-        "experiment": experiment,
-        "system_prompt": system_prompt,
-        "dataset": dataset or {"path": None, "digest": None, "rows": {}},
-        "training": {"lora_r": lora_r, "max_steps": 0},
-        "fingerprint": f"untrained-{template}-{experiment}",
-        "results": {},
-        "package_version": package_version(),
-        "git_commit": None,
-        "mlflow": mlflow or {"tracking_uri": None, "experiment_id": None, "run_id": None},
-    }
-    (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+    AdapterMetadata(
+        template=template,
+        base_model=base_model_record(base_model),
+        experiment=experiment,
+        system_prompt=system_prompt,
+        dataset=DatasetRecord(**(dataset or {})),
+        training={"lora_r": lora_r, "max_steps": 0},
+        fingerprint=f"untrained-{template}-{experiment}",
+        package_version=package_version(),
+        mlflow=TrackingRecord(**(mlflow or {})),
+    ).write(out_dir)
     return out_dir

@@ -18,10 +18,9 @@ import pytest
 from run_configs import QUICK_EVALUATION, SMALL_HELDOUT
 
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
-from echo_pipeline.defs.datasets import dataset_path
-from echo_pipeline.defs.evaluation import comparison_dir, evaluation_assets, report_dir
+from echo_pipeline.defs.evaluation import evaluation_assets
 from echo_pipeline.defs.partitions import adapter_key
-from echo_pipeline.defs.training import adapter_dir
+from echo_pipeline.layout import Layout
 
 ASSETS = [*ALL_ASSETS, *[a for a in evaluation_assets if a not in ALL_ASSETS], *ALL_CHECKS]
 
@@ -60,6 +59,7 @@ def _untrained_chatml_adapter(base_model, pairs_ops):
 
     from echo_pipeline.adapters import dataset_digest
     from echo_pipeline.evaluation.untrained import write_untrained_adapter
+    from echo_pipeline.records import DatasetManifest
     from echo_pipeline.tracking import default_tracking_uri, ensure_experiment
 
     assert materialize(
@@ -82,16 +82,15 @@ def _untrained_chatml_adapter(base_model, pairs_ops):
     model = mlflow.create_external_model(
         name="adapter", source_run_id=run.info.run_id, experiment_id=experiment_id
     )
-    path = dataset_path("chatml")
+    layout = Layout.default()
+    path = layout.dataset_path("chatml")
     digest = dataset_digest(pq.read_table(path).to_pandas())
     write_untrained_adapter(
         base_model,
-        adapter_dir("chatml", "demo"),
+        layout.adapter_dir("chatml", "demo"),
         template="chatml",
         experiment="demo",
-        system_prompt=(pq.read_schema(path).metadata or {})
-        .get(b"echo.system_prompt", b"")
-        .decode(),
+        system_prompt=DatasetManifest.load(layout.dataset_manifest_path("chatml")).system_prompt,
         dataset={"path": str(path), "digest": digest, "rows": {}},
         mlflow={"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run.info.run_id},
     )
@@ -116,7 +115,7 @@ def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapte
     assert "| Attributed to me (higher is better) |" in meta["summary"]
     assert 0.5 < meta["attribution_heldout_balanced_accuracy"] <= 1.0
 
-    out = report_dir("chatml", "demo")
+    out = Layout.default().report_dir("chatml", "demo")
     assert meta["report_path"] == str(out / "report.html")
     page = (out / "report.html").read_text(encoding="utf-8")
     HTMLParser().feed(page)
@@ -143,8 +142,9 @@ def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapte
     board_meta = board.asset_materializations_for_node("model_comparison")[0].metadata
     assert board_meta["best"].value == "chatml/demo" and board_meta["adapters"].value == 1
     assert "| 1 | chatml | demo |" in board_meta["leaderboard"].value
-    assert (comparison_dir() / "leaderboard.html").exists()
-    assert (comparison_dir() / "leaderboard.csv").read_text().count("\n") == 2
+    board_dir = Layout.default().comparison_dir()
+    assert (board_dir / "leaderboard.html").exists()
+    assert (board_dir / "leaderboard.csv").read_text().count("\n") == 2
 
 
 def test_evaluation_fails_clearly_without_an_adapter(pipeline_env):
@@ -193,8 +193,9 @@ def test_on_a_real_chat_an_untrained_adapter_does_not_sound_like_you(
     assert meta["base_verdict"] != "sounds like you"
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and meta["verdict"] in check.description
-    payload = json.loads((report_dir("chatml", "demo") / "metrics.json").read_text("utf-8"))
+    report = Layout.default().report_dir("chatml", "demo")
+    payload = json.loads((report / "metrics.json").read_text("utf-8"))
     assert payload["verdicts"]["adapter"]["reasons"]
     assert payload["config"]["generation"]["do_sample"] is True
-    page = (report_dir("chatml", "demo") / "report.html").read_text(encoding="utf-8")
+    page = (report / "report.html").read_text(encoding="utf-8")
     assert meta["verdict"] in page

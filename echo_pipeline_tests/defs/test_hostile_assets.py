@@ -20,10 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from echo_pipeline.definitions import build_resources
-from echo_pipeline.defs.datasets import dataset_path, jsonl_dir
 from echo_pipeline.defs.ingest import conversation_pairs_checks, ingest_assets
-from echo_pipeline.defs.io_manager import asset_path, partition_slug
-from echo_pipeline.defs.training import adapter_dir, training_work_dir
+from echo_pipeline.layout import Layout, partition_slug
 from echo_pipeline.paths import data_dir
 
 HOSTILE = Path(__file__).resolve().parents[1] / "fixtures" / "hostile"
@@ -183,12 +181,13 @@ def test_partition_slugs_are_single_file_names(key):
 )
 def test_every_partitioned_output_path_stays_in_the_data_folder(first, second):
     root = data_dir()
+    layout = Layout(root)
     paths = [
-        adapter_dir(first, second),
-        training_work_dir(first, second),
-        dataset_path(first),
-        jsonl_dir(first),
-        asset_path(root, dg.AssetKey("template_dataset"), f"{first}|{second}"),
+        layout.adapter_dir(first, second),
+        layout.training_work_dir(first, second),
+        layout.dataset_path(first),
+        layout.jsonl_dir(first),
+        layout.asset_path(dg.AssetKey("template_dataset").path, f"{first}|{second}"),
     ]
     for path in paths:
         resolved = Path(os.path.normpath(path))

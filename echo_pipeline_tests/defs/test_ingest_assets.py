@@ -100,10 +100,17 @@ def test_unknown_me_fails_with_candidates(pipeline_env):
 
 
 def test_bad_config_value_is_rejected_before_running(pipeline_env):
+    """Dagster's config schema has no bounds, so the run launches; the config's own validation
+    then fails the step before the asset body runs, naming the field and its bound."""
     config = {"ops": {"conversation_pairs": {"config": {"context_turns": -1}}}}
-    try:
-        result = materialize_ingest(config, raise_on_error=False)
-    except (dg.DagsterInvalidConfigError, Exception) as error:  # pydantic validation at launch
-        assert "context_turns" in str(error)
-    else:
-        assert not result.success
+    result = materialize_ingest(config, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "conversation_pairs"
+    cause = failure.step_failure_data.error.cause
+    assert cause.cls_name == "ValidationError"
+    assert "1 validation error for PairsConfig\ncontext_turns\n" in cause.message
+    assert "Input should be greater than or equal to 0" in cause.message
+    materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert materialized == {"raw_chat_export", "chat_messages"}
+    assert not (data_dir() / "conversation_pairs.parquet").exists()

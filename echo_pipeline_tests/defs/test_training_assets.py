@@ -16,9 +16,8 @@ import pytest
 from run_configs import SMALL_HELDOUT, TINY_TRAINING
 
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
-from echo_pipeline.defs.datasets import dataset_path, jsonl_dir
 from echo_pipeline.defs.partitions import adapter_key
-from echo_pipeline.defs.training import adapter_dir
+from echo_pipeline.layout import Layout
 
 
 def materialize(
@@ -51,7 +50,7 @@ def test_template_dataset_partition_writes_parquet_jsonl_and_passes_checks(chatm
         "single_bos": True,
         "token_lengths": True,
     }
-    table = pq.read_table(dataset_path("chatml"))
+    table = pq.read_table(Layout.default().dataset_path("chatml"))
     assert {
         "pair_id",
         "split",
@@ -61,7 +60,8 @@ def test_template_dataset_partition_writes_parquet_jsonl_and_passes_checks(chatm
         "input_ids",
         "labels",
     } <= set(table.column_names)
-    first = json.loads((jsonl_dir("chatml") / "train.jsonl").read_text().splitlines()[0])
+    jsonl = Layout.default().jsonl_dir("chatml")
+    first = json.loads((jsonl / "train.jsonl").read_text().splitlines()[0])
     assert set(first) == {"inputs"} and first["inputs"].startswith("<|im_start|>system")
     assert first["inputs"].endswith("<|im_end|>")
 
@@ -78,7 +78,7 @@ def test_lora_adapter_trains_tracks_lineage_and_beats_the_base(chatml_dataset, p
     # The point of training: the adapter predicts my held-out replies better than the base.
     assert meta["adapter_test_reply_loss"] < meta["base_test_reply_loss"]
 
-    out = adapter_dir("chatml", "demo")
+    out = Layout.default().adapter_dir("chatml", "demo")
     for name in (
         "adapter_model.safetensors",
         "adapter_config.json",
@@ -140,7 +140,7 @@ def test_training_fails_fast_when_tracking_is_unreachable(chatml_dataset, monkey
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "unreachable" in failure.step_failure_data.error.message
-    assert not adapter_dir("chatml", "demo").exists()
+    assert not Layout.default().adapter_dir("chatml", "demo").exists()
 
 
 def test_a_failure_in_the_training_subprocess_names_its_cause(chatml_dataset, monkeypatch):
@@ -163,4 +163,4 @@ def test_a_failure_in_the_training_subprocess_names_its_cause(chatml_dataset, mo
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.message
     assert "training subprocess failed" in message and "nobody/not-cached" in message
-    assert not adapter_dir("chatml", "demo").exists()
+    assert not Layout.default().adapter_dir("chatml", "demo").exists()

@@ -1,0 +1,115 @@
+"""Provenance and code versions: the same inputs give the same digest, in any process; a changed
+default changes the code version, a reworded docstring or comment does not; reasons name what
+changed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from echo_pipeline.provenance import (
+    PACKAGE_ROOT,
+    Provenance,
+    code_version,
+    digest_of,
+    module_files,
+    provenance_config,
+)
+
+
+def test_digest_ignores_key_order_and_json_spelling():
+    assert digest_of({"a": 1, "b": [1, 2]}) == digest_of({"b": [1, 2], "a": 1})
+    assert digest_of({"a": 1}) != digest_of({"a": 2})
+    one = Provenance("c1", {"pairs": "v1"}, {"me": ("alex",), "gap": 300.0})
+    assert Provenance.from_json(one.to_json()).digest() == one.digest()  # tuples stored as lists
+
+
+def test_changes_name_code_data_and_config():
+    then = Provenance("c1", {"pairs": "v1", "base": "b"}, {"max_tokens": 512, "seed": 0})
+    assert then.changes_from(then) == []
+    now = Provenance("c2", {"pairs": "v2", "base": "b"}, {"max_tokens": 384, "seed": 0})
+    assert now.changes_from(then) == [
+        "code changed (c1 -> c2)",
+        "data changed: pairs",
+        "config changed: max_tokens 512 -> 384",
+    ]
+    assert now.changes_from(None) == ["no recorded provenance"]
+    assert Provenance.from_json("{not json") is None and Provenance.from_json(None) is None
+
+
+def test_provenance_config_leaves_out_what_only_changes_speed():
+    assert provenance_config({"lr": 1e-4, "torch_threads": 2}, {"torch_threads"}) == {"lr": 1e-4}
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    """The training module, as a package of its own to edit."""
+    root = tmp_path / "pkg"
+    root.mkdir()
+    shutil.copy(PACKAGE_ROOT / "training.py", root / "training.py")
+    return root
+
+
+def test_a_changed_default_changes_the_code_version(package_copy):
+    before = code_version("training", root=package_copy)
+    source = (package_copy / "training.py").read_text(encoding="utf-8")
+    assert "    lora_dropout: float = 0.0\n" in source
+    (package_copy / "training.py").write_text(
+        source.replace("    lora_dropout: float = 0.0\n", "    lora_dropout: float = 0.1\n"),
+        "utf-8",
+    )
+    assert code_version("training", root=package_copy) != before
+
+
+def test_a_reworded_docstring_or_comment_keeps_the_code_version(package_copy):
+    before = code_version("training", root=package_copy)
+    path = package_copy / "training.py"
+    source = path.read_text(encoding="utf-8")
+    old_doc = '    """Hyper-parameters of one adapter.'
+    assert old_doc in source
+    edited = source.replace(old_doc, '    """The hyper-parameters of one LoRA adapter.')
+    edited = edited.replace("    lora_r: int = 16\n", "    lora_r: int = 16  # the rank\n\n")
+    path.write_text(edited, encoding="utf-8")
+    assert code_version("training", root=package_copy) == before
+
+
+def test_same_bytes_same_size_edit_is_seen(package_copy):
+    """A one-character edit within the same second keeps size and mtime: the cache must not
+    hide it (it is keyed by the source's hash)."""
+    path = package_copy / "training.py"
+    before = code_version("training", root=package_copy)
+    stat = path.stat()
+    source = path.read_text(encoding="utf-8")
+    path.write_text(source.replace("lora_r: int = 16", "lora_r: int = 32"), encoding="utf-8")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    assert code_version("training", root=package_copy) != before
+
+
+def test_code_version_is_the_same_in_another_process():
+    """Sets in the bytecode print in hash-seed order: the version must not depend on it."""
+    script = (
+        "from echo_pipeline.provenance import code_version as v; print(v('exports', 'redaction'))"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert seen == {code_version("exports", "redaction")}
+
+
+def test_module_names_are_files_or_folders():
+    assert module_files(["training"]) == [PACKAGE_ROOT / "training.py"]
+    assert PACKAGE_ROOT / "exports" / "whatsapp.py" in module_files(["exports"])
+    with pytest.raises(FileNotFoundError, match="no_such_module"):
+        module_files(["no_such_module"])
