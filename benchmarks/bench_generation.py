@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         generate_replies,
         torch_threads,
     )
-    from echo_pipeline.evaluation.untrained import write_untrained_adapter
+
+    sys.path.insert(0, str(_common.REPO / "echo_pipeline_tests"))  # the untrained control
+    from untrained import write_untrained_adapter
+
     from echo_pipeline.tokenization import tokenize_inference_prompt
 
     with tempfile.TemporaryDirectory() as scratch, torch_threads(args.threads):

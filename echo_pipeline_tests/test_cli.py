@@ -118,9 +118,10 @@ def test_chat_one_shot_with_an_adapter(tmp_path, capsys, monkeypatch, base_model
     """One-shot chat prints the model's reply to the prompt in the adapter's template (ChatML,
     the partner speaking), sampled from the seed and cut at the template's EOS: exactly what the
     loaded model generates from that prompt and seed, decoded."""
+    from untrained import write_untrained_adapter
+
     from echo_pipeline.base_model import load_tokenizer
     from echo_pipeline.chat import ChatSession
-    from echo_pipeline.evaluation.untrained import write_untrained_adapter
 
     adapter = write_untrained_adapter(base_model, tmp_path / "adapter", template="chatml")
     sessions = []  # the session the CLI builds, to reuse its loaded model below

@@ -11,7 +11,7 @@ from echo_pipeline.templates import TEMPLATE_NAMES
 
 def make_adapter(base_model, tmp_path, template: str = "chatml"):
     """A LoRA with random (non-zero) B matrices, so merging visibly changes the weights."""
-    from echo_pipeline.evaluation.untrained import write_untrained_adapter
+    from untrained import write_untrained_adapter
 
     torch.manual_seed(0)
     return write_untrained_adapter(

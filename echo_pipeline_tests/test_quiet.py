@@ -72,7 +72,7 @@ def test_the_bitsandbytes_kernels_notice_is_dropped_and_its_other_records_kept(m
 def test_chat_prompt_writes_only_the_reply(tmp_path, base_model):
     """bitsandbytes' kernels notice, the "Loading weights" bar and transformers' FutureWarnings
     used to come before the reply on stderr."""
-    from echo_pipeline.evaluation.untrained import write_untrained_adapter
+    from untrained import write_untrained_adapter
 
     adapter = write_untrained_adapter(base_model, tmp_path / "adapter", template="chatml")
     proc = subprocess.run(

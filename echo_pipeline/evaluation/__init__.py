@@ -13,8 +13,6 @@ Pure logic, no Dagster: each module measures one thing and can be used on its ow
 * :mod:`~echo_pipeline.evaluation.report`: the self-contained HTML report and metrics JSON.
 * :mod:`~echo_pipeline.evaluation.runs`: the MLflow side (training history, evaluation runs).
 * :mod:`~echo_pipeline.evaluation.comparison`: the leaderboard over every adapter.
-* :mod:`~echo_pipeline.evaluation.untrained`: a zero-effect adapter, the control for
-  benchmarks and tests.
 
 Only numpy and pandas are imported at module level (torch, transformers, mlflow and matplotlib
 inside functions), so the Dagster code location stays quick to load.

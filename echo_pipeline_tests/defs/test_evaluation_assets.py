@@ -56,9 +56,9 @@ def untrained_chatml_adapter(pipeline_env, base_model):
 def _untrained_chatml_adapter(base_model, pairs_ops):
     """chatml/demo: data materialised, an untrained adapter, and its 'training run' in MLflow."""
     import pyarrow.parquet as pq
+    from untrained import write_untrained_adapter
 
     from echo_pipeline.adapters import dataset_digest
-    from echo_pipeline.evaluation.untrained import write_untrained_adapter
     from echo_pipeline.records import DatasetManifest
     from echo_pipeline.tracking import default_tracking_uri, ensure_experiment
 

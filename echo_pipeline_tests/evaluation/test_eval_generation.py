@@ -27,8 +27,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def session(base_model, tmp_path_factory):
+    from untrained import write_untrained_adapter
+
     from echo_pipeline.chat import ChatSession
-    from echo_pipeline.evaluation.untrained import write_untrained_adapter
 
     adapter = write_untrained_adapter(
         base_model, tmp_path_factory.mktemp("adapter"), template="chatml"
