@@ -20,16 +20,18 @@ from echo_pipeline.paths import PROJECT_ROOT
 OWNERS = ["team:echo-pipeline"]
 
 
-def _load() -> dg.Definitions:
-    found = dg.load_from_defs_folder(path_within_project=PROJECT_ROOT)
+def _with_policy(found: dg.Definitions) -> dg.Definitions:
     with warnings.catch_warnings():  # "preview" since 1.9, and the one way to set policy once
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return found.map_asset_specs(func=lambda spec: spec.replace_attributes(owners=OWNERS))
 
 
-defs = _load()
-ALL_ASSETS = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
-ALL_CHECKS = list(defs.asset_checks or [])
+_found = dg.load_from_defs_folder(path_within_project=PROJECT_ROOT)
+defs = _with_policy(_found)
+# The assets and checks as their modules define them (the runner and tests build their own
+# Definitions from these, with their own resources).
+ALL_ASSETS = [a for a in _found.assets or [] if isinstance(a, dg.AssetsDefinition)]
+ALL_CHECKS = list(_found.asset_checks or [])
 
 __all__ = ["ALL_ASSETS", "ALL_CHECKS", "build_resources", "defs"]
 # what the shell runner asks of the Dagster layer
