@@ -66,22 +66,12 @@ def _ingest_config(path) -> dict:
     }
 
 
-def _record_training(instance, key: str, recipe_overrides: dict | None = None) -> None:
-    """What a finished training leaves: the adapter's files and its materialisation event,
-    with the provenance it was made from (the current dataset, base and recipe)."""
-    from echo_pipeline.experiments import experiment_config
-
-    keys = dg.MultiPartitionKey({"experiment": key.split("|")[0], "template": key.split("|")[1]})
-    template, experiment = keys.keys_by_dimension["template"], keys.keys_by_dimension["experiment"]
-    recipe = experiment_config(experiment, recipe_overrides)
-    fingerprint = build_resources()["base_model"].resolve().fingerprint
-    provenance = adapter_provenance(instance, template, recipe, fingerprint)
-    folder = Layout.default().adapter_dir(template, experiment)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "echo_metadata.json").write_text("{}", encoding="utf-8")
+def _record(instance, asset: str, key: str, provenance) -> None:
+    """A materialisation event of ``asset[key]`` as a finished run records it: its provenance
+    and, as its data version, that provenance's digest."""
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
-            "lora_adapter",
+            asset,
             partition=key,
             metadata=provenance_metadata(provenance),
             tags={"dagster/data_version": provenance.digest()},
@@ -89,19 +79,32 @@ def _record_training(instance, key: str, recipe_overrides: dict | None = None) -
     )
 
 
+def _record_training(instance, key: str, recipe_overrides: dict | None = None) -> None:
+    """What a finished training leaves: the adapter's files and its materialisation event,
+    with the provenance it was made from (the current dataset, base and recipe)."""
+    from echo_pipeline.experiments import experiment_config
+
+    experiment, template = key.split("|")
+    recipe = experiment_config(experiment, recipe_overrides)
+    fingerprint = build_resources()["base_model"].resolve().fingerprint
+    folder = Layout.default().adapter_dir(template, experiment)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "echo_metadata.json").write_text("{}", encoding="utf-8")
+    _record(
+        instance, "lora_adapter", key, adapter_provenance(instance, template, recipe, fingerprint)
+    )
+
+
 def _record_evaluation(instance, key: str) -> None:
     from echo_pipeline.defs.evaluation import EvaluationReportConfig
 
-    provenance = report_provenance(instance, key, EvaluationReportConfig())
-    template, experiment = key.split("|")[1], key.split("|")[0]
+    experiment, template = key.split("|")
     Layout.default().report_dir(template, experiment).mkdir(parents=True, exist_ok=True)
-    instance.report_runless_asset_event(
-        dg.AssetMaterialization(
-            "evaluation_report",
-            partition=key,
-            metadata=provenance_metadata(provenance),
-            tags={"dagster/data_version": provenance.digest()},
-        )
+    _record(
+        instance,
+        "evaluation_report",
+        key,
+        report_provenance(instance, key, EvaluationReportConfig()),
     )
 
 
