@@ -3,14 +3,14 @@
 import hashlib
 import json
 import os
-from typing import Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 
-from echo_pipeline import conversations, pairing_config
+from echo_pipeline import pairing_config
 from echo_pipeline.checks import check_pairs
 from echo_pipeline.defs.check_results import asset_check_results
 from echo_pipeline.defs.freshness import (
@@ -23,6 +23,9 @@ from echo_pipeline.defs.freshness import (
 from echo_pipeline.exports import ExportError, detect_format, read_exports, require_export_files
 from echo_pipeline.paths import sample_export_dir
 from echo_pipeline.storage import file_sha256
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INGEST = "ingest"
 
@@ -83,7 +86,7 @@ class PairsConfig(dg.Config):
     min_train_fraction: float = _core("min_train_fraction", gt=0, lt=1)
     split_method: str = _core("split_method")
 
-    def to_core(self) -> conversations.PairingConfig:
+    def to_core(self) -> pairing_config.PairingConfig:
         if self.attachments not in ("placeholder", "drop"):
             raise ValueError(
                 f"attachments must be 'placeholder' or 'drop', got {self.attachments!r}"
@@ -93,7 +96,7 @@ class PairsConfig(dg.Config):
                 f"split_method must be 'hash' or 'chronological', got {self.split_method!r}"
             )
         settings = {name: getattr(self, name) for name in pairing_config.SETTINGS}
-        return conversations.PairingConfig(me=tuple(self.me), **settings)
+        return pairing_config.PairingConfig(me=tuple(self.me), **settings)
 
 
 def export_manifest(location: str) -> pa.Table:
@@ -150,7 +153,7 @@ def read_chat_exports(context: dg.AssetExecutionContext, config: ExportConfig):
         raise _failure(error) from error
     combined = hashlib.sha256("".join(manifest.column("sha256").to_pylist()).encode()).hexdigest()
     provenance = ingest_provenance(manifest.column("sha256").to_pylist())
-    formats = pd.Series(manifest.column("format").to_pylist()).value_counts().to_dict()
+    formats = dict(Counter(manifest.column("format").to_pylist()).most_common())
     context.log.info("read %d messages from %d files", table.num_rows, len(paths))
     yield dg.Output(
         manifest,
@@ -178,7 +181,9 @@ def _messages_metadata(table: pa.Table) -> dict:
         ["kind", "author_id", "author_name", "is_bot", "timestamp", "channel_id"]
     ).to_pandas()
     kinds = df["kind"].value_counts().to_dict()
-    authors = conversations.author_counts(df.assign(content=""))
+    from echo_pipeline.conversations import author_counts  # pandas: not at code-location load
+
+    authors = author_counts(df.assign(content=""))
     metadata: dict = {
         "dagster/row_count": table.num_rows,
         "channels": int(df["channel_id"].nunique()),
@@ -192,7 +197,7 @@ def _messages_metadata(table: pa.Table) -> dict:
     return metadata
 
 
-def _authors_markdown(authors: pd.DataFrame, limit: int = 10) -> str:
+def _authors_markdown(authors: "pd.DataFrame", limit: int = 10) -> str:
     lines = ["| author | id | messages |", "|---|---|---|"]
     lines += [
         f"| {r.author_name} | {r.author_id} | {r.messages} |"
@@ -227,6 +232,8 @@ def conversation_pairs(
     context: dg.AssetExecutionContext, config: PairsConfig, chat_messages: pa.Table
 ) -> dg.Output[pa.Table]:
     """The training examples in template-neutral form; every dataset and adapter starts here."""
+    from echo_pipeline import conversations  # pandas: not at code-location load
+
     try:
         pairs, report = conversations.build_pairs(chat_messages.to_pandas(), config.to_core())
     except (conversations.MeNotFoundError, ValueError) as error:
@@ -260,12 +267,16 @@ def conversation_pairs(
 
 
 def _me_ids(pairs: pa.Table) -> list[str]:
-    raw = (pairs.schema.metadata or {}).get(conversations.ME_IDS_METADATA_KEY, b"[]")
+    from echo_pipeline.conversations import ME_IDS_METADATA_KEY
+
+    raw = (pairs.schema.metadata or {}).get(ME_IDS_METADATA_KEY, b"[]")
     return json.loads(raw)
 
 
 def _redacted(pairs: pa.Table) -> bool:
-    raw = (pairs.schema.metadata or {}).get(conversations.REDACTED_METADATA_KEY, b"true")
+    from echo_pipeline.conversations import REDACTED_METADATA_KEY
+
+    raw = (pairs.schema.metadata or {}).get(REDACTED_METADATA_KEY, b"true")
     return bool(json.loads(raw))
 
 
