@@ -26,12 +26,16 @@ def _with_policy(found: dg.Definitions) -> dg.Definitions:
         return found.map_asset_specs(func=lambda spec: spec.replace_attributes(owners=OWNERS))
 
 
-_found = dg.load_from_defs_folder(path_within_project=PROJECT_ROOT)
-defs = _with_policy(_found)
-# The assets and checks as their modules define them (the runner and tests build their own
-# Definitions from these, with their own resources).
-ALL_ASSETS = [a for a in _found.assets or [] if isinstance(a, dg.AssetsDefinition)]
-ALL_CHECKS = list(_found.asset_checks or [])
+def _load() -> tuple[dg.Definitions, list[dg.AssetsDefinition], list]:
+    """The code location, and the assets and checks as their modules define them (the runner
+    and tests build their own Definitions from those, with their own resources). One
+    Definitions object at module scope: Dagster refuses a module with two."""
+    found = dg.load_from_defs_folder(path_within_project=PROJECT_ROOT)
+    assets = [a for a in found.assets or [] if isinstance(a, dg.AssetsDefinition)]
+    return _with_policy(found), assets, list(found.asset_checks or [])
+
+
+defs, ALL_ASSETS, ALL_CHECKS = _load()
 
 __all__ = ["ALL_ASSETS", "ALL_CHECKS", "build_resources", "defs"]
 # what the shell runner asks of the Dagster layer

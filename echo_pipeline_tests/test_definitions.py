@@ -36,3 +36,29 @@ def test_owners_are_set_once_for_every_asset():
 def test_automation_is_off_until_turned_on():
     assert all(s.default_status == dg.DefaultSensorStatus.STOPPED for s in defs.sensors)
     assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in defs.schedules)
+
+
+def test_dagster_loads_the_module_as_workspace_yaml_names_it():
+    """Dagster's own loader (what `dagster dev` runs): one Definitions object at module scope."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dagster = Path(sys.executable).with_name("dagster")
+    listed = subprocess.run(
+        [str(dagster), "asset", "list", "-m", "echo_pipeline.definitions"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert set(listed.stdout.split()) == {
+        "raw_chat_export",
+        "chat_messages",
+        "conversation_pairs",
+        "template_dataset",
+        "lora_adapter",
+        "evaluation_report",
+        "model_comparison",
+    }
