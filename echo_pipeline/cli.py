@@ -134,23 +134,22 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import os
-
     from echo_pipeline.paths import sample_export_dir
     from echo_pipeline.runner import default_log_file, quick_run_config, run_pipeline
+    from echo_pipeline.templates import TEMPLATE_NAMES
 
-    if args.demo:
-        os.environ["ECHO_EXPORT_DIR"] = str(sample_export_dir())
+    export = None
     if args.export:
         export = Path(args.export)
         if not export.exists():
             raise UsageError(f"{export}: no such file or folder")
-        os.environ["ECHO_EXPORT_DIR"] = str(export.resolve())
-    if args.base_model:
-        os.environ["ECHO_BASE_MODEL"] = args.base_model
-    from echo_pipeline.templates import TEMPLATE_NAMES
-
     run_config = _load_run_config(args.config) if args.config else {}
+    if export is not None:  # --export wins over the config file; --demo only fills a gap
+        run_config = _with_op_config(run_config, EXPORT_OP, {"path": str(export.resolve())})
+    elif args.demo:
+        run_config = _with_op_config(
+            run_config, EXPORT_OP, {"path": str(sample_export_dir())}, override=False
+        )
     run_config = with_me(run_config, args.me, demo=args.demo)
     run_config = quick_run_config(
         run_config, max_steps=args.max_steps, eval_max_pairs=args.eval_max_pairs
@@ -167,25 +166,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return outcome.exit_status
 
 
-#: The op whose config says who "me" is (PairsConfig).
+#: The op whose config says who "me" is (PairsConfig), and the one that reads the export.
 PAIRS_OP = "conversation_pairs"
+EXPORT_OP = "read_chat_exports"
+
+
+def _with_op_config(run_config: dict, op: str, values: dict, *, override: bool = True) -> dict:
+    """``run_config`` with ``values`` in ``op``'s config (``override=False``: only where unset).
+    Settings travel to the pipeline as run config, never through ``os.environ``."""
+    ops = dict(run_config.get("ops") or {})
+    entry = dict(ops.get(op) or {})
+    config = dict(entry.get("config") or {})
+    config = {**config, **values} if override else {**values, **config}
+    ops[op] = {**entry, "config": config}
+    return {**run_config, "ops": ops}
 
 
 def with_me(run_config: dict, me: Sequence[str] | None, *, demo: bool = False) -> dict:
     """``run_config`` with "me" set for the pairs step: ``--me`` wins over the config file;
     ``--demo`` names the sample's author unless the file names someone. Neither: the file's,
     else the step's own default (env ECHO_ME, else the sample's author)."""
-    if not me and not demo:
-        return run_config
-    ops = dict(run_config.get("ops") or {})
-    op = dict(ops.get(PAIRS_OP) or {})
-    config = dict(op.get("config") or {})
     if me:
-        config["me"] = list(me)
-    else:
-        config.setdefault("me", [pairing_config.SAMPLE_ME])
-    ops[PAIRS_OP] = {**op, "config": config}
-    return {**run_config, "ops": ops}
+        return _with_op_config(run_config, PAIRS_OP, {"me": list(me)})
+    if demo:
+        return _with_op_config(
+            run_config, PAIRS_OP, {"me": [pairing_config.SAMPLE_ME]}, override=False
+        )
+    return run_config
 
 
 def _load_run_config(path: str) -> dict:

@@ -154,7 +154,8 @@ def test_run_hands_me_to_the_pipeline_as_run_config_not_through_the_environment(
     from echo_pipeline import runner
     from echo_pipeline.quiet import VERBOSE_ENV
 
-    monkeypatch.delenv("ECHO_ME", raising=False)
+    for name in ("ECHO_ME", "ECHO_EXPORT_DIR", "ECHO_BASE_MODEL"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(VERBOSE_ENV, "1")  # -v sets it; monkeypatch puts it back afterwards
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     seen = {}
@@ -165,6 +166,10 @@ def test_run_hands_me_to_the_pipeline_as_run_config_not_through_the_environment(
 
     monkeypatch.setattr(runner, "run_pipeline", run_pipeline)
     args = ["run", "--export", str(sample_export_dir()), "--me", "alex", "--me", "123", "-v"]
+    args += ["--base-model", "smollm2-135m-instruct"]
     assert main(args) == 0
     assert seen["run_config"]["ops"]["conversation_pairs"]["config"]["me"] == ["alex", "123"]
-    assert "ECHO_ME" not in os.environ
+    assert seen["run_config"]["ops"]["read_chat_exports"]["config"]["path"] == str(
+        sample_export_dir().resolve()
+    )
+    assert not {"ECHO_ME", "ECHO_EXPORT_DIR", "ECHO_BASE_MODEL"} & set(os.environ)
