@@ -175,7 +175,6 @@ def test_on_a_real_chat_an_untrained_adapter_does_not_sound_like_you(
         "discriminator_prompts": 16,
         "max_new_tokens": 32,
         "max_loss_examples": 16,
-        "torch_threads": 1,
     }
     result = materialize(
         ["evaluation_report"],
