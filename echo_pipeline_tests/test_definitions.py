@@ -7,18 +7,20 @@ import dagster as dg
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, OWNERS, defs
 from echo_pipeline.paths import PROJECT_ROOT
 
+ASSET_NAMES = {
+    "raw_chat_export",
+    "chat_messages",
+    "conversation_pairs",
+    "template_dataset",
+    "lora_adapter",
+    "evaluation_report",
+    "model_comparison",
+}
+
 
 def test_everything_in_the_defs_folder_is_found():
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
-        "raw_chat_export",
-        "chat_messages",
-        "conversation_pairs",
-        "template_dataset",
-        "lora_adapter",
-        "evaluation_report",
-        "model_comparison",
-    }
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSET_NAMES
     assert {s.name for s in defs.sensors} == {"export_folder_sensor", "echo_automation"}
     assert {s.name for s in defs.schedules} == {"weekly_retraining_schedule"}
     assert {j.name for j in defs.jobs} == {"ingest_job", "training_job"}
@@ -53,12 +55,4 @@ def test_dagster_loads_the_module_as_workspace_yaml_names_it():
         timeout=120,
     )
     assert listed.returncode == 0, listed.stderr[-2000:]
-    assert set(listed.stdout.split()) == {
-        "raw_chat_export",
-        "chat_messages",
-        "conversation_pairs",
-        "template_dataset",
-        "lora_adapter",
-        "evaluation_report",
-        "model_comparison",
-    }
+    assert set(listed.stdout.split()) == ASSET_NAMES
