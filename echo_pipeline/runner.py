@@ -227,7 +227,8 @@ def _run(
         for asset, reasons in why.items():
             if reasons not in quiet:
                 echo(f"  {asset}: {'; '.join(reasons)}")
-        selected = [s for s in selected if s in why]
+        stale_ops = {op_of[s] for s in why}  # an op's assets run together (one multi-asset)
+        selected = [s for s in selected if op_of[s] in stale_ops]
         run_id = str(uuid.uuid4())
         in_pool = gate and bool(pooled & set(selected))
         try:

@@ -193,3 +193,19 @@ def test_a_killed_runners_run_is_failed_and_its_pool_slot_freed(pipeline_env):
     assert dead not in holders and {live, foreign} <= holders
     notes = pool_holders(instance)
     assert len(notes) == 2 and any(f"dagster run delete --force {foreign}" in n for n in notes)
+
+
+def test_a_deleted_output_is_made_again_with_the_rest_of_its_op(pipeline_env):
+    """chat_messages gone, the manifest still there: the one op that writes both runs whole
+    (a multi-asset cannot run half), and the step after it is current again."""
+    lines: list[str] = []
+    assert run_pipeline([], [], echo=lines.append).ok and _steps_run(lines) == {"ingest": "ok"}
+    (data_dir() / "chat_messages.parquet").unlink()
+
+    lines = []
+    assert run_pipeline([], [], echo=lines.append).ok, lines
+    assert "  chat_messages: output missing on disk" in lines
+    assert _steps_run(lines) == {"ingest": "ok"} and (data_dir() / "chat_messages.parquet").exists()
+    lines = []
+    assert run_pipeline([], [], echo=lines.append).ok
+    assert _steps_run(lines) == {"ingest": "up to date"}
