@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from echo_pipeline.exports.discord_csv import HEADER, LEGACY_HEADERS, normalise_header
@@ -19,6 +20,11 @@ _CHANNEL_KEY = re.compile(r'(?<!\\)"channel"\s*:\s*\{')
 _MESSAGES_KEY = re.compile(r'(?<!\\)"messages"\s*:\s*\[')
 _HTML_START = re.compile(r"<(?:!doctype\s+html|html|head|body)\b", re.IGNORECASE)
 _REEXPORT_JSON = "re-export with DiscordChatExporter `-f Json`"
+
+#: JSON exports of other apps: (format, test on the file's first 64 KiB of text, which may end
+#: mid-document), tried in order before DiscordChatExporter's. Each test must look at the
+#: content's own keys, never at the file name.
+JSON_SNIFFERS: tuple[tuple[str, Callable[[str], bool]], ...] = ()
 
 
 def detect_format(path: str | Path) -> str:
@@ -92,6 +98,9 @@ def _decode_head(path: Path, head: bytes, complete: bool) -> str:
 
 
 def _detect_json(path: Path, start: str, complete: bool) -> str:
+    for fmt, sniff in JSON_SNIFFERS:
+        if sniff(start):
+            return fmt
     if start.startswith("["):
         raise ExportError(
             path,
