@@ -165,10 +165,22 @@ def _failure_recorded(job: AdapterJob, ranks: Ranks) -> Iterator[None]:
     except Exception as error:
         failure = failure_file(job.work_dir)
         failure.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f"rank {ranks.rank} of {ranks.world_size}: " if ranks.is_distributed else ""
+        text = describe_error(error)
+        if ranks.is_distributed:
+            lost = any(sign in str(error) for sign in _LOST_PEER)
+            cause = _PEER_DIED if lost else ""
+            text = f"rank {ranks.rank} of {ranks.world_size}: {cause}{text}"
         with contextlib.suppress(FileExistsError), failure.open("x", encoding="utf-8") as out:
-            out.write(prefix + describe_error(error) + "\n")
+            out.write(text + "\n")
         raise
+
+
+#: What gloo and NCCL say when the rank at the other end of a collective has gone.
+_LOST_PEER = ("closed by peer", "reset by peer", "Broken pipe", "remote process exited")
+_PEER_DIED = (
+    "another rank stopped without a Python error of its own (killed, or out of memory; "
+    "torchrun's summary in the step's output names it): "
+)
 
 
 if __name__ == "__main__":

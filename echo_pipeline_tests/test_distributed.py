@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -131,3 +130,104 @@ def test_two_processes_train_what_one_process_with_twice_the_rows_does(
     # ...and the training moved the weights far more than that (the comparison can fail).
     moved = max(float(w.abs().max()) for k, w in one_weights.items() if "lora_B" in k)
     assert moved > 100 * WEIGHT_TOLERANCE
+
+
+def _rank_process(rank: int, data_dir: Path) -> int | None:
+    """The pid of the training process torchrun started as ``rank`` for this test's data."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            b"echo_pipeline.train_job" in cmdline
+            and b"torch.distributed.run" not in cmdline
+            and f"RANK={rank}".encode() in environ
+            and f"ECHO_DATA_DIR={data_dir}".encode() in environ
+        ):
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_step_and_the_next_materialisation_resumes(pipeline_env):
+    import threading
+
+    import dagster as dg
+    import mlflow
+    from run_configs import SMALL_HELDOUT
+
+    from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
+    from echo_pipeline.defs.partitions import adapter_key
+    from echo_pipeline.layout import Layout
+    from echo_pipeline.tracking import default_tracking_uri
+
+    def materialize(selection, partition_key=None, ops=None):
+        return dg.materialize(
+            [*ALL_ASSETS, *ALL_CHECKS],
+            selection=selection,
+            partition_key=partition_key,
+            resources=build_resources(),
+            run_config={"ops": ops or {}},
+            raise_on_error=False,
+        )
+
+    assert materialize(
+        ["raw_chat_export", "chat_messages", "conversation_pairs"], ops=SMALL_HELDOUT
+    ).success
+    assert materialize(["template_dataset"], "chatml").success
+    training = {
+        "lora_adapter": {
+            "config": {
+                "processes": 2,
+                "max_steps": 4,
+                "pack_tokens": 512,
+                "checkpoint_every": 1,
+                "eval_every": 0,
+                "torch_threads": 1,
+            }
+        }
+    }
+    key = adapter_key("chatml", "demo")
+    data_dir = pipeline_env / "data"
+    checkpoint = Layout(data_dir).training_work_dir("chatml", "demo") / "checkpoints"
+    killed: list[int] = []
+
+    def kill_rank_one_after_a_checkpoint() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if (checkpoint / "step-1" / "trainer_state.json").exists():
+                pid = _rank_process(1, data_dir)
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_rank_one_after_a_checkpoint, daemon=True)
+    killer.start()
+    failed = materialize(["lora_adapter"], key, ops=training)
+    killer.join(timeout=5)
+    assert killed, "rank 1 was never seen"
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    # Rank 1 could say nothing (SIGKILL); rank 0 says it lost it, and that this is the cause.
+    assert "rank 0 of 2: another rank stopped without a Python error" in message
+    assert not Layout(data_dir).adapter_dir("chatml", "demo").exists()  # nothing half-published
+    checkpoints = sorted(p.name for p in checkpoint.iterdir() if p.name.startswith("step-"))
+    assert checkpoints, "rank 0's checkpoints are kept for the next run"
+
+    resumed = materialize(["lora_adapter"], key, ops=training)
+    assert resumed.success
+    (materialization,) = resumed.asset_materializations_for_node("lora_adapter")
+    resumed_from = materialization.metadata["resumed_from_step"].value
+    assert resumed_from >= 1
+    run = mlflow.MlflowClient(default_tracking_uri()).get_run(
+        materialization.metadata["mlflow_run_id"].value
+    )
+    assert run.data.params["train.processes"] == "2"
+    assert run.data.metrics["steps"] == 4
