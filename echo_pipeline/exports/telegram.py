@@ -19,8 +19,8 @@ that need them (entity lists, media). Choices the format leaves open:
 - ``type: "service"`` is ``system`` (author: ``actor_id``/``actor``; content: the text, else the
   action name). ``forwarded_from`` is ``forward`` even when the owner sent it. A message sent
   ``via_bot`` (an inline bot's result, e.g. @gif) is ``command``: a person chose it but the words
-  are the bot's, so it is not the person's voice. The export has no bot flag, so ``is_bot`` is
-  always False.
+  are the bot's, so it is not the person's voice. The export has no bot flag: ``is_bot`` is
+  set only in a ``bot_chat``, whose ``id`` is the bot's user id.
 - Replies (``reply_to_message_id``) are ``reply`` with ``reply_to_id``; a reply to a message in
   another chat (``reply_to_peer_id``) is a plain message, since its id is another chat's.
 - Media follows the Discord attachment policy: ``photo`` and stickers are ``image``; video files,
@@ -35,8 +35,8 @@ from __future__ import annotations
 import gc
 import re
 from contextlib import contextmanager
-from itertools import compress
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 from pathlib import Path
 from typing import Any
 
@@ -197,8 +197,8 @@ def describe_telegram(path: Path) -> dict[str, Any]:
     """The export's shape in words and the owner's author id(s) when the export names them.
 
     A full-account export names its owner (``personal_information.user_id``). A single chat
-    does not, but a personal chat's ``id`` is the other person's user id, so the one other
-    author is the owner; in Saved Messages every author is the owner.
+    does not, but a personal (or bot) chat's ``id`` is the other side's user id, so the one
+    other author is the owner; in Saved Messages every author is the owner.
     """
     with _gc_paused():
         export = _decode_file(path)
@@ -228,7 +228,7 @@ def _owner_from_single_chat(export: _Export) -> list[str]:
     ids = {_user_id(m.from_id) for m in msgs if m.from_id is not None and m.type == "message"}
     if export.type == "saved_messages":
         return sorted(ids)
-    if export.type == "personal_chat" and export.id is not None:
+    if export.type in ("personal_chat", "bot_chat") and export.id is not None:
         others = ids - {f"user{export.id}"}
         if len(others) == 1 and f"user{export.id}" in ids:
             return sorted(others)
@@ -351,7 +351,7 @@ def _chat_table(path: Path, chat: _Chat, where: str, owner: str | None) -> pa.Ta
         timestamp=timestamps,
         author_id=author_ids,
         author_name=author_names,
-        is_bot=pa.array(np.zeros(n, dtype=bool)),
+        is_bot=_bot_rows(chat, author_ids),
         kind=kinds,
         content=contents,
         reply_to_id=reply_to,
@@ -364,6 +364,13 @@ def _chat_table(path: Path, chat: _Chat, where: str, owner: str | None) -> pa.Ta
         order = np.argsort(stamps, kind="stable")
         table = _renumbered(table.take(pa.array(order)))
     return table
+
+
+def _bot_rows(chat: _Chat, author_ids: pa.Array) -> pa.Array:
+    """In a chat with a bot (``bot_chat``, whose ``id`` is the bot's) the bot's messages."""
+    if chat.type == "bot_chat" and chat.id is not None:
+        return pc.equal(author_ids, f"user{chat.id}")
+    return pa.array(np.zeros(len(author_ids), dtype=bool))
 
 
 def _default_author(chat: _Chat, owner: str | None) -> tuple[str, str]:
@@ -408,9 +415,9 @@ def _non_empty(values: list[str | None]) -> pa.Array:
 def _contents(path: Path, msgs: list[_Message], where: str) -> pa.Array:
     """Plain text: strings kept, entity lists joined, ``text_entities`` when ``text`` is absent."""
     texts = _column(msgs, "text")
-    for i, text in enumerate(texts):
-        if text.__class__ is str:
-            continue
+    # Rows whose text is not a plain string, found in C: most messages are plain strings.
+    for i in compress(range(len(texts)), map(is_not, map(type, texts), repeat(str))):
+        text = texts[i]
         if text is None:
             raw = msgs[i].text_entities
             text = _decode_entities(path, raw, msgs[i], where) if len(raw) else []
@@ -433,9 +440,10 @@ def _decode_entities(path: Path, raw: msgspec.Raw, msg: _Message, where: str) ->
 def _media_kinds(msgs: list[_Message]) -> pa.Array:
     """image | video | audio | file for messages with a photo, file or media type, else null."""
     kinds: list[str | None] = [None] * len(msgs)
-    photos, files, media_types = (_column(msgs, k) for k in ("photo", "file", "media_type"))
-    rows = range(len(msgs))
-    for i in compress(rows, map(_any_of, photos, files, media_types)):
+    has_media = pc.or_(
+        pc.or_(_present(msgs, "photo"), _present(msgs, "file")), _present(msgs, "media_type")
+    )
+    for i in np.flatnonzero(has_media.to_numpy(zero_copy_only=False)).tolist():
         msg = msgs[i]
         if msg.photo is not None:
             kinds[i] = "image"
@@ -448,8 +456,8 @@ def _media_kinds(msgs: list[_Message]) -> pa.Array:
     return pa.array(kinds, pa.string())
 
 
-def _any_of(a: object, b: object, c: object) -> bool:
-    return a is not None or b is not None or c is not None
+def _present(msgs: list[_Message], name: str) -> pa.Array:
+    return pc.is_valid(pa.array(_column(msgs, name), pa.string()))
 
 
 def _timestamps(path: Path, msgs: list[_Message], chat: _Chat, where: str) -> pa.Array:

@@ -369,6 +369,22 @@ def test_same_chat_exported_twice_merges_without_duplicates(tmp_path):
     assert merged.num_rows == len(PERSONAL_CHAT["messages"])
 
 
+def test_bot_chat_marks_the_bot(tmp_path, check_file_table):
+    chat = {
+        "name": "Weather Bot",
+        "type": "bot_chat",
+        "id": 77,
+        "messages": [
+            msg(1, T0, "/start", **from_(ME, "Alice Me")),
+            msg(2, T0 + 1, "Sunny, 21 °C", **from_(77, "Weather Bot")),
+        ],
+    }
+    path = write(tmp_path, chat)
+    table = check_file_table(read_telegram(path))
+    assert table["is_bot"].to_pylist() == [False, True]
+    assert describe_telegram(path)["suggested_me"] == [f"user{ME}"]
+
+
 def test_empty_chat_reads_as_no_rows(tmp_path, check_file_table):
     path = write(tmp_path, {"name": "x", "type": "personal_chat", "id": 3, "messages": []})
     assert detect_format(path) == "telegram"
@@ -545,3 +561,16 @@ def test_empty_file(tmp_path):
     path = tmp_path / "result.json"
     path.write_text("  \n")
     assert "empty file" in error_for(path)
+
+
+def test_synthetic_benchmark_export_reads(tmp_path, check_table):
+    """The generator benchmarks/bench_ingest.py can import writes what the reader expects."""
+    from echo_pipeline_tests.exports.telegram_synthetic import write_synthetic_telegram
+
+    path = write_synthetic_telegram(tmp_path / "result.json", 2_000, chats=3)
+    assert detect_format(path) == "telegram"
+    table = check_table(read_telegram(path))
+    assert table.num_rows == 2_000
+    assert set(table["kind"].to_pylist()) == {"message", "reply", "system", "forward"}
+    assert set(table["attachment_kind"].drop_null().to_pylist()) == {"image", "audio"}
+    assert describe_telegram(path)["suggested_me"] == ["user1001"]
