@@ -319,7 +319,8 @@ def _chat_table(path: Path, chat: _Chat, where: str, owner: str | None) -> pa.Ta
     codes[_mask(same_chat_reply)] = _REPLY
     codes[_mask(pc.is_valid(pa.array(_column(msgs, "via_bot"), pa.string())))] = _COMMAND
     codes[_mask(forwarded)] = _FORWARD
-    known = pc.fill_null(pc.is_in(types, pa.array(["message", "service"])), False)
+    # Telegram Desktop writes "message" or "service"; a message without a type is a message.
+    known = pc.or_(pc.is_in(types, pa.array(["message", "service"])), pc.is_null(types))
     codes[~_mask(known)] = _OTHER
     codes[_mask(service)] = _SYSTEM
     kinds = _KINDS.take(pa.array(codes))

@@ -369,6 +369,19 @@ def test_same_chat_exported_twice_merges_without_duplicates(tmp_path):
     assert merged.num_rows == len(PERSONAL_CHAT["messages"])
 
 
+def test_missing_type_is_a_message_and_an_unknown_one_other(tmp_path, check_file_table):
+    untyped = msg(1, T0, "hand-made", **from_(1, "a"))
+    del untyped["type"]
+    chat = {
+        "name": "x",
+        "type": "private_group",
+        "id": 9,
+        "messages": [untyped, msg(2, T0 + 1, "?", type="future_kind", **from_(2, "b"))],
+    }
+    table = check_file_table(read_telegram(write(tmp_path, chat)))
+    assert table["kind"].to_pylist() == ["message", "other"]
+
+
 def test_bot_chat_marks_the_bot(tmp_path, check_file_table):
     chat = {
         "name": "Weather Bot",
