@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import gc
 import re
+from collections.abc import Callable
 from contextlib import contextmanager
 from itertools import compress, repeat
 from operator import attrgetter, is_not
@@ -76,7 +77,6 @@ class _Message(msgspec.Struct, gc=False):
     actor_id: Id = None
     action: str | None = None
     text: str | list[str | _Entity] | None = None
-    text_entities: msgspec.Raw = msgspec.Raw()
     forwarded_from: str | None = _ABSENT
     forwarded_from_id: Id = None
     via_bot: str | None = None
@@ -114,8 +114,28 @@ class _Export(msgspec.Struct, gc=False):
     left_chats: _ChatList | None = None
 
 
+class _EntitiesOnly(msgspec.Struct, gc=False):
+    text_entities: list[_Entity] | None = None
+
+
+class _EntitiesChat(msgspec.Struct, gc=False):
+    messages: list[_EntitiesOnly] | None = None
+
+
+class _EntitiesChatList(msgspec.Struct, gc=False):
+    chats: list[_EntitiesChat] | None = msgspec.field(default=None, name="list")
+
+
+class _EntitiesExport(msgspec.Struct, gc=False):
+    """Only ``text_entities``: a second pass for messages without ``text`` (hand-made files)."""
+
+    messages: list[_EntitiesOnly] | None = None
+    chats: _EntitiesChatList | None = None
+    left_chats: _EntitiesChatList | None = None
+
+
 _DECODER = msgspec.json.Decoder(_Export)
-_ENTITIES = msgspec.json.Decoder(list[_Entity])
+_ENTITIES_DECODER = msgspec.json.Decoder(_EntitiesExport)
 
 #: Chat ``type`` values Telegram Desktop writes (2018-2025).
 CHAT_TYPES = (
@@ -145,6 +165,7 @@ _MEDIA_KIND = {
     "audio_file": "audio",
 }
 _MIME_KIND = {"image": "image", "video": "video", "audio": "audio"}
+_BOM = b"\xef\xbb\xbf"
 _BYTE_OFFSET = re.compile(r"\(byte (\d+)\)")
 _ADVICE = 'export again from Telegram Desktop with format "Machine-readable JSON"'
 
@@ -178,7 +199,11 @@ def read_telegram(path: Path) -> pa.Table:
     with _gc_paused():
         export = _decode_file(path)
         owner = _owner_id(export)
-        tables = [_chat_table(path, chat, where, owner) for chat, where in _chats(path, export)]
+        entities = _LazyEntities(path)
+        tables = [
+            _chat_table(path, chat, where, owner, lambda k=k: entities.chat(k))
+            for k, (chat, where) in enumerate(_chats(path, export))
+        ]
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return CHAT_MESSAGES.empty_table()
@@ -279,7 +304,13 @@ def _gc_paused():
             gc.enable()
 
 
-def _chat_table(path: Path, chat: _Chat, where: str, owner: str | None) -> pa.Table:
+def _chat_table(
+    path: Path,
+    chat: _Chat,
+    where: str,
+    owner: str | None,
+    entities: Callable[[], list[_EntitiesOnly]],
+) -> pa.Table:
     msgs = chat.messages or []
     n = len(msgs)
     channel_id = "telegram:" + (str(chat.id) if chat.id is not None else where)
@@ -298,7 +329,7 @@ def _chat_table(path: Path, chat: _Chat, where: str, owner: str | None) -> pa.Ta
         author_names = pc.coalesce(author_names, pa.scalar(fallback_name))
     author_names = pc.coalesce(author_names, author_ids)  # deleted accounts: from is null
 
-    contents = _contents(path, msgs, where)
+    contents = _contents(msgs, entities)
     contents = pc.if_else(
         pc.and_(service, pc.equal(contents, "")),
         pc.fill_null(pa.array(_column(msgs, "action"), pa.string()), ""),
@@ -413,15 +444,14 @@ def _non_empty(values: list[str | None]) -> pa.Array:
     return pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
 
 
-def _contents(path: Path, msgs: list[_Message], where: str) -> pa.Array:
+def _contents(msgs: list[_Message], entities: Callable[[], list[_EntitiesOnly]]) -> pa.Array:
     """Plain text: strings kept, entity lists joined, ``text_entities`` when ``text`` is absent."""
     texts = _column(msgs, "text")
     # Rows whose text is not a plain string, found in C: most messages are plain strings.
     for i in compress(range(len(texts)), map(is_not, map(type, texts), repeat(str))):
         text = texts[i]
         if text is None:
-            raw = msgs[i].text_entities
-            text = _decode_entities(path, raw, msgs[i], where) if len(raw) else []
+            text = entities()[i].text_entities or []
         texts[i] = "".join(
             part if part.__class__ is str else (part.text or "")  # type: ignore[union-attr]
             for part in text
@@ -429,13 +459,29 @@ def _contents(path: Path, msgs: list[_Message], where: str) -> pa.Array:
     return pa.array(texts, pa.string())
 
 
-def _decode_entities(path: Path, raw: msgspec.Raw, msg: _Message, where: str) -> list[_Entity]:
-    try:
-        return _ENTITIES.decode(raw)
-    except msgspec.DecodeError as error:
-        raise ExportError(
-            path, f"message {msg.id} in {where}: text_entities is not a list of entities ({error})"
-        ) from None
+class _LazyEntities:
+    """Every message's ``text_entities``, decoded from the file once, on first need."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.chats: list[list[_EntitiesOnly]] | None = None
+
+    def chat(self, k: int) -> list[_EntitiesOnly]:
+        if self.chats is None:
+            data = _read_bytes(self.path)
+            try:
+                export = _ENTITIES_DECODER.decode(data[3:] if data[:3] == _BOM else data)
+            except msgspec.ValidationError as error:
+                raise ExportError(
+                    self.path, f"JSON is not a Telegram Desktop export ({error}); {_ADVICE}"
+                ) from None
+            if export.chats is not None or export.left_chats is not None:
+                groups = (export.chats, export.left_chats)
+                chats = [c for g in groups if g is not None for c in g.chats or []]
+                self.chats = [c.messages or [] for c in chats]
+            else:
+                self.chats = [export.messages or []]
+        return self.chats[k]
 
 
 def _media_kinds(msgs: list[_Message]) -> pa.Array:
@@ -495,19 +541,23 @@ def _int_or_none(value: str | None) -> int | None:
 # --- decoding ----------------------------------------------------------------------------------
 
 
-def _decode_file(path: Path) -> _Export:
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except IsADirectoryError:
         raise ExportError(path, "is a directory, not an export file") from None
     except OSError as error:
         raise ExportError(path, f"cannot read file ({error.strerror or error})") from None
+
+
+def _decode_file(path: Path) -> _Export:
+    data = _read_bytes(path)
     if not data.strip():
         raise ExportError(path, f"empty file; {_ADVICE}")
-    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    bom = 3 if data[:3] == _BOM else 0
     try:
-        # Raw fields (text_entities) keep pointing into the buffer: decode the bytes themselves.
-        return _DECODER.decode(data[bom:] if bom else data)
+        with memoryview(data) as view, view[bom:] as body:
+            return _DECODER.decode(body)
     except msgspec.ValidationError as error:
         raise ExportError(
             path, f"JSON is not a Telegram Desktop export ({error}); {_ADVICE}"

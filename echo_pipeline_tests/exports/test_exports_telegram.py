@@ -437,6 +437,14 @@ def test_full_account_export_reads_every_chat_and_left_chats(tmp_path, check_tab
     ]
 
 
+def test_entity_only_text_is_found_in_a_later_chat(tmp_path):
+    export = full_export()
+    export["chats"]["list"] = [OLD_GROUP, SAVED]
+    export["left_chats"]["list"] = [PERSONAL_CHAT]  # the text_entities-only message is here
+    table = read_telegram(write(tmp_path, export))
+    assert table["content"].to_pylist()[-1] == "ping @bob"
+
+
 def test_full_account_describe(tmp_path):
     info = describe_telegram(write(tmp_path, full_export()))
     assert info["suggested_me"] == [f"user{ME}"]
