@@ -14,8 +14,9 @@ Two formats, told apart by their keys:
 ``meta_e2ee``
     Messenger's end-to-end-encrypted download (one JSON per thread): ``participants`` as plain
     names, ``threadName`` and ``messages[]`` of ``senderName``, ``timestamp`` (ms), ``text``,
-    ``media: [{uri}]``, ``reactions``, ``isUnsent``, ``type``. Public parsers and samples show no
-    mojibake, no reply link and no edit flag in it.
+    ``media: [{uri}]``, ``reactions``, ``isUnsent``, ``type`` (as two public parsers of it
+    declare; no reply link and no edit flag there). Whether its text is escaped like the legacy
+    form is not settled in public sources, so the same self-checking repair runs on it.
 
 Neither format carries message or user ids: authors are ``meta:<display name>``, message ids
 are synthesised, and the channel id hashes the thread (``thread_path``, else the folder name;
@@ -273,7 +274,7 @@ class _Read:
 
 
 def _read_legacy(path: Path) -> _Read:
-    thread = _decode(path, _LEGACY_DECODER, "participants")
+    thread = _decode(path, _LEGACY_DECODER)
     msgs = _messages(path, thread.messages)
     rows = range(len(msgs))
     contents = [c or "" for c in map(attrgetter("content"), msgs)]
@@ -326,7 +327,7 @@ def _read_legacy(path: Path) -> _Read:
 
 
 def _read_e2ee(path: Path) -> _Read:
-    thread = _decode(path, _E2EE_DECODER, "participants")
+    thread = _decode(path, _E2EE_DECODER)
     msgs = _messages(path, thread.messages)
     rows = range(len(msgs))
     n = len(msgs)
@@ -335,7 +336,7 @@ def _read_e2ee(path: Path) -> _Read:
     names = _participant_names(thread.participants)
     unique_senders = sorted(set(senders))
     title = thread.threadName or ""
-    # No mojibake is known in this format; the repair proves itself on the file before acting.
+    # Escaped or not is unsettled for this format; the repair checks the file before acting.
     fixed = repair_mojibake(contents + unique_senders + names + [title])
     contents, fixed_senders = fixed[:n], fixed[n : n + len(unique_senders)]
     names, title = fixed[n + len(unique_senders) : -1], fixed[-1]
@@ -365,7 +366,7 @@ def _read_e2ee(path: Path) -> _Read:
     return _Read(table, names, title, owners)
 
 
-def _decode(path: Path, decoder: msgspec.json.Decoder, key: str) -> Any:
+def _decode(path: Path, decoder: msgspec.json.Decoder) -> Any:
     try:
         data = path.read_bytes()
     except OSError as error:

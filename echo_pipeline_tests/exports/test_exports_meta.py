@@ -8,6 +8,7 @@ UTF-8 bytes as Latin-1 code points (``json.dumps`` with ``ensure_ascii`` then sh
 from __future__ import annotations
 
 import json
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from echo_pipeline.conversations import build_pairs
 from echo_pipeline.exports import ExportError, detect_format, read_export, read_exports
 from echo_pipeline.exports._common import stable_channel_id
-from echo_pipeline.exports.meta import describe_meta, repair_mojibake
+from echo_pipeline.exports.meta import describe_meta, read_meta_legacy, repair_mojibake
 from echo_pipeline.pairing_config import PairingConfig
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z, in ms
@@ -403,3 +404,15 @@ def test_split_thread_merges_and_pairs(tmp_path):
         ("Super, j'apporte le café", "Parfait 😀"),
     ]
     assert set(pairs["reply_author_id"].to_pylist()) == {"meta:" + OWNER}
+
+
+def test_reads_a_member_of_a_zip_archive(tmp_path):
+    archive = tmp_path / "facebook-zoe.zip"
+    member = "your_instagram_activity/messages/inbox/bob_1/message_1.json"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr(member, json.dumps(legacy_thread(LEGACY[:2])))
+    path = zipfile.Path(archive, member)
+    table = read_meta_legacy(path)
+    assert table["content"].to_pylist() == ["Salut Zoë ! Un café ?", "Oui 😀 à 10h"]
+    assert table["source_file"][0].as_py() == f"{archive}/{member}"
+    assert describe_meta(path)["shape"] == "Instagram legacy JSON"
