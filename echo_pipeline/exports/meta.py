@@ -195,7 +195,7 @@ ATTACHMENT_TEXTS: dict[str, tuple[str, ...]] = {
 #: How the owner is named in those sentences: a sentence starting so was sent by the owner.
 OWNER_WORDS: dict[str, str] = {"en": "You ", "fr": "Vous "}
 
-_SYSTEM_TYPES = frozenset({"Call", "Subscribe", "Unsubscribe"})
+_SYSTEM_TYPE_SET = pa.array(["Call", "Subscribe", "Unsubscribe"], pa.string())
 _UNKNOWN_SENDER = "(unknown)"
 
 
@@ -408,6 +408,11 @@ def _participant_names(participants: list | None) -> list[str]:
     return names
 
 
+def _mask(values: pa.Array) -> np.ndarray:
+    """A boolean Arrow array as a NumPy mask, nulls as False."""
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
+
+
 def _folder_name(path: Path) -> str:
     return path.parent.name or path.stem
 
@@ -447,20 +452,16 @@ def _table(
     order = order[np.argsort(ms[order], kind="stable")]
 
     content_array = pa.array(contents, pa.string())
-    placeholder = pc.fill_null(pc.match_substring_regex(content_array, _ATTACHMENT_PATTERN), False)
-    system_text = pc.fill_null(pc.match_substring_regex(content_array, _SYSTEM_PATTERN), False)
-    placeholder_np = placeholder.to_numpy(zero_copy_only=False)
-    system_np = system_text.to_numpy(zero_copy_only=False)
-    system_type = np.fromiter((t in _SYSTEM_TYPES for t in types), dtype=bool, count=n)
-    unsent_np = np.fromiter((bool(u) for u in unsent), dtype=bool, count=n)
+    placeholder_np = _mask(pc.match_substring_regex(content_array, _ATTACHMENT_PATTERN))
+    system_np = _mask(pc.match_substring_regex(content_array, _SYSTEM_PATTERN))
+    system_type = _mask(pc.is_in(pa.array(types, pa.string()), value_set=_SYSTEM_TYPE_SET))
+    unsent_np = _mask(pa.array(unsent, pa.bool_()))
 
     kinds = np.full(n, "message", dtype=object)
     kinds[system_np | system_type] = "system"
     kinds[unsent_np] = "other"
     attachment = np.array(media, dtype=object)
-    blank_text = (
-        np.fromiter((not c.strip() for c in contents), dtype=bool, count=n) | placeholder_np
-    )
+    blank_text = _mask(pc.equal(pc.utf8_trim_whitespace(content_array), "")) | placeholder_np
     shared = np.array([k is not None for k in share_kind], dtype=bool)
     share_only = shared & blank_text & np.equal(attachment, None)
     attachment[share_only] = np.array(share_kind, dtype=object)[share_only]
@@ -471,7 +472,7 @@ def _table(
 
     owner_voice = np.zeros(n, dtype=bool)
     for word in OWNER_WORDS.values():
-        owner_voice |= pc.starts_with(content_array, word).to_numpy(zero_copy_only=False)
+        owner_voice |= _mask(pc.starts_with(content_array, word))
     owners = {senders[i] for i in np.flatnonzero(owner_voice & (system_np | placeholder_np))}
 
     take = order.tolist()
