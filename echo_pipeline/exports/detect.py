@@ -10,6 +10,7 @@ from pathlib import Path
 from echo_pipeline.exports.discord_csv import HEADER, LEGACY_HEADERS, normalise_header
 from echo_pipeline.exports.discord_txt import RULE
 from echo_pipeline.exports.errors import ExportError
+from echo_pipeline.exports.meta import sniff_meta_e2ee, sniff_meta_legacy
 from echo_pipeline.exports.telegram import sniff_telegram
 from echo_pipeline.exports.whatsapp import MARKS, parse_line
 
@@ -20,6 +21,8 @@ FORMATS = (
     "discord_txt",
     "whatsapp",
     "telegram",
+    "meta_legacy",
+    "meta_e2ee",
 )
 
 _HEAD_BYTES = 64 * 1024
@@ -32,7 +35,11 @@ _REEXPORT_JSON = "re-export with DiscordChatExporter `-f Json`"
 #: JSON exports of other apps: (format, test on the file's first 64 KiB of text, which may end
 #: mid-document), tried in order before DiscordChatExporter's. Each test must look at the
 #: content's own keys, never at the file name.
-JSON_SNIFFERS: tuple[tuple[str, Callable[[str], bool]], ...] = (("telegram", sniff_telegram),)
+JSON_SNIFFERS: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("telegram", sniff_telegram),
+    ("meta_legacy", sniff_meta_legacy),
+    ("meta_e2ee", sniff_meta_e2ee),
+)
 
 
 def detect_format(path: str | Path) -> str:
