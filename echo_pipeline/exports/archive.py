@@ -85,6 +85,8 @@ class ArchiveMember(zipfile.Path):
 
     def open(self, mode="r", *args, pwd=None, **kwargs):
         if "b" not in mode:
+            if not args and "encoding" not in kwargs:
+                kwargs["encoding"] = "utf-8"
             return io.TextIOWrapper(self.open("rb"), *args, **kwargs)
         if mode != "rb":
             raise ValueError(f"{self}: archive members are read-only")
@@ -194,8 +196,7 @@ def _vet_member(path: Path, info: zipfile.ZipInfo, limits: ArchiveLimits) -> Non
     problem = unsafe_name(info.filename)
     if problem:
         _fail(path, info, f"has an unsafe name ({problem}); the archive is not a chat export")
-    mode = info.external_attr >> 16
-    if info.create_system == 3 and stat.S_ISLNK(mode):  # made on Unix, mode says symlink
+    if stat.S_ISLNK(info.external_attr >> 16):  # the Unix mode bits zip tools store
         _fail(path, info, "is a symbolic link; archives holding links are not read")
     if info.flag_bits & 0x1:
         _fail(path, info, "is encrypted; unzip the archive with its password and give the folder")

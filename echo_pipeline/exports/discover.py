@@ -15,7 +15,6 @@ from echo_pipeline.exports.archive import (
     ArchiveMember,
     ExportPath,
     archive_files,
-    as_export_path,
     is_zip_archive,
     open_archive,
 )
@@ -113,7 +112,11 @@ def require_export_files(
     paths = list(paths)
     files = discover_export_files(paths, limits=limits)
     if not files:
-        raise NoExportFilesError(", ".join(str(as_export_path(p)) for p in paths))
+        raise NoExportFilesError(
+            ", ".join(
+                str(p if isinstance(p, zipfile.Path) else Path(p).expanduser()) for p in paths
+            )
+        )
     return files
 
 

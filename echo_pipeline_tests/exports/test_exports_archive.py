@@ -243,6 +243,7 @@ def test_member_hash_is_its_content_whatever_the_archive(tmp_path):
     expected = hashlib.sha256(IOS_CHAT.encode()).hexdigest()
     assert file_sha256(one) == file_sha256(two) == expected
     assert export_size(one) == len(IOS_CHAT.encode())
+    assert one.read_text() == two.read_bytes().decode() == IOS_CHAT
 
 
 def test_reading_an_archive_writes_nothing_to_disk(tmp_path, monkeypatch, dce_message):
