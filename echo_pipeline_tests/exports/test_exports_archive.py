@@ -441,3 +441,16 @@ def test_cli_inspects_and_pairs_a_whatsapp_zip(tmp_path, capsys):
     assert summary["format"] == "whatsapp" and summary["channel"] == "Bob"
     assert main(["pairs", str(archive), "--me", "Bob"]) == 0
     assert "pairs    1" in capsys.readouterr().out
+
+
+def test_partitions_inside_an_archive_keep_part_order(tmp_path, dce_message):
+    parts = {
+        f"G - general [900] [part {n}].json": dce_export("900", "general", [f"p{n}"], dce_message)
+        for n in (10, 2, 1)
+    }
+    members = discover_export_files(write_zip(tmp_path / "parts.zip", parts))
+    assert [m.name for m in members] == [
+        "G - general [900] [part 1].json",
+        "G - general [900] [part 2].json",
+        "G - general [900] [part 10].json",
+    ]
