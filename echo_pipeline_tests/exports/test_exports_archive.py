@@ -454,3 +454,59 @@ def test_partitions_inside_an_archive_keep_part_order(tmp_path, dce_message):
         "G - general [900] [part 2].json",
         "G - general [900] [part 10].json",
     ]
+
+
+def test_telegram_and_meta_downloads_read_from_their_zips(tmp_path):
+    telegram = {
+        "name": "Bob",
+        "type": "personal_chat",
+        "id": 42,
+        "messages": [
+            {
+                "id": 1,
+                "type": "message",
+                "date": "2023-01-02T10:00:00",
+                "date_unixtime": "1672653600",
+                "from": "Bob",
+                "from_id": "user42",
+                "text": "hi",
+            },
+            {
+                "id": 2,
+                "type": "message",
+                "date": "2023-01-02T10:01:00",
+                "date_unixtime": "1672653660",
+                "from": "Zoe",
+                "from_id": "user1",
+                "text": "hello",
+                "reply_to_message_id": 1,
+            },
+        ],
+    }
+    meta = {
+        "participants": [{"name": "Bob"}, {"name": "Zoe"}],
+        "messages": [  # newest first, as Meta writes them
+            {"sender_name": "Zoe", "timestamp_ms": 1672653660000, "content": "hello"},
+            {"sender_name": "Bob", "timestamp_ms": 1672653600000, "content": "hi"},
+        ],
+        "title": "Bob",
+        "thread_path": "inbox/bob_1",
+    }
+    folder = tmp_path / "downloads"
+    write_zip(
+        folder / "Telegram Desktop.zip",
+        {
+            "ChatExport_2023-01-02/result.json": json.dumps(telegram),
+            "ChatExport_2023-01-02/photos/photo_1.jpg": b"\xff\xd8",
+        },
+    )
+    inbox = "your_activity_across_facebook/messages/inbox/bob_1"
+    write_zip(
+        folder / "facebook-zoe-2023-01-03-part1.zip",
+        {f"{inbox}/message_1.json": json.dumps(meta), f"{inbox}/photos/1.jpg": b"\xff\xd8"},
+    )
+    files = discover_export_files(folder)
+    assert sorted(detect_format(f) for f in files) == ["meta_legacy", "telegram"]
+    table = read_exports(folder)
+    assert table.num_rows == 4
+    assert {c.split(":")[0] for c in table["channel_id"].to_pylist()} == {"meta", "telegram"}
