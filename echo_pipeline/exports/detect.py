@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from echo_pipeline.exports.archive import ExportPath, as_export_path
 from echo_pipeline.exports.discord_csv import HEADER, LEGACY_HEADERS, normalise_header
 from echo_pipeline.exports.discord_txt import RULE
 from echo_pipeline.exports.errors import ExportError
@@ -42,9 +43,9 @@ JSON_SNIFFERS: tuple[tuple[str, Callable[[str], bool]], ...] = (
 )
 
 
-def detect_format(path: str | Path) -> str:
+def detect_format(path: str | ExportPath) -> str:
     """One of FORMATS for a readable chat export; ExportError saying why for anything else."""
-    path = Path(path)
+    path = as_export_path(path)
     head, complete = _read_head(path)
     if not head:
         raise ExportError(path, "empty file (0 bytes); re-export the chat")
@@ -87,7 +88,7 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def _read_head(path: Path) -> tuple[bytes, bool]:
+def _read_head(path: ExportPath) -> tuple[bytes, bool]:
     """The first bytes, and whether they are the whole file."""
     try:
         with path.open("rb") as handle:

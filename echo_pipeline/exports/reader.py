@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from echo_pipeline.exports._common import export_sort_key, part_number
+from echo_pipeline.exports.archive import ExportPath, as_export_path
 from echo_pipeline.exports.detect import detect_format
 from echo_pipeline.exports.discord_csv import read_discord_csv, read_discord_csv_legacy
 from echo_pipeline.exports.discord_json import read_discord_json
@@ -36,13 +37,13 @@ _READERS: dict[str, Callable[[Path], pa.Table]] = {
 HUMAN_KINDS = ("message", "reply")
 
 
-def read_export(path: str | Path) -> pa.Table:
-    """One export file (any supported format, detected from its content) as CHAT_MESSAGES."""
-    path = Path(path)
+def read_export(path: str | ExportPath) -> pa.Table:
+    """One export file or zip member (any supported format, detected from its content)."""
+    path = as_export_path(path)
     return _READERS[detect_format(path)](path)
 
 
-def read_exports(paths: Iterable[str | Path] | str | Path) -> pa.Table:
+def read_exports(paths: Iterable[str | ExportPath] | str | Path) -> pa.Table:
     """Every export under ``paths`` as one CHAT_MESSAGES table, merged and deduplicated.
 
     Partitions (``[part 2]``, ``[2 of 5]``) share their channel id, so they simply concatenate.
@@ -117,13 +118,13 @@ def _first_copies(table: pa.Table, channel: np.ndarray) -> np.ndarray | None:
     return np.sort(first.to_numpy())
 
 
-def _file_rank(item: tuple[Path, pa.Table]) -> tuple:
+def _file_rank(item: tuple[ExportPath, pa.Table]) -> tuple:
     file, table = item
     start = pc.min(table["timestamp"]).cast(pa.int64()).as_py()
     return (start, part_number(file), -table.num_rows, export_sort_key(file))
 
 
-def inspect_export(path: str | Path) -> dict[str, Any]:
+def inspect_export(path: str | ExportPath) -> dict[str, Any]:
     """What is in one export: format, channel, counts by kind, time span, authors.
 
     ``authors`` counts every message, ``human_authors`` only people's own words (no bots, system
@@ -131,7 +132,7 @@ def inspect_export(path: str | Path) -> dict[str, Any]:
     when most human messages are blank without attachments, the sign of an export made with a
     bot token lacking the Message Content intent.
     """
-    path = Path(path)
+    path = as_export_path(path)
     fmt = detect_format(path)
     table = _READERS[fmt](path)
     kind = table["kind"]
