@@ -9,6 +9,7 @@ from pathlib import Path
 
 from echo_pipeline.exports._common import export_sort_key
 from echo_pipeline.exports.errors import ExportError
+from echo_pipeline.exports.slack import is_slack_metadata
 
 #: Files that sit beside exports but never are one: downloaded media (DCE ``--media``, WhatsApp
 #: "attach media"), archives, documents and contact cards.
@@ -145,6 +146,7 @@ def _walk(root: Path) -> list[Path]:
             if not name.startswith(".")
             and Path(name).suffix.lower() not in SKIPPED_SUFFIXES
             and not _leads_in_a_circle(os.path.join(folder, name))
+            and not is_slack_metadata(Path(folder, name))
         )
     return sorted(files, key=export_sort_key)
 
