@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import OrderedDict
+import threading
+from collections import ChainMap, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -131,6 +133,7 @@ _CONVERSATIONS_DECODER = msgspec.json.Decoder(list[_Conversation])
 #: ``thread_broadcast``: a thread reply also sent to the channel, still a reply to its parent).
 _HUMAN_SUBTYPES = frozenset({None, "file_share", "me_message", "thread_broadcast"})
 _BOT_SUBTYPES = frozenset({"bot_message", "slackbot_response"})
+_WORDS_SUBTYPES = _HUMAN_SUBTYPES | _BOT_SUBTYPES
 #: Channel events, and edit/delete events (``message_changed`` / ``message_deleted``; exports
 #: normally apply edits in place, an event row is not new words).
 _SYSTEM_SUBTYPES = frozenset(
@@ -192,26 +195,34 @@ class SlackMetadata:
 
 _CACHE: OrderedDict[str, tuple[tuple, SlackMetadata]] = OrderedDict()
 _CACHE_ROOTS = 8
+_CACHE_LOCK = threading.Lock()
 
 
 def slack_metadata(root: Any) -> SlackMetadata:
     """The parsed metadata of the export rooted at ``root`` (empty if it has none).
 
-    Cached by ``str(root)`` and the metadata files' fingerprints (size and mtime for files on
-    disk, a hash of the bytes otherwise), so a changed ``users.json`` is parsed again.
+    Cached by ``str(root)`` and the metadata files' fingerprints (size, mtime and inode for files
+    on disk; CRC-32 and size for zip members; a hash of the bytes otherwise), so a changed
+    ``users.json`` is parsed again.
     """
-    present = [name for name in ("users.json", *dict(_CONVERSATION_FILES)) if _exists(root / name)]
-    fingerprint = tuple((name, _fingerprint(root / name)) for name in present)
+    fingerprint = tuple(
+        (name, found)
+        for name in ("users.json", *dict(_CONVERSATION_FILES))
+        if (found := _fingerprint(root / name)) is not None
+    )
+    present = [name for name, _ in fingerprint]
     key = str(root)
-    cached = _CACHE.get(key)
-    if cached is not None and cached[0] == fingerprint:
-        _CACHE.move_to_end(key)
-        return cached[1]
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None and cached[0] == fingerprint:
+            _CACHE.move_to_end(key)
+            return cached[1]
     metadata = _parse_metadata(root, present)
-    _CACHE[key] = (fingerprint, metadata)
-    _CACHE.move_to_end(key)
-    while len(_CACHE) > _CACHE_ROOTS:
-        _CACHE.popitem(last=False)
+    with _CACHE_LOCK:
+        _CACHE[key] = (fingerprint, metadata)
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > _CACHE_ROOTS:
+            _CACHE.popitem(last=False)
     return metadata
 
 
@@ -222,13 +233,24 @@ def _exists(path: Any) -> bool:
         return False
 
 
-def _fingerprint(path: Any) -> tuple:
-    if isinstance(path, Path):  # a real file: stat is cheap and exact enough
+def _fingerprint(path: Any) -> tuple | None:
+    """What changes when the file does (None if it is absent), read only where unavoidable."""
+    if isinstance(path, Path):  # a file on disk: a rewrite changes its size, mtime or inode
         try:
             stat = path.stat()
-            return (stat.st_size, stat.st_mtime_ns)
+        except FileNotFoundError:
+            return None
         except OSError:
             pass
+        else:
+            return (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if not _exists(path):
+        return None
+    try:  # a zipfile.Path member: its directory entry's CRC-32 and size, no decompression
+        info = path.root.getinfo(path.at)
+        return (info.CRC, info.file_size, info.date_time)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        pass
     return (hashlib.blake2b(_read_bytes(path), digest_size=16).hexdigest(),)
 
 
@@ -362,17 +384,24 @@ def _decode_day(path: Any) -> list[_Message]:
     return messages
 
 
-_TS = re.compile(r"^\d{1,12}\.\d{6}$")
+_TS = re.compile(r"(\d{1,12})(?:\.(\d{1,6})\d*)?")
 
 
-def _ts_to_us(path: Any, stamps: list[str]) -> np.ndarray:
-    """``"1672531200.000100"`` to microseconds, exactly (no float rounding)."""
-    array = pa.array(stamps, pa.string())
-    if pc.all(pc.match_substring_regex(array, _TS.pattern)).as_py():
-        return pc.cast(pc.replace_substring(array, ".", ""), pa.int64()).to_numpy()
+def _ts_to_us(path: Any, stamps: pa.Array) -> np.ndarray:
+    """``"1672531200.000100"`` to microseconds, exactly (no float rounding).
+
+    Slack always writes six fraction digits, so dropping the dot gives the microseconds; any
+    other form takes the slow path, which also names the first unreadable ``ts``.
+    """
+    six_digits = pc.equal(pc.find_substring(stamps, "."), pc.subtract(pc.utf8_length(stamps), 7))
+    if pc.all(six_digits).as_py():
+        try:
+            return pc.cast(pc.replace_substring(stamps, ".", ""), pa.int64()).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
     out = np.empty(len(stamps), dtype=np.int64)
-    for i, ts in enumerate(stamps):
-        match = re.fullmatch(r"(\d{1,12})(?:\.(\d{1,6})\d*)?", ts)
+    for i, ts in enumerate(stamps.to_pylist()):
+        match = _TS.fullmatch(ts)
         if match is None:
             raise ExportError(
                 path,
@@ -386,8 +415,14 @@ def _ts_to_us(path: Any, stamps: list[str]) -> np.ndarray:
 def _messages_table(
     path: Any, conversation: _Where, metadata: SlackMetadata, msgs: list[_Message]
 ) -> pa.Table:
+    """One pass of plain Python over the decoded structs, then Arrow arrays.
+
+    A day's file is small (tens to hundreds of messages), so a loop beats a chain of Arrow
+    kernels here: each kernel call costs more in overhead than the rows it would save (measured:
+    0.45 s vs 0.85 s CPU for 335 files of 300 messages).
+    """
     stamps = list(map(attrgetter("ts"), msgs))
-    micros = _ts_to_us(path, stamps)
+    micros = _ts_to_us(path, pa.array(stamps, pa.string()))
     order = np.argsort(micros, kind="stable")
     if not np.array_equal(order, np.arange(len(order))):
         msgs = [msgs[i] for i in order]
@@ -397,83 +432,83 @@ def _messages_table(
         seen: set[str] = set()
         keep = [i for i, ts in enumerate(stamps) if not (ts in seen or seen.add(ts))]
         msgs, stamps, micros = [msgs[i] for i in keep], [stamps[i] for i in keep], micros[keep]
-    n = len(msgs)
 
-    names = dict(metadata.names)
-    for m in msgs:  # a message's own profile names its author where users.json does not
-        if m.user and m.user not in names and m.user_profile is not None:
-            name = _user_name(m.user_profile)
-            if name:
-                names[m.user] = name
-
-    subtypes = list(map(attrgetter("subtype"), msgs))
-    bot_ids = list(map(attrgetter("bot_id"), msgs))
-    users = list(map(attrgetter("user"), msgs))
+    extra_names = _profile_names(metadata.names, msgs)
+    names = ChainMap(extra_names, metadata.names) if extra_names else metadata.names
+    channels = metadata.channel_names
+    bots = metadata.bots
     kinds: list[str] = []
     is_bot: list[bool] = []
     author_ids: list[str] = []
     author_names: list[str] = []
-    for m, subtype, bot_id, user in zip(msgs, subtypes, bot_ids, users, strict=True):
-        bot = (
-            bot_id is not None
-            or subtype in _BOT_SUBTYPES
-            or user == _SLACKBOT
-            or user in metadata.bots
-        )
-        is_bot.append(bot)
-        author = (bot_id if bot and bot_id else None) or user or m.username or "unknown"
-        author_ids.append(author)
-        if bot:
+    contents: list[str] = []
+    reply_to: list[str | None] = []
+    attachment_kinds: list[str | None] = []
+    for m in msgs:
+        subtype, user, bot_id = m.subtype, m.user, m.bot_id
+        bot = bot_id is not None or subtype in _BOT_SUBTYPES or user == _SLACKBOT or user in bots
+        if bot:  # a bot goes by its id and profile name, else its username, else its user's
+            author = bot_id or user or m.username or "unknown"
             name = (m.bot_profile.name if m.bot_profile else None) or m.username
-            name = name or names.get(user or "") or author
+            author_names.append(name or names.get(user or "") or author)
         else:
-            name = names.get(author) or author
-        author_names.append(name)
-        if subtype in _HUMAN_SUBTYPES or subtype in _BOT_SUBTYPES:
-            kinds.append("message")
-        elif subtype in _SYSTEM_SUBTYPES:
-            kinds.append("system")
+            author = user or m.username or "unknown"
+            author_names.append(names.get(author) or author)
+        author_ids.append(author)
+        is_bot.append(bot)
+
+        text = m.text
+        if subtype in _WORDS_SUBTYPES:
+            if m.thread_ts and m.thread_ts != m.ts:
+                kind = "reply"  # in a thread: an answer to the thread's parent
+            elif not text and not m.files and _is_shared(m.attachments):
+                kind = "forward"  # a shared message: someone else's words
+            else:
+                kind = "message"
         else:
-            kinds.append("other")
+            kind = "system" if subtype in _SYSTEM_SUBTYPES else "other"
+        kinds.append(kind)
+        reply_to.append(m.thread_ts if kind == "reply" else None)
+        contents.append(render_text(text, names, channels) if text else "")
+        attachment_kinds.append(_attachment_kind(m) if m.files or m.attachments else None)
 
-    reply_to: list[str | None] = [None] * n
-    for i, m in enumerate(msgs):
-        if m.thread_ts and m.thread_ts != m.ts and kinds[i] == "message":
-            kinds[i] = "reply"
-            reply_to[i] = m.thread_ts
-        shared = m.attachments and any(a.is_share for a in m.attachments)
-        if kinds[i] == "message" and not m.text and not m.files and shared:
-            kinds[i] = "forward"  # a shared message: someone else's words
-
-    has_attachments = [False] * n
-    attachment_kinds: list[str | None] = [None] * n
-    for i, m in enumerate(msgs):
-        if m.files or m.attachments:
-            kind = _attachment_kind(m)
-            if kind is not None:
-                has_attachments[i] = True
-                attachment_kinds[i] = kind
-
-    texts = list(map(attrgetter("text"), msgs))
-    contents = [render_text(t, names, metadata.channel_names) if t else "" for t in texts]
-    timestamps = pc.cast(pa.array(micros, pa.int64()), pa.timestamp("us", tz="UTC"))
+    attachment_kind_array = pa.array(attachment_kinds, pa.string())
     return build_table(
         path,
         FORMAT,
         conversation.channel_id,
         conversation.channel_name,
         message_id=pa.array(stamps, pa.string()),
-        timestamp=timestamps,
+        timestamp=pc.cast(pa.array(micros, pa.int64()), pa.timestamp("us", tz="UTC")),
         author_id=author_ids,
         author_name=author_names,
         is_bot=is_bot,
         kind=kinds,
         content=contents,
         reply_to_id=reply_to,
-        has_attachments=has_attachments,
-        attachment_kind=attachment_kinds,
-        edited=[m.edited is not None for m in msgs],
+        has_attachments=attachment_kind_array.is_valid(),
+        attachment_kind=attachment_kind_array,
+        edited=list(map(bool, map(attrgetter("edited"), msgs))),
     )
+
+
+def _profile_names(names: dict[str, str], msgs: list[_Message]) -> dict[str, str]:
+    """For authors users.json lacks, the name the profile on their messages carries."""
+    missing = set(map(attrgetter("user"), msgs)) - names.keys() - {None}
+    found: dict[str, str] = {}
+    if not missing:
+        return found
+    for m in msgs:
+        if m.user in missing and m.user_profile is not None:
+            name = _user_name(m.user_profile)
+            if name:
+                found[m.user] = name
+                missing.discard(m.user)
+    return found
+
+
+def _is_shared(attachments: list[_Attachment] | None) -> bool:
+    return bool(attachments) and any(a.is_share for a in attachments)
 
 
 _MEDIA_TYPES = ("image", "video", "audio")
@@ -507,7 +542,7 @@ _SCHEMES = re.compile(r"^(?:https?://|mailto:|tel:)", re.IGNORECASE)
 _SPECIAL = {"here": "@here", "channel": "@channel", "everyone": "@everyone"}
 
 
-def render_text(text: str, names: dict[str, str], channels: dict[str, str]) -> str:
+def render_text(text: str, names: Mapping[str, str], channels: Mapping[str, str]) -> str:
     """Slack's mrkdwn escapes as the plain text a reader sees.
 
     ``<@U1>`` becomes ``@Name``, ``<#C1|general>`` ``#general``, ``<!here>`` ``@here``; a link
@@ -523,7 +558,7 @@ def render_text(text: str, names: dict[str, str], channels: dict[str, str]) -> s
     return text
 
 
-def _render_token(token: str, names: dict[str, str], channels: dict[str, str]) -> str:
+def _render_token(token: str, names: Mapping[str, str], channels: Mapping[str, str]) -> str:
     target, _, label = token.partition("|")
     if target.startswith("@"):
         user = target[1:]
