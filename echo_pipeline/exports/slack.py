@@ -366,7 +366,7 @@ def _decode_day(path: Any) -> list[_Message]:
                 str(error).split("got ", 1)[-1].strip("`")
             )
         else:
-            problem = f"unexpected value in a Slack message ({error})"
+            problem = f"unexpected value in a Slack message ({_where_in_day(str(error))})"
         raise ExportError(path, f"{problem}; re-download the Slack export") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         decode_utf8(data, path)  # invalid UTF-8: raises naming the offset of the bad byte
@@ -382,6 +382,19 @@ def _decode_day(path: Any) -> list[_Message]:
                 "re-download the Slack export",
             )
     return messages
+
+
+_ITEM = re.compile(r"`\$\[(\d+)\]\.?([^`]*)`")
+
+
+def _where_in_day(problem: str) -> str:
+    """msgspec's ``at `$[3].text``` as ``in message 4, key text``."""
+
+    def word(match: re.Match[str]) -> str:
+        key = f", key {match.group(2)}" if match.group(2) else ""
+        return f"message {int(match.group(1)) + 1}{key}"
+
+    return _ITEM.sub(word, problem)
 
 
 _TS = re.compile(r"(\d{1,12})(?:\.(\d{1,6})\d*)?")

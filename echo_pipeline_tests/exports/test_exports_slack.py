@@ -30,6 +30,7 @@ from echo_pipeline.exports.slack import (
     is_slack_metadata,
     read_slack,
     render_text,
+    slack_metadata,
     sniff_slack,
 )
 
@@ -422,10 +423,7 @@ def test_a_whole_workspace_end_to_end(workspace):
 
 
 def test_a_zipped_export_reads_like_the_folder(workspace, tmp_path):
-    archive = tmp_path / "export.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for file in sorted(workspace.rglob("*.json")):
-            zf.write(file, file.relative_to(workspace).as_posix())
+    archive = zip_folder(workspace, tmp_path / "export.zip")
     member = zipfile.Path(archive, "general/2023-01-05.json")
     assert is_slack_metadata(zipfile.Path(archive, "users.json"))
     assert not is_slack_metadata(member)
@@ -456,6 +454,31 @@ def test_describe_names_the_conversation_and_its_metadata(workspace):
         "users.json, channels.json, groups.json, mpims.json, dms.json)",
         "suggested_me": [],
     }
+
+
+def zip_folder(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for file in sorted(folder.rglob("*.json")):
+            zf.write(file, file.relative_to(folder).as_posix())
+    return archive
+
+
+def test_metadata_is_parsed_once_per_export(workspace):
+    first = slack_metadata(workspace)
+    read_slack(workspace / "general" / "2023-01-05.json")
+    read_slack(workspace / "general" / "2023-01-06.json")
+    assert slack_metadata(workspace) is first
+
+
+def test_a_rewritten_zip_is_never_served_from_the_cache(workspace, tmp_path):
+    archive = zip_folder(workspace, tmp_path / "export.zip")
+    member = "general/2023-01-05.json"
+    assert read_slack(zipfile.Path(archive, member))["author_name"][1].as_py() == "Bob Brown"
+    users = json.loads((workspace / "users.json").read_text())
+    users[1]["profile"]["display_name"] = "bobby tables"
+    write_json(workspace / "users.json", users)
+    zip_folder(workspace, archive)
+    assert read_slack(zipfile.Path(archive, member))["author_name"][1].as_py() == "bobby tables"
 
 
 def test_edited_metadata_is_never_served_from_the_cache(workspace):
@@ -578,6 +601,21 @@ def test_a_truncated_daily_file(workspace):
     day = workspace / "general" / "2023-01-05.json"
     day.write_bytes(day.read_bytes()[:700])
     expect_error(day, "truncated")
+    with pytest.raises(ExportError, match="truncated or invalid JSON"):
+        read_exports([workspace])  # detected as Slack still, and the file is named
+
+
+def test_an_empty_daily_file(workspace):
+    day = workspace / "general" / "2023-01-08.json"
+    day.write_bytes(b"")
+    expect_error(day, "empty file")
+
+
+def test_an_unreadable_ts_is_named(workspace):
+    day = write_json(
+        workspace / "general" / "2023-01-08.json", [message(BOB, "x", "yesterday noon")]
+    )
+    expect_error(day, "message 1", "'yesterday noon'")
 
 
 def test_an_object_where_the_array_belongs(workspace):
@@ -595,7 +633,7 @@ def test_a_wrong_type_in_a_message(workspace):
     day = write_json(
         workspace / "general" / "2023-01-08.json", [message(BOB, "x", ts(8, 1, 0)) | {"text": 5}]
     )
-    expect_error(day, "text")
+    expect_error(day, "message 1, key text", "got `int`")
 
 
 def test_a_malformed_users_json_is_named(workspace):
