@@ -677,5 +677,6 @@ __all__ = [
     "is_slack_metadata",
     "read_slack",
     "render_text",
+    "slack_metadata",
     "sniff_slack",
 ]
