@@ -12,6 +12,7 @@ from echo_pipeline.exports.discord_csv import HEADER, LEGACY_HEADERS, normalise_
 from echo_pipeline.exports.discord_txt import RULE
 from echo_pipeline.exports.errors import ExportError
 from echo_pipeline.exports.meta import sniff_meta_e2ee, sniff_meta_legacy
+from echo_pipeline.exports.slack import sniff_slack
 from echo_pipeline.exports.telegram import sniff_telegram
 from echo_pipeline.exports.whatsapp import MARKS, parse_line
 
@@ -24,6 +25,7 @@ FORMATS = (
     "telegram",
     "meta_legacy",
     "meta_e2ee",
+    "slack",
 )
 
 _HEAD_BYTES = 64 * 1024
@@ -40,6 +42,7 @@ JSON_SNIFFERS: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("telegram", sniff_telegram),
     ("meta_legacy", sniff_meta_legacy),
     ("meta_e2ee", sniff_meta_e2ee),
+    ("slack", sniff_slack),
 )
 
 

@@ -19,6 +19,7 @@ from echo_pipeline.exports.archive import (
     open_archive,
 )
 from echo_pipeline.exports.errors import ExportError
+from echo_pipeline.exports.slack import is_slack_metadata
 
 #: Files that sit beside exports but never are one: downloaded media (DCE ``--media``, WhatsApp
 #: "attach media"), archives, documents and contact cards. A ``.zip`` is opened instead (its
@@ -243,6 +244,7 @@ def _walk(root: Path) -> list[Path]:
             if not name.startswith(".")
             and _is_walked(Path(name).suffix.lower())
             and not _leads_in_a_circle(os.path.join(folder, name))
+            and not is_slack_metadata(Path(folder, name))
         )
     return sorted(files, key=export_sort_key)
 

@@ -18,6 +18,7 @@ from echo_pipeline.exports.discord_json import read_discord_json
 from echo_pipeline.exports.discord_txt import read_discord_txt
 from echo_pipeline.exports.discover import discover_export_files
 from echo_pipeline.exports.meta import read_meta_e2ee, read_meta_legacy
+from echo_pipeline.exports.slack import read_slack
 from echo_pipeline.exports.telegram import read_telegram
 from echo_pipeline.exports.whatsapp import read_whatsapp
 from echo_pipeline.schemas import CHAT_MESSAGES
@@ -31,6 +32,7 @@ _READERS: dict[str, Callable[[Path], pa.Table]] = {
     "telegram": read_telegram,
     "meta_legacy": read_meta_legacy,
     "meta_e2ee": read_meta_e2ee,
+    "slack": read_slack,
 }
 
 #: Kinds that are someone's own words; the rest are dropped before pairing.
