@@ -19,6 +19,7 @@ from echo_pipeline.exports.archive import (
     open_archive,
 )
 from echo_pipeline.exports.errors import ExportError
+from echo_pipeline.exports.meta import is_meta_companion
 from echo_pipeline.exports.slack import is_slack_metadata
 
 #: Files that sit beside exports but never are one: downloaded media (DCE ``--media``, WhatsApp
@@ -188,7 +189,7 @@ def _archive_exports(
     nested zips is an error, so a user is told rather than shown nothing.
     """
     members = archive_files(_open(path, archives, limits))
-    exports = [m for m in members if _is_export_member(m.at)]
+    exports = [m for m in members if _is_export_member(m.at) and not is_companion(m)]
     if not exports:
         nested = [m.at for m in members if m.suffix.lower() == ".zip"]
         if nested:
@@ -244,9 +245,16 @@ def _walk(root: Path) -> list[Path]:
             if not name.startswith(".")
             and _is_walked(Path(name).suffix.lower())
             and not _leads_in_a_circle(os.path.join(folder, name))
-            and not is_slack_metadata(Path(folder, name))
+            and not is_companion(Path(folder, name))
         )
     return sorted(files, key=export_sort_key)
+
+
+def is_companion(path: ExportPath) -> bool:
+    """A file that comes with an export but holds no chat: Slack's users.json and channel
+    lists, Meta's account files and the files shared in a thread. Skipped inside folders and
+    archives; named explicitly, it is still read (and detection says what it is)."""
+    return is_slack_metadata(path) or is_meta_companion(path)
 
 
 def _is_walked(suffix: str) -> bool:

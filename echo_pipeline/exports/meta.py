@@ -120,6 +120,29 @@ _E2EE_THREAD_KEY = re.compile(_KEY.format("(?:threadName|senderName)"))
 _E2EE_MESSAGE_KEYS = (re.compile(_KEY.format("senderName")), re.compile(_KEY.format("isUnsent")))
 
 
+#: Files of Meta's download that sit beside the threads and are not chats.
+COMPANION_FILES = frozenset(
+    {"autofill_information.json", "secret_conversations.json", "support_messages.json"}
+)
+#: A thread's own folders of shared files (``<thread>/files/notes.txt``): attachments, not chats.
+_MEDIA_FOLDERS = frozenset({"files", "photos", "videos", "audio", "gifs", "stickers_used"})
+
+
+def is_meta_companion(path: Any) -> bool:
+    """True for a file of a Meta download that is not a thread: the account files beside the
+    inbox, and anything inside a thread's media folders (shared ``.txt`` files included)."""
+    if path.name.lower() in COMPANION_FILES:
+        return True
+    parent = path.parent
+    if parent.name.lower() not in _MEDIA_FOLDERS:
+        return False
+    thread = parent.parent
+    try:
+        return (thread / "message_1.json").exists()
+    except (OSError, ValueError):
+        return False
+
+
 def sniff_meta_legacy(text: str) -> bool:
     """A Messenger/Instagram ``message_N.json`` (or a list of its messages), by its own keys."""
     if not text.startswith(("{", "[")):

@@ -416,3 +416,28 @@ def test_reads_a_member_of_a_zip_archive(tmp_path):
     assert table["content"].to_pylist() == ["Salut Zoë ! Un café ?", "Oui 😀 à 10h"]
     assert table["source_file"][0].as_py() == f"{archive}/{member}"
     assert describe_meta(path)["shape"] == "Instagram legacy JSON"
+
+
+def test_a_whole_download_skips_what_is_not_a_thread(tmp_path):
+    """Meta's download holds account files beside the inbox and the files shared in a thread
+    (a .txt among them); reading the download's root reads only the threads."""
+    root = tmp_path / "facebook-zoe"
+    thread = root / "your_facebook_activity/messages/inbox/bobmartin_10158612345678901"
+    write(thread / "message_1.json", legacy_thread(LEGACY[:2]))
+    (thread / "files").mkdir()
+    (thread / "files/notes.txt").write_text("shopping list: eggs, milk\n", encoding="utf-8")
+    messages = root / "your_facebook_activity/messages"
+    write(messages / "autofill_information.json", {"autofill_information_v2": {"EMAIL": []}})
+    write(messages / "secret_conversations.json", {"secret_conversations_v2": {}})
+
+    table = read_exports([root])
+    assert table["content"].to_pylist() == ["Salut Zoë ! Un café ?", "Oui 😀 à 10h"]
+    archive = tmp_path / "facebook-zoe.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            zipped.write(file, file.relative_to(root).as_posix())
+    assert (
+        read_exports([archive])
+        .drop_columns(["source_file"])
+        .equals(table.drop_columns(["source_file"]))
+    )

@@ -652,3 +652,12 @@ def test_invalid_utf8_is_named_with_its_offset(workspace):
     day = workspace / "general" / "2023-01-08.json"
     day.write_bytes(b'[{"type": "message", "text": "caf\xe9", "ts": "1672909260.000200"}]')
     expect_error(day, "not UTF-8", "0xE9")
+
+
+def test_read_exports_reads_the_workspace_zip_as_slack_delivers_it(workspace, tmp_path):
+    """The metadata members are skipped inside the archive as in the folder."""
+    archive = zip_folder(workspace, tmp_path / "Acme Slack export.zip")
+    from_zip = read_exports([archive]).drop_columns(["source_file"])
+    from_folder = read_exports([workspace]).drop_columns(["source_file"])
+    assert from_zip.num_rows > 0
+    assert from_zip.equals(from_folder)
