@@ -87,7 +87,8 @@ def detect_format(path: str | ExportPath) -> str:
     raise ExportError(
         path,
         f"unrecognised file (starts with {lines[0][:60]!r}); expected a DiscordChatExporter "
-        "JSON, CSV or PlainText export or a WhatsApp chat export",
+        "JSON, CSV or PlainText export, a WhatsApp chat export, or the JSON of Telegram "
+        "Desktop, Messenger/Instagram or a Slack export",
     )
 
 
@@ -124,7 +125,7 @@ def _detect_json(path: Path, start: str, complete: bool) -> str:
         raise ExportError(
             path,
             "JSON array, not a DiscordChatExporter export (expected an object with "
-            f'"channel" and "messages"); {_REEXPORT_JSON}',
+            f'"channel" and "messages") nor a Slack daily file; {_REEXPORT_JSON}',
         )
     has_channel = _CHANNEL_KEY.search(start) is not None
     has_messages = _MESSAGES_KEY.search(start) is not None

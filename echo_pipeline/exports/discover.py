@@ -88,7 +88,11 @@ SKIPPED_SUFFIXES = frozenset(
 
 
 #: What a folder is searched for, in words (every format is detected from content, not name).
-LOOKED_FOR = "DiscordChatExporter JSON, CSV or PlainText exports, or WhatsApp chat exports (.txt)"
+LOOKED_FOR = (
+    "DiscordChatExporter JSON, CSV or PlainText exports, WhatsApp chat exports (.txt), "
+    "Telegram Desktop JSON, Messenger/Instagram JSON, Slack workspace exports, or .zip archives "
+    "of these"
+)
 
 
 class NoExportFilesError(ExportError):
