@@ -58,11 +58,10 @@ class PodSettings:
 
     def __post_init__(self) -> None:
         if not self.image.strip():
-            raise PodSpecError("k8s training needs an image with echo_pipeline installed")
+            raise PodSpecError("no image: the pod needs one with echo_pipeline installed")
         if not self.data_claim.strip():
             raise PodSpecError(
-                "k8s training needs a data volume claim: the pod reads the dataset and writes "
-                "the adapter through it"
+                "no data volume claim: the pod reads the dataset and writes the adapter through it"
             )
         if not PurePosixPath(self.data_mount_path).is_absolute():
             raise PodSpecError(f"data mount path {self.data_mount_path!r} is not absolute")

@@ -151,8 +151,8 @@ def test_commands_a_single_pod_cannot_run_are_refused(settings, command, message
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"image": " ", "data_claim": "c"}, "needs an image"),
-        ({"image": "i", "data_claim": ""}, "needs a data volume claim"),
+        ({"image": " ", "data_claim": "c"}, "no image"),
+        ({"image": "i", "data_claim": ""}, "no data volume claim"),
         ({"image": "i", "data_claim": "c", "data_mount_path": "data"}, "not absolute"),
         ({"image": "i", "data_claim": "c", "gpus": -1}, "gpus=-1"),
     ],

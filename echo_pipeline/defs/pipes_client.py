@@ -129,13 +129,6 @@ class TrainingPipesClient(dg.ConfigurableResource):
             unreachable_from_pod,
         )
 
-        try:
-            from dagster_k8s import PipesK8sClient
-        except ImportError as error:
-            raise dg.Failure(
-                description=f"backend 'k8s' needs dagster-k8s, which is not installed: {K8S_EXTRA}",
-                allow_retries=False,
-            ) from error
         job = extras["job"]
         try:
             settings = PodSettings(
@@ -161,6 +154,13 @@ class TrainingPipesClient(dg.ConfigurableResource):
             )
         except PodSpecError as error:
             raise dg.Failure(description=f"k8s training: {error}", allow_retries=False) from error
+        try:  # after the settings: their mistakes show even where the extra is missing
+            from dagster_k8s import PipesK8sClient
+        except ImportError as error:
+            raise dg.Failure(
+                description=f"backend 'k8s' needs dagster-k8s, which is not installed: {K8S_EXTRA}",
+                allow_retries=False,
+            ) from error
         client = PipesK8sClient(
             kubeconfig_file=self.kubeconfig_file or None, kube_context=self.kube_context or None
         )
