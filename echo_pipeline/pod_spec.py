@@ -47,6 +47,7 @@ class PodSettings:
     cpu_per_process: int = 4
     memory_gib_per_process: int = 16
     shm_gib: int = 8
+    termination_grace_s: int = 300  # SIGTERM stops after the step in flight, with a checkpoint
     service_account: str = ""
     run_as_user: int = 1000
     run_as_group: int = 1000
@@ -67,7 +68,7 @@ class PodSettings:
             raise PodSpecError(f"data mount path {self.data_mount_path!r} is not absolute")
         if self.gpus is not None and self.gpus < 0:
             raise PodSpecError(f"gpus={self.gpus}: must be 0 (CPU pod) or more")
-        for name in ("cpu_per_process", "memory_gib_per_process", "shm_gib"):
+        for name in ("cpu_per_process", "memory_gib_per_process", "shm_gib", "termination_grace_s"):
             if getattr(self, name) < 1:
                 raise PodSpecError(f"{name}={getattr(self, name)}: must be at least 1")
 
@@ -152,6 +153,7 @@ def training_container(
         "ECHO_DATA_DIR": data_dir,
         "HF_HOME": str(PurePosixPath(data_dir) / "huggingface"),  # hub downloads land on the volume
         "PYTHONUNBUFFERED": "1",  # progress reaches the pod log, where Pipes reads it, as it happens
+        "HOME": "/tmp",  # the uid may have no home in the image; torch and triton cache under it
         **settings.env,
     }
     return {
@@ -185,6 +187,7 @@ def training_pod_spec(
     container = training_container(settings, command, tracking_uri=tracking_uri, data_dir=data_dir)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": settings.termination_grace_s,
         "automountServiceAccountToken": False,  # training never talks to the Kubernetes API
         "securityContext": {
             "runAsNonRoot": True,

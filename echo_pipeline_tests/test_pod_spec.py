@@ -33,6 +33,7 @@ URI = "http://mlflow.ml.svc:5000"
 def expected_spec(*, command: list[str], cpu: str, memory: str, gpus: str) -> dict:
     return {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 300,
         "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
@@ -49,6 +50,7 @@ def expected_spec(*, command: list[str], cpu: str, memory: str, gpus: str) -> di
                     {"name": "ECHO_DATA_DIR", "value": "/data/echo"},
                     {"name": "HF_HOME", "value": "/data/echo/huggingface"},
                     {"name": "PYTHONUNBUFFERED", "value": "1"},
+                    {"name": "HOME", "value": "/tmp"},
                 ],
                 "resources": {
                     "requests": {"cpu": cpu, "memory": memory},

@@ -57,6 +57,12 @@ class TrainingPipesClient(dg.ConfigurableResource):
         default=16, ge=1, description="k8s: memory (GiB) requested and limited per process."
     )
     shm_gib: int = Field(default=8, ge=1, description="k8s: size of /dev/shm (GiB).")
+    termination_grace_s: int = Field(
+        default=300,
+        ge=1,
+        description="k8s: seconds between SIGTERM and SIGKILL when the run is stopped (training "
+        "checkpoints after the step in flight).",
+    )
     data_volume_claim: str = Field(
         default="",
         description="k8s: PersistentVolumeClaim holding the data dir (ReadWriteMany: the Dagster "
@@ -139,6 +145,7 @@ class TrainingPipesClient(dg.ConfigurableResource):
                 cpu_per_process=self.cpu_per_process,
                 memory_gib_per_process=self.memory_gib_per_process,
                 shm_gib=self.shm_gib,
+                termination_grace_s=self.termination_grace_s,
                 service_account=self.service_account,
                 run_as_user=self.run_as_user,
                 run_as_group=self.run_as_group,
