@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from echo_pipeline.distributed import launch_command
 from echo_pipeline.pod_spec import (
     PodSettings,
     PodSpecError,
@@ -14,15 +15,17 @@ from echo_pipeline.pod_spec import (
 )
 
 PLAIN = ["/home/me/.venv/bin/python", "-m", "echo_pipeline.train_job"]
-TORCHRUN_4 = [
+TORCHRUN_4 = [  # launch_command(4) from the Dagster process's venv
     "/home/me/.venv/bin/python",
     "-m",
     "torch.distributed.run",
+    "--nproc-per-node",
+    "4",
     "--standalone",
     "--nnodes",
     "1",
-    "--nproc-per-node",
-    "4",
+    "--max-restarts",
+    "0",
     "-m",
     "echo_pipeline.train_job",
 ]
@@ -121,7 +124,11 @@ def test_a_cpu_pod_asks_for_no_gpu_and_tolerates_no_gpu_taint():
     ("command", "options", "processes"),
     [
         (PLAIN, {}, 1),
-        (TORCHRUN_4, {"standalone": "", "nnodes": "1", "nproc-per-node": "4"}, 4),
+        (
+            TORCHRUN_4,
+            {"nproc-per-node": "4", "standalone": "", "nnodes": "1", "max-restarts": "0"},
+            4,
+        ),
         (["p", "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "m"], None, 2),
         (["p", "-m", "torch.distributed.run", "--nnodes=1:1", "-m", "m"], None, 1),
     ],
@@ -130,6 +137,15 @@ def test_the_process_count_is_read_from_torchruns_options(command, options, proc
     if options is not None:
         assert launcher_options(command) == options
     assert processes_in(command) == processes
+
+
+def test_the_commands_the_step_launches_are_the_shapes_tested_here():
+    """The step builds its command with launch_command: the exact specs above use its shapes."""
+    python = "/home/me/.venv/bin/python"
+    assert launch_command(1, python=python) == PLAIN
+    assert launch_command(4, python=python) == TORCHRUN_4
+    with pytest.raises(PodSpecError, match="--nnodes 2: PipesK8sClient starts a single pod"):
+        processes_in(launch_command(2, 2, rdzv_endpoint="head:29400", python=python))
 
 
 @pytest.mark.parametrize(

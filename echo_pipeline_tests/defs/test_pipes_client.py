@@ -17,6 +17,7 @@ import pytest
 
 from echo_pipeline.defs.pipes_client import TrainingPipesClient
 from echo_pipeline.defs.resources import build_resources
+from echo_pipeline.distributed import launch_command
 from echo_pipeline.paths import PROJECT_ROOT
 
 CHILD = """
@@ -34,8 +35,7 @@ JOB = {
     "base_model": {"path": "/data/echo/models/smollm2"},
     "tracking_uri": "http://mlflow.ml.svc:5000",
 }
-TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-TORCHRUN_2 += ["-m", "echo_pipeline.train_job"]
+TORCHRUN_2 = launch_command(2)
 K8S_CONFIG = {"backend": "k8s", "image": "registry.example/echo:cuda"}
 K8S_CONFIG |= {"data_volume_claim": "echo-data", "namespace": "ml"}
 
