@@ -51,9 +51,7 @@ class PodSettings:
     service_account: str = ""
     run_as_user: int = 1000
     run_as_group: int = 1000
-    python: str = (
-        "python"  # the image's interpreter; the Dagster process's path means nothing there
-    )
+    python: str = "python"  # the image's (the Dagster process's path means nothing in a pod)
     node_selector: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
 
