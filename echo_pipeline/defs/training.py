@@ -12,6 +12,7 @@ from echo_pipeline.defs.freshness import (
 )
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapter
+from echo_pipeline.defs.pipes_client import TrainingPipesClient
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource, dagster_lineage_tags
 
 TRAINING = "training"
@@ -134,7 +135,7 @@ def lora_adapter(
     config: LoraConfig,
     base_model: BaseModelResource,
     mlflow_tracking: MlflowResource,
-    pipes_subprocess_client: dg.PipesSubprocessClient,
+    pipes_client: TrainingPipesClient,
     io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Trains, measures held-out reply loss against the base model, and registers the adapter."""
@@ -202,7 +203,7 @@ def lora_adapter(
         failure.unlink(missing_ok=True)
         try:
             return versioned(
-                pipes_subprocess_client.run(
+                pipes_client.run(
                     command=launch_command(
                         config.processes, config.nnodes, rdzv_endpoint=config.rdzv_endpoint
                     ),
