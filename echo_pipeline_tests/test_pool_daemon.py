@@ -27,7 +27,7 @@ from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.layout import Layout
 from echo_pipeline.paths import PROJECT_ROOT
 from echo_pipeline.pool import POOL, pool_limit, run_granularity
-from echo_pipeline.runner import which
+from echo_pipeline.runner import ensure_dagster_home, which
 
 TEAM_INSTANCE = PROJECT_ROOT / "deploy" / "dagster.yaml"
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
@@ -83,43 +83,53 @@ def test_team_instance_queues_runs_and_limits_the_gpu_pool_per_run(pipeline_env)
     assert Path(instance.storage_directory()).is_relative_to(pipeline_env / "dagster_home")
 
 
-def test_a_pool_set_before_the_first_queue_pass_holds_back_the_second_run(pipeline_env):
-    """Why deploy/dagster.yaml asks for `dagster instance concurrency set gpu 1`: dagster
-    1.13.28's first queue pass over a pool that only ``default_limit`` covers launches every
-    run in it. The daemon's own counter, fed as the daemon feeds it, on two queued runs."""
+def launched_in_one_queue_pass(instance: dg.DagsterInstance) -> int:
+    """How many of two queued trainings (pool ``gpu``, per run) one pass of the daemon's run
+    queue launches: its own counter, fed as the daemon feeds it."""
     from dagster._core.instance.config import PoolGranularity
     from dagster._core.op_concurrency_limits_counter import GlobalOpConcurrencyLimitsCounter
     from dagster._core.storage.dagster_run import DagsterRun, RunOpConcurrency
 
-    home = pipeline_env / "dagster_home"
-    shutil.copy(TEAM_INSTANCE, home / "dagster.yaml")
-    instance = dg.DagsterInstance.get()
     uses_gpu = RunOpConcurrency(
         all_pools={POOL}, root_key_counts={POOL: 1}, has_unconstrained_root_nodes=False
     )
     queued = [DagsterRun(job_name="training_job", run_op_concurrency=uses_gpu) for _ in "ab"]
+    storage = instance.event_log_storage
+    counter = GlobalOpConcurrencyLimitsCounter(
+        instance,
+        queued,
+        [],
+        concurrency_keys=storage.get_concurrency_keys(),  # read first, as the daemon does
+        pool_limits=storage.get_pool_limits(),
+        pool_granularity=PoolGranularity.RUN,
+    )
+    launched = 0
+    for run in queued:
+        if not counter.is_blocked(run):
+            counter.update_counters_with_launched_item(run)
+            launched += 1
+    return launched
 
-    def launched_in_one_pass() -> int:
-        storage = instance.event_log_storage
-        counter = GlobalOpConcurrencyLimitsCounter(
-            instance,
-            queued,
-            [],
-            concurrency_keys=storage.get_concurrency_keys(),
-            pool_limits=storage.get_pool_limits(),
-            pool_granularity=PoolGranularity.RUN,
-        )
-        launched = 0
-        for run in queued:
-            if not counter.is_blocked(run):
-                counter.update_counters_with_launched_item(run)
-                launched += 1
-        return launched
 
+def test_a_pool_set_before_the_first_queue_pass_holds_back_the_second_run(pipeline_env):
+    """Why deploy/dagster.yaml asks for `dagster instance concurrency set gpu 1`: dagster
+    1.13.28's first queue pass over a pool that only ``default_limit`` covers launches every
+    run in it."""
+    shutil.copy(TEAM_INSTANCE, pipeline_env / "dagster_home" / "dagster.yaml")
+    instance = dg.DagsterInstance.get()
     # If this starts failing, dagster fixed it: the setup step may go (docs/scaling.md too).
-    assert launched_in_one_pass() == 2
+    assert launched_in_one_queue_pass(instance) == 2
     _dagster("instance", "concurrency", "set", POOL, "1")  # the documented setup step
-    assert launched_in_one_pass() == 1
+    assert launched_in_one_queue_pass(instance) == 1
+
+
+def test_a_new_project_instance_has_the_gpu_pool_before_any_run(pipeline_env):
+    """The project-local instance (`dagster dev`, `echo-pipeline ui`) gets the pool when it is
+    created, so two trainings queued from the UI on a fresh one do not start together."""
+    ensure_dagster_home()
+    instance = dg.DagsterInstance.get()
+    assert instance.event_log_storage.get_concurrency_info(POOL).slot_count == 1
+    assert launched_in_one_queue_pass(instance) == 1
 
 
 @contextlib.contextmanager
