@@ -239,9 +239,8 @@ def test_the_daemon_trains_two_queued_partitions_one_after_the_other(pipeline_en
     daemon_log = log.read_text(errors="replace")
 
     for run in runs:
-        failures = [
-            e.message for e in instance.all_logs(run.run_id) if e.is_dagster_event and e.is_error
-        ]
+        failed = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+        failures = [e.message for e in instance.all_logs(run.run_id, of_type=failed)]
         assert run.status == dg.DagsterRunStatus.SUCCESS, (run.status, failures, daemon_log[-4000:])
     first, second = sorted(
         (_times(instance, run_id) | {"run_id": run_id} for run_id in run_ids),
