@@ -55,8 +55,21 @@ def ensure_dagster_home() -> Path:
             ".dagster/storage", str(home / "storage")
         )
         config.write_text(text, encoding="utf-8")
+        os.environ["DAGSTER_HOME"] = str(home)
+        _create_gpu_pool()
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def _create_gpu_pool() -> None:
+    """The ``gpu`` pool of a new instance, at the default limit. The daemon of `dagster dev`
+    (dagster 1.13.28) launches every queued run of a pool it has never seen in its first pass
+    over it, so two trainings queued from the UI on a fresh instance would start together."""
+    import dagster as dg
+
+    from echo_pipeline.pool import ensure_pool
+
+    ensure_pool(dg.DagsterInstance.get())
 
 
 @dataclass
