@@ -51,6 +51,37 @@ def mlflow_command(port: int) -> list[str]:
     return command
 
 
+def tracking_server_command(
+    port: int,
+    backend_store_uri: str,
+    artifacts_destination: str,
+    workers: int = 1,
+    host: str = "127.0.0.1",
+) -> list[str]:
+    """``mlflow server`` for a team: runs in a database, artifacts proxied by the server.
+
+    With ``--serve-artifacts`` clients upload and download artifacts through the server's
+    ``mlflow-artifacts:/`` API, so nobody needs access to ``artifacts_destination`` (a folder
+    here, ``s3://…`` on a cluster). It binds ``host`` only; MLflow 3's own host-header and CORS
+    checks allow localhost by default (``--allowed-hosts`` when it is exposed further).
+    """
+    return [
+        which("mlflow"),
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--backend-store-uri",
+        backend_store_uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts_destination,
+    ]
+
+
 def start(command: list[str], log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log, "ab")  # noqa: SIM115 (lives as long as the child)
