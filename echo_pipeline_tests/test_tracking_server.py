@@ -77,3 +77,19 @@ def test_server_gone_tells_a_lost_server_from_one_that_answers(tracking_server):
     assert not tracking.server_gone(tracking_server.uri)
     assert tracking.server_gone(f"http://127.0.0.1:{free_port()}", timeout_s=2)
     assert not tracking.server_gone("sqlite:////nowhere/mlflow.db")  # local stores never "go"
+
+
+def test_echo_pipeline_ui_opens_a_tracking_server_rather_than_starting_mlflow_ui(
+    monkeypatch, tmp_path
+):
+    """`mlflow ui --backend-store-uri http://…` cannot work: with a server configured, `ui`
+    starts only Dagster and points at the server's own UI."""
+    from echo_pipeline.servers import tracking_ui
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5123/")
+    assert tracking_ui(5000) == ("http://127.0.0.1:5123", None)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    address, command = tracking_ui(5000)
+    assert address == "http://127.0.0.1:5000"
+    assert command[1] == "ui" and command[command.index("--backend-store-uri") + 1] == store
