@@ -66,6 +66,7 @@ class TrackingLostError(RuntimeError):
 
 
 def is_server(tracking_uri: str) -> bool:
+    """An MLflow tracking server (REST over HTTP), as opposed to a local database store."""
     return tracking_uri.startswith(("http://", "https://"))
 
 
