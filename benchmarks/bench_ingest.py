@@ -3,6 +3,14 @@
     python benchmarks/bench_ingest.py                      # 100k and 1M messages, 3 rounds
     python benchmarks/bench_ingest.py --sizes 100000 --rounds 2
     python benchmarks/bench_ingest.py --profile 1000000    # cProfile of the project path
+    python benchmarks/bench_ingest.py --source telegram --sizes 1000000 --no-naive
+    python benchmarks/bench_ingest.py --source meta --sizes 1000000 --no-naive    # also slack
+
+``--source`` picks the export generated (default ``discord``): ``telegram`` writes one Telegram
+Desktop ``result.json`` (``echo_pipeline_tests/exports/telegram_synthetic.py``), ``meta`` a
+Messenger legacy thread set of 10,000-message files, newest first, with Meta's escaped UTF-8
+(``benchmarks/meta_export.py``), ``slack`` a workspace export of daily files
+(``benchmarks/slack_export.py``). The naive baseline reads only the Discord shape.
 
 For each size a DiscordChatExporter-2.4x-shaped JSON export is generated once (cached in
 ``--workdir``; same seed, same bytes): three people in one channel (``alex`` is "me"), ~8 %
@@ -402,7 +410,45 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _child_project(path: Path, stages: bool) -> dict:
+#: "me" in each source's generated export (the Discord one's is ``ME``).
+SOURCE_ME = {"discord": ME[1], "telegram": "user1001", "meta": "Alex Owner", "slack": "U00000000"}
+
+
+def ensure_source_export(workdir: Path, source: str, n: int, seed: int) -> tuple[Path, dict]:
+    """The cached ``n``-message export of another app (a file or a folder) and its summary."""
+    if source == "discord":
+        return ensure_export(workdir, n, seed)
+    folder = workdir / f"{source}-{n}-seed{seed}"
+    done = folder.with_name(folder.name + ".summary.json")
+    if done.exists():
+        return folder, json.loads(done.read_text())
+    started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    if source == "telegram":
+        sys.path.insert(0, str(_common.REPO))
+        from echo_pipeline_tests.exports.telegram_synthetic import write_synthetic_telegram
+
+        write_synthetic_telegram(folder / "result.json", n, seed=seed)
+    elif source == "meta":
+        from meta_export import generate_meta_export
+
+        generate_meta_export(folder, n, seed)
+    else:
+        from slack_export import write_slack_export
+
+        write_slack_export(folder, n, seed=seed)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    summary = {
+        "source": source,
+        "bytes": sum(p.stat().st_size for p in files),
+        "files": len(files),
+        "generate_s": round(time.perf_counter() - started, 1),
+    }
+    done.write_text(json.dumps(summary))
+    return folder, summary
+
+
+def _child_project(path: Path, stages: bool, me: str = ME[1]) -> dict:
     t0 = time.perf_counter()
     from echo_pipeline import conversations
     from echo_pipeline.conversations import PairingConfig, build_pairs
@@ -447,7 +493,7 @@ def _child_project(path: Path, stages: bool) -> dict:
     t2 = time.perf_counter()
     frame = table.to_pandas()
     t3 = time.perf_counter()
-    pairs, report = build_pairs(frame, PairingConfig(me=(ME[1],), redact=True))
+    pairs, report = build_pairs(frame, PairingConfig(me=(me,), redact=True))
     t4 = time.perf_counter()
     result = {
         "variant": "project",
@@ -500,9 +546,10 @@ def _child_naive(path: Path) -> dict:
     }
 
 
-def run_child(variant: str, path: Path, stages: bool = False) -> dict:
+def run_child(variant: str, path: Path, stages: bool = False, source: str = "discord") -> dict:
     """One measurement in a fresh interpreter; its JSON result comes back on stdout."""
     command = [sys.executable, __file__, "--child", variant, "--file", str(path)]
+    command += ["--source", source]
     if stages:
         command.append("--stages")
     load = _common.load_str()
@@ -550,13 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", action="store_true", help="time build_pairs' steps too")
     parser.add_argument("--profile", type=int, metavar="N", help="cProfile the N-message run")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--source", choices=sorted(SOURCE_ME), default="discord")
     parser.add_argument("--child", choices=["project", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
         result = (
-            _child_project(args.file, args.stages)
+            _child_project(args.file, args.stages, SOURCE_ME[args.source])
             if args.child == "project"
             else _child_naive(args.file)
         )
@@ -571,19 +619,29 @@ def main(argv: list[str] | None = None) -> int:
     _common.print_machine(info)
     report: dict = {"machine": info, "command": _common.command_line(), "sizes": []}
     for n in (int(s) for s in args.sizes.split(",")):
-        path, summary = ensure_export(args.workdir, n, args.seed)
-        print(
-            f"\n## {n:,} messages: {summary['bytes'] / 2**20:,.0f} MiB "
-            f"({summary['bytes'] / n:,.0f} B/message), replies {summary['reply']:,}, "
-            f"bots {summary['bot']:,}, system {summary['system']:,}, "
-            f"attachments {summary['attachments']:,}, PII {summary['pii']:,}",
-            flush=True,
-        )
+        path, summary = ensure_source_export(args.workdir, args.source, n, args.seed)
+        if args.source == "discord":
+            print(
+                f"\n## {n:,} messages: {summary['bytes'] / 2**20:,.0f} MiB "
+                f"({summary['bytes'] / n:,.0f} B/message), replies {summary['reply']:,}, "
+                f"bots {summary['bot']:,}, system {summary['system']:,}, "
+                f"attachments {summary['attachments']:,}, PII {summary['pii']:,}",
+                flush=True,
+            )
+        else:
+            print(
+                f"\n## {args.source}, {n:,} messages: {summary['bytes'] / 2**20:,.0f} MiB in "
+                f"{summary['files']:,} file(s) (generated in {summary['generate_s']} s)",
+                flush=True,
+            )
         runs: dict[str, list[dict]] = {"project": [], "naive": []}
-        variants = ["project"] if args.no_naive else ["project", "naive"]
+        naive = not args.no_naive and args.source == "discord"
+        variants = ["project", "naive"] if naive else ["project"]
         for round_no in range(args.rounds):
             for variant in variants if round_no % 2 == 0 else variants[::-1]:
-                result = run_child(variant, path, stages=args.stages and variant == "project")
+                result = run_child(
+                    variant, path, stages=args.stages and variant == "project", source=args.source
+                )
                 runs[variant].append(result)
                 extra = ""
                 if variant == "project":

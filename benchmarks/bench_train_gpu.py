@@ -3,6 +3,8 @@
     python benchmarks/bench_train_gpu.py                 # the full table, < 10 min on H100/H200
     python benchmarks/bench_train_gpu.py --tiny          # same code, tiny config, on CPU (a test)
     python benchmarks/bench_train_gpu.py --skip-qlora --profile   # + torch.profiler of a step
+    python benchmarks/bench_train_gpu.py --processes 8   # data-parallel on 8 GPUs (torchrun, DDP)
+    python benchmarks/bench_train_gpu.py --tiny --processes 2     # the same on 2 CPU processes
 
 No download and no network: the model is ``LlamaForCausalLM`` built from a Llama-2-7B config with
 random bf16 weights (N = 6.7e9); the data are Discord-like samples with lognormal lengths (mean
@@ -25,6 +27,11 @@ Rows of the table (each optional through ``--rows``):
                      folder), then the same ``train_lora``
 * ``qlora-1024-gc``  QLoRA at 1024-token packs with gradient checkpointing: the peak memory a small
                      card needs
+
+With ``--processes N`` the script starts itself N times through torchrun (NCCL on GPUs, gloo on
+CPU) and runs the ``packed-*`` and ``qlora-*`` rows data-parallel: every process trains the
+same row count per step on its own device, and the row is named ``<row> xN`` with the tokens/s
+of all N together (the webui row and the isolation check stay single-device).
 
 Reported per row: real tokens/s (steps after the first), MFU = tokens/s x 4N / peak (4N: forward
 2N plus the backward through frozen weights 2N, attention not counted), peak GPU memory
@@ -202,7 +209,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (--tiny)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="data-parallel processes (one per GPU)"
+    )
     args = parser.parse_args(argv)
+    if args.processes > 1 and "RANK" not in os.environ:
+        return _launch_data_parallel(args.processes, sys.argv[1:] if argv is None else argv)
+    from echo_pipeline.distributed import process_group, ranks_from_env
+
+    with process_group(ranks_from_env()) as ranks:
+        if not ranks.is_main:  # one report: rank 0's
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        return _run(args, ranks)
+
+
+def _launch_data_parallel(processes: int, argv: list[str]) -> int:
+    """This script again, on ``processes`` processes of this machine (torchrun)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1"]
+    command += ["--nproc-per-node", str(processes), str(Path(__file__).resolve()), *argv]
+    return subprocess.call(command)
+
+
+def _run(args: argparse.Namespace, ranks) -> int:
     started = time.perf_counter()
 
     import torch
@@ -217,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    if ranks.is_distributed and device == "cuda":
+        device = f"cuda:{ranks.local_rank}"
     if device == "cpu" and not args.tiny:
         raise SystemExit("no CUDA device: run with --tiny to test the script on CPU")
     if args.dtype == "auto":
@@ -226,11 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     half = dtype == torch.bfloat16
     scale = 4 if args.tiny else 1  # tiny: packs 4x smaller, same code
     info = _common.machine("torch", "transformers", "peft", "accelerate", "bitsandbytes")
-    info["device"] = torch.cuda.get_device_name() if device == "cuda" else _common.cpu_model()
+    on_gpu = device.startswith("cuda")
+    info["device"] = torch.cuda.get_device_name() if on_gpu else _common.cpu_model()
     _common.print_machine(info)
     print(f"# device: {info['device']}", flush=True)
     config = llama_config(args.tiny)
     rows = [r for r in args.rows.split(",") if r]
+    if ranks.is_distributed:
+        rows = [r for r in rows if r.startswith(("packed-", "qlora-"))]
     if args.skip_qlora:
         rows = [r for r in rows if not r.startswith("qlora")]
     real_tokens = args.real_tokens or 8 * 4096 // scale  # 8 packs of 4096, 4 of 8192
@@ -276,9 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     def record(name: str, summary: dict, note: str = "", pack: int | None = None) -> None:
         summary["peak_gib"] = peak_gib(device)
         tps = summary["real_tokens_per_s"]
-        summary["mfu"] = tps * 4 * n_params / (peak * 1e12) if peak else None
+        # N devices together: their summed peak.
+        summary["mfu"] = tps * 4 * n_params / (peak * 1e12 * ranks.world_size) if peak else None
         summary["note"] = note
         summary["pack_tokens"] = pack
+        summary["processes"] = ranks.world_size
+        if ranks.is_distributed:
+            name = f"{name} x{ranks.world_size}"
         results[name] = summary
         mfu = f"{summary['mfu']:.1%}" if summary["mfu"] is not None else "-"
         mem = f"{summary['peak_gib']:.1f} GiB" if summary["peak_gib"] is not None else "-"

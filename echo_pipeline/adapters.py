@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from echo_pipeline import tracking
+from echo_pipeline import distributed, tracking
 from echo_pipeline.base_model import ResolvedBaseModel
 from echo_pipeline.conversations import heldout_split
 from echo_pipeline.records import (
@@ -202,19 +202,26 @@ def run_adapter_job(
     job: AdapterJob,
     on_progress: OnProgress | None = None,
     should_stop: Callable[[int], bool] | None = None,
-) -> AdapterOutcome:
+) -> AdapterOutcome | None:
     """Train, evaluate held-out reply loss, write the adapter and log it all to MLflow.
 
     ``should_stop(step)`` is asked after every optimizer step; when it says yes, a checkpoint is
     saved, the MLflow run ends KILLED (tagged ``echo.interrupted``) and :class:`TrainingStopped`
     is raised. The next run of the same job resumes from that checkpoint and references the run.
+
+    Under torchrun every rank calls this: rank 0 does all of the above, the other ranks only
+    train their share (:func:`_train_as_worker`) and return None.
     """
+    ranks = distributed.current_ranks()
+    if not ranks.is_main:
+        _train_as_worker(job, ranks, should_stop)
+        return None
     experiment_id = tracking.ensure_experiment(job.tracking_uri, job.experiment_name)
 
     import mlflow
 
     from echo_pipeline.base_model import load_causal_lm, load_tokenizer
-    from echo_pipeline.training import fingerprint_run, reply_loss, train_lora
+    from echo_pipeline.training import reply_loss, train_lora
 
     dtype = resolved_training_dtype(job.training.dtype)
 
@@ -225,11 +232,7 @@ def run_adapter_job(
     heldout_name = heldout_split({"test": len(test), "val": len(val)})
     heldout = {"test": test, "val": val}[heldout_name]
     digest = dataset_digest(frame)
-    fingerprint = fingerprint_run(
-        job.training, train, val, base_model_id=job.base_model.fingerprint
-    )
-    # "auto" trains in bf16 or fp32 depending on the CPU: the dtype used is part of the run.
-    fingerprint = hashlib.sha256(f"{fingerprint}|{job.template}|{dtype}".encode()).hexdigest()[:24]
+    fingerprint = _job_fingerprint(job, train, val, dtype, ranks.world_size)
     rows = {"train": len(train), "val": len(val), "test": len(test)}
 
     mlflow.set_tracking_uri(job.tracking_uri)
@@ -260,7 +263,10 @@ def run_adapter_job(
         run_id = run.info.run_id
         if interrupted:
             tracking.retry_when_locked(lambda: _link_resumed(client, interrupted, run_id))
-        mlflow.log_params(_flat_params(job, rows) | {"train.resolved_dtype": dtype})
+        mlflow.log_params(
+            _flat_params(job, rows)
+            | {"train.resolved_dtype": dtype, "train.processes": ranks.world_size}
+        )
         text_columns = [c for c in frame.columns if c not in TOKEN_COLUMNS]
         for split, context in (("train", "training"), ("val", "validation"), ("test", "test")):
             part = frame.loc[frame["split"] == split, text_columns].reset_index(drop=True)
@@ -271,7 +277,12 @@ def run_adapter_job(
                 mlflow.log_input(dataset, context=context)
 
         tokenizer = load_tokenizer(job.base_model)
-        model = load_causal_lm(job.base_model, dtype=dtype, quantization=job.training.quantization)
+        model = load_causal_lm(
+            job.base_model,
+            dtype=dtype,
+            quantization=job.training.quantization,
+            device=distributed.device_for(ranks),
+        )
         base_loss = reply_loss(model, heldout) if heldout else None
         if base_loss is not None:
             mlflow.log_metric(f"base_{heldout_name}_reply_loss", base_loss)
@@ -368,6 +379,56 @@ def run_adapter_job(
         interrupted_runs=interrupted,
         model_uri=model_uri,
     )
+
+
+def _job_fingerprint(
+    job: AdapterJob, train: list[Any], val: list[Any], dtype: str, world_size: int
+) -> str:
+    """What a checkpoint must match to be resumed: recipe, data, base, template and dtype
+    ("auto" trains in bf16 or fp32 depending on the CPU), with the rows of all processes."""
+    from echo_pipeline.training import fingerprint_run
+
+    fingerprint = fingerprint_run(
+        job.training,
+        train,
+        val,
+        base_model_id=job.base_model.fingerprint,
+        world_size=world_size,
+    )
+    return hashlib.sha256(f"{fingerprint}|{job.template}|{dtype}".encode()).hexdigest()[:24]
+
+
+def _train_as_worker(
+    job: AdapterJob, ranks: distributed.Ranks, should_stop: Callable[[int], bool] | None
+) -> None:
+    """A rank other than 0: the same data, model and fingerprint, its share of every step, and
+    nothing written (rank 0 writes checkpoints, the adapter and the MLflow run)."""
+    from echo_pipeline.base_model import load_causal_lm, load_tokenizer
+    from echo_pipeline.training import train_lora
+
+    dtype = resolved_training_dtype(job.training.dtype)
+    frame = load_dataset(job.dataset_path)
+    train, val = split_examples(frame, "train"), split_examples(frame, "val")
+    if not train:
+        raise ValueError(f"{job.dataset_path}: the train split is empty; nothing to learn from")
+    model = load_causal_lm(
+        job.base_model,
+        dtype=dtype,
+        quantization=job.training.quantization,
+        device=distributed.device_for(ranks),
+    )
+    result = train_lora(
+        model,
+        load_tokenizer(job.base_model),
+        train,
+        val,
+        job.training,
+        job.work_dir,
+        run_fingerprint=_job_fingerprint(job, train, val, dtype, ranks.world_size),
+        should_stop=should_stop,
+    )
+    if not result.completed:
+        raise TrainingStopped(f"rank {ranks.rank}: stopped on request at step {result.steps}")
 
 
 def discard_trained_copy(work_dir: Path, trained_dir: Path) -> None:

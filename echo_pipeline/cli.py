@@ -36,7 +36,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     for s in summaries:
         print(f"{s['path']}")
-        print(f"  format   {s['format']}   channel {s.get('channel')} [{s.get('channel_id')}]")
+        print(f"  format   {s['format']}: {s['shape']}")
+        chats = s.get("channels") or []
+        if len(chats) > 1:
+            print(f"  chats    {len(chats)}")
+            for chat in chats[:10]:
+                print(f"    {chat['name']} [{chat['id']}]  {chat['messages']} messages")
+        else:
+            print(f"  channel  {s.get('channel')} [{s.get('channel_id')}]")
         print(
             f"  messages {s['messages']}  (system {s.get('system', 0)}, bots {s.get('bots', 0)}, "
             f"blank {s.get('blank', 0)})"
@@ -48,6 +55,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             print(
                 f"  author   {author['name']:<24} id {author['id']:<22} {author['messages']:>7} messages"
             )
+        if s.get("suggested_me"):
+            print(f"  owner    {', '.join(s['suggested_me'])} (named by the export: --me)")
     print()
     print(_next_after_inspect(args.paths, summaries))
     return 0
@@ -72,14 +81,28 @@ def _program() -> str:
     return called if Path(called).name == "echo-pipeline" else "echo-pipeline"
 
 
+def suggested_me(summaries: list[dict[str, Any]]) -> list[str]:
+    """The owners the exports name themselves (Telegram, Meta), across every file, in order."""
+    return list(dict.fromkeys(me for s in summaries for me in s.get("suggested_me", [])))
+
+
 def _next_after_inspect(paths: Sequence[str], summaries: list[dict[str, Any]]) -> str:
+    where = " ".join(shlex.quote(p) for p in paths)
+    owners = suggested_me(summaries)
+    if owners:
+        flags = " ".join(f"--me {shlex.quote(me)}" for me in owners)
+        return (
+            "next: build your pairs; --me is you, by author id or name (repeat it for each of "
+            "your identities: alt accounts, other apps).\n"
+            f"The export names its owner: {', '.join(owners)}\n"
+            f"  {_program()} pairs {where} {flags}"
+        )
     person = most_active_person(summaries)
     if person is None:
         return (
             "next: nobody wrote here (no human messages): check that this is the right export, "
             "and that it was made with message-content access"
         )
-    where = " ".join(shlex.quote(p) for p in paths)
     return (
         f"next: build your pairs; --me is you, by author id or name (repeat it for alt accounts).\n"
         f"Example with the most active author, {person['name']}:\n"

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -154,15 +155,37 @@ def write_text(text: str, target: Path) -> Path:
     return Path(target)
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path | zipfile.Path) -> str:
     """Hex sha256 of a file's bytes, memoised per process on (path, size, mtime).
 
     A base model of gigabytes is fingerprinted several times per run; a rewritten file changes
-    its mtime (or size) and is hashed again.
+    its mtime (or size) and is hashed again. A zip member is hashed on its uncompressed bytes,
+    so the same export downloaded again in a new archive keeps its hash.
     """
+    if isinstance(path, zipfile.Path):
+        return _member_sha256(path)
     path = Path(path).resolve()
     stat = path.stat()
     return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+_MEMBER_SHA256: dict[tuple[str, int, int, str], str] = {}
+
+
+def _member_sha256(member: zipfile.Path) -> str:
+    """Memoised on (archive, its size and mtime, member name), like a file."""
+    archive = Path(member.root.filename).resolve()
+    stat = archive.stat()
+    key = (str(archive), stat.st_size, stat.st_mtime_ns, member.at)
+    if key not in _MEMBER_SHA256:
+        if len(_MEMBER_SHA256) >= 4096:
+            _MEMBER_SHA256.clear()
+        digest = hashlib.sha256()
+        with member.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        _MEMBER_SHA256[key] = digest.hexdigest()
+    return _MEMBER_SHA256[key]
 
 
 @functools.lru_cache(maxsize=1024)

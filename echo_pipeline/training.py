@@ -6,6 +6,13 @@ positions that predict a reply token (prompts are masked, so that is most of the
 saved). Everything the run depends on is a function of the config, the data and the step number,
 so a run interrupted after a checkpoint resumes to the same weights as one that never stopped.
 
+Launched by torchrun on several processes (:mod:`echo_pipeline.distributed`), each optimizer step
+is ``grad_accum`` rows per process: rank r takes every world-size-th row of the step, DDP sums
+the gradients, and the step count and learning-rate schedule follow that global batch. Every
+rank knows every row's label count, so the loss is normalised by the global count and N processes
+with ``grad_accum`` B compute what one process with ``grad_accum`` N*B does. Rank 0 alone writes
+checkpoints and the adapter; every rank reads a checkpoint to resume.
+
 torch, transformers and peft are imported inside functions: importing this module is cheap.
 """
 
@@ -27,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from echo_pipeline import distributed
 from echo_pipeline.packed_attention import segment_attention
 from echo_pipeline.packing import (
     IGNORE_INDEX,
@@ -192,10 +200,16 @@ def fingerprint_run(
     val_examples: Sequence[Any],
     *,
     base_model_id: str = "",
+    world_size: int = 1,
 ) -> str:
-    """A digest of what determines the trained weights: config, data and base model identity."""
+    """A digest of what determines the trained weights: config, data and base model identity.
+
+    The rows per optimizer step are those of all ``world_size`` processes, so a checkpoint of
+    2 processes x ``grad_accum`` 1 resumes under 1 process x ``grad_accum`` 2 (the same run).
+    """
     digest = hashlib.sha256()
     settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    settings["grad_accum"] = config.grad_accum * world_size
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(base_model_id.encode())
     for split in (train_examples, val_examples):
@@ -279,8 +293,10 @@ def _train_lora(
     if config.early_stopping_patience and not val:
         raise ValueError("early stopping needs validation examples")
 
+    ranks = distributed.current_ranks()
     packs = pack_examples(train, max_tokens=config.pack_tokens, seed=config.seed, shuffle=False)
-    total_steps = config.max_steps or math.ceil(config.epochs * len(packs) / config.grad_accum)
+    step_rows = config.grad_accum * ranks.world_size  # packed rows per optimizer step, all ranks
+    total_steps = config.max_steps or math.ceil(config.epochs * len(packs) / step_rows)
     if not config.max_steps and config.max_steps_cap:
         total_steps = min(total_steps, config.max_steps_cap)
     warmup_steps = (
@@ -289,22 +305,27 @@ def _train_lora(
         else math.ceil(config.warmup_ratio * total_steps)
     )
     fingerprint = run_fingerprint or fingerprint_run(
-        config, train, val, base_model_id=_model_identity(model)
+        config, train, val, base_model_id=_model_identity(model), world_size=ranks.world_size
     )
 
     torch.manual_seed(config.seed)
     peft_model = _attach_lora(model, config)
     device = _input_device(peft_model)
+    forward = _data_parallel(peft_model, device) if ranks.is_distributed else None
+    if ranks.is_distributed:  # the same LoRA init everywhere (above); dropout masks differ
+        torch.manual_seed(config.seed + ranks.rank)
     trainable = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
     params = [p for _, p in trainable]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     logger.info(
-        "LoRA: %d trainable parameters, %d packs of <= %d tokens, %d steps (%d warmup)",
+        "LoRA: %d trainable parameters, %d packs of <= %d tokens, %d steps (%d warmup), "
+        "%d process(es)",
         sum(p.numel() for p in params),
         len(packs),
         config.pack_tokens,
         total_steps,
         warmup_steps,
+        ranks.world_size,
     )
 
     checkpoints = output_dir / CHECKPOINTS_DIR
@@ -320,7 +341,9 @@ def _train_lora(
             _emit(on_log, state.step, {"resumed_from_step": float(state.step)})
         else:
             logger.warning("checkpoints in %s belong to another run: starting over", checkpoints)
-            shutil.rmtree(checkpoints)
+            distributed.barrier()  # every rank has read them before rank 0 removes them
+            if ranks.is_main:
+                shutil.rmtree(checkpoints)
             _emit(on_log, 0, {"checkpoints_discarded": 1.0})
 
     orders: dict[int, list[int]] = {}
@@ -347,13 +370,19 @@ def _train_lora(
         )
         for group in optimizer.param_groups:
             group["lr"] = lr
-        rows = [pack_for(state.step * config.grad_accum + k) for k in range(config.grad_accum)]
-        step_labels = sum(row.label_tokens for row in rows)
+        step_all = [pack_for(state.step * step_rows + k) for k in range(step_rows)]
+        rows = step_all[ranks.rank :: ranks.world_size]  # this rank's share of the step
+        step_labels = sum(row.label_tokens for row in step_all)
         step_loss = 0.0
-        for row in rows:
-            loss_sum, _ = _row_loss_sum(peft_model, row, device)
-            (loss_sum / step_labels).backward()
+        for i, row in enumerate(rows):
+            # DDP averages gradients over ranks; scaling by the world size makes that the sum.
+            syncing = forward is None or i == len(rows) - 1
+            with contextlib.nullcontext() if syncing else forward.no_sync():
+                loss_sum, _ = _row_loss_sum(peft_model, row, device, forward=forward)
+                (loss_sum * ranks.world_size / step_labels).backward()
             step_loss += loss_sum.item()
+        if ranks.is_distributed:
+            (step_loss,) = distributed.sum_across_ranks([step_loss])
         max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         optimizer.step()
@@ -361,16 +390,16 @@ def _train_lora(
 
         state.step += 1
         state.train_losses.append(step_loss / step_labels)
-        state.tokens_processed += sum(row.num_tokens for row in rows)
-        state.real_tokens += sum(row.real_tokens for row in rows)
-        state.pad_tokens += sum(row.pad_tokens for row in rows)
+        state.tokens_processed += sum(row.num_tokens for row in step_all)
+        state.real_tokens += sum(row.real_tokens for row in step_all)
+        state.pad_tokens += sum(row.pad_tokens for row in step_all)
         seconds = time.perf_counter() - step_started
         state.train_seconds += seconds
         window.steps += 1
         window.loss_sum += step_loss
         window.labels += step_labels
         window.grad_norm_sum += grad_norm
-        window.real_tokens += sum(row.real_tokens for row in rows)
+        window.real_tokens += sum(row.real_tokens for row in step_all)
         window.seconds += seconds
 
         if state.step % config.log_every == 0 or state.step == total_steps:
@@ -382,7 +411,7 @@ def _train_lora(
                 "real_tokens": float(state.real_tokens),
                 "padding_waste": _waste(state),
                 "eta_s": window.seconds / window.steps * (total_steps - state.step),
-                "epoch": state.step * config.grad_accum / len(packs),
+                "epoch": state.step * step_rows / len(packs),
             }
             logger.info(
                 "step %d/%d loss %.4f lr %.2e grad_norm %.3f %.0f tok/s eta %.0fs",
@@ -404,12 +433,22 @@ def _train_lora(
             peft_model.train()
 
         interrupted = should_stop is not None and not last_step and should_stop(state.step)
+        if ranks.is_distributed and not last_step:  # a signal may reach one rank first
+            interrupted = distributed.any_rank(interrupted)
         due = config.checkpoint_every and state.step % config.checkpoint_every == 0
         if interrupted or (due and not last_step):
-            _save_checkpoint(
-                checkpoints, peft_model, optimizer, state, best_snapshot, fingerprint, total_steps
-            )
-            _prune_checkpoints(checkpoints, config.keep_checkpoints)
+            if ranks.is_main:
+                _save_checkpoint(
+                    checkpoints,
+                    peft_model,
+                    optimizer,
+                    state,
+                    best_snapshot,
+                    fingerprint,
+                    total_steps,
+                )
+                _prune_checkpoints(checkpoints, config.keep_checkpoints)
+            distributed.barrier()
         if interrupted:
             logger.info("stopping at step %d on request; checkpoint saved", state.step)
             break
@@ -425,12 +464,14 @@ def _train_lora(
             _restore_trainable(trainable, best_snapshot)
             final_eval = state.best_eval_loss
             logger.info("restored the adapter of step %s (lowest eval loss)", state.best_step)
-        adapter_dir = output_dir / ADAPTER_DIR
-        _save_adapter_atomically(peft_model, tokenizer, adapter_dir)
-        # Checkpoints exist to resume an interrupted run; a finished one would make the next
-        # run of the same fingerprint "resume" at its last periodic checkpoint and retrain the
-        # tail of a run that already ended.
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        if ranks.is_main:
+            adapter_dir = output_dir / ADAPTER_DIR
+            _save_adapter_atomically(peft_model, tokenizer, adapter_dir)
+            # Checkpoints exist to resume an interrupted run; a finished one would make the
+            # next run of the same fingerprint "resume" at its last periodic checkpoint and
+            # retrain the tail of a run that already ended.
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        distributed.barrier()
     peft_model.eval()
 
     recent = state.train_losses[-config.log_every :]
@@ -463,6 +504,14 @@ def reply_loss(model: Any, examples: Sequence[Any], *, batch_tokens: int = 1024)
     Works for a base model and for base + adapter, so the two can be compared on held-out pairs.
     Rows hold at least the longest example, whatever ``batch_tokens`` says.
     """
+    total, count = _reply_loss_sums(model, examples, batch_tokens, distributed.Ranks())
+    return total / count
+
+
+def _reply_loss_sums(
+    model: Any, examples: Sequence[Any], batch_tokens: int, ranks: distributed.Ranks
+) -> tuple[float, int]:
+    """Summed reply-token loss and token count of this rank's share of the packed rows."""
     import torch
 
     examples = _examples_with_loss(examples, "evaluation")
@@ -470,6 +519,7 @@ def reply_loss(model: Any, examples: Sequence[Any], *, batch_tokens: int = 1024)
         raise ValueError("reply_loss needs at least one example with labelled tokens")
     longest = max(len(example_fields(example)[0]) for example in examples)
     rows = pack_examples(examples, max_tokens=max(batch_tokens, longest), seed=0, shuffle=False)
+    rows = rows[ranks.rank :: ranks.world_size]
     device = _input_device(model)
     was_training = model.training
     model.eval()
@@ -482,10 +532,12 @@ def reply_loss(model: Any, examples: Sequence[Any], *, batch_tokens: int = 1024)
                 count += labelled
     finally:
         model.train(was_training)
-    return total / count
+    return total, count
 
 
-def _row_loss_sum(model: Any, row: PackedBatch, device: Any) -> tuple[Any, int]:
+def _row_loss_sum(
+    model: Any, row: PackedBatch, device: Any, *, forward: Any | None = None
+) -> tuple[Any, int]:
     """Summed cross-entropy of one packed row, and the number of tokens it covers.
 
     The targets are the labels shifted left by one (the packing put -100 at every sample's first
@@ -493,7 +545,8 @@ def _row_loss_sum(model: Any, row: PackedBatch, device: Any) -> tuple[Any, int]:
     onto the vocabulary: a boolean ``logits_to_keep`` makes the model gather those hidden states
     before its own ``lm_head`` (any final logit scaling or soft-capping is kept that way).
     ``use_cache=False`` matters: with a cache transformers ignores the restarting position_ids and
-    the samples of a row attend to each other.
+    the samples of a row attend to each other. ``forward`` is what to call instead of ``model``
+    (its DDP wrapper, which syncs gradients).
     """
     import torch
     import torch.nn.functional as F
@@ -502,8 +555,9 @@ def _row_loss_sum(model: Any, row: PackedBatch, device: Any) -> tuple[Any, int]:
     position_ids = torch.tensor([row.position_ids], device=device)
     targets = torch.tensor([*row.labels[1:], IGNORE_INDEX], device=device)
     keep = targets != IGNORE_INDEX
+    call = forward if forward is not None else model
     if _accepts_logits_to_keep(model):
-        output = model(
+        output = call(
             input_ids=input_ids,
             position_ids=position_ids,
             use_cache=False,
@@ -511,7 +565,7 @@ def _row_loss_sum(model: Any, row: PackedBatch, device: Any) -> tuple[Any, int]:
         )
         logits = output.logits
     else:
-        output = model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        output = call(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         logits = output.logits[0][keep]
     loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
     return loss_sum, int(keep.sum())
@@ -559,6 +613,8 @@ def auto_threads(sample_s: float = 0.5) -> int:
     free = free_cores(sample_s)
     if free is None:
         return default
+    # torchrun's processes on this node share the free cores (each measured the same ones).
+    free /= distributed.ranks_from_env().local_world_size
     return max(1, min(default, int(free + 0.25)))
 
 
@@ -578,6 +634,20 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _data_parallel(peft_model: Any, device: Any) -> Any:
+    """``peft_model`` in DDP, syncing only the LoRA weights: the frozen base is loaded from the
+    same files on every rank, so broadcasting it (or a 4-bit base's packed weights) is waste."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    frozen = [name for name, p in peft_model.named_parameters() if not p.requires_grad]
+    frozen += [name for name, _ in peft_model.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(peft_model, frozen)
+    on_gpu = getattr(device, "type", str(device)).startswith("cuda")
+    return DistributedDataParallel(
+        peft_model, device_ids=[device] if on_gpu else None, broadcast_buffers=False
+    )
 
 
 def _input_device(model: Any) -> Any:
@@ -702,8 +772,15 @@ def _evaluate(
     trainable: list[tuple[str, Any]],
     best_snapshot: dict[str, Any] | None,
 ) -> dict[str, Any] | None:
-    """Record the eval loss; update best, patience and the best weights. Returns the snapshot."""
-    loss = reply_loss(peft_model, val, batch_tokens=config.pack_tokens)
+    """Record the eval loss; update best, patience and the best weights. Returns the snapshot.
+
+    Each rank scores its share of the validation rows; the sums are added over ranks, so every
+    rank takes the same early-stopping and best-step decisions."""
+    total, count = _reply_loss_sums(
+        peft_model, val, config.pack_tokens, distributed.current_ranks()
+    )
+    total, count = distributed.sum_across_ranks([total, float(count)])
+    loss = total / count
     state.eval_losses.append((state.step, loss))
     logger.info("step %d eval_loss %.4f", state.step, loss)
     if (

@@ -28,12 +28,16 @@ training_job = dg.define_asset_job(
 
 
 def export_fingerprints(location: str, previous: dict[str, list]) -> dict[str, list]:
-    """{path: [size, mtime_ns, sha256]}, hashing only files whose size or mtime changed."""
+    """{path: [size, mtime_ns, sha256]}, hashing only files whose size or mtime changed.
+
+    A zip member (``archive.zip/member``) takes its archive's size and mtime.
+    """
     from echo_pipeline.exports import discover_export_files
+    from echo_pipeline.exports.archive import archive_of
 
     current: dict[str, list] = {}
     for path in discover_export_files([location]):
-        stat = path.stat()
+        stat = (archive_of(path) or path).stat()
         old = previous.get(str(path))
         if old and old[0] == stat.st_size and old[1] == stat.st_mtime_ns:
             current[str(path)] = old

@@ -89,9 +89,20 @@ def dataset_provenance(
 
 
 def adapter_provenance(
-    instance: dg.DagsterInstance, template: str, recipe: Any, base_fingerprint: str
+    instance: dg.DagsterInstance,
+    template: str,
+    recipe: Any,
+    base_fingerprint: str,
+    *,
+    world_size: int = 1,
 ) -> Provenance:
-    """``recipe``: the resolved TrainingConfig (the experiment's recipe with overrides)."""
+    """``recipe``: the resolved TrainingConfig (the experiment's recipe with overrides).
+
+    ``world_size`` (training processes in all) multiplies the rows per optimizer step, so it is
+    part of what an adapter is made from; one process records nothing, as before it existed."""
+    config = provenance_config(asdict(recipe), NOT_IN_PROVENANCE["lora_adapter"])
+    if world_size > 1:
+        config["world_size"] = world_size
     return Provenance(
         CODE_VERSIONS["lora_adapter"],
         {
@@ -99,7 +110,7 @@ def adapter_provenance(
             or "missing",
             "base_model": base_fingerprint,
         },
-        provenance_config(asdict(recipe), NOT_IN_PROVENANCE["lora_adapter"]),
+        config,
     )
 
 
@@ -212,8 +223,15 @@ def _expected_adapter(instance, partition, op_config, base_model) -> Provenance:
     from echo_pipeline.experiments import experiment_config
 
     dims = _dimensions(partition)
-    recipe = experiment_config(dims["experiment"], LoraConfig(**op_config).overrides())
-    return adapter_provenance(instance, dims["template"], recipe, base_model.resolve().fingerprint)
+    config = LoraConfig(**op_config)
+    recipe = experiment_config(dims["experiment"], config.overrides())
+    return adapter_provenance(
+        instance,
+        dims["template"],
+        recipe,
+        base_model.resolve().fingerprint,
+        world_size=config.world_size,
+    )
 
 
 def _expected_report(instance, partition, op_config, base_model) -> Provenance:

@@ -21,6 +21,7 @@ from echo_pipeline.defs.freshness import (
     provenance_metadata,
 )
 from echo_pipeline.exports import ExportError, detect_format, read_exports, require_export_files
+from echo_pipeline.exports.archive import export_size
 from echo_pipeline.paths import sample_export_dir
 from echo_pipeline.storage import file_sha256
 
@@ -106,7 +107,7 @@ def export_manifest(location: str) -> pa.Table:
         {
             "path": str(f),
             "format": detect_format(f),
-            "bytes": f.stat().st_size,
+            "bytes": export_size(f),
             "sha256": file_sha256(f),
         }
         for f in files

@@ -81,12 +81,13 @@ def build_resources() -> dict:
     sets ECHO_BASE_MODEL before the runner builds its own."""
     from echo_pipeline.base_model import default_base_model
     from echo_pipeline.defs.io_manager import ParquetIOManager
+    from echo_pipeline.defs.pipes_client import TrainingPipesClient
 
     return {
         "io_manager": ParquetIOManager(),
         "base_model": BaseModelResource(source=default_base_model()),
         "mlflow_tracking": MlflowResource(),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "pipes_client": TrainingPipesClient.from_env(),  # ECHO_PIPES=k8s: a pod per adapter
     }
 
 

@@ -1,7 +1,5 @@
 """Training stage: a LoRA/QLoRA adapter per template and experiment, tracked in MLflow."""
 
-import sys
-
 import dagster as dg
 from pydantic import Field
 
@@ -14,6 +12,7 @@ from echo_pipeline.defs.freshness import (
 )
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapter
+from echo_pipeline.defs.pipes_client import TrainingPipesClient
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource, dagster_lineage_tags
 
 TRAINING = "training"
@@ -92,11 +91,33 @@ class LoraConfig(dg.Config):
         description="Train in a subprocess through Dagster Pipes (keeps the Dagster process light; "
         "the same step runs under PipesK8sClient on a cluster). Off: train inside the step.",
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        description="Training processes per node (data-parallel through torchrun: one per GPU; "
+        "gloo on CPU). Each optimizer step is grad_accum rows per process.",
+    )
+    nnodes: int = Field(
+        default=1, ge=1, description="Nodes training together (the cluster starts the others)."
+    )
+    rdzv_endpoint: str | None = Field(
+        default=None,
+        description="host:port where the nodes meet (torch c10d rendezvous); with nnodes > 1.",
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in all."""
+        return self.processes * self.nnodes
 
     def overrides(self) -> dict:
+        """The recipe fields set here (how the step is launched is not part of the recipe)."""
         return {
-            k: v for k, v in self.model_dump().items() if v is not None and k != "out_of_process"
+            k: v for k, v in self.model_dump().items() if v is not None and k not in _LAUNCH_FIELDS
         }
+
+
+_LAUNCH_FIELDS = frozenset({"out_of_process", "processes", "nnodes", "rdzv_endpoint"})
 
 
 @dg.asset(
@@ -114,11 +135,12 @@ def lora_adapter(
     config: LoraConfig,
     base_model: BaseModelResource,
     mlflow_tracking: MlflowResource,
-    pipes_subprocess_client: dg.PipesSubprocessClient,
+    pipes_client: TrainingPipesClient,
     io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Trains, measures held-out reply loss against the base model, and registers the adapter."""
     from echo_pipeline.adapters import AdapterJob, run_adapter_job
+    from echo_pipeline.distributed import launch_command
     from echo_pipeline.experiments import experiment_config
     from echo_pipeline.records import DatasetManifest
     from echo_pipeline.tracking import TrackingUnavailableError
@@ -156,7 +178,11 @@ def lora_adapter(
     except TrackingUnavailableError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
     provenance = adapter_provenance(
-        context.instance, template, job.training, job.base_model.fingerprint
+        context.instance,
+        template,
+        job.training,
+        job.base_model.fingerprint,
+        world_size=config.world_size,
     )
 
     def versioned(result: dg.MaterializeResult) -> dg.MaterializeResult:
@@ -167,13 +193,20 @@ def lora_adapter(
             check_results=result.check_results,
         )
 
+    if config.world_size > 1 and not config.out_of_process:
+        raise dg.Failure(
+            description="processes/nnodes > 1 need out_of_process: torchrun starts the processes",
+            allow_retries=False,
+        )
     if config.out_of_process:
         failure = failure_file(job.work_dir)
         failure.unlink(missing_ok=True)
         try:
             return versioned(
-                pipes_subprocess_client.run(
-                    command=[sys.executable, "-m", "echo_pipeline.train_job"],
+                pipes_client.run(
+                    command=launch_command(
+                        config.processes, config.nnodes, rdzv_endpoint=config.rdzv_endpoint
+                    ),
                     context=context,
                     extras={"job": job.to_dict()},
                 ).get_materialize_result()

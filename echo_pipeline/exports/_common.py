@@ -57,7 +57,9 @@ def channel_name_from_name(path: Path) -> str:
     """A channel name from ``Guild - Category - channel [id].csv`` or a WhatsApp file name."""
     stem = export_stem(path)
     if stem.lower() == "_chat" and path.parent.name:  # iOS: "WhatsApp Chat - Bob/_chat.txt"
-        stem = export_stem(Path(path.parent.name + ".txt"))
+        folder = path.parent.name  # or the archive itself: "WhatsApp Chat - Bob.zip/_chat.txt"
+        folder = folder[:-4] if folder.lower().endswith(".zip") else folder
+        stem = export_stem(Path(folder + ".txt"))
     whatsapp = _WHATSAPP_PREFIX.match(stem)
     if whatsapp:
         return stem[whatsapp.end() :].strip() or stem

@@ -7,12 +7,26 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from echo_pipeline.exports.archive import ExportPath, as_export_path
 from echo_pipeline.exports.discord_csv import HEADER, LEGACY_HEADERS, normalise_header
 from echo_pipeline.exports.discord_txt import RULE
 from echo_pipeline.exports.errors import ExportError
+from echo_pipeline.exports.meta import sniff_meta_e2ee, sniff_meta_legacy
+from echo_pipeline.exports.slack import sniff_slack
+from echo_pipeline.exports.telegram import sniff_telegram
 from echo_pipeline.exports.whatsapp import MARKS, parse_line
 
-FORMATS = ("discord_json", "discord_csv", "discord_csv_legacy", "discord_txt", "whatsapp")
+FORMATS = (
+    "discord_json",
+    "discord_csv",
+    "discord_csv_legacy",
+    "discord_txt",
+    "whatsapp",
+    "telegram",
+    "meta_legacy",
+    "meta_e2ee",
+    "slack",
+)
 
 _HEAD_BYTES = 64 * 1024
 # Top-level keys of a DCE export; the lookbehind skips quotes escaped inside message text.
@@ -21,15 +35,23 @@ _MESSAGES_KEY = re.compile(r'(?<!\\)"messages"\s*:\s*\[')
 _HTML_START = re.compile(r"<(?:!doctype\s+html|html|head|body)\b", re.IGNORECASE)
 _REEXPORT_JSON = "re-export with DiscordChatExporter `-f Json`"
 
-#: JSON exports of other apps: (format, test on the file's first 64 KiB of text, which may end
-#: mid-document), tried in order before DiscordChatExporter's. Each test must look at the
+#: JSON exports of other apps: (format, opening, test on the file's first 64 KiB of text, which
+#: may end mid-document), tried in order before DiscordChatExporter's. Each test must look at the
 #: content's own keys, never at the file name.
-JSON_SNIFFERS: tuple[tuple[str, Callable[[str], bool]], ...] = ()
+#: The middle field is how the format's documents open: the tests for that opening run first
+#: (each is a few regex searches over 64 KiB, ~1 ms, and a Slack export has a file a day); the
+#: others still run after them, so a reader can name its own format's misshapen files.
+JSON_SNIFFERS: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
+    ("telegram", "{", sniff_telegram),
+    ("meta_legacy", "{", sniff_meta_legacy),
+    ("meta_e2ee", "{", sniff_meta_e2ee),
+    ("slack", "[", sniff_slack),
+)
 
 
-def detect_format(path: str | Path) -> str:
+def detect_format(path: str | ExportPath) -> str:
     """One of FORMATS for a readable chat export; ExportError saying why for anything else."""
-    path = Path(path)
+    path = as_export_path(path)
     head, complete = _read_head(path)
     if not head:
         raise ExportError(path, "empty file (0 bytes); re-export the chat")
@@ -68,11 +90,12 @@ def detect_format(path: str | Path) -> str:
     raise ExportError(
         path,
         f"unrecognised file (starts with {lines[0][:60]!r}); expected a DiscordChatExporter "
-        "JSON, CSV or PlainText export or a WhatsApp chat export",
+        "JSON, CSV or PlainText export, a WhatsApp chat export, or the JSON of Telegram "
+        "Desktop, Messenger/Instagram or a Slack export",
     )
 
 
-def _read_head(path: Path) -> tuple[bytes, bool]:
+def _read_head(path: ExportPath) -> tuple[bytes, bool]:
     """The first bytes, and whether they are the whole file."""
     try:
         with path.open("rb") as handle:
@@ -98,14 +121,15 @@ def _decode_head(path: Path, head: bytes, complete: bool) -> str:
 
 
 def _detect_json(path: Path, start: str, complete: bool) -> str:
-    for fmt, sniff in JSON_SNIFFERS:
+    likely_first = sorted(JSON_SNIFFERS, key=lambda entry: not start.startswith(entry[1]))
+    for fmt, _, sniff in likely_first:
         if sniff(start):
             return fmt
     if start.startswith("["):
         raise ExportError(
             path,
             "JSON array, not a DiscordChatExporter export (expected an object with "
-            f'"channel" and "messages"); {_REEXPORT_JSON}',
+            f'"channel" and "messages") nor a Slack daily file; {_REEXPORT_JSON}',
         )
     has_channel = _CHANNEL_KEY.search(start) is not None
     has_messages = _MESSAGES_KEY.search(start) is not None

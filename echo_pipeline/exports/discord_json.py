@@ -264,6 +264,13 @@ def _as_str(value: str | int | None) -> str | None:
 
 
 def _decode_file(path: Path) -> _Export:
+    if not isinstance(path, Path):  # a zip member: no file to map, so its bytes are read
+        data = path.read_bytes()
+        if not data:
+            raise ExportError(path, "empty file (0 bytes); re-export the chat")
+        bom = 3 if data[:3] == b"\xef\xbb\xbf" else 0
+        with memoryview(data) as view, view[bom:] as body:
+            return _decode(path, body, bom, len(data))
     try:
         with path.open("rb") as handle:
             size = path.stat().st_size

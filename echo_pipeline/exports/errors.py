@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 
@@ -12,8 +13,9 @@ class ExportError(ValueError):
     Dagster failure message or a CLI error without a traceback.
     """
 
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | zipfile.Path, problem: str) -> None:
+        # A zip member is named as ``archive.zip/member`` (its str), which names both.
+        self.path = Path(str(path) if isinstance(path, zipfile.Path) else path)
         # One line, whatever the caller passed: multi-line problems break log readers.
         self.problem = " ".join(str(problem).split())
         super().__init__(f"{self.path}: {self.problem}")

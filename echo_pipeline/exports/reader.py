@@ -11,11 +11,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from echo_pipeline.exports._common import export_sort_key, part_number
+from echo_pipeline.exports.archive import ExportPath, as_export_path
 from echo_pipeline.exports.detect import detect_format
 from echo_pipeline.exports.discord_csv import read_discord_csv, read_discord_csv_legacy
 from echo_pipeline.exports.discord_json import read_discord_json
 from echo_pipeline.exports.discord_txt import read_discord_txt
 from echo_pipeline.exports.discover import discover_export_files
+from echo_pipeline.exports.meta import describe_meta, read_meta_e2ee, read_meta_legacy
+from echo_pipeline.exports.slack import describe_slack, read_slack
+from echo_pipeline.exports.telegram import describe_telegram, read_telegram
 from echo_pipeline.exports.whatsapp import read_whatsapp
 from echo_pipeline.schemas import CHAT_MESSAGES
 
@@ -25,19 +29,39 @@ _READERS: dict[str, Callable[[Path], pa.Table]] = {
     "discord_csv_legacy": read_discord_csv_legacy,
     "discord_txt": read_discord_txt,
     "whatsapp": read_whatsapp,
+    "telegram": read_telegram,
+    "meta_legacy": read_meta_legacy,
+    "meta_e2ee": read_meta_e2ee,
+    "slack": read_slack,
+}
+
+#: What an export says of itself beyond its messages: its shape and, where it names its owner,
+#: the suggested ``--me``. Formats without one get their fixed description and no owner.
+_DESCRIBERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "telegram": describe_telegram,
+    "meta_legacy": describe_meta,
+    "meta_e2ee": describe_meta,
+    "slack": describe_slack,
+}
+_SHAPES = {
+    "discord_json": "DiscordChatExporter JSON",
+    "discord_csv": "DiscordChatExporter CSV",
+    "discord_csv_legacy": "DiscordChatExporter CSV (releases before 2.18: no attachments column)",
+    "discord_txt": "DiscordChatExporter PlainText",
+    "whatsapp": "WhatsApp 'Export chat' text (iOS or Android)",
 }
 
 #: Kinds that are someone's own words; the rest are dropped before pairing.
 HUMAN_KINDS = ("message", "reply")
 
 
-def read_export(path: str | Path) -> pa.Table:
-    """One export file (any supported format, detected from its content) as CHAT_MESSAGES."""
-    path = Path(path)
+def read_export(path: str | ExportPath) -> pa.Table:
+    """One export file or zip member (any supported format, detected from its content)."""
+    path = as_export_path(path)
     return _READERS[detect_format(path)](path)
 
 
-def read_exports(paths: Iterable[str | Path] | str | Path) -> pa.Table:
+def read_exports(paths: Iterable[str | ExportPath] | str | Path) -> pa.Table:
     """Every export under ``paths`` as one CHAT_MESSAGES table, merged and deduplicated.
 
     Partitions (``[part 2]``, ``[2 of 5]``) share their channel id, so they simply concatenate.
@@ -112,21 +136,27 @@ def _first_copies(table: pa.Table, channel: np.ndarray) -> np.ndarray | None:
     return np.sort(first.to_numpy())
 
 
-def _file_rank(item: tuple[Path, pa.Table]) -> tuple:
+def _file_rank(item: tuple[ExportPath, pa.Table]) -> tuple:
     file, table = item
     start = pc.min(table["timestamp"]).cast(pa.int64()).as_py()
     return (start, part_number(file), -table.num_rows, export_sort_key(file))
 
 
-def inspect_export(path: str | Path) -> dict[str, Any]:
-    """What is in one export: format, channel, counts by kind, time span, authors.
+def inspect_export(path: str | ExportPath) -> dict[str, Any]:
+    """What is in one export: format and shape, chats, counts by kind, time span, authors.
+
+    ``shape`` says which form of the format this is (Telegram's single chat or whole account,
+    Meta's legacy or end-to-end encrypted JSON...). ``suggested_me`` holds the owner's author
+    ids where the export names its owner (Telegram's personal information, the other side of a
+    Meta 1:1 thread), else is empty. ``channels`` lists every chat in the file (a Telegram
+    account export holds many).
 
     ``authors`` counts every message, ``human_authors`` only people's own words (no bots, system
     messages or app commands): the candidates for ``--me``. ``content_access_suspect`` is True
     when most human messages are blank without attachments, the sign of an export made with a
     bot token lacking the Message Content intent.
     """
-    path = Path(path)
+    path = as_export_path(path)
     fmt = detect_format(path)
     table = _READERS[fmt](path)
     kind = table["kind"]
@@ -135,11 +165,15 @@ def inspect_export(path: str | Path) -> dict[str, Any]:
     humans = pc.sum(human).as_py() or 0
     blank_humans = pc.sum(pc.and_(human, blank)).as_py() or 0
     span = pc.min_max(table["timestamp"])
+    described = _DESCRIBERS[fmt](path) if fmt in _DESCRIBERS else {}
     return {
         "path": str(path),
         "format": fmt,
+        "shape": described.get("shape", _SHAPES.get(fmt, fmt)),
+        "suggested_me": list(described.get("suggested_me", [])),
         "channel": table["channel_name"][0].as_py() if table.num_rows else None,
         "channel_id": table["channel_id"][0].as_py() if table.num_rows else None,
+        "channels": _channels(table),
         "messages": table.num_rows,
         "kinds": dict(sorted(_counts(kind).items())),
         "system": int(pc.sum(pc.equal(kind, "system")).as_py() or 0),
@@ -152,6 +186,23 @@ def inspect_export(path: str | Path) -> dict[str, Any]:
         "human_authors": _authors(table.filter(human)),
         "content_access_suspect": humans > 0 and blank_humans / humans > 0.5,
     }
+
+
+def _channels(table: pa.Table) -> list[dict[str, Any]]:
+    """Each chat of the file with its message count, in order of first appearance."""
+    grouped = table.group_by("channel_id", use_threads=False).aggregate(
+        [("channel_id", "count"), ("channel_name", "first"), ("seq", "min")]
+    )
+    chats = sorted(
+        zip(
+            grouped["seq_min"].to_pylist(),
+            grouped["channel_id"].to_pylist(),
+            grouped["channel_name_first"].to_pylist(),
+            grouped["channel_id_count"].to_pylist(),
+            strict=True,
+        )
+    )
+    return [{"id": i, "name": name, "messages": n} for _, i, name, n in chats]
 
 
 def _counts(column: pa.ChunkedArray) -> dict[str, int]:

@@ -211,3 +211,22 @@ def test_the_weekly_schedule_requests_only_what_is_stale(pipeline_env, monkeypat
     (request,) = tick()
     assert request.partition_key == ADAPTER
     assert list(request.asset_selection) == [dg.AssetKey("evaluation_report")]
+
+
+def test_the_process_count_is_part_of_what_an_adapter_is_made_from(pipeline_env):
+    """N processes train N x grad_accum rows a step: another adapter. Threads are not."""
+    from echo_pipeline.defs.freshness import stale_reasons
+
+    instance = dg.DagsterInstance.get()
+    _record_training(instance, ADAPTER)  # made by one process, before the setting existed
+    resources = build_resources()
+
+    def reasons(config: dict) -> list[str]:
+        return stale_reasons(instance, "lora_adapter", ADAPTER, config, resources)
+
+    assert reasons({}) == []
+    assert reasons({"processes": 1, "torch_threads": 1}) == []
+    assert reasons({"processes": 2}) == ["config changed: world_size null -> 2"]
+    assert reasons({"nnodes": 2, "rdzv_endpoint": "head:29400"}) == [
+        "config changed: world_size null -> 2"
+    ]

@@ -83,6 +83,56 @@ def test_a_broken_export_fails_the_run_naming_the_file_and_keeps_earlier_files(
     assert snapshot() == sample_ingested
 
 
+def _other_apps_broken(root: Path) -> dict[str, tuple[Path, str]]:
+    """One broken export of each other app, written as they go wrong: (path, how its line goes
+    on after "<path>: ")."""
+    import json
+    import zipfile
+
+    telegram = json.dumps(
+        {
+            "name": "Bob",
+            "type": "personal_chat",
+            "id": 4242,
+            "messages": [{"id": 1, "type": "message", "date_unixtime": "1672567200", "text": "hi"}],
+        }
+    )
+    (root / "telegram.json").write_text(telegram[: len(telegram) // 2])  # a cut download
+    thread = root / "inbox" / "bob_1" / "message_1.json"
+    thread.parent.mkdir(parents=True)
+    thread.write_text(
+        json.dumps({"participants": [{"name": "A"}], "messages": {"sender_name": "A"}})
+    )
+    day = root / "slack" / "general" / "2023-01-05.json"
+    day.parent.mkdir(parents=True)
+    (root / "slack" / "users.json").write_text('[{"id": "U1", "name": "a"}]')
+    (root / "slack" / "channels.json").write_text('[{"id": "C1", "name": "general"}]')
+    day.write_text('[{"type": "message", "user": "U1", "text": "x"}]')
+    slip = root / "WhatsApp Chat - Bob.zip"
+    with zipfile.ZipFile(slip, "w") as archive:
+        archive.writestr("../../_chat.txt", "[12/01/2023, 10:00:00] Bob: hi\n")
+    return {
+        "telegram": (root / "telegram.json", "truncated JSON: the file ends mid-document"),
+        "meta": (thread, "not a Meta thread JSON as downloaded"),
+        "slack": (day, 'message 1 has no "ts"'),
+        "zip": (slip, "member '../../_chat.txt'"),
+    }
+
+
+@pytest.mark.parametrize("app", ["telegram", "meta", "slack", "zip"])
+def test_a_broken_export_of_another_app_fails_naming_it_and_keeps_earlier_files(
+    sample_ingested, tmp_path, app
+):
+    path, problem = _other_apps_broken(tmp_path)[app]
+    result = materialize(path)
+    assert not result.success
+    failed_step, line = failure_message(result)
+    assert failed_step == "read_chat_exports"
+    assert line.startswith(f"dagster._core.definitions.events.Failure: {path}: ")
+    assert problem in line
+    assert snapshot() == sample_ingested
+
+
 def test_me_absent_fails_with_the_candidates_and_keeps_the_earlier_pairs(sample_ingested):
     result = materialize(HOSTILE / "me_absent.json")
     assert not result.success
