@@ -3,7 +3,7 @@ server that is not there when a step starts, and one that goes away mid-run.
 
 The server (tracking_server.py) keeps its runs in sqlite and its artifacts in a folder it
 proxies (``--serve-artifacts``), as a team's server does with Postgres and object storage.
-Training is one 256-token step; the evaluation generates 8 tokens for 2 prompts.
+Training is one or two 256-token steps; the evaluation generates 8 tokens for 2 prompts.
 """
 
 from __future__ import annotations
@@ -301,3 +301,58 @@ def test_a_server_lost_mid_run_keeps_the_adapter_and_says_what_to_rerun(
     summary = validate_adapter_dir(job.adapter_dir, base_model_config(base_model))
     assert summary["r"] == 16 and lineage["training"]["max_steps"] == 2
     assert mlflow.active_run() is None  # ended on this side: the next run can start
+
+
+@pytest.mark.slow
+def test_a_server_lost_after_training_fails_the_step_with_what_to_rerun(
+    chatml_dataset, base_model, monkeypatch
+):
+    """Through Dagster and the Pipes child: the server is SIGKILLed as soon as the trainer saves
+    its adapter, before the held-out loss and any final logging, so the results can never reach
+    it. The step fails in one line that says where the adapter is and what to rerun."""
+    import threading
+    import time
+
+    from echo_pipeline.adapters import base_model_config, validate_adapter_dir
+    from echo_pipeline.training import ADAPTER_DIR
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # inherited by the Pipes child
+    layout = Layout.default()
+    trained_copy = layout.training_work_dir("chatml", "demo") / ADAPTER_DIR
+    server = start_tracking_server(chatml_dataset / "doomed_server")
+    killed = threading.Event()
+
+    def kill_when_the_trainer_has_saved() -> None:
+        while not killed.is_set():
+            if trained_copy.is_dir():
+                server.kill()
+                killed.set()
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_when_the_trainer_has_saved, daemon=True)
+    watcher.start()
+    try:
+        result = materialize(
+            ["lora_adapter"],
+            KEY,
+            ops=ONE_STEP,
+            resources={"mlflow_tracking": MlflowResource(tracking_uri=server.uri)},
+            raise_on_error=False,
+        )
+    finally:
+        killed.set()
+        watcher.join(timeout=10)
+        server.stop(timeout_s=5)
+    assert server.survivors() == []
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message.strip()
+    adapter = layout.adapter_dir("chatml", "demo")
+    assert (
+        f"training subprocess failed: TrackingLostError: MLflow server {server.uri} went away"
+        in message
+    )
+    assert f"the adapter is safe in {adapter}" in message
+    assert "re-materialise lora_adapter chatml/demo" in message and "\n" not in message
+    assert validate_adapter_dir(adapter, base_model_config(base_model))["r"] == 16
