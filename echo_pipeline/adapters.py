@@ -287,9 +287,23 @@ def run_adapter_job(
         if base_loss is not None:
             mlflow.log_metric(f"base_{heldout_name}_reply_loss", base_loss)
 
+        server_lost_at: list[int] = []  # the step the server went away: training goes on
+
         def log_progress(step: int, metrics: dict[str, float]) -> None:
             clean = {k: float(v) for k, v in metrics.items() if v is not None}
-            tracking.retry_when_locked(lambda: mlflow.log_metrics(clean, step=step))
+            try:
+                if not server_lost_at:
+                    tracking.retry_when_locked(lambda: mlflow.log_metrics(clean, step=step))
+            except Exception:
+                if not tracking.server_gone(job.tracking_uri):
+                    raise
+                server_lost_at.append(step)
+                logger.warning(
+                    "MLflow server %s went away at step %d; training goes on and writes the "
+                    "adapter locally",
+                    job.tracking_uri,
+                    step,
+                )
             if on_progress is not None:
                 on_progress(step, clean)
 
@@ -318,7 +332,6 @@ def run_adapter_job(
             final[f"adapter_{heldout_name}_reply_loss"] = adapter_loss
         if base_loss is not None:
             final[f"base_{heldout_name}_reply_loss"] = base_loss
-        mlflow.log_metrics(final)
 
         metadata = AdapterMetadata(
             template=job.template,
@@ -338,8 +351,17 @@ def run_adapter_job(
         )
         assert result.adapter_dir is not None
         write_adapter_dir(job.adapter_dir, Path(result.adapter_dir), tokenizer, metadata)
-        mlflow.log_dict(metadata.to_dict(), METADATA_FILE)
-        model_uri = _log_adapter_model(job, result.model, final) if job.register_model else None
+        # Written locally first: if the server is gone now, the step says so and nothing is lost.
+        with tracking.report_server_loss(
+            job.tracking_uri,
+            run_id,
+            safe=f"the adapter is safe in {job.adapter_dir}",
+            rerun=f"once the server answers, re-materialise lora_adapter {job.template}/"
+            f"{job.experiment} to log it (this run is then marked KILLED)",
+        ):
+            mlflow.log_metrics(final)
+            mlflow.log_dict(metadata.to_dict(), METADATA_FILE)
+            model_uri = _log_adapter_model(job, result.model, final) if job.register_model else None
         discard_trained_copy(job.work_dir, Path(result.adapter_dir))
 
     return AdapterOutcome(

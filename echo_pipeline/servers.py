@@ -12,7 +12,7 @@ from pathlib import Path
 
 from echo_pipeline.paths import PROJECT_ROOT, mlruns_dir
 from echo_pipeline.runner import ensure_dagster_home, which
-from echo_pipeline.tracking import artifact_location_for, default_tracking_uri
+from echo_pipeline.tracking import artifact_location_for, default_tracking_uri, is_server
 
 
 def _default_sigint() -> None:
@@ -49,6 +49,37 @@ def mlflow_command(port: int) -> list[str]:
     if artifacts:
         command += ["--default-artifact-root", artifacts]
     return command
+
+
+def tracking_server_command(
+    port: int,
+    backend_store_uri: str,
+    artifacts_destination: str,
+    workers: int = 1,
+    host: str = "127.0.0.1",
+) -> list[str]:
+    """``mlflow server`` for a team: runs in a database, artifacts proxied by the server.
+
+    With ``--serve-artifacts`` clients upload and download artifacts through the server's
+    ``mlflow-artifacts:/`` API, so nobody needs access to ``artifacts_destination`` (a folder
+    here, ``s3://…`` on a cluster). It binds ``host`` only; MLflow 3's own host-header and CORS
+    checks allow localhost by default (``--allowed-hosts`` when it is exposed further).
+    """
+    return [
+        which("mlflow"),
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--backend-store-uri",
+        backend_store_uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts_destination,
+    ]
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:
@@ -89,12 +120,23 @@ def stop(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
         process.wait()
 
 
+def tracking_ui(mlflow_port: int) -> tuple[str, list[str] | None]:
+    """Where the MLflow UI is, and the command that starts it here (None: a tracking server in
+    ``MLFLOW_TRACKING_URI`` is the UI already; an ``mlflow ui`` cannot open it as a store)."""
+    uri = default_tracking_uri()
+    if is_server(uri):
+        return uri.rstrip("/"), None
+    return f"http://127.0.0.1:{mlflow_port}", mlflow_command(mlflow_port)
+
+
 def serve_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
     home = ensure_dagster_home()
-    mlruns_dir().mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
+    mlflow_ui, mlflow_start = tracking_ui(mlflow_port)
+    if mlflow_start is not None:
+        mlruns_dir().mkdir(parents=True, exist_ok=True)
     dagster = start(dagster_command(dagster_port), logs / "dagster.log")
-    mlflow = start(mlflow_command(mlflow_port), logs / "mlflow.log")
+    mlflow = start(mlflow_start, logs / "mlflow.log") if mlflow_start else None
     stopping = False
 
     def on_signal(signum, frame):
@@ -104,20 +146,20 @@ def serve_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         dagster_up = wait_until_up(f"http://127.0.0.1:{dagster_port}/server_info")
-        mlflow_up = wait_until_up(f"http://127.0.0.1:{mlflow_port}/health")
+        mlflow_up = wait_until_up(f"{mlflow_ui}/health", timeout_s=90.0 if mlflow else 5.0)
         print(
             f"Dagster UI  http://127.0.0.1:{dagster_port}  {'up' if dagster_up else 'NOT UP: see ' + str(logs)}"
         )
-        print(
-            f"MLflow UI   http://127.0.0.1:{mlflow_port}  {'up' if mlflow_up else 'NOT UP: see ' + str(logs)}"
-        )
-        print("Ctrl-C stops both.", flush=True)
-        while not stopping and dagster.poll() is None and mlflow.poll() is None:
+        where = str(logs) if mlflow else "MLFLOW_TRACKING_URI (the tracking server)"
+        print(f"MLflow UI   {mlflow_ui}  {'up' if mlflow_up else 'NOT UP: see ' + where}")
+        print("Ctrl-C stops both." if mlflow else "Ctrl-C stops the Dagster UI.", flush=True)
+        while not stopping and dagster.poll() is None and (mlflow is None or mlflow.poll() is None):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         stop(dagster)
-        stop(mlflow)
+        if mlflow is not None:
+            stop(mlflow)
     print("stopped", file=sys.stderr)
     return 0

@@ -58,6 +58,67 @@ def retry_when_locked(fn: Callable[[], T], attempts: int = 10, delay_s: float = 
     raise AssertionError("unreachable")
 
 
+class TrackingLostError(RuntimeError):
+    """The tracking server went away mid-run, after the adapter was written locally.
+
+    One line: the server, the run, where the adapter is and what to rerun.
+    """
+
+
+def is_server(tracking_uri: str) -> bool:
+    """An MLflow tracking server (REST over HTTP), as opposed to a local database store."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def server_gone(tracking_uri: str, timeout_s: float = 5.0) -> bool:
+    """True when ``tracking_uri`` is a server that no longer answers (never for local stores).
+
+    Asked after a logging call failed, to tell a lost server from an error worth raising as is.
+    """
+    if not is_server(tracking_uri):
+        return False
+    try:
+        check_tracking(tracking_uri, timeout_s=timeout_s)
+    except TrackingUnavailableError:
+        return True
+    return False
+
+
+def end_run_without_server(status: str = "FAILED") -> None:
+    """End the active run on this side only: the server is gone, so telling it would fail
+    (after MLflow's retries, minutes by default). The run stays RUNNING on the server until the
+    rerun of the same job marks it KILLED."""
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        with contextlib.suppress(Exception):  # mlflow pops the run before calling the server
+            mlflow.end_run(status)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = previous
+
+
+@contextlib.contextmanager
+def report_server_loss(tracking_uri: str, run_id: str, safe: str, rerun: str) -> Iterator[None]:
+    """Inside: logging that must reach the server. If it fails because the server went away,
+    end the run locally and raise :class:`TrackingLostError` saying what is ``safe`` and what
+    to ``rerun``; any other error (the server still answers) propagates unchanged."""
+    try:
+        yield
+    except Exception as error:
+        if not server_gone(tracking_uri):
+            raise
+        end_run_without_server()
+        raise TrackingLostError(
+            f"MLflow server {tracking_uri} went away during run {run_id} "
+            f"({_first_line(error, 160)}); {safe}; {rerun}"
+        ) from error
+
+
 def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast with a clear message if the store cannot be reached or written."""
     if tracking_uri.startswith(("http://", "https://")):
@@ -72,8 +133,9 @@ def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:
                     )
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
             raise TrackingUnavailableError(
-                f"MLflow tracking server {tracking_uri} is unreachable ({error}); start it or unset "
-                "MLFLOW_TRACKING_URI to use the local store"
+                f"MLflow tracking server {tracking_uri} is unreachable ({error}); start it, or "
+                "unset MLFLOW_TRACKING_URI (and the mlflow_tracking resource's tracking_uri) to "
+                "use the local store"
             ) from error
     elif tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///"))

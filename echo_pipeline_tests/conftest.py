@@ -78,3 +78,16 @@ def pipeline_env(tmp_path, monkeypatch, base_model):
     monkeypatch.delenv("ECHO_ME", raising=False)
     (tmp_path / "dagster_home").mkdir()
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """A real ``mlflow server`` (sqlite, proxied artifacts, 127.0.0.1, free port) shared by a
+    module's tests; stopped at the end with no process of it left (see tracking_server.py)."""
+    from tracking_server import start_tracking_server
+
+    server = start_tracking_server(tmp_path_factory.mktemp("mlflow_server"))
+    yield server
+    server.stop()
+    left = server.survivors()
+    assert not left, f"mlflow server processes outlived the stop: {left}"

@@ -1,0 +1,358 @@
+"""The pipeline against a real ``mlflow server``: what a teammate sees from another process, a
+server that is not there when a step starts, and one that goes away mid-run.
+
+The server (tracking_server.py) keeps its runs in sqlite and its artifacts in a folder it
+proxies (``--serve-artifacts``), as a team's server does with Postgres and object storage.
+Training is one or two 256-token steps; the evaluation generates 8 tokens for 2 prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pytest
+from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
+from tracking_server import free_port, start_tracking_server
+
+from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
+from echo_pipeline.defs.evaluation import evaluation_assets
+from echo_pipeline.defs.partitions import adapter_key
+from echo_pipeline.defs.resources import MlflowResource
+from echo_pipeline.layout import Layout
+
+ASSETS = [*ALL_ASSETS, *[a for a in evaluation_assets if a not in ALL_ASSETS], *ALL_CHECKS]
+KEY = adapter_key("chatml", "demo")
+ONE_STEP = {"lora_adapter": {"config": TINY_TRAINING["lora_adapter"]["config"] | {"max_steps": 1}}}
+NO_MINILM = {
+    "evaluation_report": {
+        "config": QUICK_EVALUATION["evaluation_report"]["config"] | {"similarity": False}
+    }
+}
+
+
+def materialize(selection, partition_key=None, ops=None, resources=None, raise_on_error=True):
+    return dg.materialize(
+        ASSETS,
+        selection=selection,
+        partition_key=partition_key,
+        resources=build_resources() | (resources or {}),
+        run_config={"ops": {k: v for k, v in (ops or {}).items() if k in selection}},
+        raise_on_error=raise_on_error,
+    )
+
+
+@pytest.fixture
+def chatml_dataset(pipeline_env):
+    assert materialize(
+        ["raw_chat_export", "chat_messages", "conversation_pairs"], ops=SMALL_HELDOUT
+    ).success
+    assert materialize(["template_dataset"], "chatml").success
+    return pipeline_env
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
+
+
+#: A teammate's view: only the server's address and the run id, no access to our files or env.
+TEAMMATE = textwrap.dedent(
+    """
+    import hashlib, json, sys, tempfile
+    from pathlib import Path
+    import mlflow
+
+    uri, run_id = sys.argv[1], sys.argv[2]
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    versions = client.search_model_versions("name='echo-chatml'")
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/echo-chatml/{versions[0].version}", dst_path=tmp + "/model"
+        ))
+        adapter = next(model.rglob("adapter_model.safetensors")).parent
+        hashes = {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(adapter.iterdir()) if p.is_file()
+        }
+        reports = [
+            json.loads(Path(client.download_artifacts(c.info.run_id, "metrics.json", tmp)).read_text())
+            for c in children
+        ]
+    print(json.dumps({
+        "status": run.info.status,
+        "artifact_uri": run.info.artifact_uri,
+        "params": run.data.params,
+        "tags": run.data.tags,
+        "metrics": run.data.metrics,
+        "inputs": [
+            {
+                "name": d.dataset.name,
+                "digest": d.dataset.digest,
+                "context": {t.key: t.value for t in d.tags}.get("mlflow.data.context"),
+            }
+            for d in run.inputs.dataset_inputs
+        ],
+        "versions": [
+            {"version": v.version, "run_id": v.run_id, "status": v.status} for v in versions
+        ],
+        "adapter_files": hashes,
+        "children": [
+            {
+                "run_id": c.info.run_id,
+                "tags": c.data.tags,
+                "artifacts": sorted(a.path for a in client.list_artifacts(c.info.run_id)),
+                "report_training_run": r["lineage"]["training_run_id"],
+            }
+            for c, r in zip(children, reports)
+        ],
+    }))
+    """
+)
+
+
+def teammate_view(uri: str, run_id: str, cwd: Path) -> dict:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "ECHO_", "DAGSTER_")) and k != "PYTHONPATH"
+    }
+    cwd.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-c", TEAMMATE, uri, run_id],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def metadata_of(result: dg.ExecuteInProcessResult, node: str) -> dict:
+    [materialization] = result.asset_materializations_for_node(node)
+    return {k: v.value for k, v in materialization.metadata.items()}
+
+
+@pytest.mark.slow
+def test_a_teammate_sees_the_run_the_model_and_its_evaluation_through_the_server(
+    chatml_dataset, tracking_server, monkeypatch
+):
+    """Training reaches the server through the resource field (the env still names a local
+    store, which stays empty); the evaluation through MLFLOW_TRACKING_URI. Both runs, the
+    registered model and the adapter's files are then read back from another process."""
+    local_store = Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
+    trained = materialize(
+        ["lora_adapter"],
+        KEY,
+        ops=ONE_STEP,
+        resources={"mlflow_tracking": MlflowResource(tracking_uri=tracking_server.uri)},
+    )
+    training = metadata_of(trained, "lora_adapter")
+    assert training["mlflow_run"].startswith(f"{tracking_server.uri}/#/experiments/")
+    assert not local_store.exists()  # the field wins over the environment
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+    evaluated = materialize(["evaluation_report"], KEY, ops=NO_MINILM)
+    evaluation = metadata_of(evaluated, "evaluation_report")
+    assert evaluation["training_run_id"] == training["mlflow_run_id"]
+
+    seen = teammate_view(
+        tracking_server.uri, training["mlflow_run_id"], chatml_dataset / "teammate"
+    )
+
+    assert seen["status"] == "FINISHED"
+    assert seen["params"]["template"] == "chatml" and seen["params"]["train.max_steps"] == "1"
+    assert seen["params"]["train.pack_tokens"] == "256"
+    assert seen["metrics"]["adapter_test_reply_loss"] == training["adapter_test_reply_loss"]
+    inputs = {d["name"]: d for d in seen["inputs"]}
+    assert {name: d["context"] for name, d in inputs.items()} == {
+        "chatml-train": "training",
+        "chatml-val": "validation",
+        "chatml-test": "test",
+    }
+    assert all(len(d["digest"]) >= 8 for d in inputs.values())
+    tags = seen["tags"]
+    assert tags["dagster.run_id"] == trained.run_id
+    assert tags["dagster.asset_key"] == "lora_adapter"
+    assert tags["dagster.partition_key"] == str(KEY)
+    assert tags["dagster.code_version"] and "mlflow.source.git.commit" in tags
+    assert tags["echo.dataset_digest"] == training["dataset_digest"]
+    assert tags["echo.fingerprint"] == training["fingerprint"]
+
+    # The registered model, downloaded through the server, is the adapter on our disk.
+    assert [(v["run_id"], v["status"]) for v in seen["versions"]] == [
+        (training["mlflow_run_id"], "READY")
+    ]
+    local_adapter = Layout.default().adapter_dir("chatml", "demo")
+    assert seen["adapter_files"] == file_hashes(local_adapter)
+    assert "adapter_model.safetensors" in seen["adapter_files"]
+    # ... stored by the server in its own artifact folder, not written there by the pipeline.
+    assert seen["artifact_uri"].startswith("mlflow-artifacts:/")
+    [stored] = [
+        p
+        for p in tracking_server.artifacts.rglob("adapter_model.safetensors")
+        if training["mlflow_run_id"] in str(p) or "models" in p.parts
+    ]
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == seen["adapter_files"][stored.name]
+
+    [child] = seen["children"]
+    assert child["run_id"] == evaluation["mlflow_run_id"]
+    assert child["tags"]["echo.run_kind"] == "evaluation"
+    assert child["tags"]["dagster.asset_key"] == "evaluation_report"
+    assert child["report_training_run"] == training["mlflow_run_id"]
+    assert {"report.html", "metrics.json", "samples.json"} <= set(child["artifacts"])
+
+
+def test_a_server_that_is_not_there_fails_the_step_in_one_line_naming_it(
+    chatml_dataset, monkeypatch
+):
+    """Through the resource field and through MLFLOW_TRACKING_URI alike: refused before any
+    training starts, the message names the address, nothing is written."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    by_field = materialize(
+        ["lora_adapter"],
+        KEY,
+        resources={"mlflow_tracking": MlflowResource(tracking_uri=closed)},
+        raise_on_error=False,
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed)
+    by_env = materialize(["lora_adapter"], KEY, raise_on_error=False)
+
+    for result in (by_field, by_env):
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        message = failure.step_failure_data.error.message.strip()
+        assert f"MLflow tracking server {closed} is unreachable" in message
+        assert "\n" not in message
+    assert not Layout.default().adapter_dir("chatml", "demo").exists()
+    assert not Layout.default().training_work_dir("chatml", "demo").exists()
+
+
+@pytest.mark.slow
+def test_a_server_lost_mid_run_keeps_the_adapter_and_says_what_to_rerun(
+    chatml_dataset, base_model, monkeypatch
+):
+    """The server's whole process group is SIGKILLed when training reports its first metrics:
+    training goes on without step metrics, publishes the adapter locally, then fails when it
+    logs the results, in one line naming the server, the run, the adapter and what to rerun."""
+    from echo_pipeline.adapters import (
+        AdapterJob,
+        base_model_config,
+        run_adapter_job,
+        validate_adapter_dir,
+    )
+    from echo_pipeline.experiments import experiment_config
+    from echo_pipeline.records import DatasetManifest
+    from echo_pipeline.tracking import TrackingLostError
+
+    # MLflow's own retries of a refused request take minutes by default (7, backoff factor 2).
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    layout = Layout.default()
+    server = start_tracking_server(chatml_dataset / "doomed_server")
+    job = AdapterJob(
+        template="chatml",
+        experiment="demo",
+        dataset_path=layout.dataset_path("chatml"),
+        adapter_dir=layout.adapter_dir("chatml", "demo"),
+        work_dir=layout.training_work_dir("chatml", "demo"),
+        base_model=base_model,
+        training=experiment_config("demo", TINY_TRAINING["lora_adapter"]["config"]),
+        system_prompt=DatasetManifest.load(layout.dataset_manifest_path("chatml")).system_prompt,
+        tracking_uri=server.uri,
+    )
+    reports: list[int] = []
+
+    def kill_server_at_first_report(step: int, metrics: dict[str, float]) -> None:
+        reports.append(step)
+        if len(reports) == 1:
+            server.kill()
+
+    try:
+        with pytest.raises(TrackingLostError) as caught:
+            run_adapter_job(job, on_progress=kill_server_at_first_report)
+    finally:
+        server.stop(timeout_s=5)
+    assert server.survivors() == []  # uvicorn's worker went with the server
+    assert len(reports) > 1  # training reported on after the server was gone
+
+    lineage = json.loads((job.adapter_dir / "echo_metadata.json").read_text(encoding="utf-8"))
+    run_id = lineage["mlflow"]["run_id"]
+    message = str(caught.value)
+    assert message.startswith(f"MLflow server {server.uri} went away during run {run_id} (")
+    assert f"the adapter is safe in {job.adapter_dir}" in message
+    assert "re-materialise lora_adapter chatml/demo" in message and "\n" not in message
+    summary = validate_adapter_dir(job.adapter_dir, base_model_config(base_model))
+    assert summary["r"] == 16 and lineage["training"]["max_steps"] == 2
+    assert mlflow.active_run() is None  # ended on this side: the next run can start
+
+
+@pytest.mark.slow
+def test_a_server_lost_after_training_fails_the_step_with_what_to_rerun(
+    chatml_dataset, base_model, monkeypatch
+):
+    """Through Dagster and the Pipes child: the server is SIGKILLed as soon as the trainer saves
+    its adapter, before the held-out loss and any final logging, so the results can never reach
+    it. The step fails in one line that says where the adapter is and what to rerun."""
+    import threading
+    import time
+
+    from echo_pipeline.adapters import base_model_config, validate_adapter_dir
+    from echo_pipeline.training import ADAPTER_DIR
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # inherited by the Pipes child
+    layout = Layout.default()
+    trained_copy = layout.training_work_dir("chatml", "demo") / ADAPTER_DIR
+    server = start_tracking_server(chatml_dataset / "doomed_server")
+    killed = threading.Event()
+
+    def kill_when_the_trainer_has_saved() -> None:
+        while not killed.is_set():
+            if trained_copy.is_dir():
+                server.kill()
+                killed.set()
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_when_the_trainer_has_saved, daemon=True)
+    watcher.start()
+    try:
+        result = materialize(
+            ["lora_adapter"],
+            KEY,
+            ops=ONE_STEP,
+            resources={"mlflow_tracking": MlflowResource(tracking_uri=server.uri)},
+            raise_on_error=False,
+        )
+    finally:
+        killed.set()
+        watcher.join(timeout=10)
+        server.stop(timeout_s=5)
+    assert server.survivors() == []
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message.strip()
+    adapter = layout.adapter_dir("chatml", "demo")
+    assert (
+        f"training subprocess failed: TrackingLostError: MLflow server {server.uri} went away"
+        in message
+    )
+    assert f"the adapter is safe in {adapter}" in message
+    assert "re-materialise lora_adapter chatml/demo" in message and "\n" not in message
+    assert validate_adapter_dir(adapter, base_model_config(base_model))["r"] == 16
