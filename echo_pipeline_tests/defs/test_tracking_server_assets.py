@@ -8,6 +8,7 @@ Training is one or two 256-token steps; the evaluation generates 8 tokens for 2 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +18,6 @@ import textwrap
 from pathlib import Path
 
 import dagster as dg
-import mlflow
 import pytest
 from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
 from tracking_server import free_port, start_tracking_server
@@ -246,90 +246,39 @@ def test_a_server_that_is_not_there_fails_the_step_in_one_line_naming_it(
 
 
 @pytest.mark.slow
-def test_a_server_lost_mid_run_keeps_the_adapter_and_says_what_to_rerun(
+def test_a_server_lost_mid_run_keeps_the_adapter_and_fails_the_step_with_what_to_rerun(
     chatml_dataset, base_model, monkeypatch
 ):
-    """The server's whole process group is SIGKILLed when training reports its first metrics:
-    training goes on without step metrics, publishes the adapter locally, then fails when it
-    logs the results, in one line naming the server, the run, the adapter and what to rerun."""
-    from echo_pipeline.adapters import (
-        AdapterJob,
-        base_model_config,
-        run_adapter_job,
-        validate_adapter_dir,
-    )
-    from echo_pipeline.experiments import experiment_config
-    from echo_pipeline.records import DatasetManifest
-    from echo_pipeline.tracking import TrackingLostError
-
-    # MLflow's own retries of a refused request take minutes by default (7, backoff factor 2).
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    layout = Layout.default()
-    server = start_tracking_server(chatml_dataset / "doomed_server")
-    job = AdapterJob(
-        template="chatml",
-        experiment="demo",
-        dataset_path=layout.dataset_path("chatml"),
-        adapter_dir=layout.adapter_dir("chatml", "demo"),
-        work_dir=layout.training_work_dir("chatml", "demo"),
-        base_model=base_model,
-        training=experiment_config("demo", TINY_TRAINING["lora_adapter"]["config"]),
-        system_prompt=DatasetManifest.load(layout.dataset_manifest_path("chatml")).system_prompt,
-        tracking_uri=server.uri,
-    )
-    reports: list[int] = []
-
-    def kill_server_at_first_report(step: int, metrics: dict[str, float]) -> None:
-        reports.append(step)
-        if len(reports) == 1:
-            server.kill()
-
-    try:
-        with pytest.raises(TrackingLostError) as caught:
-            run_adapter_job(job, on_progress=kill_server_at_first_report)
-    finally:
-        server.stop(timeout_s=5)
-    assert server.survivors() == []  # uvicorn's worker went with the server
-    assert len(reports) > 1  # training reported on after the server was gone
-
-    lineage = json.loads((job.adapter_dir / "echo_metadata.json").read_text(encoding="utf-8"))
-    run_id = lineage["mlflow"]["run_id"]
-    message = str(caught.value)
-    assert message.startswith(f"MLflow server {server.uri} went away during run {run_id} (")
-    assert f"the adapter is safe in {job.adapter_dir}" in message
-    assert "re-materialise lora_adapter chatml/demo" in message and "\n" not in message
-    summary = validate_adapter_dir(job.adapter_dir, base_model_config(base_model))
-    assert summary["r"] == 16 and lineage["training"]["max_steps"] == 2
-    assert mlflow.active_run() is None  # ended on this side: the next run can start
-
-
-@pytest.mark.slow
-def test_a_server_lost_after_training_fails_the_step_with_what_to_rerun(
-    chatml_dataset, base_model, monkeypatch
-):
-    """Through Dagster and the Pipes child: the server is SIGKILLed as soon as the trainer saves
-    its adapter, before the held-out loss and any final logging, so the results can never reach
-    it. The step fails in one line that says where the adapter is and what to rerun."""
+    """Through Dagster and the Pipes child: the server's whole process group is SIGKILLed as
+    soon as its store holds the run's first metric (the base model's held-out loss, logged
+    before training starts). Training goes on without the server, publishes the adapter
+    locally, then fails when it logs the results, in one line naming the server, the adapter
+    and what to rerun."""
+    import sqlite3
     import threading
     import time
 
     from echo_pipeline.adapters import base_model_config, validate_adapter_dir
-    from echo_pipeline.training import ADAPTER_DIR
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # inherited by the Pipes child
     layout = Layout.default()
-    trained_copy = layout.training_work_dir("chatml", "demo") / ADAPTER_DIR
-    server = start_tracking_server(chatml_dataset / "doomed_server")
+    server_root = chatml_dataset / "doomed_server"
+    server = start_tracking_server(server_root)
     killed = threading.Event()
 
-    def kill_when_the_trainer_has_saved() -> None:
-        while not killed.is_set():
-            if trained_copy.is_dir():
-                server.kill()
-                killed.set()
-            time.sleep(0.02)
+    def metrics_logged() -> int:
+        with contextlib.closing(sqlite3.connect(server_root / "mlflow.db", timeout=1)) as db:
+            return db.execute("SELECT count(*) FROM metrics").fetchone()[0]
 
-    watcher = threading.Thread(target=kill_when_the_trainer_has_saved, daemon=True)
+    def kill_at_the_first_metric() -> None:
+        while not killed.is_set():
+            with contextlib.suppress(sqlite3.Error):
+                if metrics_logged():
+                    server.kill()
+                    killed.set()
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_at_the_first_metric, daemon=True)
     watcher.start()
     try:
         result = materialize(
@@ -345,7 +294,7 @@ def test_a_server_lost_after_training_fails_the_step_with_what_to_rerun(
         server.stop(timeout_s=5)
     assert server.survivors() == []
 
-    assert not result.success
+    assert killed.is_set() and not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.message.strip()
     adapter = layout.adapter_dir("chatml", "demo")
