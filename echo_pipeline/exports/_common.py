@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +282,22 @@ def read_text(path: Path) -> str:
     except OSError as error:
         raise ExportError(path, f"cannot read file ({error.strerror or error})") from None
     return decode_utf8(data, path).replace("\r\n", "\n").replace("\r", "\n")
+
+
+# --- decoding big files ---------------------------------------------------------------------
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a reader decodes: millions of new structs would
+    trigger ever-longer full collections, and none of them are cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # --- the table --------------------------------------------------------------------------------

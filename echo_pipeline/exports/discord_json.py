@@ -11,10 +11,8 @@ touch only the few messages that need them (replies, attachments, app commands, 
 from __future__ import annotations
 
 import codecs
-import gc
 import mmap
 import re
-from contextlib import contextmanager
 from itertools import compress
 from operator import attrgetter
 from pathlib import Path
@@ -29,6 +27,7 @@ from echo_pipeline.exports._common import (
     channel_id_from_name,
     channel_name_from_name,
     export_stem,
+    gc_paused,
     iso_to_utc,
     stable_channel_id,
     synthetic_message_ids,
@@ -120,7 +119,7 @@ _BYTE_OFFSET = re.compile(r"\(byte (\d+)\)")
 
 def read_discord_json(path: Path) -> pa.Table:
     """One DiscordChatExporter JSON export as a CHAT_MESSAGES table (see module docstring)."""
-    with _gc_paused():
+    with gc_paused():
         export = _decode_file(path)
         if export.channel is None:
             raise ExportError(
@@ -134,18 +133,6 @@ def read_discord_json(path: Path) -> pa.Table:
         channel_id = channel_id or stable_channel_id("discord_json", export_stem(path))
         channel_name = export.channel.name or channel_name_from_name(path)
         return _messages_table(path, channel_id, channel_name, export.messages)
-
-
-@contextmanager
-def _gc_paused():
-    """Millions of new containers would trigger ever-longer full collections; none are cycles."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _messages_table(

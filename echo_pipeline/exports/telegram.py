@@ -32,10 +32,8 @@ that need them (entity lists, media). Choices the format leaves open:
 
 from __future__ import annotations
 
-import gc
 import re
 from collections.abc import Callable
-from contextlib import contextmanager
 from itertools import compress, repeat
 from operator import attrgetter, is_not
 from pathlib import Path
@@ -49,6 +47,7 @@ import pyarrow.compute as pc
 from echo_pipeline.exports._common import (
     attachment_kind,
     build_table,
+    gc_paused,
     iso_to_utc,
     synthetic_message_ids,
     timestamps_to_int,
@@ -196,7 +195,7 @@ def sniff_telegram(text: str) -> bool:
 
 def read_telegram(path: Path) -> pa.Table:
     """A Telegram Desktop JSON export (one chat or the whole account) as CHAT_MESSAGES."""
-    with _gc_paused():
+    with gc_paused():
         export = _decode_file(path)
         owner = _owner_id(export)
         entities = _LazyEntities(path)
@@ -225,7 +224,7 @@ def describe_telegram(path: Path) -> dict[str, Any]:
     does not, but a personal (or bot) chat's ``id`` is the other side's user id, so the one
     other author is the owner; in Saved Messages every author is the owner.
     """
-    with _gc_paused():
+    with gc_paused():
         export = _decode_file(path)
         owner = _owner_id(export)
         chats = _chats(path, export)
@@ -290,18 +289,6 @@ def _chats(path: Path, export: _Export) -> list[tuple[_Chat, str]]:
 
 def _label(chat: _Chat, where: str) -> str:
     return f"{chat.name!r} ({where})" if chat.name else where
-
-
-@contextmanager
-def _gc_paused():
-    """Millions of new structs would trigger ever-longer full collections; none are cycles."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _chat_table(
