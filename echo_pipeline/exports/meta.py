@@ -218,7 +218,7 @@ ATTACHMENT_TEXTS: dict[str, tuple[str, ...]] = {
 #: How the owner is named in those sentences: a sentence starting so was sent by the owner.
 OWNER_WORDS: dict[str, str] = {"en": "You ", "fr": "Vous "}
 
-_SYSTEM_TYPE_SET = pa.array(["Call", "Subscribe", "Unsubscribe"], pa.string())
+_SYSTEM_TYPES = ("Call", "Subscribe", "Unsubscribe")  # a tuple: see telegram._MESSAGE
 _UNKNOWN_SENDER = "(unknown)"
 
 
@@ -477,7 +477,7 @@ def _table(
     content_array = pa.array(contents, pa.string())
     placeholder_np = _mask(pc.match_substring_regex(content_array, _ATTACHMENT_PATTERN))
     system_np = _mask(pc.match_substring_regex(content_array, _SYSTEM_PATTERN))
-    system_type = _mask(pc.is_in(pa.array(types, pa.string()), value_set=_SYSTEM_TYPE_SET))
+    system_type = _mask(pc.is_in(pa.array(types, pa.string()), value_set=pa.array(_SYSTEM_TYPES)))
     unsent_np = _mask(pa.array(unsent, pa.bool_()))
 
     kinds = np.full(n, "message", dtype=object)

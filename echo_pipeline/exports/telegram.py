@@ -53,7 +53,7 @@ from echo_pipeline.exports._common import (
     timestamps_to_int,
 )
 from echo_pipeline.exports.errors import ExportError
-from echo_pipeline.schemas import CHAT_MESSAGES
+from echo_pipeline.schemas import CHAT_MESSAGES, MESSAGE_KINDS
 
 Id = str | int | None
 _ABSENT = "\x00absent"  # default of keys whose mere presence matters (forwarded_from may be null)
@@ -151,8 +151,10 @@ CHAT_TYPES = (
 )
 _CHANNEL_TYPES = ("private_channel", "public_channel")
 
-_KINDS = pa.array(["message", "reply", "system", "command", "forward", "other"], pa.string())
+# Codes into schemas.MESSAGE_KINDS (a plain tuple: a pyarrow array built at import would
+# import pandas, through pyarrow's array-like checks, into the Dagster code location).
 _MESSAGE, _REPLY, _SYSTEM, _COMMAND, _FORWARD, _OTHER = range(6)
+assert MESSAGE_KINDS[:6] == ("message", "reply", "system", "command", "forward", "other")
 
 _MEDIA_KIND = {
     "sticker": "image",
@@ -341,7 +343,7 @@ def _chat_table(
     known = pc.or_(pc.is_in(types, pa.array(["message", "service"])), pc.is_null(types))
     codes[~_mask(known)] = _OTHER
     codes[_mask(service)] = _SYSTEM
-    kinds = _KINDS.take(pa.array(codes))
+    kinds = pa.array(MESSAGE_KINDS, pa.string()).take(pa.array(codes))
     is_reply = pa.array(codes == _REPLY)
     reply_to = pc.if_else(is_reply, reply_to, pa.scalar(None, pa.string()))
 
