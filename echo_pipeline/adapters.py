@@ -220,15 +220,12 @@ def run_adapter_job(
 
     import mlflow
 
-    from echo_pipeline.base_model import load_causal_lm, load_tokenizer
+    from echo_pipeline.base_model import load_tokenizer
     from echo_pipeline.training import reply_loss, train_lora
 
     dtype = resolved_training_dtype(job.training.dtype)
 
-    frame = load_dataset(job.dataset_path)
-    train, val, test = (split_examples(frame, s) for s in ("train", "val", "test"))
-    if not train:
-        raise ValueError(f"{job.dataset_path}: the train split is empty; nothing to learn from")
+    frame, (train, val, test) = _job_splits(job)
     heldout_name = heldout_split({"test": len(test), "val": len(val)})
     heldout = {"test": test, "val": val}[heldout_name]
     digest = dataset_digest(frame)
@@ -277,12 +274,7 @@ def run_adapter_job(
                 mlflow.log_input(dataset, context=context)
 
         tokenizer = load_tokenizer(job.base_model)
-        model = load_causal_lm(
-            job.base_model,
-            dtype=dtype,
-            quantization=job.training.quantization,
-            device=distributed.device_for(ranks),
-        )
+        model = _load_base_for(job, dtype, ranks)
         base_loss = reply_loss(model, heldout) if heldout else None
         if base_loss is not None:
             mlflow.log_metric(f"base_{heldout_name}_reply_loss", base_loss)
@@ -381,6 +373,27 @@ def run_adapter_job(
     )
 
 
+def _job_splits(job: AdapterJob) -> tuple[pd.DataFrame, tuple[list, list, list]]:
+    """The dataset and its train, val and test examples; an empty train split is bad input."""
+    frame = load_dataset(job.dataset_path)
+    splits = tuple(split_examples(frame, s) for s in ("train", "val", "test"))
+    if not splits[0]:
+        raise ValueError(f"{job.dataset_path}: the train split is empty; nothing to learn from")
+    return frame, splits
+
+
+def _load_base_for(job: AdapterJob, dtype: str, ranks: distributed.Ranks) -> Any:
+    """The base model on this rank's device, as the job's recipe loads it."""
+    from echo_pipeline.base_model import load_causal_lm
+
+    return load_causal_lm(
+        job.base_model,
+        dtype=dtype,
+        quantization=job.training.quantization,
+        device=distributed.device_for(ranks),
+    )
+
+
 def _job_fingerprint(
     job: AdapterJob, train: list[Any], val: list[Any], dtype: str, world_size: int
 ) -> str:
@@ -403,22 +416,13 @@ def _train_as_worker(
 ) -> None:
     """A rank other than 0: the same data, model and fingerprint, its share of every step, and
     nothing written (rank 0 writes checkpoints, the adapter and the MLflow run)."""
-    from echo_pipeline.base_model import load_causal_lm, load_tokenizer
+    from echo_pipeline.base_model import load_tokenizer
     from echo_pipeline.training import train_lora
 
     dtype = resolved_training_dtype(job.training.dtype)
-    frame = load_dataset(job.dataset_path)
-    train, val = split_examples(frame, "train"), split_examples(frame, "val")
-    if not train:
-        raise ValueError(f"{job.dataset_path}: the train split is empty; nothing to learn from")
-    model = load_causal_lm(
-        job.base_model,
-        dtype=dtype,
-        quantization=job.training.quantization,
-        device=distributed.device_for(ranks),
-    )
+    _, (train, val, _) = _job_splits(job)
     result = train_lora(
-        model,
+        _load_base_for(job, dtype, ranks),
         load_tokenizer(job.base_model),
         train,
         val,
