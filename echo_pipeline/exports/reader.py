@@ -12,11 +12,21 @@ import pyarrow.compute as pc
 
 from echo_pipeline.exports._common import export_sort_key, part_number
 from echo_pipeline.exports.archive import ExportPath, as_export_path
-from echo_pipeline.exports.detect import detect_format
-from echo_pipeline.exports.discord_csv import read_discord_csv, read_discord_csv_legacy
+from echo_pipeline.exports.detect import (
+    FORMAT_NAMES,
+    describe_json_head,
+    detect_format,
+    read_head_text,
+)
+from echo_pipeline.exports.discord_csv import (
+    describe_csv,
+    read_discord_csv,
+    read_discord_csv_legacy,
+)
 from echo_pipeline.exports.discord_json import read_discord_json
 from echo_pipeline.exports.discord_txt import read_discord_txt
 from echo_pipeline.exports.discover import discover_export_files
+from echo_pipeline.exports.errors import ExportError
 from echo_pipeline.exports.meta import describe_meta, read_meta_e2ee, read_meta_legacy
 from echo_pipeline.exports.slack import describe_slack, read_slack
 from echo_pipeline.exports.telegram import describe_telegram, read_telegram
@@ -42,11 +52,13 @@ _DESCRIBERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "meta_legacy": describe_meta,
     "meta_e2ee": describe_meta,
     "slack": describe_slack,
+    "discord_csv": describe_csv,
+    "discord_csv_legacy": describe_csv,
 }
 _SHAPES = {
     "discord_json": "DiscordChatExporter JSON",
     "discord_csv": "DiscordChatExporter CSV",
-    "discord_csv_legacy": "DiscordChatExporter CSV (releases before 2.18: no attachments column)",
+    "discord_csv_legacy": "DiscordChatExporter CSV, `;`-separated (releases up to 2.15)",
     "discord_txt": "DiscordChatExporter PlainText",
     "whatsapp": "WhatsApp 'Export chat' text (iOS or Android)",
 }
@@ -58,7 +70,25 @@ HUMAN_KINDS = ("message", "reply")
 def read_export(path: str | ExportPath) -> pa.Table:
     """One export file or zip member (any supported format, detected from its content)."""
     path = as_export_path(path)
-    return _READERS[detect_format(path)](path)
+    return _read(path, detect_format(path))
+
+
+def _read(path: ExportPath, fmt: str) -> pa.Table:
+    """The reader for ``fmt``; when it refuses a JSON file whose keys resemble something else,
+    its error also says what the file looks like, since detection chose from a few keys."""
+    try:
+        return _READERS[fmt](path)
+    except ExportError as error:
+        if fmt not in FORMAT_NAMES:
+            raise
+        looks, guess, _ = describe_json_head(read_head_text(path))
+        if guess is None:
+            raise
+        raise ExportError(
+            error.path,
+            f"{error.problem} (read as {FORMAT_NAMES[fmt]}, chosen from its keys; but the file "
+            f"is {looks}: {guess})",
+        ) from None
 
 
 def read_exports(paths: Iterable[str | ExportPath] | str | Path) -> pa.Table:
@@ -158,7 +188,7 @@ def inspect_export(path: str | ExportPath) -> dict[str, Any]:
     """
     path = as_export_path(path)
     fmt = detect_format(path)
-    table = _READERS[fmt](path)
+    table = _read(path, fmt)
     kind = table["kind"]
     blank = pc.and_(pc.equal(table["content"], ""), pc.invert(table["has_attachments"]))
     human = pc.and_(pc.is_in(kind, pa.array(HUMAN_KINDS)), pc.invert(table["is_bot"]))
@@ -169,7 +199,11 @@ def inspect_export(path: str | ExportPath) -> dict[str, Any]:
     return {
         "path": str(path),
         "format": fmt,
-        "shape": described.get("shape", _SHAPES.get(fmt, fmt)),
+        "shape": "; ".join(
+            filter(
+                None, [described.get("shape", _SHAPES.get(fmt, fmt)), described.get("shape_note")]
+            )
+        ),
         "suggested_me": list(described.get("suggested_me", [])),
         "channel": table["channel_name"][0].as_py() if table.num_rows else None,
         "channel_id": table["channel_id"][0].as_py() if table.num_rows else None,
