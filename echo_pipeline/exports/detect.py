@@ -179,11 +179,19 @@ _TRIED = "formats tried: " + ", ".join(
 _SHAPES: tuple[tuple[str, frozenset[str], frozenset[str], str, str], ...] = (
     (
         "array",
-        frozenset({"id", "date", "from"}),
+        frozenset({"id", "from"}),
         frozenset(),
         "looks like a Telegram chat's messages wrapped in a list",
         'export the chat again from Telegram Desktop as "Machine-readable JSON" (an object '
         'with "name", "type" and "messages")',
+    ),
+    (
+        "array",
+        frozenset({"name", "type", "id", "messages"}),
+        frozenset(),
+        "looks like a Telegram chat export wrapped in a list",
+        'give result.json as Telegram Desktop wrote it (one object with "name", "type" and '
+        '"messages"), or export again as "Machine-readable JSON"',
     ),
     (
         "array",
@@ -223,7 +231,7 @@ _SHAPES: tuple[tuple[str, frozenset[str], frozenset[str], str, str], ...] = (
     ),
     (
         "object",
-        frozenset({"id", "date", "from"}),
+        frozenset({"id", "from"}),
         frozenset(),
         "looks like one Telegram message, not a chat export",
         'export the chat from Telegram Desktop as "Machine-readable JSON"',

@@ -94,9 +94,11 @@ def _read(path: ExportPath, fmt: str) -> pa.Table:
 def read_exports(paths: Iterable[str | ExportPath] | str | Path) -> pa.Table:
     """Every export under ``paths`` as one CHAT_MESSAGES table, merged and deduplicated.
 
-    Partitions (``[part 2]``, ``[2 of 5]``) share their channel id, so they simply concatenate.
-    Overlapping exports of one channel are deduplicated on (channel_id, message_id): real
-    snowflake ids for JSON, content-derived ids for the other formats. Rows are sorted by
+    Partitions (``[part 2]``, ``[2 of 5]``, numbered CSV parts ``17.csv``) share their channel
+    id, so they simply concatenate. Overlapping exports of one channel are deduplicated on
+    (channel_id, message_id): real ids where the format has them, content-derived ids for the
+    other formats (whose chance repeats in files that merely touch are kept: see
+    ``_coincidences_kept``). Rows are sorted by
     channel, timestamp, snowflake id (JSON), file, then ``seq``; files are ranked earliest-starting first (then part
     number, then the longer one), and the copy from the first-ranked file is kept, so messages
     that share a minute (CSV/TXT/WhatsApp precision) keep their order across partitions and
@@ -114,6 +116,7 @@ def read_exports(paths: Iterable[str | ExportPath] | str | Path) -> pa.Table:
     channel = _channel_codes(table["channel_id"])
     keep = _first_copies(table, channel)
     if keep is not None:
+        keep, table = _coincidences_kept(table, channel, file_rank, keep)
         table, file_rank, channel = table.take(keep), file_rank[keep], channel[keep]
     keys = (
         table["seq"].to_numpy(),
@@ -164,6 +167,80 @@ def _first_copies(table: pa.Table, channel: np.ndarray) -> np.ndarray | None:
         [("row", "min")]
     )["row_min"]
     return np.sort(first.to_numpy())
+
+
+def _coincidences_kept(
+    table: pa.Table, channel: np.ndarray, file_rank: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, pa.Table]:
+    """``keep`` plus the repeats of content-derived ids that are not an overlap of two files.
+
+    A content-derived id (``m-``: CSV, PlainText, WhatsApp, Meta) is the same for the same
+    author, minute and text, so two files share one either because they overlap (an export
+    made twice over different date ranges) or by chance (":/" sent twice in a minute, the two
+    falling in consecutive numbered parts). Overlapping exports share a run at the end of one
+    and the start of the other, or the whole of one; anything else is a coincidence, and
+    those rows are kept, their ids suffixed (``~2``) to stay unique.
+    """
+    dropped = np.setdiff1d(np.arange(table.num_rows), keep)
+    ids = table["message_id"]
+    synthetic = pc.starts_with(ids.take(pa.array(dropped)), "m-").to_numpy(zero_copy_only=False)
+    if not synthetic.any():
+        return keep, table
+    seq = table["seq"].to_numpy()
+    sizes = np.bincount(file_rank)
+    # Every row of every repeated (channel, id), by group: which files hold it, where.
+    repeated = dropped[synthetic]
+    keys = list(
+        zip(channel[repeated].tolist(), ids.take(pa.array(repeated)).to_pylist(), strict=True)
+    )
+    wanted = set(keys)
+    all_keys = zip(channel.tolist(), ids.to_pylist(), strict=True)
+    groups: dict[tuple, list[int]] = {}
+    for row, key in enumerate(all_keys):
+        if key in wanted:
+            groups.setdefault(key, []).append(row)
+    shared: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for rows in groups.values():
+        for a in rows:
+            for b in rows:
+                if file_rank[a] < file_rank[b]:
+                    shared.setdefault((file_rank[a], file_rank[b]), []).append((seq[a], seq[b]))
+
+    overlaps: dict[tuple[int, int], bool] = {}
+
+    def overlap(fa: int, fb: int) -> bool:
+        if (fa, fb) not in overlaps:
+            seqs = shared.get((fa, fb), [])
+            in_a = {a for a, _ in seqs}
+            in_b = {b for _, b in seqs}
+            overlaps[fa, fb] = bool(
+                (0 in in_b and sizes[fa] - 1 in in_a)
+                or (0 in in_a and sizes[fb] - 1 in in_b)
+                or len(in_a) == sizes[fa]
+                or len(in_b) == sizes[fb]
+            )
+        return overlaps[fa, fb]
+
+    kept_too: list[int] = []
+    new_ids: dict[int, str] = {}
+    for key, rows in groups.items():
+        copies = 1
+        for i, row in enumerate(rows[1:], start=1):
+            if not any(overlap(file_rank[earlier], file_rank[row]) for earlier in rows[:i]):
+                copies += 1
+                kept_too.append(row)
+                new_ids[row] = f"{key[1]}~{copies}"
+    if not kept_too:
+        return keep, table
+    id_list = ids.to_pylist()
+    for row, new_id in new_ids.items():
+        id_list[row] = new_id
+    table = table.set_column(
+        table.schema.get_field_index("message_id"),
+        table.schema.field("message_id"),
+        pa.array(id_list, pa.string()),
+    )
+    return np.sort(np.concatenate([keep, np.array(kept_too, dtype=keep.dtype)])), table
 
 
 def _file_rank(item: tuple[ExportPath, pa.Table]) -> tuple:

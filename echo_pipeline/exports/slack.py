@@ -604,7 +604,7 @@ def _render_token(token: str, names: Mapping[str, str], channels: Mapping[str, s
 # --- detection and discovery -------------------------------------------------------------------
 
 _ARRAY_OF_OBJECTS = re.compile(r"^\[\s*\{")
-_DATE_KEY = re.compile(r'(?<!\\)"date"\s*:')
+_TELEGRAM_KEY = re.compile(r'(?<!\\)"(?:date|date_unixtime|from|from_id)"\s*:')
 _SLACK_TS = re.compile(r'(?<!\\)"ts"\s*:\s*"\d{9,12}\.\d{6}"')
 _MESSAGE_TYPE = re.compile(r'(?<!\\)"type"\s*:\s*"message"')
 _USER_KEYS = re.compile(r'(?<!\\)"(?:real_name|is_bot|profile|team_id)"\s*:')
@@ -622,8 +622,9 @@ def sniff_slack(text: str) -> bool:
         return False
     if _SLACK_TS.search(text) is not None:
         return True
-    # Telegram's messages say "type": "message" too, but carry a "date"; Slack's never do.
-    return _MESSAGE_TYPE.search(text) is not None and _DATE_KEY.search(text) is None
+    # Telegram's messages say "type": "message" too, but carry a "date" and a "from"; Slack's
+    # never do.
+    return _MESSAGE_TYPE.search(text) is not None and _TELEGRAM_KEY.search(text) is None
 
 
 def _sniff_metadata(text: str) -> bool:

@@ -124,3 +124,26 @@ def test_numbered_csv_parts_read_as_one_channel_in_time_then_number_order(tmp_pa
     assert ("last word", "ok!") in zip(
         pairs["prompt"].to_pylist(), pairs["reply"].to_pylist(), strict=True
     )
+
+
+def test_the_same_words_twice_in_a_minute_across_parts_are_two_messages(tmp_path):
+    """Numbered parts that touch (komodo-dev-general's 87.csv and 88.csv): ":/" ends part 1
+    and, a few messages into part 2, is sent again in the same minute. Ids made of author,
+    minute and text match, but two touching parts are no overlap: both messages stay. A part
+    that does overlap (it starts with part 1's last messages) still loses its copies."""
+    header = "AuthorID;Author;Date;Content;Attachments;Reactions;\n"
+
+    def rows(*messages: tuple[str, str]) -> str:
+        return header + "".join(
+            f'"{len(a)}";"{a}";"16-Dec-18 03:15 PM";"{t}";"";"";\n' for a, t in messages
+        )
+
+    folder = tmp_path / "dev-general"
+    folder.mkdir()
+    (folder / "1.csv").write_text(rows(("Bob", "hm"), ("Dora", ":/")))
+    (folder / "2.csv").write_text(rows(("Bob", "what"), ("Alice", "ok"), ("Dora", ":/")))
+    assert read_exports(folder)["content"].to_pylist() == ["hm", ":/", "what", "ok", ":/"]
+    (folder / "3.csv").write_text(rows(("Dora", ":/"), ("Bob", "what")))  # overlaps 1 and 2
+    table = read_exports(folder)
+    assert table["content"].to_pylist() == ["hm", ":/", "what", "ok", ":/"]
+    assert len(set(table["message_id"].to_pylist())) == 5
