@@ -126,13 +126,17 @@ def test_a_broken_export_of_another_app_fails_naming_it_and_keeps_earlier_files(
     sample_ingested, tmp_path, app
 ):
     path, problem = _other_apps_broken(tmp_path)[app]
-    result = materialize(path)
+    assert_read_fails_naming(materialize(path), path, problem)
+    assert snapshot() == sample_ingested
+
+
+def assert_read_fails_naming(result: dg.ExecuteInProcessResult, path: Path, problem: str) -> None:
+    """The run failed in read_chat_exports with one line: ``<path>: ...problem...``."""
     assert not result.success
     failed_step, line = failure_message(result)
     assert failed_step == "read_chat_exports"
     assert line.startswith(f"dagster._core.definitions.events.Failure: {path}: ")
     assert problem in line
-    assert snapshot() == sample_ingested
 
 
 #: One of each kind of issue 23 through the assets (every case runs through the CLI in
@@ -148,12 +152,7 @@ def test_a_hostile_file_in_a_folder_fails_naming_it_and_keeps_earlier_files(
     write_text(folder / "WhatsApp Chat with Bob.txt", "15/01/2024, 10:00 - Bob: hi\n")
     write, problem = HOSTILE_CASES[case]
     bad = write(folder / "bad")
-    result = materialize(folder)
-    assert not result.success
-    failed_step, line = failure_message(result)
-    assert failed_step == "read_chat_exports"
-    assert line.startswith(f"dagster._core.definitions.events.Failure: {bad}: ")
-    assert problem in line
+    assert_read_fails_naming(materialize(folder), bad, problem)
     assert snapshot() == sample_ingested
 
 
