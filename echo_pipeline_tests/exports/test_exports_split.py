@@ -25,6 +25,7 @@ from split_exports import (
     write_split_export,
 )
 
+from echo_pipeline.cli import main
 from echo_pipeline.exports import read_exports
 
 
@@ -99,7 +100,7 @@ def test_a_slack_export_of_two_days(tmp_path, as_zip):
     assert_same_pairs(whole, pairs)
 
 
-def test_numbered_csv_parts_read_as_one_channel_in_time_then_number_order(tmp_path):
+def test_numbered_csv_parts_read_as_one_channel_in_time_then_number_order(tmp_path, capsys):
     """Parts named 1.csv .. 12.csv (no channel in the name, DCE's old `;` dialect), two parts
     starting in each minute: one channel, ordered by time and then by part number as a number
     (a plain sort puts 10.csv before 9.csv), so a reply in the next part pairs."""
@@ -120,6 +121,13 @@ def test_numbered_csv_parts_read_as_one_channel_in_time_then_number_order(tmp_pa
     assert len(set(table["channel_id"].to_pylist())) == 1
     files = list(dict.fromkeys(Path(f).name for f in table["source_file"].to_pylist()))
     assert files == [f"{n}.csv" for n in range(1, 13)]
+    capsys.readouterr()
+    assert main(["inspect", str(folder)]) == 0
+    shown = capsys.readouterr().out
+    assert "a numbered part of channel 'dev-general'" in shown
+    (channel_id,) = set(table["channel_id"].to_pylist())
+    merged = f"one channel dev-general [{channel_id}]: 12 files read together, 17 messages"
+    assert merged in shown
     pairs = cli_pairs(folder, tmp_path / "p.parquet", "Alice")
     assert ("last word", "ok!") in zip(
         pairs["prompt"].to_pylist(), pairs["reply"].to_pylist(), strict=True
