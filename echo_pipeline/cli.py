@@ -57,9 +57,31 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             )
         if s.get("suggested_me"):
             print(f"  owner    {', '.join(s['suggested_me'])} (named by the export: --me)")
+    merged = channels_across_files(summaries)
+    if merged:
+        print()
+        for chat in merged:
+            print(
+                f"one channel {chat['name']} [{chat['id']}]: {chat['files']} files read together, "
+                f"{chat['messages']} messages (before removing overlaps), in time order"
+            )
     print()
     print(_next_after_inspect(args.paths, summaries))
     return 0
+
+
+def channels_across_files(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Channels whose messages come from several files (partitions, numbered parts, a Slack
+    channel's days): ``pairs`` reads each as one conversation, across the file boundaries."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for summary in summaries:
+        for chat in summary.get("channels") or []:
+            entry = by_id.setdefault(
+                chat["id"], {"id": chat["id"], "name": chat["name"], "files": 0, "messages": 0}
+            )
+            entry["files"] += 1
+            entry["messages"] += chat["messages"]
+    return [chat for chat in by_id.values() if chat["files"] > 1]
 
 
 def most_active_person(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:

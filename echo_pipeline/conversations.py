@@ -231,6 +231,21 @@ def build_turns(
     return turns
 
 
+def arrow_column(values: pd.Series | np.ndarray, type: pa.DataType) -> pa.Array:
+    """A pandas column (or numpy array) as one contiguous Arrow array: the one place pairing
+    hands columns to Arrow kernels that build offsets over them.
+
+    With pandas 3 a text column stays Arrow-backed and keeps the chunks of the table it came
+    from (one per export file once a folder holds several), so ``pa.array`` returns a
+    ``ChunkedArray``, which ``ListArray.from_arrays`` and ``StructArray.from_arrays`` refuse.
+    A single-chunk column costs nothing extra; a multi-chunk one is copied once.
+    """
+    array = pa.array(values, type=type)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks else pa.array([], type=type)
+    return array
+
+
 def _join_turn_texts(content: pd.Series, new_turn: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """Each turn's messages joined by newlines, in turn order, in one Arrow kernel.
 
@@ -241,7 +256,7 @@ def _join_turn_texts(content: pd.Series, new_turn: np.ndarray) -> pd.api.extensi
     import pyarrow.compute as pc
 
     offsets = np.append(np.flatnonzero(new_turn), len(content)).astype(np.int64)
-    values = pa.array(content, type=pa.large_string())
+    values = arrow_column(content, pa.large_string())
     turns = pa.LargeListArray.from_arrays(pa.array(offsets), values)
     joined = pc.binary_join(turns, pa.scalar("\n", pa.large_string()))
     return joined.to_pandas().array  # positional, same str dtype as the groupby gave
@@ -325,9 +340,9 @@ def _context_column(turns: pd.DataFrame, prompt_idx: np.ndarray, k: int) -> pa.A
     texts = turns["text"].astype(str).to_numpy(dtype=object)
     values = pa.StructArray.from_arrays(
         [
-            pa.array(names[flat], pa.string()),
-            pa.array(texts[flat], pa.string()),
-            pa.array(turns["is_me"].to_numpy()[flat], pa.bool_()),
+            arrow_column(names[flat], pa.string()),
+            arrow_column(texts[flat], pa.string()),
+            arrow_column(turns["is_me"].to_numpy()[flat], pa.bool_()),
         ],
         fields=list(schemas.CONTEXT_TURN),
     )

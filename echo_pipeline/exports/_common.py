@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,12 +27,42 @@ _COPY_SUFFIX = re.compile(r"\s*\(\d{1,3}\)\s*$")  # "chat (1).txt": a second dow
 _WHATSAPP_PREFIX = re.compile(r"^WhatsApp Chat(?: with | - )", re.IGNORECASE)
 
 
+#: A file named by its number alone (``17.csv``, ``part 17.csv``, ``part_017.csv``): a part of
+#: a longer log, split for publishing, whose channel is the folder it sits in.
+_BARE_PART = re.compile(r"^(?:part[\s_-]*)?0*(?P<n>\d{1,9})$", re.IGNORECASE)
+_DIGITS = re.compile(r"(\d+)")
+
+
 def part_number(path: Path) -> int:
-    """1 for a whole export or the first part; N for ``name [part N].json`` / ``name [N of M].csv``."""
+    """1 for a whole export or the first part; N for ``name [part N].json`` / ``name [N of M].csv``
+    and for a bare numbered part (``N.csv``)."""
+    bare = _BARE_PART.match(path.stem.strip())
+    if bare is not None:
+        return int(bare.group("n"))
     match = _PART_SUFFIX.search(path.stem)
     if match is None:
         return 1
     return int(match.group("n") or match.group("k"))
+
+
+def is_bare_part(path: Path) -> bool:
+    """True for a file named by its number alone (``17.csv``): see :func:`folder_channel_name`."""
+    return _BARE_PART.match(path.stem.strip()) is not None
+
+
+def folder_channel_name(path: Path) -> str:
+    """The channel of a bare numbered part: its folder's name (or its archive's, less ``.zip``).
+
+    Such parts carry no channel of their own (CSV has no channel column), so the parts of one
+    folder are one channel, ordered by time with their numbers breaking ties.
+    """
+    folder = path.parent.name or "export"
+    return folder[:-4] if folder.lower().endswith(".zip") else folder
+
+
+def natural_key(text: str) -> tuple:
+    """Sorts ``2.csv`` before ``10.csv``: digit runs compare as numbers."""
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(_DIGITS.split(text)))
 
 
 def export_stem(path: Path) -> str:
@@ -44,9 +75,11 @@ def export_stem(path: Path) -> str:
         stem = shorter
 
 
-def export_sort_key(path: Path) -> tuple[str, str, int, str]:
-    """Sort key that keeps the partitions of one export together and in part order."""
-    return (str(path.parent), export_stem(path), part_number(path), path.name)
+def export_sort_key(path: Path) -> tuple:
+    """Sort key that keeps the partitions of one export together and in part order (names in
+    natural order: ``2.csv`` before ``10.csv``)."""
+    stem = "" if is_bare_part(path) else export_stem(path)
+    return (str(path.parent), natural_key(stem), part_number(path), natural_key(path.name))
 
 
 def channel_id_from_name(path: Path) -> str | None:
@@ -253,6 +286,44 @@ def parse_export_dates(values: Sequence[str], path: Path, what: str) -> pa.Times
     )
 
 
+#: The dates Python's ``datetime`` can hold, years 1 to 9999: ``inspect``, pandas users and
+#: every Parquet reader downstream need them, and no real chat lies outside.
+MIN_TIMESTAMP_US = -62_135_596_800_000_000
+MAX_TIMESTAMP_US = 253_402_300_799_999_999
+
+
+def raw_date_bounds(per_second: int) -> tuple[int, int]:
+    """Raw times (``per_second`` units a second) just past the datetime range: a reader clips
+    to them before scaling to microseconds, so a wild value cannot wrap around int64 and stays
+    out of range for :func:`build_table` to report."""
+    scale = 1_000_000 // per_second
+    return MIN_TIMESTAMP_US // scale - 1, MAX_TIMESTAMP_US // scale + 1
+
+
+def clip_to_date_range(values: np.ndarray, per_second: int) -> np.ndarray:
+    """``values`` clipped to :func:`raw_date_bounds`."""
+    return np.clip(values, *raw_date_bounds(per_second))
+
+
+def _check_date_range(path: Path, timestamp: pa.Array, message_id) -> None:
+    """ExportError naming the first message dated outside years 1-9999 (a damaged export)."""
+    micros = timestamp.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    if not len(micros):
+        return
+    if micros.min() >= MIN_TIMESTAMP_US and micros.max() <= MAX_TIMESTAMP_US:
+        return
+    i = int(np.flatnonzero((micros < MIN_TIMESTAMP_US) | (micros > MAX_TIMESTAMP_US))[0])
+    mid = message_id[i]
+    mid = mid.as_py() if isinstance(mid, pa.Scalar) else mid
+    label = f"message {i + 1}" + (f" (id {mid})" if mid and not str(mid).startswith("m-") else "")
+    side = "after year 9999" if micros[i] > 0 else "before year 1"
+    raise ExportError(
+        path,
+        f"{label} is dated {side} ({micros[i] // 1_000_000} seconds since 1970-01-01), which no "
+        "chat app writes: the export is damaged or was edited; re-export the chat",
+    )
+
+
 def timestamps_to_int(ts: pa.TimestampArray) -> list[int]:
     """Microseconds since the epoch, for hashing."""
     return ts.cast(pa.int64()).to_pylist()
@@ -285,6 +356,23 @@ def read_text(path: Path) -> str:
 
 
 # --- decoding big files ---------------------------------------------------------------------
+
+
+def decode_json(path: Path, decoder: Any, data: Any, advice: str) -> Any:
+    """``decoder.decode(data)`` for every JSON reader, so none can forget hostile nesting.
+
+    msgspec raises RecursionError on a document nested deeper than the interpreter's stack
+    allows (100k nested lists in one unused key is enough); here that is an ExportError like any
+    other bad file. Every other decoder error is left for the reader, which knows its format.
+    """
+    try:
+        return decoder.decode(data)
+    except RecursionError:
+        raise ExportError(
+            path,
+            "JSON nested too deeply (thousands of levels, where an export has a few): a damaged "
+            f"or hostile file, not an export; {advice}",
+        ) from None
 
 
 @contextmanager
@@ -323,6 +411,7 @@ def build_table(
 ) -> pa.Table:
     """One file's messages as a CHAT_MESSAGES table; ``seq`` is the position in the file."""
     n = len(timestamp)
+    _check_date_range(path, timestamp, message_id)
     columns = {
         "source_file": pa.repeat(pa.scalar(str(path), pa.string()), n),
         "source_format": pa.repeat(pa.scalar(source_format, pa.string()), n),

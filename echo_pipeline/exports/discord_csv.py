@@ -30,6 +30,8 @@ from echo_pipeline.exports._common import (
     channel_id_from_name,
     channel_name_from_name,
     export_stem,
+    folder_channel_name,
+    is_bare_part,
     is_system_text,
     parse_export_dates,
     read_text,
@@ -94,14 +96,14 @@ def _read(path: Path, source_format: str) -> pa.Table:
         contents.append(row[index["Content"]])
         attachments.append(row[index["Attachments"]].strip())
 
-    channel_id = channel_id_from_name(path) or stable_channel_id("discord_csv", export_stem(path))
+    channel_id, channel_name = csv_channel(path)
     timestamps = parse_export_dates(dates, path, "row")
     first_urls = [a.split(",", 1)[0].strip() if a else None for a in attachments]
     return build_table(
         path,
         source_format,
         channel_id,
-        channel_name_from_name(path),
+        channel_name,
         message_id=synthetic_message_ids(
             channel_id, authors, timestamps_to_int(timestamps), contents
         ),
@@ -116,6 +118,31 @@ def _read(path: Path, source_format: str) -> pa.Table:
         attachment_kind=[attachment_kind(u) if u else None for u in first_urls],
         edited=[False] * len(contents),
     )
+
+
+def csv_channel(path: Path) -> tuple[str, str]:
+    """(channel id, channel name) of a CSV export, which only its file name can tell.
+
+    DCE's default name carries ``[channelId]``; a bare numbered part (``17.csv``) belongs to
+    its folder's channel; anything else is its own channel, named after the file.
+    """
+    from_name = channel_id_from_name(path)
+    if from_name is None and is_bare_part(path):
+        folder = folder_channel_name(path)
+        return stable_channel_id("discord_csv", "parts", folder), folder
+    channel_id = from_name or stable_channel_id("discord_csv", export_stem(path))
+    return channel_id, channel_name_from_name(path)
+
+
+def describe_csv(path: Path) -> dict[str, str]:
+    """For ``inspect``: a bare numbered part says which channel it is read as part of."""
+    if channel_id_from_name(path) is None and is_bare_part(path):
+        return {
+            "shape_note": f"a numbered part of channel {folder_channel_name(path)!r} (no "
+            "channel in the file: the numbered files of one folder are read as one channel, "
+            "in time order)"
+        }
+    return {}
 
 
 def _rows(path: Path, text: str, delimiter: str):

@@ -26,6 +26,7 @@ from echo_pipeline.exports._common import (
     build_table,
     channel_id_from_name,
     channel_name_from_name,
+    decode_json,
     export_stem,
     gc_paused,
     iso_to_utc,
@@ -271,13 +272,14 @@ def _decode_file(path: Path) -> _Export:
         raise ExportError(path, f"cannot read file ({error.strerror or error})") from None
 
 
-_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+_ADVICE_JSON = "re-export the chat with DiscordChatExporter `-f Json`"
 
 
 def _decode(path: Path, body: memoryview, bom: int, size: int) -> _Export:
     """Decode; on malformed JSON retry once with lone surrogates replaced, else ExportError."""
     try:
-        return _DECODER.decode(body)
+        return decode_json(path, _DECODER, body, _ADVICE_JSON)
     except _DECODE_ERRORS as error:
         # msgspec reports a lone surrogate escape ("\ud800") as malformed or truncated JSON.
         malformed = type(error) is msgspec.DecodeError
@@ -285,7 +287,9 @@ def _decode(path: Path, body: memoryview, bom: int, size: int) -> _Export:
         if fixed is None:
             raise _export_error(path, error, body, bom, size) from None
     try:
-        return _DECODER.decode(fixed)  # same length as the file: byte offsets still hold
+        return decode_json(
+            path, _DECODER, fixed, _ADVICE_JSON
+        )  # same length as the file: byte offsets still hold
     except _DECODE_ERRORS as error:
         raise _export_error(path, error, fixed, bom, size) from None
 
@@ -293,8 +297,6 @@ def _decode(path: Path, body: memoryview, bom: int, size: int) -> _Export:
 def _export_error(path: Path, error: Exception, data, bom: int, size: int) -> ExportError:
     if isinstance(error, msgspec.ValidationError):
         return _not_an_export(path, error)
-    if isinstance(error, RecursionError):
-        return _too_deep(path)
     # Decoders word (and type) invalid UTF-8 differently from one release to the next: msgspec
     # 0.22 raises UnicodeDecodeError, 0.23 a DecodeError without a position. So the bytes decide:
     # whichever comes first, an invalid UTF-8 sequence or the point where the JSON broke.
@@ -376,12 +378,6 @@ def _not_utf8(path: Path, offset: int, byte: int) -> ExportError:
         path,
         f"not UTF-8 text: byte 0x{byte:02X} at byte offset {offset} is invalid (text saved in "
         "another encoding, or a damaged file); re-export the chat",
-    )
-
-
-def _too_deep(path: Path) -> ExportError:
-    return ExportError(
-        path, "JSON is nested too deeply to be a DiscordChatExporter export; re-export the chat"
     )
 
 

@@ -47,6 +47,8 @@ import pyarrow.compute as pc
 from echo_pipeline.exports._common import (
     attachment_kind,
     build_table,
+    clip_to_date_range,
+    decode_json,
     stable_channel_id,
     synthetic_message_ids,
 )
@@ -389,6 +391,9 @@ def _read_e2ee(path: Path) -> _Read:
     return _Read(table, names, title, owners)
 
 
+_REDOWNLOAD = 're-download it from Meta\'s "Download your information" in JSON format'
+
+
 def _decode(path: Path, decoder: msgspec.json.Decoder) -> Any:
     try:
         data = path.read_bytes()
@@ -397,7 +402,7 @@ def _decode(path: Path, decoder: msgspec.json.Decoder) -> Any:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
-        return decoder.decode(data)
+        return decode_json(path, decoder, data, _REDOWNLOAD)
     except msgspec.ValidationError as error:
         problem = str(error)
         if problem.startswith("Expected `object`, got `array`") and "`$." not in problem:
@@ -466,9 +471,13 @@ def _table(
             f"message {timestamps.index(None) + 1} (counted from the top of the file) has no "
             "timestamp; re-download the export",
         )
-    ms = np.array(
-        timestamps, dtype=np.float64 if any(isinstance(t, float) for t in timestamps) else np.int64
-    )
+    try:
+        ms = np.array(
+            timestamps,
+            dtype=np.float64 if any(isinstance(t, float) for t in timestamps) else np.int64,
+        )
+    except OverflowError:  # an integer past int64: out of range, reported by build_table
+        ms = np.array(timestamps, dtype=np.float64)
     order = np.arange(n)
     if n > 1 and ms[0] > ms[-1]:  # Meta writes newest first
         order = order[::-1]
@@ -502,7 +511,7 @@ def _table(
     authors = [senders[i] for i in take]
     author_ids = ["meta:" + name for name in authors]
     content_sorted = content[order].tolist()
-    ts_us = (ms[order] * 1000).astype(np.int64)
+    ts_us = (clip_to_date_range(ms[order], 1000) * 1000).astype(np.int64)
     attachment_sorted = attachment[order].tolist()
     table = build_table(
         path,

@@ -12,11 +12,21 @@ import pyarrow.compute as pc
 
 from echo_pipeline.exports._common import export_sort_key, part_number
 from echo_pipeline.exports.archive import ExportPath, as_export_path
-from echo_pipeline.exports.detect import detect_format
-from echo_pipeline.exports.discord_csv import read_discord_csv, read_discord_csv_legacy
+from echo_pipeline.exports.detect import (
+    FORMAT_NAMES,
+    describe_json_head,
+    detect_format,
+    read_head_text,
+)
+from echo_pipeline.exports.discord_csv import (
+    describe_csv,
+    read_discord_csv,
+    read_discord_csv_legacy,
+)
 from echo_pipeline.exports.discord_json import read_discord_json
 from echo_pipeline.exports.discord_txt import read_discord_txt
 from echo_pipeline.exports.discover import discover_export_files
+from echo_pipeline.exports.errors import ExportError
 from echo_pipeline.exports.meta import describe_meta, read_meta_e2ee, read_meta_legacy
 from echo_pipeline.exports.slack import describe_slack, read_slack
 from echo_pipeline.exports.telegram import describe_telegram, read_telegram
@@ -42,11 +52,13 @@ _DESCRIBERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "meta_legacy": describe_meta,
     "meta_e2ee": describe_meta,
     "slack": describe_slack,
+    "discord_csv": describe_csv,
+    "discord_csv_legacy": describe_csv,
 }
 _SHAPES = {
     "discord_json": "DiscordChatExporter JSON",
     "discord_csv": "DiscordChatExporter CSV",
-    "discord_csv_legacy": "DiscordChatExporter CSV (releases before 2.18: no attachments column)",
+    "discord_csv_legacy": "DiscordChatExporter CSV, `;`-separated (releases up to 2.15)",
     "discord_txt": "DiscordChatExporter PlainText",
     "whatsapp": "WhatsApp 'Export chat' text (iOS or Android)",
 }
@@ -58,15 +70,35 @@ HUMAN_KINDS = ("message", "reply")
 def read_export(path: str | ExportPath) -> pa.Table:
     """One export file or zip member (any supported format, detected from its content)."""
     path = as_export_path(path)
-    return _READERS[detect_format(path)](path)
+    return _read(path, detect_format(path))
+
+
+def _read(path: ExportPath, fmt: str) -> pa.Table:
+    """The reader for ``fmt``; when it refuses a JSON file whose keys resemble something else,
+    its error also says what the file looks like, since detection chose from a few keys."""
+    try:
+        return _READERS[fmt](path)
+    except ExportError as error:
+        if fmt not in FORMAT_NAMES:
+            raise
+        looks, guess, _ = describe_json_head(read_head_text(path))
+        if guess is None:
+            raise
+        raise ExportError(
+            error.path,
+            f"{error.problem} (read as {FORMAT_NAMES[fmt]}, chosen from its keys; but the file "
+            f"is {looks}: {guess})",
+        ) from None
 
 
 def read_exports(paths: Iterable[str | ExportPath] | str | Path) -> pa.Table:
     """Every export under ``paths`` as one CHAT_MESSAGES table, merged and deduplicated.
 
-    Partitions (``[part 2]``, ``[2 of 5]``) share their channel id, so they simply concatenate.
-    Overlapping exports of one channel are deduplicated on (channel_id, message_id): real
-    snowflake ids for JSON, content-derived ids for the other formats. Rows are sorted by
+    Partitions (``[part 2]``, ``[2 of 5]``, numbered CSV parts ``17.csv``) share their channel
+    id, so they simply concatenate. Overlapping exports of one channel are deduplicated on
+    (channel_id, message_id): real ids where the format has them, content-derived ids for the
+    other formats (whose chance repeats in files that merely touch are kept: see
+    ``_coincidences_kept``). Rows are sorted by
     channel, timestamp, snowflake id (JSON), file, then ``seq``; files are ranked earliest-starting first (then part
     number, then the longer one), and the copy from the first-ranked file is kept, so messages
     that share a minute (CSV/TXT/WhatsApp precision) keep their order across partitions and
@@ -84,6 +116,7 @@ def read_exports(paths: Iterable[str | ExportPath] | str | Path) -> pa.Table:
     channel = _channel_codes(table["channel_id"])
     keep = _first_copies(table, channel)
     if keep is not None:
+        keep, table = _coincidences_kept(table, channel, file_rank, keep)
         table, file_rank, channel = table.take(keep), file_rank[keep], channel[keep]
     keys = (
         table["seq"].to_numpy(),
@@ -136,6 +169,80 @@ def _first_copies(table: pa.Table, channel: np.ndarray) -> np.ndarray | None:
     return np.sort(first.to_numpy())
 
 
+def _coincidences_kept(
+    table: pa.Table, channel: np.ndarray, file_rank: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, pa.Table]:
+    """``keep`` plus the repeats of content-derived ids that are not an overlap of two files.
+
+    A content-derived id (``m-``: CSV, PlainText, WhatsApp, Meta) is the same for the same
+    author, minute and text, so two files share one either because they overlap (an export
+    made twice over different date ranges) or by chance (":/" sent twice in a minute, the two
+    falling in consecutive numbered parts). Overlapping exports share a run at the end of one
+    and the start of the other, or the whole of one; anything else is a coincidence, and
+    those rows are kept, their ids suffixed (``~2``) to stay unique.
+    """
+    dropped = np.setdiff1d(np.arange(table.num_rows), keep)
+    ids = table["message_id"]
+    synthetic = pc.starts_with(ids.take(pa.array(dropped)), "m-").to_numpy(zero_copy_only=False)
+    if not synthetic.any():
+        return keep, table
+    seq = table["seq"].to_numpy()
+    sizes = np.bincount(file_rank)
+    # Every row of every repeated (channel, id), by group: which files hold it, where.
+    repeated = dropped[synthetic]
+    keys = list(
+        zip(channel[repeated].tolist(), ids.take(pa.array(repeated)).to_pylist(), strict=True)
+    )
+    wanted = set(keys)
+    all_keys = zip(channel.tolist(), ids.to_pylist(), strict=True)
+    groups: dict[tuple, list[int]] = {}
+    for row, key in enumerate(all_keys):
+        if key in wanted:
+            groups.setdefault(key, []).append(row)
+    shared: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for rows in groups.values():
+        for a in rows:
+            for b in rows:
+                if file_rank[a] < file_rank[b]:
+                    shared.setdefault((file_rank[a], file_rank[b]), []).append((seq[a], seq[b]))
+
+    overlaps: dict[tuple[int, int], bool] = {}
+
+    def overlap(fa: int, fb: int) -> bool:
+        if (fa, fb) not in overlaps:
+            seqs = shared.get((fa, fb), [])
+            in_a = {a for a, _ in seqs}
+            in_b = {b for _, b in seqs}
+            overlaps[fa, fb] = bool(
+                (0 in in_b and sizes[fa] - 1 in in_a)
+                or (0 in in_a and sizes[fb] - 1 in in_b)
+                or len(in_a) == sizes[fa]
+                or len(in_b) == sizes[fb]
+            )
+        return overlaps[fa, fb]
+
+    kept_too: list[int] = []
+    new_ids: dict[int, str] = {}
+    for key, rows in groups.items():
+        copies = 1
+        for i, row in enumerate(rows[1:], start=1):
+            if not any(overlap(file_rank[earlier], file_rank[row]) for earlier in rows[:i]):
+                copies += 1
+                kept_too.append(row)
+                new_ids[row] = f"{key[1]}~{copies}"
+    if not kept_too:
+        return keep, table
+    id_list = ids.to_pylist()
+    for row, new_id in new_ids.items():
+        id_list[row] = new_id
+    table = table.set_column(
+        table.schema.get_field_index("message_id"),
+        table.schema.field("message_id"),
+        pa.array(id_list, pa.string()),
+    )
+    return np.sort(np.concatenate([keep, np.array(kept_too, dtype=keep.dtype)])), table
+
+
 def _file_rank(item: tuple[ExportPath, pa.Table]) -> tuple:
     file, table = item
     start = pc.min(table["timestamp"]).cast(pa.int64()).as_py()
@@ -158,7 +265,7 @@ def inspect_export(path: str | ExportPath) -> dict[str, Any]:
     """
     path = as_export_path(path)
     fmt = detect_format(path)
-    table = _READERS[fmt](path)
+    table = _read(path, fmt)
     kind = table["kind"]
     blank = pc.and_(pc.equal(table["content"], ""), pc.invert(table["has_attachments"]))
     human = pc.and_(pc.is_in(kind, pa.array(HUMAN_KINDS)), pc.invert(table["is_bot"]))
@@ -169,7 +276,11 @@ def inspect_export(path: str | ExportPath) -> dict[str, Any]:
     return {
         "path": str(path),
         "format": fmt,
-        "shape": described.get("shape", _SHAPES.get(fmt, fmt)),
+        "shape": "; ".join(
+            filter(
+                None, [described.get("shape", _SHAPES.get(fmt, fmt)), described.get("shape_note")]
+            )
+        ),
         "suggested_me": list(described.get("suggested_me", [])),
         "channel": table["channel_name"][0].as_py() if table.num_rows else None,
         "channel_id": table["channel_id"][0].as_py() if table.num_rows else None,

@@ -35,7 +35,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from echo_pipeline.exports._common import attachment_kind, build_table, decode_utf8
+from echo_pipeline.exports._common import (
+    attachment_kind,
+    build_table,
+    decode_json,
+    decode_utf8,
+)
 from echo_pipeline.exports.errors import ExportError
 
 FORMAT = "slack"
@@ -305,10 +310,13 @@ def _user_name(user: _User | _Profile) -> str | None:
     return None
 
 
+_REDOWNLOAD = "re-download the Slack export"
+
+
 def _decode_metadata(path: Any, decoder: msgspec.json.Decoder, what: str) -> list:
     data = _read_bytes(path)
     try:
-        return decoder.decode(data)
+        return decode_json(path, decoder, data, _REDOWNLOAD)
     except msgspec.ValidationError as error:
         raise ExportError(
             path, f"not a Slack {what} list ({error}); re-download the workspace export"
@@ -359,7 +367,7 @@ def _decode_day(path: Any) -> list[_Message]:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
-        messages = _DAY_DECODER.decode(data)
+        messages = decode_json(path, _DAY_DECODER, data, _REDOWNLOAD)
     except msgspec.ValidationError as error:
         if str(error).startswith("Expected `array`"):
             problem = "expected a JSON array of messages (a Slack daily file), found " + (
@@ -596,6 +604,7 @@ def _render_token(token: str, names: Mapping[str, str], channels: Mapping[str, s
 # --- detection and discovery -------------------------------------------------------------------
 
 _ARRAY_OF_OBJECTS = re.compile(r"^\[\s*\{")
+_TELEGRAM_KEY = re.compile(r'(?<!\\)"(?:date|date_unixtime|from|from_id)"\s*:')
 _SLACK_TS = re.compile(r'(?<!\\)"ts"\s*:\s*"\d{9,12}\.\d{6}"')
 _MESSAGE_TYPE = re.compile(r'(?<!\\)"type"\s*:\s*"message"')
 _USER_KEYS = re.compile(r'(?<!\\)"(?:real_name|is_bot|profile|team_id)"\s*:')
@@ -611,7 +620,11 @@ def sniff_slack(text: str) -> bool:
     """
     if not _ARRAY_OF_OBJECTS.match(text):
         return False
-    return _SLACK_TS.search(text) is not None or _MESSAGE_TYPE.search(text) is not None
+    if _SLACK_TS.search(text) is not None:
+        return True
+    # Telegram's messages say "type": "message" too, but carry a "date" and a "from"; Slack's
+    # never do.
+    return _MESSAGE_TYPE.search(text) is not None and _TELEGRAM_KEY.search(text) is None
 
 
 def _sniff_metadata(text: str) -> bool:

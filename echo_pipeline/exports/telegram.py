@@ -47,8 +47,10 @@ import pyarrow.compute as pc
 from echo_pipeline.exports._common import (
     attachment_kind,
     build_table,
+    decode_json,
     gc_paused,
     iso_to_utc,
+    raw_date_bounds,
     synthetic_message_ids,
     timestamps_to_int,
 )
@@ -459,7 +461,8 @@ class _LazyEntities:
         if self.chats is None:
             data = _read_bytes(self.path)
             try:
-                export = _ENTITIES_DECODER.decode(data[3:] if data[:3] == _BOM else data)
+                body = data[3:] if data[:3] == _BOM else data
+                export = decode_json(self.path, _ENTITIES_DECODER, body, _ADVICE)
             except msgspec.ValidationError as error:
                 raise ExportError(
                     self.path, f"JSON is not a Telegram Desktop export ({error}); {_ADVICE}"
@@ -503,6 +506,9 @@ def _timestamps(path: Path, msgs: list[_Message], chat: _Chat, where: str) -> pa
         seconds = pc.cast(unix, pa.int64())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         seconds = pa.array([_int_or_none(v) for v in unix.to_pylist()], pa.int64())
+    low, high = raw_date_bounds(1)
+    clipped = pc.max_element_wise(seconds, low, skip_nulls=False)
+    seconds = pc.min_element_wise(clipped, high, skip_nulls=False)  # no int64 wrap
     micros = pc.multiply(seconds, 1_000_000).cast(pa.timestamp("us", tz="UTC"))
     if micros.null_count == 0:
         return micros
@@ -522,9 +528,13 @@ def _timestamps(path: Path, msgs: list[_Message], chat: _Chat, where: str) -> pa
 
 def _int_or_none(value: str | None) -> int | None:
     try:
-        return int(value) if value is not None else None
+        seconds = int(value) if value is not None else None
     except ValueError:
         return None
+    if seconds is None:
+        return None
+    low, high = raw_date_bounds(1)  # past int64 too: out of range, reported by build_table
+    return min(max(seconds, low), high)
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -546,15 +556,13 @@ def _decode_file(path: Path) -> _Export:
     bom = 3 if data[:3] == _BOM else 0
     try:
         with memoryview(data) as view, view[bom:] as body:
-            return _DECODER.decode(body)
+            return decode_json(path, _DECODER, body, _ADVICE)
     except msgspec.ValidationError as error:
         raise ExportError(
             path, f"JSON is not a Telegram Desktop export ({error}); {_ADVICE}"
         ) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         raise _decode_error(path, error, data, bom) from None
-    except RecursionError:
-        raise ExportError(path, "JSON is nested too deeply to be a Telegram export") from None
 
 
 def _decode_error(path: Path, error: Exception, data: bytes, bom: int) -> ExportError:

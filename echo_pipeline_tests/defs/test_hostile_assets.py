@@ -16,6 +16,8 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
+from hostile_exports import CASES as HOSTILE_CASES
+from hostile_exports import write_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -124,12 +126,33 @@ def test_a_broken_export_of_another_app_fails_naming_it_and_keeps_earlier_files(
     sample_ingested, tmp_path, app
 ):
     path, problem = _other_apps_broken(tmp_path)[app]
-    result = materialize(path)
+    assert_read_fails_naming(materialize(path), path, problem)
+    assert snapshot() == sample_ingested
+
+
+def assert_read_fails_naming(result: dg.ExecuteInProcessResult, path: Path, problem: str) -> None:
+    """The run failed in read_chat_exports with one line: ``<path>: ...problem...``."""
     assert not result.success
     failed_step, line = failure_message(result)
     assert failed_step == "read_chat_exports"
     assert line.startswith(f"dagster._core.definitions.events.Failure: {path}: ")
     assert problem in line
+
+
+#: One of each kind of issue 23 through the assets (every case runs through the CLI in
+#: exports/test_exports_hostile_folders.py): a far date, too-deep JSON, a misdiagnosis, a member.
+ISSUE_23 = ["slack_far_date", "meta_deep", "telegram_in_a_list", "far_date_in_an_archive"]
+
+
+@pytest.mark.parametrize("case", ISSUE_23)
+def test_a_hostile_file_in_a_folder_fails_naming_it_and_keeps_earlier_files(
+    sample_ingested, tmp_path, case
+):
+    folder = tmp_path / "exports"
+    write_text(folder / "WhatsApp Chat with Bob.txt", "15/01/2024, 10:00 - Bob: hi\n")
+    write, problem = HOSTILE_CASES[case]
+    bad = write(folder / "bad")
+    assert_read_fails_naming(materialize(folder), bad, problem)
     assert snapshot() == sample_ingested
 
 

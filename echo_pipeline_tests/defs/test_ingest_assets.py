@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 
 import dagster as dg
 import pyarrow.parquet as pq
+import pytest
+from split_exports import (
+    ME,
+    MIXED,
+    WRITERS,
+    assert_same_pairs,
+    cli_pairs,
+    random_chat,
+    write_export,
+    write_split_export,
+)
 
 from echo_pipeline import schemas
 from echo_pipeline.definitions import ALL_ASSETS, build_resources, defs
@@ -114,3 +126,26 @@ def test_bad_config_value_is_rejected_before_running(pipeline_env):
     materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
     assert materialized == {"raw_chat_export", "chat_messages"}
     assert not (data_dir() / "conversation_pairs.parquet").exists()
+
+
+@pytest.mark.parametrize(("seed", "formats"), [(23, sorted(WRITERS)), (5, list(MIXED))])
+def test_split_exports_pair_like_the_whole_through_dagster(pipeline_env, seed, formats):
+    """The split property of ``exports/test_exports_split.py`` through the assets: a folder of
+    every format (and the Discord JSON + WhatsApp + Telegram + Slack mix), each chat split into
+    overlapping parts, gives the pairs ``echo-pipeline pairs`` gives for the whole exports."""
+    rng = random.Random(seed)
+    for fmt in formats:
+        chat = random_chat(rng, rng.randint(10, 20))
+        write_export(fmt, pipeline_env / "whole" / fmt, chat)
+        write_split_export(fmt, pipeline_env / "split" / fmt, chat, rng, rng.randint(2, 5))
+    whole = cli_pairs(pipeline_env / "whole", pipeline_env / "whole.parquet")
+    config = {
+        "ops": {
+            "read_chat_exports": {"config": {"path": str(pipeline_env / "split")}},
+            "conversation_pairs": {"config": {"me": [ME]}},
+        }
+    }
+    assert materialize_ingest(config).success
+    split = pq.read_table(data_dir() / "conversation_pairs.parquet")
+    assert len(set(split["channel_id"].to_pylist())) == len(formats)
+    assert_same_pairs(whole, split)

@@ -86,7 +86,9 @@ def test_detection_ignores_the_extension(tmp_path):
 def test_html_without_dce_markers_is_still_refused(tmp_path):
     path = tmp_path / "page.html"
     path.write_text("<html><body><p>hello</p></body></html>")
-    with pytest.raises(ExportError, match=r"HTML file, not a supported chat export"):
+    with pytest.raises(
+        ExportError, match=r"this is an HTML page, not an export \(a failed download"
+    ):
         detect_format(path)
 
 
