@@ -78,7 +78,7 @@ class Voice:
             "experiment": self.experiment,
             "me": self.me,
             "partner": PARTNER,
-            "verdict": None if self.is_base else self.verdict,
+            "verdict": self.verdict,
             "reply_loss": self.reply_loss,
             "decoding": self.decoding,
             "context_turns": self.context_turns,
@@ -120,7 +120,8 @@ def discover_voices(layout: Layout) -> list[Voice]:
     defaults = EvaluationConfig()
     setting_names = {f.name for f in dataclasses.fields(GenerationSettings)}
     context_turns = _context_turns(layout)
-    voices = []
+    voices: list[Voice] = []
+    base_numbers: dict[str, tuple[str | None, float | None]] = {}
     for meta_path in (layout.root / "lora_adapter").glob(f"*/{METADATA_FILE}"):
         try:
             meta = AdapterMetadata.load(meta_path.parent)
@@ -131,7 +132,7 @@ def discover_voices(layout: Layout) -> list[Voice]:
         config = report.get("config") or {}
         recorded = {k: v for k, v in (config.get("generation") or {}).items() if k in setting_names}
         settings = dataclasses.replace(defaults.generation, **recorded)
-        loss = (report.get("metrics") or {}).get("adapter_reply_loss")
+        metrics, verdicts = report.get("metrics") or {}, report.get("verdicts") or {}
         voices.append(
             Voice(
                 id=adapter_partition(meta.template, meta.experiment),
@@ -147,17 +148,29 @@ def discover_voices(layout: Layout) -> list[Voice]:
                     config.get("max_prompt_tokens") or defaults.max_prompt_tokens
                 ),
                 context_turns=context_turns,
-                verdict=((report.get("verdicts") or {}).get("adapter") or {}).get("label"),
-                reply_loss=float(loss) if isinstance(loss, int | float) else None,
+                verdict=(verdicts.get("adapter") or {}).get("label"),
+                reply_loss=_number(metrics.get("adapter_reply_loss")),
                 trained_at=meta_path.stat().st_mtime,
             )
+        )
+        base_numbers[voices[-1].id] = (
+            (verdicts.get("base") or {}).get("label"),
+            _number(metrics.get("base_reply_loss")),
         )
     voices.sort(key=lambda v: v.trained_at, reverse=True)
     with_bases = []
     for voice in voices:
         with_bases.append(voice)
-        with_bases.append(dataclasses.replace(voice, id=BASE_PREFIX + voice.id))
+        verdict, loss = base_numbers[voice.id]  # the same report's numbers for the base
+        base = dataclasses.replace(
+            voice, id=BASE_PREFIX + voice.id, verdict=verdict, reply_loss=loss
+        )
+        with_bases.append(base)
     return with_bases
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def decoding_settings(voice: Voice, overrides: Mapping[str, Any] | None = None) -> Any:

@@ -48,8 +48,8 @@ def test_voices_come_from_the_records_newest_first(tmp_path):
             "generation": {"temperature": 0.5, "top_p": 0.8, "max_new_tokens": 20, "seed": 3},
             "max_prompt_tokens": 300,
         },
-        "metrics": {"adapter_reply_loss": 2.25},
-        "verdicts": {"adapter": {"label": "sounds like you"}},
+        "metrics": {"adapter_reply_loss": 2.25, "base_reply_loss": 3.5},
+        "verdicts": {"adapter": {"label": "sounds like you"}, "base": {"label": "unlike you"}},
     }
     _adapter(layout, "chatml", "demo", age_s=100, report=report)
     _adapter(layout, "llama2_chat", "demo", age_s=10)
@@ -68,7 +68,8 @@ def test_voices_come_from_the_records_newest_first(tmp_path):
     assert evaluated.system_prompt == "You are Sam (chatml)." and evaluated.me == "Sam"
     assert evaluated.context_turns == 2  # what the pairs it learnt from carry
     assert base.is_base and base.adapter == "demo|chatml"
-    assert base.as_json()["verdict"] is None and base.label.startswith("base model")
+    assert (base.verdict, base.reply_loss) == ("unlike you", 3.5)  # the report's base numbers
+    assert base.label.startswith("base model") and base.decoding == evaluated.decoding
 
     settings = decoding_settings(evaluated, {"temperature": 1.2, "seed": 9, "bogus": 1})
     assert (settings.temperature, settings.top_p, settings.seed) == (1.2, 0.8, 9)
