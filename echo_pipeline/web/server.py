@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 
@@ -35,6 +36,8 @@ def serve(port: int = 0) -> int:
     config = uvicorn.Config(create_app(), log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     print(f"Chat page   {url}", flush=True)
-    server.run(sockets=[sock])
+    # uvicorn shuts down gracefully, then re-raises the Ctrl-C it caught: that is the way out
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
     print("chat page stopped", file=sys.stderr)
     return 0

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.browser
 
 ADAPTER = "demo|chatml"
 MESSAGE = "are you coming to the match tonight?"
+FOLLOW_UP = "ok and who else is coming?"
 
 
 def _materialize(selection, partition_key=None, ops=None):
@@ -115,17 +116,32 @@ def test_chat_side_by_side_and_the_game(trained, new_page, save_screenshot, tmp_
         # --- chat: a streamed reply, written by the adapter --------------------------------
         page.fill("#chat-input", MESSAGE)
         page.click("#chat-send")
-        reply = page.locator("#chat-log .msg.me").last
+        reply = page.locator("#chat-log .msg.me").nth(0)
         wait_done(reply)
         shown = reply.locator(".text").inner_text().strip()
         assert int(reply.get_attribute("data-pieces")) >= 2  # it came token by token
         with mock.patch.dict(os.environ, {"ECHO_MODELS_DIR": trained["ECHO_MODELS_DIR"]}):
-            session = ChatSession.from_adapter(data / "lora_adapter" / "chatml__demo")
-        decoding = {"max_new_tokens": 8, "repetition_penalty": 1.1}  # the quick evaluation's
+            session = ChatSession.from_adapter(
+                data / "lora_adapter" / "chatml__demo",
+                max_new_tokens=8,  # the quick evaluation's, which the page reads
+                decoding={"repetition_penalty": 1.1},
+            )
+        decoding = {"max_new_tokens": 8, "repetition_penalty": 1.1}
         [(expected, _)] = session.generate([session.prompt_ids(MESSAGE)], **decoding)
         assert shown == expected and shown
+        # the conversation is carried: the second reply is prompted with the first exchange
+        page.fill("#chat-input", FOLLOW_UP)
+        page.click("#chat-send")
+        second = page.locator("#chat-log .msg.me").nth(1)
+        wait_done(second)
+        session.say(MESSAGE)  # greedy like the page: the same first reply joins the history
+        assert session.history[-1]["text"] == expected
+        [(expected_second, _)] = session.generate([session.prompt_ids(FOLLOW_UP)], **decoding)
+        assert second.locator(".text").inner_text().strip() == expected_second
         reply.locator("button.notme").click()
         expect(reply.locator("button.notme")).to_have_attribute("aria-pressed", "true")
+        second.locator("button.sounds").click()
+        expect(second.locator("button.sounds")).to_have_attribute("aria-pressed", "true")
         save_screenshot(page, "chat-page.png")
 
         # --- side by side: base and adapter, the better one kept as a preference pair -------
