@@ -12,8 +12,10 @@ nothing of it reaches a URL or an access log, and the server logs no request at 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import secrets
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -153,10 +155,10 @@ def create_app(layout: Layout | None = None, pool: ModelPool | None = None) -> S
         settings = decoding_settings(voice)
 
         def clone_reply(pair: dict[str, Any]) -> str:
+            """A fresh draw each call, so a retry after an empty or copied reply differs."""
+            draw = dataclasses.replace(settings, seed=secrets.randbelow(2**31))
             context = list(pair["context"])
-            return pool.reply(
-                voice, context, str(pair["prompt"]), settings, str(pair["prompt_author"])
-            )
+            return pool.reply(voice, context, str(pair["prompt"]), draw, str(pair["prompt_author"]))
 
         try:
             shown = await run_in_threadpool(game.deal, voice.adapter, clone_reply)

@@ -223,7 +223,8 @@ class ModelPool:
                 model.eval()
                 self._models[voice.base_fingerprint] = model
             else:
-                model.load_adapter(voice.adapter_dir, adapter_name=name, is_trainable=False)
+                with self.generating:  # not while another adapter of these weights writes
+                    model.load_adapter(voice.adapter_dir, adapter_name=name, is_trainable=False)
             self._tokenizers[voice.adapter] = tokenizer
             return model, tokenizer, name
 
