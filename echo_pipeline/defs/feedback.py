@@ -63,13 +63,26 @@ def human_judgements(
     import mlflow
 
     from echo_pipeline import tracking
-    from echo_pipeline.feedback import fooled_score, load_judgements
+    from echo_pipeline.feedback import (
+        fooled_score,
+        load_judgements,
+        load_ratings,
+        one_sided_ratings,
+        preference_pairs,
+    )
 
     keys = context.partition_key.keys_by_dimension
     template, experiment = keys["template"], keys["experiment"]
-    score = fooled_score(load_judgements(io_manager.layout().root, str(context.partition_key)))
+    root, partition = io_manager.layout().root, str(context.partition_key)
+    score = fooled_score(load_judgements(root, partition))
     low, high = score.interval
     metadata: dict = {"rounds": score.rounds, "fooled": score.fooled, "summary": score.sentence()}
+    # The ratings given on the page, as the preference trainer will count them.
+    ratings = load_ratings(root, partition)
+    pairs = preference_pairs(ratings)
+    for source in ("human_choice", "human_rating"):
+        metadata[f"preference_pairs_{source}"] = sum(p["source"] == source for p in pairs)
+    metadata["one_sided_ratings"] = len(one_sided_ratings(ratings))
     if score.rounds:
         metadata |= {FOOLED_SHARE: score.share, "interval_low": low, "interval_high": high}
     uri = mlflow_tracking.uri()

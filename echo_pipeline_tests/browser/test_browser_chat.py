@@ -214,6 +214,8 @@ def test_chat_side_by_side_and_the_game(trained, new_page, save_screenshot, tmp_
         result = _materialize(["human_judgements"], adapter_key("chatml", "demo"))
         meta = result.asset_materializations_for_node("human_judgements")[0].metadata
         assert meta["rounds"].value == 5 and meta["fooled"].value == fooled
+        assert meta["preference_pairs_human_choice"].value == 1  # side by side's choice
+        assert meta["one_sided_ratings"].value == 2  # chat's "not me" and "sounds like me"
         run = latest_evaluation_run(env["MLFLOW_TRACKING_URI"], "echo_pipeline", "chatml", "demo")
         metrics = (
             mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(run.info.run_id).data.metrics
