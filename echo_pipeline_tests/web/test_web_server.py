@@ -96,3 +96,16 @@ def test_a_taken_port_is_one_clear_line(tmp_path):
         f"echo-pipeline: 127.0.0.1:{port}: cannot listen (Address already in use); "
         "pick another --port"
     )
+
+
+def test_the_code_location_imports_nothing_of_the_page():
+    probe = (
+        "import sys, echo_pipeline.definitions\n"
+        "print([m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn')"
+        " or m.startswith('echo_pipeline.web')])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
