@@ -308,6 +308,13 @@ def _cmd_show_labels(args: argparse.Namespace) -> int:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
+    if args.web:  # every adapter is picked on the page; nothing else of chat applies
+        from echo_pipeline.web.server import serve
+
+        try:
+            return serve(port=args.port)
+        except OSError as error:
+            raise UsageError(str(error)) from error
     from echo_pipeline.chat import ChatSession
 
     if args.adapter:
@@ -401,7 +408,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_ui(args: argparse.Namespace) -> int:
     from echo_pipeline.servers import serve_ui
 
-    return serve_ui(dagster_port=args.dagster_port, mlflow_port=args.mlflow_port)
+    return serve_ui(
+        dagster_port=args.dagster_port, mlflow_port=args.mlflow_port, chat_port=args.chat_port
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -538,6 +547,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(EXPERIMENTS),
         help="Recipe (default: the newest adapter of the template).",
     )
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="Serve the chat page on 127.0.0.1 instead: every adapter, side by side, the "
+        "'which one is me?' game and ratings (the other options are set on the page).",
+    )
+    p.add_argument(
+        "--port", type=int, default=0, help="With --web: the port (default: a free one)."
+    )
     p.add_argument("--prompt", help="One-shot: print the reply to this and exit.")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument(
@@ -580,10 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ui",
         parents=[common],
-        help="Dagster UI and MLflow UI together on 127.0.0.1; Ctrl-C stops both.",
+        help="Dagster UI, MLflow UI and the chat page together on 127.0.0.1; Ctrl-C stops all.",
     )
     p.add_argument("--dagster-port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument(
+        "--chat-port", type=int, default=0, help="The chat page's port (default: a free one)."
+    )
     p.set_defaults(func=_cmd_ui)
     return parser
 

@@ -1,4 +1,5 @@
-"""Start the Dagster and MLflow UIs together, bound to 127.0.0.1, and stop both cleanly."""
+"""Start the Dagster and MLflow UIs and the chat page together, bound to 127.0.0.1, and stop
+them all cleanly."""
 
 from __future__ import annotations
 
@@ -49,6 +50,20 @@ def mlflow_command(port: int) -> list[str]:
     if artifacts:
         command += ["--default-artifact-root", artifacts]
     return command
+
+
+def chat_page_command(port: int) -> list[str]:
+    """``echo-pipeline chat --web`` in its own process: the models it loads stay out of this one."""
+    return [sys.executable, "-m", "echo_pipeline.cli", "chat", "--web", "--port", str(port)]
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nobody listens on now (the chat page binds it a moment later)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def tracking_server_command(
@@ -129,14 +144,17 @@ def tracking_ui(mlflow_port: int) -> tuple[str, list[str] | None]:
     return f"http://127.0.0.1:{mlflow_port}", mlflow_command(mlflow_port)
 
 
-def serve_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
+def serve_ui(dagster_port: int = 3000, mlflow_port: int = 5000, chat_port: int = 0) -> int:
     home = ensure_dagster_home()
+    chat_port = chat_port or free_port()
     logs = home / "logs"
     mlflow_ui, mlflow_start = tracking_ui(mlflow_port)
     if mlflow_start is not None:
         mlruns_dir().mkdir(parents=True, exist_ok=True)
     dagster = start(dagster_command(dagster_port), logs / "dagster.log")
     mlflow = start(mlflow_start, logs / "mlflow.log") if mlflow_start else None
+    chat = start(chat_page_command(chat_port), logs / "chat.log")
+    children = [p for p in (dagster, mlflow, chat) if p is not None]
     stopping = False
 
     def on_signal(signum, frame):
@@ -152,14 +170,16 @@ def serve_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
         )
         where = str(logs) if mlflow else "MLFLOW_TRACKING_URI (the tracking server)"
         print(f"MLflow UI   {mlflow_ui}  {'up' if mlflow_up else 'NOT UP: see ' + where}")
-        print("Ctrl-C stops both." if mlflow else "Ctrl-C stops the Dagster UI.", flush=True)
-        while not stopping and dagster.poll() is None and (mlflow is None or mlflow.poll() is None):
+        chat_url = f"http://127.0.0.1:{chat_port}"
+        chat_up = wait_until_up(chat_url + "/", timeout_s=60.0)
+        print(f"Chat page   {chat_url}  {'up' if chat_up else 'NOT UP: see ' + str(logs)}")
+        print("Ctrl-C stops them all.", flush=True)
+        while not stopping and all(p.poll() is None for p in children):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        stop(dagster)
-        if mlflow is not None:
-            stop(mlflow)
+        for process in children:
+            stop(process)
     print("stopped", file=sys.stderr)
     return 0
