@@ -123,6 +123,12 @@ def readme_table(results: dict[str, Any]) -> list[str]:
             f"| {row['template']} | {pair(row, 'reply_loss', 3)} | {pair(row, 'stop_rate', 2)} | "
             f"{pair(row, 'discriminator_auc', 2)} | {verdicts} |"
         )
+    minutes = results["total_seconds"] / 60
+    lines.append("")
+    lines.append(
+        f"(`make demo` of {results['made']} on {results['machine']}: {minutes:.0f} min in all, "
+        "each step's seconds in `docs/demo_results.json`.)"
+    )
     return lines
 
 

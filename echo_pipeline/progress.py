@@ -11,6 +11,7 @@ one tqdm line rewritten in place; elsewhere (a pipe, CI, a file) a plain line, a
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 import time
@@ -112,6 +113,12 @@ class StepProgress:
 
     # --- what the step reports -------------------------------------------------------------
 
+    def start(self) -> None:
+        """The step began (loading models comes before the first number)."""
+        with self._lock:
+            self._state = _State("starting")
+            self._draw(force=True)
+
     def on_log(self, message: str) -> None:
         """A line the step logged: a training step's metrics, or the evaluation's plan."""
         parsed = training_metrics(message)
@@ -157,6 +164,8 @@ class StepProgress:
     def text(self) -> str:
         """The line as plain text (what a non-terminal gets)."""
         state = self._state
+        if state.phase == "starting":
+            return f"  {self.label} starting"
         unit = "step" if state.phase == "training" else "replies"
         count = f"{state.done}/{state.total}" if state.total else f"{state.done}"
         detail = f", {state.detail}" if state.detail else ""
@@ -181,13 +190,15 @@ class StepProgress:
         desc = f"{self.label} {state.phase}"
         if self._bar is None or self._bar.desc != desc:
             self._close_bar()
+            counted = "{desc}: |{bar:16}| {n_fmt}/{total_fmt} {unit}{postfix}"
             self._bar = tqdm(
                 total=state.total,
                 desc=desc,
                 file=self.stream,
                 unit="steps" if state.phase == "training" else "replies",
-                bar_format="{desc}: |{bar:16}| {n_fmt}/{total_fmt} {unit}{postfix}",
-                dynamic_ncols=True,
+                bar_format="{desc}" if state.phase == "starting" else counted,
+                dynamic_ncols=_width(self.stream) > 0,  # follows a resized window
+                ncols=None if _width(self.stream) > 0 else 100,  # a terminal that says 0 columns
                 leave=False,
             )
         self._bar.total = state.total
@@ -203,6 +214,13 @@ class StepProgress:
     def close(self) -> None:
         with self._lock:
             self._close_bar()
+
+
+def _width(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _is_terminal(stream: TextIO) -> bool:

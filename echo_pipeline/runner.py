@@ -268,6 +268,8 @@ def _run(
                 pool_slot(instance, run_id, echo=echo) if in_pool else contextlib.nullcontext(),
                 _replies_counted(live),
             ):
+                if live is not None:
+                    live.start()
                 result = _materialize(
                     dg,
                     [*ALL_ASSETS, *ALL_CHECKS],

@@ -3,7 +3,13 @@ on a terminal (one line rewritten in place) and elsewhere (plain lines, a few se
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import pty
+import select
+import struct
+import termios
 
 from echo_pipeline.experiments import experiment_config
 from echo_pipeline.progress import (
@@ -31,11 +37,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def test_a_training_line_gives_its_step_and_metrics():
@@ -79,6 +80,7 @@ def test_off_a_terminal_plain_lines_at_most_every_few_seconds_and_at_each_phase(
         every_s=5,
         now=now,
     )
+    line.start()
     for step in (2, 4, 6):
         line.on_log(STEP_LINE.replace("step 12", f"step {step}"))
         now.t += 2
@@ -92,6 +94,7 @@ def test_off_a_terminal_plain_lines_at_most_every_few_seconds_and_at_each_phase(
 
     total = experiment_config("demo").max_steps
     assert out.getvalue().splitlines() == [
+        "  adapter+evaluation[demo|chatml] starting",
         f"  adapter+evaluation[demo|chatml] training: step 2/{total}, loss 3.512, "
         "212 tokens/s, ETA 2:10",
         # step 4 came 2 s later: not printed; step 6 came 4 s after step 2: not yet either
@@ -102,16 +105,25 @@ def test_off_a_terminal_plain_lines_at_most_every_few_seconds_and_at_each_phase(
 
 
 def test_on_a_terminal_one_line_rewritten_in_place_and_erased_at_the_end():
-    out = Terminal()
-    line = StepProgress("adapter+evaluation[demo|chatml]", out, recipe=experiment_config("demo"))
-    assert line.interactive
-    line.on_log(STEP_LINE.replace("step 12", "step 2"))
-    line.on_log(STEP_LINE)
-    line.on_log(PLAN_LINE)
-    line.on_replies(24)
-    line.close()
-
-    written = out.getvalue()
+    leader, follower = pty.openpty()  # a real terminal: the stream says isatty() itself
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    with open(follower, "w", encoding="utf-8", buffering=1) as terminal:
+        line = StepProgress(
+            "adapter+evaluation[demo|chatml]", terminal, recipe=experiment_config("demo")
+        )
+        assert line.interactive
+        line.start()
+        line.on_log(STEP_LINE.replace("step 12", "step 2"))
+        line.on_log(STEP_LINE)
+        line.on_log(PLAN_LINE)
+        line.on_replies(24)
+        line.close()
+        terminal.flush()
+        chunks = []
+        while select.select([leader], [], [], 0.5)[0]:
+            chunks.append(os.read(leader, 65536))
+    os.close(leader)
+    written = b"".join(chunks).decode()
     assert "\n" not in written.rstrip("\n")  # every update rewrote the same line
     assert written.count("\r") >= 4
     total = experiment_config("demo").max_steps

@@ -1,0 +1,62 @@
+"""The README's demo numbers are today's: its table is drawn from the committed results of a
+`make demo` (docs/demo_results.json), and those results were made by the code as it is now."""
+
+from __future__ import annotations
+
+from echo_pipeline import demo_results
+from echo_pipeline.templates import TEMPLATE_NAMES
+
+REFRESH = "run `make demo && make demo-readme` and commit docs/demo_results.json and README.md"
+
+
+def test_the_readme_demo_table_is_the_committed_results():
+    readme = demo_results.README.read_text(encoding="utf-8")
+    shown = demo_results.readme_section(readme)
+    assert shown == demo_results.readme_table(demo_results.load()), f"stale table: {REFRESH}"
+
+
+def test_the_committed_results_were_made_by_todays_code_and_settings():
+    made_with = {k: demo_results.load()[k] for k in demo_results.code_stamp()}
+    assert made_with == demo_results.code_stamp(), (
+        f"the README's demo numbers are older than the code that makes them: {REFRESH}"
+    )
+
+
+def test_the_results_cover_every_template_and_say_why_one_is_not_trained():
+    rows = {row["template"]: row for row in demo_results.load()["rows"]}
+    assert list(rows) == list(TEMPLATE_NAMES)
+    for template, row in rows.items():
+        if row["status"].startswith("same tokens as "):
+            assert "verdict" not in row and row["status"].split()[-1] in rows
+        else:
+            assert row["status"] == "ok", (template, row)
+            assert row["adapter_reply_loss"] < row["base_reply_loss"], (template, row)
+
+
+def test_the_table_round_trips_through_the_readme():
+    results = {
+        **demo_results.code_stamp(),
+        "rows": [
+            {"template": "chatml", "experiment": "demo", "status": "ok", "verdict": "unlike you",
+             "base_verdict": "babbling", "base_reply_loss": 5.357, "adapter_reply_loss": 3.1749,
+             "base_stop_rate": 0.28, "adapter_stop_rate": 1.0},
+            {"template": "model_default", "experiment": "demo", "status": "same tokens as chatml"},
+        ],
+        "total_seconds": 540.0,
+        "made": "2026-12-06 07:00 UTC",
+        "machine": "x86_64, 2 CPU cores",
+    }  # fmt: skip
+    readme = f"intro\n{demo_results.TABLE_START}\nold\n{demo_results.TABLE_END}\nafter\n"
+
+    redrawn = demo_results.with_table(readme, results)
+
+    assert redrawn.startswith("intro\n") and redrawn.endswith("\nafter\n")
+    table = demo_results.readme_section(redrawn)
+    assert table[2] == (
+        "| chatml | 5.357 → **3.175** | 0.28 → **1.00** | – | babbling → **unlike you** |"
+    )
+    assert table[3] == "| model_default | same tokens as chatml | | | |"
+    assert table[4] == (
+        "(`make demo` of 2026-12-06 07:00 UTC on x86_64, 2 CPU cores: 9 min in all, each "
+        "step's seconds in `docs/demo_results.json`.)"
+    )
