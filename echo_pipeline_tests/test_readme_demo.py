@@ -60,3 +60,36 @@ def test_the_table_round_trips_through_the_readme():
         "(`make demo` of 2026-12-06 07:00 UTC on x86_64, 2 CPU cores: 9 min in all, each "
         "step's seconds in `docs/demo_results.json`.)"
     )
+
+
+def test_a_finished_demo_gives_a_row_per_template_with_its_reports_numbers():
+    from echo_pipeline.runner import RunOutcome, StepResult, SummaryRow
+
+    report = {"verdict": "unlike you", "base_reply_loss": 5.3571, "report_path": "/x/report.html"}
+    outcome = RunOutcome(
+        0,
+        rows=[
+            SummaryRow("chatml", "demo", "ok"),
+            SummaryRow("model_default", "demo", "same tokens as chatml"),
+        ],
+        steps=[
+            StepResult("ingest", ok=True, seconds=12.34),
+            StepResult("adapter+evaluation[demo|chatml]", ok=True, report=report, seconds=200.0),
+        ],
+    )
+
+    results = demo_results.demo_results(outcome, seconds=480.04)
+
+    chatml, model_default = results["rows"]
+    assert chatml == {
+        "template": "chatml",
+        "experiment": "demo",
+        "status": "ok",
+        "step_seconds": 200.0,
+        "verdict": "unlike you",
+        "base_reply_loss": 5.3571,
+    }  # the report's path is this machine's: not part of the results
+    assert model_default["status"] == "same tokens as chatml" and "verdict" not in model_default
+    assert results["steps"] == {"ingest": 12.3, "adapter+evaluation[demo|chatml]": 200.0}
+    assert results["total_seconds"] == 480.0
+    assert {k: results[k] for k in demo_results.code_stamp()} == demo_results.code_stamp()
