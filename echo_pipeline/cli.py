@@ -158,7 +158,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from echo_pipeline.experiments import DEMO_EVALUATION
+    from echo_pipeline.experiments import DEMO_EVALUATION, DEMO_PAIRS
     from echo_pipeline.paths import sample_export_dir
     from echo_pipeline.runner import default_log_file, quick_run_config, run_pipeline
     from echo_pipeline.templates import TEMPLATE_NAMES
@@ -176,14 +176,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             run_config, EXPORT_OP, {"path": str(sample_export_dir())}, override=False
         )
     if args.demo:
+        run_config = _with_op_config(run_config, PAIRS_OP, DEMO_PAIRS, override=False)
         run_config = _with_op_config(run_config, EVAL_OP, DEMO_EVALUATION, override=False)
         from echo_pipeline.defs.evaluation import EvaluationReportConfig
 
         full = EvaluationReportConfig.model_fields
         print(
-            f"demo: evaluation on {DEMO_EVALUATION['num_prompts']} held-out prompts, one draw "
-            f"each (your own export: {full['num_prompts'].default} prompts, "
-            f"{full['samples_per_prompt'].default} draws each)",
+            f"demo: a test split of {DEMO_PAIRS['test_fraction']:.0%} of the pairs, evaluated "
+            f"on {DEMO_EVALUATION['num_prompts']} prompts with one draw each (your own export: "
+            f"{pairing_config.setting('test_fraction')[0]:.0%}, "
+            f"{full['num_prompts'].default} prompts, {full['samples_per_prompt'].default} draws "
+            "each)",
             flush=True,
         )
     run_config = with_me(run_config, args.me, demo=args.demo)

@@ -26,12 +26,13 @@ MEASURED_ASSETS = ("conversation_pairs", "template_dataset", "lora_adapter", "ev
 
 def code_stamp() -> dict[str, Any]:
     """What the demo's numbers are made from, besides the committed sample: each asset's code
-    version, the demo recipe and the demo's evaluation settings."""
+    version, the demo's held-out splits, recipe and evaluation settings."""
     from echo_pipeline.defs.freshness import CODE_VERSIONS
-    from echo_pipeline.experiments import DEMO_EVALUATION, EXPERIMENTS
+    from echo_pipeline.experiments import DEMO_EVALUATION, DEMO_PAIRS, EXPERIMENTS
 
     return {
         "code_versions": {asset: CODE_VERSIONS[asset] for asset in MEASURED_ASSETS},
+        "demo_pairs": dict(DEMO_PAIRS),
         "demo_recipe": dict(EXPERIMENTS["demo"]),
         "demo_evaluation": dict(DEMO_EVALUATION),
     }
