@@ -460,11 +460,17 @@ def _step_result(dg: Any, result: Any, label: str, verbose: bool) -> StepResult:
 
 
 def _has_error(error: Any, cls_name: str) -> bool:
-    """Whether ``cls_name`` is the error or one of its causes."""
-    while error is not None:
+    """Whether ``cls_name`` is the error, one of its causes or an error it was raised while
+    handling: Ctrl-C during training ends as Pipes' ``TimeoutExpired`` (the child finishes its
+    step first) raised while handling Dagster's interruption."""
+    pending = [error]
+    while pending:
+        error = pending.pop()
+        if error is None:
+            continue
         if error.cls_name == cls_name:
             return True
-        error = error.cause
+        pending += [error.cause, getattr(error, "context", None)]
     return False
 
 

@@ -215,3 +215,22 @@ def test_a_deleted_output_is_made_again_with_the_rest_of_its_op(pipeline_env):
     lines = []
     assert run_pipeline([], [], echo=lines.append).ok
     assert _steps_run(lines) == {"ingest": "up to date"}
+
+
+def test_an_interrupt_is_seen_behind_the_error_raised_while_handling_it():
+    """Ctrl-C while the training child finishes its step: Pipes waits 20 s for it, then raises
+    TimeoutExpired while handling Dagster's interruption. The runner must stop (an interrupt),
+    not report a failed step and go on with the next template."""
+    from dagster._utils.error import SerializableErrorInfo  # how a step failure arrives
+
+    from echo_pipeline.runner import _has_error
+
+    def step_error(timeout_context):
+        timeout = SerializableErrorInfo(
+            "timed out after 20 seconds", [], "TimeoutExpired", context=timeout_context
+        )
+        return SerializableErrorInfo("op failed", [], "DagsterExecutionStepExecutionError", timeout)
+
+    interrupted = SerializableErrorInfo("", [], "DagsterExecutionInterruptedError")
+    assert _has_error(step_error(interrupted), "DagsterExecutionInterruptedError")
+    assert not _has_error(step_error(None), "DagsterExecutionInterruptedError")
