@@ -138,7 +138,7 @@ def readme_section(readme: str) -> list[str]:
     if TABLE_START not in readme or TABLE_END not in readme:
         raise ValueError(f"{README}: no {TABLE_START!r} ... {TABLE_END!r} markers")
     inside = readme.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
-    return [line for line in inside.strip().splitlines() if line.strip()]
+    return inside.strip().splitlines()
 
 
 def with_table(readme: str, results: dict[str, Any]) -> str:
