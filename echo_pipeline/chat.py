@@ -7,6 +7,8 @@ the pairs were built.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,20 @@ from typing import Any
 from echo_pipeline.adapters import base_model_config, validate_adapter_dir
 from echo_pipeline.base_model import ResolvedBaseModel, resolve_base_model
 from echo_pipeline.records import AdapterMetadata
+
+#: Told how many replies each ``ChatSession.generate`` call wrote: how the shell runner's progress
+#: line follows an evaluation, batch by batch (in-process; empty unless a runner listens).
+_reply_listeners: list[Callable[[int], None]] = []
+
+
+@contextlib.contextmanager
+def replies_counted(listener: Callable[[int], None]) -> Iterator[None]:
+    """Inside the block, ``listener(n)`` hears of every batch of ``n`` generated replies."""
+    _reply_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _reply_listeners.remove(listener)
 
 
 @dataclass
@@ -108,6 +124,8 @@ class ChatSession:
             replies.append(
                 (self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), stopped)
             )
+        for listener in list(_reply_listeners):
+            listener(len(replies))
         return replies
 
     def reply_once(self, prompt: str) -> str:

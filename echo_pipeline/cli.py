@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from echo_pipeline.experiments import DEMO_EVALUATION, DEMO_PAIRS
     from echo_pipeline.paths import sample_export_dir
     from echo_pipeline.runner import default_log_file, quick_run_config, run_pipeline
     from echo_pipeline.templates import TEMPLATE_NAMES
@@ -195,10 +197,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_config = _with_op_config(
             run_config, EXPORT_OP, {"path": str(sample_export_dir())}, override=False
         )
+    if args.demo:
+        run_config = _with_op_config(run_config, PAIRS_OP, DEMO_PAIRS, override=False)
+        run_config = _with_op_config(run_config, EVAL_OP, DEMO_EVALUATION, override=False)
+        from echo_pipeline.defs.evaluation import EvaluationReportConfig
+
+        full = EvaluationReportConfig.model_fields
+        print(
+            f"demo: a test split of {DEMO_PAIRS['test_fraction']:.0%} of the pairs, evaluated "
+            f"on {DEMO_EVALUATION['num_prompts']} prompts with one draw each (your own export: "
+            f"{pairing_config.setting('test_fraction')[0]:.0%}, "
+            f"{full['num_prompts'].default} prompts, {full['samples_per_prompt'].default} draws "
+            "each)",
+            flush=True,
+        )
     run_config = with_me(run_config, args.me, demo=args.demo)
     run_config = quick_run_config(
         run_config, max_steps=args.max_steps, eval_max_pairs=args.eval_max_pairs
     )
+    started = time.perf_counter()
     outcome = run_pipeline(
         args.template or list(TEMPLATE_NAMES),
         args.experiment or (["echo"] if args.export else ["demo"]),
@@ -208,12 +225,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         force=args.force,
     )
+    if args.demo and outcome.ok:
+        from echo_pipeline import demo_results
+        from echo_pipeline.layout import Layout
+
+        results = demo_results.demo_results(outcome, time.perf_counter() - started)
+        path = demo_results.write(results, Layout.default().root / "demo_results.json")
+        print(f"results: {path} ({results['total_seconds'] / 60:.1f} min in all)")
     return outcome.exit_status
 
 
 #: The op whose config says who "me" is (PairsConfig), and the one that reads the export.
 PAIRS_OP = "conversation_pairs"
 EXPORT_OP = "read_chat_exports"
+EVAL_OP = "evaluation_report"
 
 
 def _with_op_config(run_config: dict, op: str, values: dict, *, override: bool = True) -> dict:

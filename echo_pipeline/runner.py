@@ -13,6 +13,7 @@ the input itself is wrong, :data:`EXIT_BAD_INPUT`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -26,6 +27,7 @@ from typing import Any, TextIO
 
 from echo_pipeline.paths import PROJECT_ROOT
 from echo_pipeline.processes import pid_alive
+from echo_pipeline.progress import StepProgress
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 # Who ran a run from the shell: lets the next runner tell a dead run from a live one.
@@ -84,6 +86,7 @@ class StepResult:
     interrupted: bool = False  # Ctrl-C / SIGTERM reached the step (Dagster stops it)
     report: dict[str, Any] = field(default_factory=dict)  # evaluation_report metadata values
     up_to_date: bool = False  # nothing in it was stale: nothing ran
+    seconds: float = 0.0  # wall time of the step's run (pool wait included)
 
 
 @dataclass
@@ -124,6 +127,7 @@ def run_pipeline(
     log_file: Path | None = None,
     verbose: bool = False,
     force: bool = False,
+    progress: TextIO | None = None,
 ) -> RunOutcome:
     """Materialise ingest, then per template its dataset and adapters (and evaluations).
 
@@ -133,6 +137,8 @@ def run_pipeline(
     ``echo`` gets the progress lines and the summary (stdout by default), ``error`` the one line
     per failure (stderr by default). With ``log_file``, everything else written to stderr (Dagster's log, library
     warnings, the training subprocess' output) goes to that file instead of the terminal.
+    ``progress`` gets the live line of each training and evaluation step (stdout when ``echo``
+    is the default; none when the caller takes the lines itself).
     """
     from echo_pipeline.pool import PoolWaitInterrupted
 
@@ -141,11 +147,21 @@ def run_pipeline(
         def echo(line: str) -> None:
             print(line, flush=True)
 
+        progress = progress or sys.stdout
+
     with _stderr_to(log_file) as terminal_stderr:
         err = error or (lambda line: print(line, file=terminal_stderr, flush=True))
         try:
             outcome = _run(
-                templates, experiments, run_config or {}, echo, err, base_model, verbose, force
+                templates,
+                experiments,
+                run_config or {},
+                echo,
+                err,
+                base_model,
+                verbose,
+                force,
+                progress,
             )
         except PoolWaitInterrupted as stop:
             err(f"{stop}: stopped while waiting for the gpu pool; nothing claimed, nothing trained")
@@ -165,6 +181,7 @@ def _run(
     base_model: str | None,
     verbose: bool,
     force: bool = False,
+    progress: TextIO | None = None,
 ) -> RunOutcome:
     import dagster as dg
 
@@ -244,8 +261,15 @@ def _run(
         selected = [s for s in selected if op_of[s] in stale_ops]
         run_id = str(uuid.uuid4())
         in_pool = gate and bool(pooled & set(selected))
+        live = _step_progress(label, progress, run_config, partition_key, selected)
+        started = time.perf_counter()
         try:
-            with pool_slot(instance, run_id, echo=echo) if in_pool else contextlib.nullcontext():
+            with (
+                pool_slot(instance, run_id, echo=echo) if in_pool else contextlib.nullcontext(),
+                _replies_counted(live),
+            ):
+                if live is not None:
+                    live.start()
                 result = _materialize(
                     dg,
                     [*ALL_ASSETS, *ALL_CHECKS],
@@ -255,7 +279,8 @@ def _run(
                     resources=resources,
                     partition_key=partition_key,
                     tags=tags,
-                    run_config=_config_for(run_config, {op_of[s] for s in selected}),
+                    run_config=_config_for(run_config, {op_of[s] for s in selected}, live),
+                    progress=live,
                 )
         except PoolWaitInterrupted:
             raise
@@ -263,6 +288,10 @@ def _run(
             outcome = StepResult(label, ok=False, problems=[f"{label}: {_exception_line(exc)}"])
         else:
             outcome = _step_result(dg, result, label, verbose)
+        finally:
+            if live is not None:
+                live.close()
+        outcome.seconds = time.perf_counter() - started
         status = "ok" if outcome.ok else "FAILED"
         run = f"  (run {outcome.run_id[:8]})" if outcome.run_id else ""
         echo(f"{label:<40} {status}{run}")
@@ -278,7 +307,7 @@ def _run(
     steps: list[StepResult] = []
     rows: list[SummaryRow] = []
     try:
-        _steps(templates, experiments, step, rows, names, adapter_key)
+        _steps(templates, experiments, step, rows, names, adapter_key, echo)
     except _Interrupted:
         return RunOutcome(EXIT_INTERRUPTED, rows, steps)
     for line in summary_table(rows):
@@ -297,19 +326,38 @@ class _Interrupted(Exception):
     """A step was interrupted: the runner stops, without a summary of what did not run."""
 
 
-def _steps(templates, experiments, step, rows, names, adapter_key) -> None:
-    """Ingest, then per template its dataset and adapters, then the comparison."""
+def _steps(templates, experiments, step, rows, names, adapter_key, echo) -> None:
+    """Ingest, then per template its dataset and adapters, then the comparison.
+
+    A template whose dataset is token for token another's in this run (``model_default`` on a
+    base whose own chat template is ChatML) trains nothing: its adapter would be the other's,
+    digit for digit. Its dataset is still made; run it alone to train it anyway."""
     ingest = step(["raw_chat_export", "chat_messages", "conversation_pairs"], label="ingest")
+    trained_on: dict[str, str] = {}  # dataset digest -> the first template of the run with it
     for template in templates:
         dataset = None
+        twin = None
         if ingest.ok:
             dataset = step(["template_dataset"], template, label=f"template_dataset[{template}]")
+            if dataset.ok and experiments:
+                digest = dataset_tokens_digest(template)
+                twin = trained_on.setdefault(digest, template) if digest else None
+                twin = None if twin == template else twin
+        if twin is not None:
+            echo(
+                f"{'adapter+evaluation[' + template + ']':<40} not trained: its dataset is "
+                f"{twin}'s token for token, so its adapter and report would be {twin}'s "
+                f"(`--template {template}` alone trains it)"
+            )
         for experiment in experiments:
             if not ingest.ok:
                 rows.append(SummaryRow(template, experiment, "not run (ingest failed)"))
                 continue
             if dataset is not None and not dataset.ok:
                 rows.append(SummaryRow(template, experiment, "not run (dataset failed)"))
+                continue
+            if twin is not None:
+                rows.append(SummaryRow(template, experiment, f"same tokens as {twin}"))
                 continue
             key = adapter_key(template, experiment)
             trained = step(
@@ -318,6 +366,29 @@ def _steps(templates, experiments, step, rows, names, adapter_key) -> None:
             rows.append(_summary_row(template, experiment, trained))
     if "model_comparison" in names and any(row.status in ("ok", "up to date") for row in rows):
         step(["model_comparison"], label="model_comparison")
+
+
+def dataset_tokens_digest(template: str) -> str | None:
+    """The digest of a materialised template_dataset's tokens, labels and splits (what an
+    adapter trains on; the one training records), with its system prompt and EOS; None if
+    unreadable."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from echo_pipeline.adapters import dataset_digest
+    from echo_pipeline.layout import Layout
+    from echo_pipeline.records import DatasetManifest
+
+    layout = Layout.default()
+    try:
+        manifest = DatasetManifest.load(layout.dataset_manifest_path(template))
+        columns = ["pair_id", "split", "input_ids", "labels"]
+        frame = pq.read_table(layout.dataset_path(template), columns=columns).to_pandas()
+    except (OSError, ValueError, KeyError):
+        return None
+    rendered = f"{manifest.system_prompt}|{manifest.eos_id}|{manifest.base_model_fingerprint}"
+    return hashlib.sha256(f"{dataset_digest(frame)}|{rendered}".encode()).hexdigest()[:16]
 
 
 def _latest_report(instance: Any, partition_key: Any) -> dict[str, Any]:
@@ -330,13 +401,24 @@ def _latest_report(instance: Any, partition_key: Any) -> dict[str, Any]:
     return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
 
 
-def _materialize(dg: Any, assets: list, selection: list[str], *, run_id: str, **kwargs: Any) -> Any:
+def _materialize(
+    dg: Any,
+    assets: list,
+    selection: list[str],
+    *,
+    run_id: str,
+    progress: StepProgress | None = None,
+    **kwargs: Any,
+) -> Any:
     """``dg.materialize`` (in process, never raising on a failed step) under a run id chosen
-    beforehand, so the gpu pool slot can be claimed for that run before it starts."""
+    beforehand, so the gpu pool slot can be claimed for that run before it starts. With
+    ``progress``, a second Dagster logger beside the console one hands it every log line."""
+    loggers = {**dg.default_loggers(), PROGRESS_LOGGER: _progress_logger(dg, progress)}
     defs = dg.Definitions(
         jobs=[dg.define_asset_job(EPHEMERAL_JOB, selection=selection)],
         assets=assets,
         resources=kwargs.pop("resources"),
+        loggers=loggers if progress is not None else None,
     )
     job = defs.resolve_job_def(EPHEMERAL_JOB)
     return job.execute_in_process(run_id=run_id, raise_on_error=False, **kwargs)
@@ -378,11 +460,17 @@ def _step_result(dg: Any, result: Any, label: str, verbose: bool) -> StepResult:
 
 
 def _has_error(error: Any, cls_name: str) -> bool:
-    """Whether ``cls_name`` is the error or one of its causes."""
-    while error is not None:
+    """Whether ``cls_name`` is the error, one of its causes or an error it was raised while
+    handling: Ctrl-C during training ends as Pipes' ``TimeoutExpired`` (the child finishes its
+    step first) raised while handling Dagster's interruption."""
+    pending = [error]
+    while pending:
+        error = pending.pop()
+        if error is None:
+            continue
         if error.cls_name == cls_name:
             return True
-        error = error.cause
+        pending += [error.cause, getattr(error, "context", None)]
     return False
 
 
@@ -573,11 +661,81 @@ def quick_run_config(
 
 
 QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+PROGRESS_LOGGER = "echo_progress"  # the Dagster logger that feeds a step's live line
 
 
-def _config_for(run_config: dict, op_names: set[str]) -> dict:
+def _config_for(run_config: dict, op_names: set[str], progress: Any = None) -> dict:
     ops = {k: v for k, v in run_config.get("ops", {}).items() if k in op_names}
-    return {**QUIET_LOGGING, **({"ops": ops} if ops else {})}
+    loggers = QUIET_LOGGING
+    if progress is not None:
+        loggers = {"loggers": {**QUIET_LOGGING["loggers"], PROGRESS_LOGGER: {}}}
+    return {**loggers, **({"ops": ops} if ops else {})}
+
+
+def _step_progress(
+    label: str,
+    stream: TextIO | None,
+    run_config: dict,
+    partition_key: Any,
+    selected: Sequence[str],
+) -> StepProgress | None:
+    """The live line of a step that trains or evaluates (none for the quick ones, or when the
+    caller takes the lines itself)."""
+    if stream is None or not {"lora_adapter", "evaluation_report"} & set(selected):
+        return None
+    recipe = None
+    if "lora_adapter" in selected:
+        recipe = _recipe(run_config, partition_key)
+    return StepProgress(label, stream, recipe=recipe)
+
+
+def _recipe(run_config: dict, partition_key: Any) -> Any:
+    """The TrainingConfig the step's lora_adapter will train with (None if the config is wrong:
+    the run itself then says why)."""
+    from echo_pipeline.defs.training import LoraConfig
+    from echo_pipeline.experiments import experiment_config
+
+    op_config = (run_config.get("ops", {}).get("lora_adapter") or {}).get("config") or {}
+    try:
+        overrides = LoraConfig(**op_config).overrides()
+        return experiment_config(partition_key.keys_by_dimension["experiment"], overrides)
+    except Exception:
+        return None
+
+
+def _progress_logger(dg: Any, progress: StepProgress | None) -> Any:
+    """A Dagster logger whose handler gives each user log line (not Dagster's own events) to
+    ``progress``: the Pipes child's training steps arrive this way, as does the evaluation's plan."""
+
+    class ToProgress(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            meta = getattr(record, "dagster_meta", None) or {}
+            if progress is None or meta.get("dagster_event") is not None:
+                return
+            with contextlib.suppress(Exception):  # a progress line never fails a step
+                progress.on_log(str(meta.get("orig_message") or record.getMessage()))
+
+    @dg.logger
+    def echo_progress(init_context: Any) -> logging.Logger:
+        log = logging.getLogger(f"echo_pipeline.progress.{init_context.run_id}")
+        log.propagate = False
+        log.setLevel(logging.INFO)
+        log.handlers = [ToProgress()]
+        return log
+
+    return echo_progress
+
+
+@contextlib.contextmanager
+def _replies_counted(progress: StepProgress | None) -> Iterator[None]:
+    """The evaluation's generated replies counted on the step's live line."""
+    if progress is None:
+        yield
+        return
+    from echo_pipeline.chat import replies_counted
+
+    with replies_counted(progress.on_replies):
+        yield
 
 
 def which(program: str) -> str:

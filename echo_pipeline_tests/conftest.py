@@ -80,10 +80,11 @@ def pipeline_env(tmp_path, monkeypatch, base_model):
     return tmp_path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory):
-    """A real ``mlflow server`` (sqlite, proxied artifacts, 127.0.0.1, free port) shared by a
-    module's tests; stopped at the end with no process of it left (see tracking_server.py)."""
+    """A real ``mlflow server`` (sqlite, proxied artifacts, 127.0.0.1, free port) shared by every
+    test that needs one (it takes 20-40 s to answer here); stopped at the end of the session with
+    no process of it left (see tracking_server.py)."""
     from tracking_server import start_tracking_server
 
     server = start_tracking_server(tmp_path_factory.mktemp("mlflow_server"))

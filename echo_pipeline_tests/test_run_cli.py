@@ -1,16 +1,20 @@
 """``echo-pipeline run`` as a user meets it, through the console entry point in a subprocess:
-broken inputs end with one line and the documented exit status (never a traceback), every real
-export runs end to end, and a failed run leaves nothing that blocks the next one."""
+broken inputs end with one line and the documented exit status (never a traceback), a real
+export runs end to end (the others as far as their datasets), and a failed run leaves nothing
+that blocks the next one."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 from real_exports import REAL_EXPORTS, REAL_ME, me_for
@@ -85,8 +89,6 @@ def test_help_documents_the_exit_statuses():
 def test_truncated_export_one_line_exit_2_and_the_good_data_stays(pipeline_env):
     """A run on a cut export fails in ingest, prints one line, leaves the earlier pairs as they
     were and no run or pool slot behind; the fixed export then runs."""
-    import dagster as dg
-
     from echo_pipeline.layout import Layout
     from echo_pipeline.runner import run_pipeline
 
@@ -161,21 +163,30 @@ def broken_base_model(folder: Path, base_model) -> Path:
     return folder
 
 
-def test_a_failed_training_subprocess_one_line_exit_1_then_a_rerun_trains(pipeline_env, base_model):
-    """The Pipes child fails loading weights: one line naming the step and the child's cause,
-    exit 1, the summary says which step; no slot or run left behind. The re-run with a good
-    base model then trains without any clean-up."""
-    import dagster as dg
+@pytest.mark.slow
+def test_a_failed_training_then_a_rerun_that_waits_for_the_pool_and_trains_a_real_export(
+    pipeline_env, base_model
+):
+    """One real export through `echo-pipeline run`, twice, as a user meets it.
 
-    from echo_pipeline.paths import sample_export_dir
+    First the Pipes child fails loading weights: one line naming the step and the child's cause,
+    exit 1, the summary names the step, no slot or run left behind. Then the re-run, with no
+    clean-up, queues behind another run's training: it says so and uses < 2 % of a core while
+    it waits; once the pool is free it trains (one step) and evaluates (two pairs): exit 0,
+    nothing on stderr, a progress line per phase (stdout is not a terminal: plain lines), and a
+    summary row with the report."""
+    from test_pool import claims, cpu_seconds, hold_pool, release, start_runner, wait_for_line
 
     bad = broken_base_model(pipeline_env / "bad_model", base_model)
     config = pipeline_env / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY_CONFIG), encoding="utf-8")
-    common = ["--export", str(sample_export_dir()), "--me", "alex", "--template", "chatml"]
+    me = me_for(SDR)
     quick = ["--max-steps", "1", "--eval-max-pairs", "2", "--config", str(config)]
 
-    proc = run_cli(pipeline_env, *common, *quick, "--base-model", str(bad))
+    proc = run_cli(
+        pipeline_env, "--export", str(SDR), "--me", me, "--template", "chatml", *quick,
+        "--base-model", str(bad),
+    )  # fmt: skip
 
     assert proc.returncode == EXIT_FAILED, proc.stderr
     line = one_error_line(proc)
@@ -188,29 +199,51 @@ def test_a_failed_training_subprocess_one_line_exit_1_then_a_rerun_trains(pipeli
     assert not instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
     assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
 
-    proc = run_cli(pipeline_env, *common, *quick)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stderr == ""
+    holder = hold_pool(instance)
+    proc, lines = start_runner(pipeline_env, *quick, export=SDR, me=me)
+    wait_for_line(lines, "waiting for pool 'gpu'", proc)
+    time.sleep(1.0)  # past the first short polls
+    cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+    time.sleep(6.0)
+    cpu, wall = cpu_seconds(proc.pid) - cpu0, time.monotonic() - wall0
+    assert cpu < 0.02 * wall, f"waiting runner used {cpu:.2f} s CPU in {wall:.1f} s"
+    release(instance, holder)
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("export", REAL_EXPORTS, ids=lambda p: p.name.split("__")[-1][:20])
-def test_every_real_export_runs_end_to_end(pipeline_env, export):
-    """Each real channel export through `echo-pipeline run`, one template, a one-step recipe and
-    a two-pair evaluation: exit 0, a report, and nothing on stderr (the summary is on stdout)."""
-    config = pipeline_env / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY_CONFIG), encoding="utf-8")
-    me = me_for(export)
-    proc = run_cli(
-        pipeline_env,
-        *("--export", str(export), "--me", me, "--template", "chatml"),
-        *("--max-steps", "1", "--eval-max-pairs", "2", "--config", str(config)),
-    )
-
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stderr == ""
-    summary = proc.stdout.split("\nsummary\n", 1)[1].splitlines()
+    assert proc.wait(timeout=1800) == 0, (lines, proc.stderr.read())
+    assert proc.stderr.read() == ""
+    step = "adapter+evaluation[echo|chatml]"
+    assert any(line.startswith(step) and " ok " in line for line in lines)
+    assert f"  {step} training: step 1/1, loss " in "".join(lines)
+    assert any(line.startswith(f"  {step} evaluating: replies 0/") for line in lines)
+    assert any(re.match(rf"  {re.escape(step)} evaluating: replies (\d+)/\1\b", x) for x in lines)
+    summary = "".join(lines).split("\nsummary\n", 1)[1].splitlines()
     assert summary[0].split()[:3] == ["template", "experiment", "status"]
     row = summary[1].split()
     assert row[:3] == ["chatml", "echo", "ok"]
     assert "->" in summary[1] and Path(row[-1]).is_file()  # reply loss base -> adapter, report
+    assert claims(instance) == (set(), set())
+
+
+@pytest.mark.parametrize(
+    "export", [p for p in REAL_EXPORTS if p != SDR], ids=lambda p: p.name.split("__")[-1][:20]
+)
+def test_every_other_real_export_reads_pairs_and_renders_a_dataset(pipeline_env, export):
+    """The other real channel exports as far as the data goes: read, paired, split with a
+    held-out part (the blocking checks pass) and rendered; training is the same code on any
+    export (the test above), so they do not train."""
+    from echo_pipeline.runner import run_pipeline
+
+    lines: list[str] = []
+    run_config = {
+        "ops": {
+            "read_chat_exports": {"config": {"path": str(export)}},
+            "conversation_pairs": {"config": {"me": [me_for(export)]}},
+        }
+    }
+    outcome = run_pipeline(["chatml"], [], run_config=run_config, echo=lines.append)
+
+    assert outcome.ok, lines
+    assert [line.split()[:2] for line in lines if not line.startswith("  ")][:2] == [
+        ["ingest", "ok"],
+        ["template_dataset[chatml]", "ok"],
+    ]
