@@ -26,7 +26,7 @@ from echo_pipeline.layout import Layout
 from echo_pipeline.paths import sample_export_dir
 
 ADAPTER = "demo|chatml"  # lora_adapter[template=chatml, experiment=demo], as Dagster prints it
-INGEST = ["raw_chat_export", "chat_messages", "conversation_pairs"]
+INGEST = ["raw_chat_export", "chat_messages", "conversation_pairs", "reply_memory"]
 SMALL_HELDOUT = {"val_fraction": 0.03, "test_fraction": 0.03, "test_min_pairs": 0}
 
 
