@@ -9,12 +9,11 @@ cross-entropy of my held-out reply tokens, teacher-forced; the difference to k =
 train exchanges drawn at random (never the pair's session), which says whether similarity or
 merely seeing my replies does the work.
 
-    python benchmarks/bench_memory.py --corpus amulius --ks 0,2,3,4 --random 3
+    OMP_NUM_THREADS=1 python benchmarks/bench_memory.py --corpus amulius --ks 0,2,3,4 --random 3
     python benchmarks/bench_memory.py --corpus ece722 --template model_default --json out.json
 
-With ``--train-steps N`` it also trains the ``echo`` recipe for N steps on k = 0 and on
-``--train-k`` and reports the adapters' held-out reply loss (a short run, not the recipe's
-full budget).
+On a shared machine run it with ``OMP_NUM_THREADS=1``: two spinning threads per process on two
+busy cores were several times slower than one.
 """
 
 from __future__ import annotations
