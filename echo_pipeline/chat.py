@@ -2,7 +2,9 @@
 
 The prompt goes through the same tokenisation code as training (token for token), generation
 stops at the template's EOS id, and the conversation so far is kept as context turns, the way
-the pairs were built.
+the pairs were built. With reply memory (the dataset's ``memory_k`` > 0), each typed message
+retrieves its examples from the same train index the dataset used, and they go before the
+conversation as they did in training.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from echo_pipeline.adapters import base_model_config, validate_adapter_dir
 from echo_pipeline.base_model import ResolvedBaseModel, resolve_base_model
-from echo_pipeline.records import AdapterMetadata
+from echo_pipeline.records import AdapterMetadata, DatasetManifest
 
 #: Told how many replies each ``ChatSession.generate`` call wrote: how the shell runner's progress
 #: line follows an evaluation, batch by batch (in-process; empty unless a runner listens).
@@ -46,6 +48,7 @@ class ChatSession:
     # How replies are decoded (GenerationSettings.generate_kwargs()); empty: greedy. The CLI and
     # the MLflow model sample, as the evaluation does, since greedy collapses small clones.
     decoding: dict[str, Any] = field(default_factory=dict)
+    memory: Any = None  # a ReplyMemory: examples per typed message (None: the adapter has none)
 
     @classmethod
     def from_adapter(
@@ -78,7 +81,13 @@ class ChatSession:
         model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
         model.eval()
         options.setdefault("me", meta.me_name or "me")
+        if "memory" not in options:
+            options["memory"] = adapter_memory(adapter_dir, meta)
         return cls(model, tokenizer, meta.template, meta.system_prompt, **options)
+
+    def examples(self, prompt: str) -> tuple:
+        """The reply-memory examples ``prompt`` gets (none without memory)."""
+        return self.memory.examples_for([prompt])[0] if self.memory is not None else ()
 
     def prompt_ids(self, prompt: str) -> list[int]:
         from echo_pipeline.tokenization import tokenize_inference_prompt
@@ -91,6 +100,7 @@ class ChatSession:
             prompt,
             self.system_prompt,
             prompt_author=self.partner,
+            examples=self.examples(prompt),
         )
 
     def generate(
@@ -138,3 +148,52 @@ class ChatSession:
         self.history.append({"speaker": self.partner, "text": prompt, "is_me": False})
         self.history.append({"speaker": self.me, "text": reply, "is_me": True})
         return reply
+
+
+def adapter_manifest(adapter_dir: str | Path, meta: AdapterMetadata) -> DatasetManifest | None:
+    """The manifest of the dataset the adapter was trained on, or None where that is unknown
+    (no dataset recorded, or the manifest is gone: an adapter copied from elsewhere).
+
+    Raises when the dataset was re-rendered since, with memory on: the adapter's examples
+    (how many, from which index) can no longer be known, and guessing would prompt it with a
+    shape it never saw.
+    """
+    from echo_pipeline.layout import DATASET_MANIFEST_SUFFIX
+
+    if not meta.dataset.path:
+        return None
+    dataset = Path(meta.dataset.path)
+    path = dataset.with_name(dataset.stem + DATASET_MANIFEST_SUFFIX)
+    if not path.exists():
+        return None
+    manifest = DatasetManifest.load(path)
+    if manifest.dataset_digest and manifest.dataset_digest != meta.dataset.digest:
+        if manifest.memory_k > 0:
+            raise ValueError(
+                f"{adapter_dir}: its dataset {dataset} was re-rendered since it was trained "
+                f"(digest {meta.dataset.digest} -> {manifest.dataset_digest}), so its reply "
+                "memory is unknown; re-materialise lora_adapter"
+            )
+        return None
+    return manifest
+
+
+def adapter_memory(adapter_dir: str | Path, meta: AdapterMetadata, encode: Any = None) -> Any:
+    """The :class:`~echo_pipeline.memory.ReplyMemory` the adapter was trained with, or None.
+
+    ``k`` and the index come from the dataset manifest; the index must be the one the dataset
+    recorded (same digest), else its examples differ from training's.
+    """
+    from echo_pipeline.memory import MemoryIndex, ReplyMemory, load_encoder
+
+    manifest = adapter_manifest(adapter_dir, meta)
+    if manifest is None or manifest.memory_k <= 0:
+        return None
+    index = MemoryIndex.load(manifest.memory_index)
+    if index.digest() != manifest.memory_digest:
+        raise ValueError(
+            f"{manifest.memory_index}: the reply memory changed since {adapter_dir} was trained "
+            f"(digest {manifest.memory_digest} -> {index.digest()}); re-materialise "
+            "template_dataset and lora_adapter"
+        )
+    return ReplyMemory(index, encode or load_encoder(), manifest.memory_k)

@@ -298,11 +298,20 @@ def inference_prompts(
     pairs: pd.DataFrame,
     system_prompt: str,
     max_tokens: int | None,
+    memory: Any = None,
 ) -> Callable[[int], list[int]]:
-    """Row ``i`` of ``pairs`` -> the prompt ids inference builds for it (no reply known)."""
+    """Row ``i`` of ``pairs`` -> the prompt ids inference builds for it (no reply known).
+
+    ``memory`` (a :class:`~echo_pipeline.memory.ReplyMemory`, or None) retrieves the row's
+    examples the way evaluation and chat do: by its prompt, never from its own session."""
 
     def prompt_ids(i: int) -> list[int]:
         row = pairs.iloc[i]
+        examples = (
+            memory.examples_for([str(row["prompt"])], [str(row["session_id"])])[0]
+            if memory is not None
+            else ()
+        )
         return tokenize_inference_prompt(
             template,
             tokenizer,
@@ -311,6 +320,7 @@ def inference_prompts(
             system_prompt,
             prompt_author=row["prompt_author"],
             max_tokens=max_tokens,
+            examples=examples,
         )
 
     return prompt_ids
@@ -324,11 +334,15 @@ def check_template_dataset(
     *,
     system_prompt: str,
     max_tokens: int,
+    memory: Any = None,
 ) -> DatasetChecks:
-    """:func:`check_dataset` with the ids taken from ``template`` and the real ``tokenizer``."""
+    """:func:`check_dataset` with the ids taken from ``template`` and the real ``tokenizer``
+    (and, with reply memory on, the examples retrieved again at inference)."""
     return check_dataset(
         examples,
-        inference_prompt=inference_prompts(template, tokenizer, pairs, system_prompt, max_tokens),
+        inference_prompt=inference_prompts(
+            template, tokenizer, pairs, system_prompt, max_tokens, memory
+        ),
         eos_id=stop_token_id(template, tokenizer),
         bos_id=auto_bos_token_id(tokenizer),
         max_tokens=max_tokens,

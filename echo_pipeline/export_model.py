@@ -4,17 +4,27 @@ text-generation-webui, vLLM and llama.cpp's converters take a plain safetensors 
 also wants a ``Modelfile`` whose TEMPLATE is the prompt format the adapter was trained on.
 The TEMPLATE is derived from the same renderer as training (with Go-template placeholders in
 place of the prompt and system text), so it cannot drift from what the model learned.
+
+Reply memory does not survive the export. An adapter trained with ``memory_k`` > 0 saw, before
+each conversation, the k past exchanges of mine most similar to the message; an Ollama
+Modelfile (or any plain model directory) cannot search an index per message, so there the
+model is prompted without examples, a shorter prompt than any it trained on. The export still
+writes everything, says so in its output and as a comment at the top of the Modelfile, and
+records ``memory_k`` in ``echo_merged_from.json``; replies with memory come from
+``echo-pipeline chat`` or the MLflow model, which retrieve as training did.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import logging
 from pathlib import Path
 from typing import Any
 
 from echo_pipeline.records import METADATA_FILE, AdapterMetadata
 from echo_pipeline.storage import atomic_directory
+
+logger = logging.getLogger(__name__)
 
 _PROMPT_MARK = "\u0000PROMPT\u0000"
 _SYSTEM_MARK = "\u0000SYSTEM\u0000"
@@ -46,11 +56,28 @@ def ollama_template(template: str, tokenizer: Any) -> str:
     return system_part + "{{ else }}" + prompt_start + "{{ end }}{{ .Prompt }}" + after_prompt
 
 
-def modelfile_text(template: str, tokenizer: Any, system_prompt: str, stop_text: str) -> str:
+def memory_note(memory_k: int) -> str:
+    """What an export of an adapter trained with reply memory cannot do ("" without memory)."""
+    if memory_k <= 0:
+        return ""
+    return (
+        f"This adapter was trained with reply memory: every prompt began with the {memory_k} "
+        "past exchanges of mine most similar to the message. An Ollama Modelfile cannot "
+        "retrieve them, so Ollama prompts this model without examples (a shape it never saw "
+        "in training; expect replies less like mine). For replies with memory use "
+        "`echo-pipeline chat` or the MLflow model."
+    )
+
+
+def modelfile_text(
+    template: str, tokenizer: Any, system_prompt: str, stop_text: str, memory_k: int = 0
+) -> str:
     def quoted(text: str) -> str:
         return '"""' + text.replace('"""', '\\"\\"\\"') + '"""'
 
-    lines = ["FROM .", f"TEMPLATE {quoted(ollama_template(template, tokenizer))}"]
+    note = memory_note(memory_k)
+    lines = [f"# {line}" for line in _wrapped(note)]
+    lines += ["FROM .", f"TEMPLATE {quoted(ollama_template(template, tokenizer))}"]
     if system_prompt:
         lines.append(f"SYSTEM {quoted(system_prompt)}")
     # The decoding the evaluation judged the adapter with (GenerationSettings' defaults).
@@ -64,17 +91,30 @@ def modelfile_text(template: str, tokenizer: Any, system_prompt: str, stop_text:
     return "\n".join(lines)
 
 
+def _wrapped(text: str, width: int = 96) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) if text else []
+
+
 def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write base+adapter merged (safetensors), the tokenizer with its chat template, and a Modelfile."""
+    """Write base+adapter merged (safetensors), the tokenizer with its chat template, and a
+    Modelfile. An adapter trained with reply memory is exported without it (see the module
+    docstring); a warning says so."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
     from echo_pipeline.adapters import base_model_config, validate_adapter_dir
     from echo_pipeline.base_model import load_causal_lm, resolve_base_model
+    from echo_pipeline.chat import adapter_manifest
     from echo_pipeline.tokenization import stop_token_id
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     meta = AdapterMetadata.load(adapter_dir)
+    manifest = adapter_manifest(adapter_dir, meta)
+    memory_k = manifest.memory_k if manifest is not None else 0
+    if memory_k:
+        logger.warning("%s: %s", adapter_dir, memory_note(memory_k))
     base = resolve_base_model(meta.base_model.source, revision=meta.base_model.revision)
     validate_adapter_dir(adapter_dir, base_model_config(base))  # before anything is loaded
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
@@ -84,9 +124,17 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     with atomic_directory(out_dir) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        shutil.copy2(adapter_dir / METADATA_FILE, staging / "echo_merged_from.json")
+        merged_from = json.loads((adapter_dir / METADATA_FILE).read_text(encoding="utf-8"))
+        merged_from["memory"] = {
+            "memory_k": memory_k,
+            "exported": False,
+            "note": memory_note(memory_k),
+        }
+        (staging / "echo_merged_from.json").write_text(
+            json.dumps(merged_from, indent=2) + "\n", encoding="utf-8"
+        )
         (staging / "Modelfile").write_text(
-            modelfile_text(meta.template, tokenizer, meta.system_prompt, stop),
+            modelfile_text(meta.template, tokenizer, meta.system_prompt, stop, memory_k),
             encoding="utf-8",
         )
     return out_dir

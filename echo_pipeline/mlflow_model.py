@@ -1,7 +1,11 @@
 """MLflow "model from code" for an echo adapter: logged without pickling anything.
 
 ``mlflow.pyfunc.load_model(uri).predict(["prompt", ...])`` returns the adapter's replies,
-rendered with the adapter's own training template and stopped at its EOS.
+rendered with the adapter's own training template and stopped at its EOS. An adapter trained
+with reply memory retrieves each prompt's examples as training did (``ChatSession.from_adapter``
+reads ``memory_k`` and the index from the adapter's dataset manifest); the index is read from
+the data folder the adapter was trained in, not from the logged artifacts, so the model loads
+with memory only where that folder is.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ class EchoAdapterModel(mlflow.pyfunc.PythonModel):
         self._chat = ChatSession.from_adapter(
             self.session_dir, max_new_tokens=decoding.pop("max_new_tokens"), decoding=decoding
         )
+
+    @property
+    def memory_k(self) -> int:
+        """Examples each prompt gets (0: the adapter was trained without reply memory)."""
+        memory = self._chat.memory
+        return memory.k if memory is not None else 0
 
     def predict(self, context, model_input: list[str], params=None) -> list[str]:
         return [self._chat.reply_once(str(p)) for p in model_input]

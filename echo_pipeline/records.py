@@ -1,8 +1,10 @@
 """Typed records handed from one stage to the next, each with one writer and one reader.
 
 - :class:`DatasetManifest`: what a template dataset was built with (template, system prompt,
-  EOS id, who "me" is, token budget, base model), a JSON file beside the dataset Parquet. The
-  adapter takes its system prompt and my names from here, and chat takes them from the adapter.
+  EOS id, who "me" is, token budget, base model, reply memory), a JSON file beside the dataset
+  Parquet. The adapter takes its system prompt and my names from here, and chat takes them from
+  the adapter; chat, evaluation and the MLflow model take the reply memory (how many examples,
+  which index) from here, through the adapter's dataset digest.
 - :class:`AdapterMetadata`: ``echo_metadata.json`` in every adapter directory: where the
   adapter came from (base model, data, recipe, MLflow run) and how to prompt it.
 
@@ -58,6 +60,10 @@ class DatasetManifest:
     max_tokens: int
     base_model: str  # the source the tokenizer came from
     base_model_fingerprint: str
+    memory_k: int = 0  # reply-memory examples per prompt (0: none)
+    memory_index: str = ""  # the reply_memory Parquet the examples came from
+    memory_digest: str = ""  # MemoryIndex.digest() of that index
+    dataset_digest: str = ""  # adapters.dataset_digest of the dataset: ties an adapter to this file
 
     @property
     def me_name(self) -> str:
@@ -78,6 +84,11 @@ class DatasetManifest:
             max_tokens=int(data["max_tokens"]),
             base_model=str(data["base_model"]),
             base_model_fingerprint=str(data["base_model_fingerprint"]),
+            # absent in manifests written before reply memory: no memory
+            memory_k=int(data.get("memory_k") or 0),
+            memory_index=str(data.get("memory_index") or ""),
+            memory_digest=str(data.get("memory_digest") or ""),
+            dataset_digest=str(data.get("dataset_digest") or ""),
         )
 
     def write(self, path: str | Path) -> Path:

@@ -15,7 +15,10 @@ Conversation shape, the same for every template:
 * leading turns of mine are dropped, because every template here (and most chat templates)
   expects the user to speak first;
 * in a group chat (more than one other speaker) user lines are prefixed with ``name: ``;
-* texts are stripped, and an empty system prompt leaves the system block out.
+* texts are stripped, and an empty system prompt leaves the system block out;
+* examples (past exchanges of mine, :mod:`echo_pipeline.memory`) come after the system block
+  and before the conversation, each a complete earlier exchange in the template's own
+  multi-turn form: the one shape every template already has for "this is how I answered".
 
 Multi-turn conventions: ``llama2_chat`` follows Meta's reference code, every earlier exchange
 being a complete ``<s>[INST] u [/INST] a </s>`` with the system block only in the first
@@ -75,11 +78,21 @@ class ContextTurn:
 
 
 @dataclass(frozen=True)
+class Example:
+    """An earlier exchange of mine shown before the conversation: how I answer (reply memory)."""
+
+    prompt: str
+    reply: str
+    prompt_author: str = ""
+
+
+@dataclass(frozen=True)
 class ChatPair:
     """What a template needs from a ``conversation_pairs`` row. ``reply=None`` at inference.
 
     ``is_group`` pins group-chat rendering (``name: `` prefixes); ``None`` infers it from the
-    speakers, which is what you want unless you are truncating context away.
+    speakers, which is what you want unless you are truncating context away. ``examples`` are
+    past exchanges of mine (:mod:`echo_pipeline.memory`), least similar first.
     """
 
     context: tuple[ContextTurn, ...]
@@ -87,6 +100,7 @@ class ChatPair:
     reply: str | None
     prompt_author: str = ""
     is_group: bool | None = None
+    examples: tuple[Example, ...] = ()
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], me_names: Iterable[str] = ()) -> ChatPair:
@@ -164,21 +178,32 @@ def clean_text(text: str) -> str:
 
 
 def conversation_messages(pair: ChatPair, system_prompt: str = "") -> list[dict[str, str]]:
-    """System (if any), then alternating user/assistant messages ending with the user's turn."""
+    """System (if any), each example as a complete user/assistant exchange, then the
+    conversation: alternating user/assistant messages ending with the user's turn."""
     group = pair.group_chat()
+
+    def user_text(speaker: str, text: str) -> str:
+        return f"{speaker}: {text}" if group and speaker else text
+
+    messages: list[dict[str, str]] = []
+    for example in pair.examples:
+        messages += [
+            {"role": USER, "content": user_text(example.prompt_author, clean_text(example.prompt))},
+            {"role": ASSISTANT, "content": clean_text(example.reply)},
+        ]
     turns = [(t.is_me, t.speaker, clean_text(t.text)) for t in pair.context]
     turns.append((False, pair.prompt_author, clean_text(pair.prompt)))
     while turns and turns[0][0]:
         turns.pop(0)
-    messages: list[dict[str, str]] = []
+    conversation: list[dict[str, str]] = []
     for is_me, speaker, text in turns:
         role = ASSISTANT if is_me else USER
-        if role == USER and group and speaker:
-            text = f"{speaker}: {text}"
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"] += "\n" + text
+        text = user_text(speaker, text) if role == USER else text
+        if conversation and conversation[-1]["role"] == role:
+            conversation[-1]["content"] += "\n" + text
         else:
-            messages.append({"role": role, "content": text})
+            conversation.append({"role": role, "content": text})
+    messages += conversation
     if system_prompt.strip():
         messages.insert(0, {"role": SYSTEM, "content": clean_text(system_prompt)})
     return messages

@@ -15,8 +15,8 @@ Special tokens
       that token; otherwise (``</s>`` on SmolLM2) it is ``tokenizer.eos_token_id``. Labels end
       with it, and :func:`stop_token_id` gives generation the same id.
 
-Truncation to ``max_tokens`` keeps the reply whole where it can: first the oldest context
-turns go, then the prompt loses its beginning (keeping at least ``MIN_PROMPT_TOKENS`` of its
+Truncation to ``max_tokens`` keeps the reply whole where it can: first the memory examples go
+(least similar first), then the oldest context turns, then the prompt loses its beginning (keeping at least ``MIN_PROMPT_TOKENS`` of its
 end). Only a reply that cannot fit even then is cut, keeping its beginning and dropping the
 EOS: teaching the model to stop where a cut happened would teach it to stop mid-thought.
 Every such example is flagged ``truncated``.
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from echo_pipeline import schemas
 from echo_pipeline.templates import (
     ChatPair,
+    Example,
     Rendering,
     Segment,
     Special,
@@ -245,6 +246,11 @@ def _fit(
         return rendering, example
     # Dropping context may drop speakers; it must not switch the group-chat name prefixes off.
     fixed = replace(pair, is_group=pair.group_chat())
+    for dropped in range(1, len(pair.examples) + 1):  # examples first, least similar first
+        rendering, example = attempt(replace(fixed, examples=fixed.examples[dropped:]))
+        if len(example.input_ids) <= max_tokens:
+            return rendering, example
+    fixed = replace(fixed, examples=())
     for dropped in range(1, len(pair.context) + 1):
         rendering, example = attempt(replace(fixed, context=fixed.context[dropped:]))
         if len(example.input_ids) <= max_tokens:
@@ -311,14 +317,18 @@ def tokenize_inference_prompt(
     is_group: bool | None = None,
     me_names: Iterable[str] = (),
     max_tokens: int | None = None,
+    examples: Sequence[Example] = (),
 ) -> list[int]:
     """The ids a model is given to write the reply: the training ``input_ids[:prompt_len]``.
 
-    ``max_tokens`` bounds the prompt with the training policy (oldest context first, then the
-    prompt's beginning); leave room for the tokens to generate.
+    ``max_tokens`` bounds the prompt with the training policy (examples first, then the oldest
+    context, then the prompt's beginning); leave room for the tokens to generate. ``examples``:
+    the prompt's reply-memory examples (:meth:`echo_pipeline.memory.ReplyMemory.examples_for`).
     """
     check_template(template)
-    chat = ChatPair(context_turns(context, me_names), prompt, None, prompt_author, is_group)
+    chat = ChatPair(
+        context_turns(context, me_names), prompt, None, prompt_author, is_group, tuple(examples)
+    )
     return _fit(_Encoder(tokenizer), template, chat, system_prompt, max_tokens)[1].input_ids
 
 
@@ -331,8 +341,12 @@ def build_template_dataset(
     me_names: Iterable[str] = (),
     system_prompt: str | None = None,
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    examples: Sequence[Sequence[Example]] | None = None,
 ) -> tuple[pd.DataFrame, list[TokenizedExample]]:
     """A ``TEMPLATE_DATASET`` frame and the tokenised examples, row for row, from ``pairs``.
+
+    ``examples[i]``: row ``i``'s reply-memory examples, shown before its conversation (None:
+    none for any row).
 
     ``system_prompt=None`` uses :data:`~echo_pipeline.templates.DEFAULT_SYSTEM_PROMPT` with
     ``me_name`` (the pairs' own, :func:`~echo_pipeline.conversations.pairs_identity`; unset:
@@ -345,10 +359,25 @@ def build_template_dataset(
     me_names = tuple(me_names)
     if system_prompt is None:
         system_prompt = default_system_prompt(me_name or "")
+    if examples is None:
+        examples = [()] * len(pairs)
+    if len(examples) != len(pairs):
+        raise ValueError(f"{len(examples)} rows of examples for {len(pairs)} pairs")
     chats = [
-        ChatPair(context_turns(context, me_names), str(prompt), str(reply), str(author or ""))
-        for context, prompt, reply, author in zip(
-            pairs["context"], pairs["prompt"], pairs["reply"], pairs["prompt_author"], strict=True
+        ChatPair(
+            context_turns(context, me_names),
+            str(prompt),
+            str(reply),
+            str(author or ""),
+            examples=tuple(shown),
+        )
+        for context, prompt, reply, author, shown in zip(
+            pairs["context"],
+            pairs["prompt"],
+            pairs["reply"],
+            pairs["prompt_author"],
+            examples,
+            strict=True,
         )
     ]
     renderings = [

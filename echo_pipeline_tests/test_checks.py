@@ -354,6 +354,50 @@ def test_a_real_template_dataset_passes_and_fails_once_tampered(sample_pairs, sm
     assert checked([unstopped, *examples[1:]]).failed == ["eos_labelled"]
 
 
+def trigram_encoder(texts):
+    """Unit vectors of hashed character 3-grams: a small real encoder for the memory's rules."""
+    import numpy as np
+
+    rows = np.zeros((len(texts), 64), np.float32)
+    for i, text in enumerate(texts):
+        for j in range(len(text) - 2):
+            rows[i, sum(map(ord, text[j : j + 3])) % 64] += 1
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
+
+
+def test_template_parity_covers_the_memory_examples(sample_pairs, smollm2_tokenizer):
+    """With memory on, parity retrieves each sampled prompt's examples again, alone; a dataset
+    rendered with other examples (another k) fails it."""
+    from echo_pipeline.memory import ReplyMemory, build_index
+
+    pairs = sample_pairs[0].slice(0, 40).to_pandas()
+    index = build_index(pairs, trigram_encoder)
+
+    def dataset(k):
+        shown = ReplyMemory(index, trigram_encoder, k).examples_for(
+            pairs["prompt"].tolist(), pairs["session_id"].tolist()
+        )
+        return build_template_dataset(
+            pairs, "chatml", smollm2_tokenizer, system_prompt="You are alex.", examples=shown
+        )[1]
+
+    def checked(examples, k):
+        return check_template_dataset(
+            "chatml",
+            smollm2_tokenizer,
+            pairs,
+            examples,
+            system_prompt="You are alex.",
+            max_tokens=512,
+            memory=ReplyMemory(index, trigram_encoder, k),
+        )
+
+    with_two = dataset(2)
+    assert checked(with_two, 2).passed
+    assert checked(with_two, 3).failed == ["template_parity"]
+    assert checked(dataset(0), 2).failed == ["template_parity"]
+
+
 # --- the evaluation's "beats the base" (a WARN check) --------------------------------------
 
 

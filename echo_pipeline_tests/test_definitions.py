@@ -11,6 +11,7 @@ ASSET_NAMES = {
     "raw_chat_export",
     "chat_messages",
     "conversation_pairs",
+    "reply_memory",
     "template_dataset",
     "lora_adapter",
     "evaluation_report",

@@ -64,3 +64,14 @@ def test_modelfile_template_matches_training_prompt(template, smollm2_tokenizer)
     ).removeprefix("<s>")
     assert filled == expected
     assert 'PARAMETER stop "<|im_end|>"' in text
+
+
+def test_a_modelfile_of_an_adapter_with_memory_says_it_cannot_retrieve(smollm2_tokenizer):
+    plain = modelfile_text("chatml", smollm2_tokenizer, "You are alex.", "<|im_end|>")
+    with_memory = modelfile_text(
+        "chatml", smollm2_tokenizer, "You are alex.", "<|im_end|>", memory_k=3
+    )
+    note, _, rest = with_memory.partition("FROM .")
+    assert "FROM ." + rest == plain  # the same model and prompt format, only the warning added
+    assert all(line.startswith("# ") for line in note.strip().splitlines())
+    assert "cannot retrieve" in note and "3 past exchanges" in " ".join(note.split())

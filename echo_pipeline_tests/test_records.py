@@ -49,6 +49,26 @@ def test_the_dataset_manifest_reads_back_what_was_written(tmp_path):
     assert json.loads(path.read_text())["me_names"] == ["alex", "alex_alt"]
 
 
+def test_the_manifest_carries_the_reply_memory_and_older_ones_have_none(tmp_path):
+    import dataclasses
+
+    with_memory = dataclasses.replace(
+        MANIFEST,
+        memory_k=3,
+        memory_index="/data/reply_memory.parquet",
+        memory_digest="abc",
+        dataset_digest="d1g3st",
+    )
+    path = with_memory.write(tmp_path / "chatml.manifest.json")
+    assert DatasetManifest.load(path) == with_memory
+    assert json.loads(path.read_text())["memory_k"] == 3
+    older = {
+        k: v for k, v in with_memory.to_dict().items() if not k.startswith(("memory", "dataset"))
+    }
+    path.write_text(json.dumps(older))
+    assert DatasetManifest.load(path).memory_k == 0
+
+
 def test_a_missing_or_partial_manifest_names_the_file_and_the_fix(tmp_path):
     path = tmp_path / "chatml.manifest.json"
     with pytest.raises(FileNotFoundError, match="re-materialise template_dataset"):

@@ -11,6 +11,7 @@ from echo_pipeline.templates import (
     TEMPLATE_NAMES,
     ChatPair,
     ContextTurn,
+    Example,
     Special,
     conversation_messages,
     default_system_prompt,
@@ -253,3 +254,54 @@ def test_jinja_chat_template_renders_like_the_training_renderer(template, smollm
     # Markers: SmolLM2 adds no BOS, and its EOS is spelled <|im_end|>.
     expected = expected.replace("<s>", "").replace("</s>", tokenizer.eos_token)
     assert got == expected
+
+
+# --- reply memory: examples before the conversation -------------------------------------------
+
+EXAMPLES = (
+    Example("is the cafe open?", "nope, closed mondays", "cy"),
+    Example("coming to the gig?", "wouldn't miss it", "bob"),
+)
+
+
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_examples_come_after_the_system_prompt_and_before_the_conversation(
+    template, smollm2_tokenizer
+):
+    from dataclasses import replace
+
+    pair = replace(WITH_CONTEXT, examples=EXAMPLES)
+    prompt = render_inference_prompt(
+        template, pair, system_prompt="Be ana.", tokenizer=smollm2_tokenizer
+    )
+    plain = render_inference_prompt(
+        template, WITH_CONTEXT, system_prompt="Be ana.", tokenizer=smollm2_tokenizer
+    )
+    order = ["Be ana.", *[t for e in EXAMPLES for t in (e.prompt, e.reply)], "hey\nyou there?"]
+    positions = [prompt.index(text) for text in order]
+    assert positions == sorted(positions)
+    assert prompt.endswith(plain[plain.index("hey\nyou there?") :])  # the conversation unchanged
+    assert "morning!" not in prompt  # my leading turn is still dropped, not glued to an example
+
+
+@pytest.mark.parametrize("template", ["llama2_chat", "nous_hermes", "chatml"])
+def test_each_example_is_a_complete_earlier_exchange_in_the_templates_own_form(template):
+    from dataclasses import replace
+
+    one = render_inference_prompt(template, replace(ONE_TURN, examples=EXAMPLES[:1]))
+    expected = {
+        "llama2_chat": "<s>[INST] is the cafe open? [/INST] nope, closed mondays </s><s>[INST] are",
+        "nous_hermes": "<s>### Instruction:\nis the cafe open?\n\n### Response:\n"
+        "nope, closed mondays</s><s>### Instruction:\nare",
+        "chatml": "<|im_start|>user\nis the cafe open?<|im_end|>\n<|im_start|>assistant\n"
+        "nope, closed mondays<|im_end|>\n<|im_start|>user\nare",
+    }[template]
+    assert one.startswith(expected)
+
+
+def test_in_a_group_chat_examples_name_who_asked():
+    from dataclasses import replace
+
+    messages = conversation_messages(replace(GROUP, examples=EXAMPLES))
+    assert messages[0] == {"role": "user", "content": "cy: is the cafe open?"}
+    assert messages[1] == {"role": "assistant", "content": "nope, closed mondays"}

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
 from echo_pipeline import schemas
-from echo_pipeline.templates import TEMPLATE_NAMES, ChatPair, ContextTurn, render
+from echo_pipeline.templates import TEMPLATE_NAMES, ChatPair, ContextTurn, Example, render
 from echo_pipeline.tokenization import (
     IGNORE_INDEX,
     build_template_dataset,
@@ -318,3 +320,70 @@ def test_no_pairs_give_an_empty_well_typed_dataset(tok):
         pa.Table.from_pandas(df, schema=schemas.TEMPLATE_DATASET, preserve_index=False).num_rows
         == 0
     )
+
+
+# --- reply memory -------------------------------------------------------------------------------
+
+EXAMPLES = (
+    Example("is the cafe open?", "nope, closed mondays", "cy"),
+    Example("coming to the gig?", "wouldn't miss it 🎸", "bob"),
+)
+
+
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+@pytest.mark.parametrize("which", ["smollm2", "bos_adding"])
+def test_with_memory_the_inference_prompt_is_the_training_prefix_token_for_token(
+    request, template, which
+):
+    tokenizer = request.getfixturevalue("tok" if which == "smollm2" else "bos_tok")
+    for pair in (PAIRS["context"], PAIRS["group"]):
+        with_examples = replace(pair, examples=EXAMPLES)
+        example = tokenize_pair(template, tokenizer, with_examples, system_prompt=SYSTEM)
+        prompt_ids = tokenize_inference_prompt(
+            template,
+            tokenizer,
+            pair.context,
+            pair.prompt,
+            SYSTEM,
+            prompt_author=pair.prompt_author,
+            examples=EXAMPLES,
+        )
+        assert prompt_ids == example.input_ids[: example.prompt_len]
+        assert labelled(example) == labelled(
+            tokenize_pair(template, tokenizer, pair, system_prompt=SYSTEM)
+        )
+        assert "closed mondays" in tokenizer.decode(prompt_ids)
+
+
+def test_truncation_drops_the_least_similar_example_before_any_context(tok):
+    examples = (Example("first?", long_text(60)), Example("second?", "the nearest one"))
+    pair = ChatPair(
+        (ContextTurn("bob", "context stays", False),), "and?", "fine.", "bob", None, examples
+    )
+    full = tokenize_pair("chatml", tok, pair, system_prompt=SYSTEM, max_tokens=None)
+    budget = len(full.input_ids) - 10
+    cut = tokenize_pair("chatml", tok, pair, system_prompt=SYSTEM, max_tokens=budget)
+    prompt = tok.decode(cut.input_ids[: cut.prompt_len])
+    assert cut.truncated and len(cut.input_ids) <= budget
+    assert "w0" not in prompt and "the nearest one" in prompt and "context stays" in prompt
+
+
+def test_the_dataset_renders_each_rows_examples(tok):
+    frame = pd.DataFrame(
+        {
+            "pair_id": ["a", "b"],
+            "split": ["train", "test"],
+            "context": [[], []],
+            "prompt": ["hi", "yo"],
+            "reply": ["hey", "sup"],
+            "prompt_author": ["bob", "bob"],
+        }
+    )
+    table, examples = build_template_dataset(
+        frame, "chatml", tok, system_prompt=SYSTEM, examples=[EXAMPLES[:1], ()]
+    )
+    assert "closed mondays" in table["prompt_text"][0] and "closed" not in table["prompt_text"][1]
+    assert table["text"][0].startswith(table["prompt_text"][0])
+    assert tok.decode(examples[0].input_ids[: examples[0].prompt_len]) == table["prompt_text"][0]
+    with pytest.raises(ValueError, match="1 rows of examples for 2 pairs"):
+        build_template_dataset(frame, "chatml", tok, system_prompt=SYSTEM, examples=[()])

@@ -11,12 +11,14 @@ from echo_pipeline.defs.ingest import default_export_location
 from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.storage import file_sha256
 
-INGEST_SELECTION = ["raw_chat_export", "chat_messages", "conversation_pairs"]
+# The reply memory is made with the pairs it indexes, so datasets that read it follow both.
+INGEST_SELECTION = ["raw_chat_export", "chat_messages", "conversation_pairs", "reply_memory"]
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.assets(*INGEST_SELECTION),
-    description="Export files -> messages -> pairs (datasets follow through declarative automation).",
+    description="Export files -> messages -> pairs -> reply memory (datasets follow through "
+    "declarative automation).",
 )
 
 training_job = dg.define_asset_job(

