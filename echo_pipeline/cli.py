@@ -211,6 +211,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "each)",
             flush=True,
         )
+    if args.memory_k is not None:
+        run_config = _with_op_config(run_config, "template_dataset", {"memory_k": args.memory_k})
     run_config = with_me(run_config, args.me, demo=args.demo)
     run_config = quick_run_config(
         run_config, max_steps=args.max_steps, eval_max_pairs=args.eval_max_pairs
@@ -220,7 +222,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.template or list(TEMPLATE_NAMES),
         args.experiment or (["echo"] if args.export else ["demo"]),
         run_config=run_config,
-        base_model=args.base_model,
+        base_model=args.base_model or _default_run_base(args.export),
         log_file=None if args.verbose else default_log_file(),
         verbose=args.verbose,
         force=args.force,
@@ -239,6 +241,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 PAIRS_OP = "conversation_pairs"
 EXPORT_OP = "read_chat_exports"
 EVAL_OP = "evaluation_report"
+
+
+def _default_run_base(export: str | None) -> str | None:
+    """``auto`` for a user's own export (the base that models my replies best), unless env
+    ECHO_BASE_MODEL names one; the resource's default (SmolLM2) for the demo."""
+    from echo_pipeline.base_choice import AUTO
+    from echo_pipeline.base_model import BASE_MODEL_ENV
+
+    return AUTO if export and not os.environ.get(BASE_MODEL_ENV, "").strip() else None
 
 
 def _with_op_config(run_config: dict, op: str, values: dict, *, override: bool = True) -> dict:
@@ -521,7 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--base-model",
-        help=f"{base_model_help} (default: env ECHO_BASE_MODEL or {DEFAULT_BASE_MODEL}).",
+        help=f"{base_model_help}, or auto: each installed offline base scored on my train "
+        f"replies (bits per character), {DEFAULT_BASE_MODEL} kept unless another saves 15 %% "
+        f"(default: env ECHO_BASE_MODEL, else auto with --export, else {DEFAULT_BASE_MODEL}).",
+    )
+    p.add_argument(
+        "--memory-k",
+        type=int,
+        help="Put my k most similar past exchanges (train split) in every prompt, in training, "
+        "evaluation and chat alike (default 0: off).",
     )
     p.add_argument(
         "--max-steps", type=int, help="Cut training to this many optimizer steps (a quick trial)."

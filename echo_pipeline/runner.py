@@ -307,7 +307,8 @@ def _run(
     steps: list[StepResult] = []
     rows: list[SummaryRow] = []
     try:
-        _steps(templates, experiments, step, rows, names, adapter_key, echo)
+        memory = _memory_k(run_config) > 0
+        _steps(templates, experiments, step, rows, names, adapter_key, echo, memory)
     except _Interrupted:
         return RunOutcome(EXIT_INTERRUPTED, rows, steps)
     for line in summary_table(rows):
@@ -326,13 +327,21 @@ class _Interrupted(Exception):
     """A step was interrupted: the runner stops, without a summary of what did not run."""
 
 
-def _steps(templates, experiments, step, rows, names, adapter_key, echo) -> None:
-    """Ingest, then per template its dataset and adapters, then the comparison.
+def _memory_k(run_config: dict) -> int:
+    """The datasets' ``memory_k`` in ``run_config`` (0 when unset)."""
+    op = (run_config.get("ops") or {}).get("template_dataset") or {}
+    return int((op.get("config") or {}).get("memory_k") or 0)
+
+
+def _steps(templates, experiments, step, rows, names, adapter_key, echo, memory=False) -> None:
+    """Ingest (with the index of my past replies when the datasets put them in the prompt),
+    then per template its dataset and adapters, then the comparison.
 
     A template whose dataset is token for token another's in this run (``model_default`` on a
     base whose own chat template is ChatML) trains nothing: its adapter would be the other's,
     digit for digit. Its dataset is still made; run it alone to train it anyway."""
-    ingest = step(["raw_chat_export", "chat_messages", "conversation_pairs"], label="ingest")
+    ingest_assets = ["raw_chat_export", "chat_messages", "conversation_pairs"]
+    ingest = step(ingest_assets + (["reply_memory"] if memory else []), label="ingest")
     trained_on: dict[str, str] = {}  # dataset digest -> the first template of the run with it
     for template in templates:
         dataset = None

@@ -222,6 +222,13 @@ def test_a_failed_training_then_a_rerun_that_waits_for_the_pool_and_trains_a_rea
     assert row[:3] == ["chatml", "echo", "ok"]
     assert "->" in summary[1] and Path(row[-1]).is_file()  # reply loss base -> adapter, report
     assert claims(instance) == (set(), set())
+    # `--export` with no --base-model: auto, scored on my replies; an English channel keeps SmolLM2
+    from echo_pipeline.base_choice import CHOICE_FILE
+    from echo_pipeline.layout import Layout
+
+    choice = json.loads((Layout.default().pairs_path().parent / CHOICE_FILE).read_text())
+    assert choice["chosen"] == "smollm2-135m-instruct", choice
+    assert set(choice["bits_per_char"]) >= {"smollm2-135m-instruct"}
 
 
 @pytest.mark.parametrize(

@@ -178,7 +178,8 @@ def template_dataset(
             "truncated": truncated,
             "jsonl": dg.MetadataValue.path(str(out_dir)),
             "jsonl_lines": line_counts,
-            "base_model": base_model.source,
+            "base_model": resolved.source,
+            **_base_choice_metadata(base_model),
             "memory_k": config.memory_k,
             "memory_examples_mean": float(np.mean([len(s) for s in shown])) if shown else 0.0,
         },
@@ -204,3 +205,15 @@ def template_dataset(
 
 
 dataset_assets = [template_dataset]
+
+
+def _base_choice_metadata(base_model: BaseModelResource) -> dict:
+    """With base model ``auto``: the bits per character of each base on my replies, and why
+    the chosen one won (the adapter records the chosen base itself)."""
+    if base_model.source.strip().lower() != "auto":
+        return {}
+    choice = base_model.choice()[1]
+    return {
+        "base_model_choice": choice.reason,
+        "base_model_bits_per_char": dg.MetadataValue.json(choice.bits_per_char),
+    }
