@@ -80,7 +80,7 @@ class PreferenceConfig:
     max_steps: int = 0  # 0: derived from epochs
     epochs: float = 1.0
     pairs_per_step: int = 8
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     warmup_steps: int = 2
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
@@ -492,10 +492,9 @@ def cached_reference_logprobs(
         if saved.get("key") == key and len(saved.get("values", ())) == len(examples):
             return [(float(c), float(r)) for c, r in saved["values"]]
     values = reference_logprobs(model, examples, pack_tokens)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps({"key": key, "values": values}), encoding="utf-8")
-    staging.replace(path)
+    from echo_pipeline.storage import write_text
+
+    write_text(json.dumps({"key": key, "values": values}), path)
     return values
 
 
@@ -660,6 +659,7 @@ def _train_preference(
         optimizer.zero_grad(set_to_none=True)
 
         state.step += 1
+        rewards = {k: v.detach() for k, v in rewards.items()}
         state.train_losses.append(float(loss.detach()))
         margins.append(float(rewards["margin"].mean()))
         accuracies.append(float((rewards["margin"] > 0).float().mean()))

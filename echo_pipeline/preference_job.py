@@ -167,6 +167,7 @@ def run_preference_job(
     from echo_pipeline.conversations import heldout_split
     from echo_pipeline.evaluation.generation import adapter_disabled
     from echo_pipeline.records import METADATA_FILE, AdapterMetadata, TrackingRecord
+    from echo_pipeline.storage import atomic_path, write_parquet
     from echo_pipeline.training import reply_loss, torch_threads
 
     config = job.preference
@@ -193,9 +194,12 @@ def run_preference_job(
             f"{job.preference_pairs_path}: no usable preference pair ({pref.describe_counts(skipped)})"
         )
     dtype = resolved_training_dtype("auto")
-    reference_key = f"{sft_meta.fingerprint}|{dtype}"
-    fingerprint = pref.fingerprint_preference(config, examples, reference_key)
-    fingerprint = hashlib.sha256(f"{fingerprint}|{job.template}".encode()).hexdigest()[:24]
+    # A round's weights do not depend on how many rounds follow it: raising ``rounds`` later
+    # reuses the rounds already trained.
+    per_round = dataclasses.replace(config, rounds=1)
+    reference_key = f"{sft_meta.fingerprint}|{dtype}|{job.template}"
+    first_round = pref.fingerprint_preference(per_round, examples, reference_key)
+    fingerprint = hashlib.sha256(f"{first_round}|{config.rounds}".encode()).hexdigest()[:24]
     key = f"{job.template}|{job.experiment}"
     name = preference_experiment(job.experiment)
 
@@ -242,10 +246,11 @@ def run_preference_job(
         resumed_from = None
         result = None
         step_offset = 0
+        previous = reference_key
         for round_number in range(1, config.rounds + 1):
             round_dir = job.work_dir / f"round-{round_number}"
             if round_number > 1:
-                round_pairs_path = round_dir / "pairs.parquet"
+                round_pairs_path = round_dir / f"pairs-{previous}.parquet"
                 if round_pairs_path.is_file():
                     sampled = pq.read_table(round_pairs_path)
                 else:
@@ -264,16 +269,20 @@ def run_preference_job(
                         seed=config.seed + 1000 * round_number,
                     )
                     round_dir.mkdir(parents=True, exist_ok=True)
-                    pq.write_table(sampled, round_pairs_path)
+                    write_parquet(sampled, round_pairs_path)
                 # Earlier rounds' rejected replies stay (DITTO's replay of earlier policies).
                 pairs = pref.merge_pair_tables([pairs, sampled])
                 examples, skipped = pref.preference_examples(pairs, frame, job.template, tokenizer)
                 mlflow.log_metric("pairs_used", float(len(examples)), step=round_number)
-            round_key = f"{fingerprint}|round{round_number}"
-            round_fingerprint = pref.fingerprint_preference(config, examples, round_key)
+            # Each round's fingerprint chains the previous one's: its start weights and samples.
+            round_fingerprint = pref.fingerprint_preference(
+                per_round, examples, f"{previous}|round{round_number}"
+            )
+            previous = round_fingerprint
             done = round_dir / f"done-{round_fingerprint}.safetensors"
             if done.is_file():
                 _load_trainable(model, load_file(done))
+                final["rounds_reused"] = final.get("rounds_reused", 0.0) + 1
                 logger.info("round %d already trained: its weights are reused", round_number)
                 continue
 
@@ -310,9 +319,9 @@ def run_preference_job(
                 )
             step_offset += result.steps
             trained = model.named_parameters()
-            save_file(
-                {n: p.detach().contiguous().cpu() for n, p in trained if p.requires_grad}, done
-            )
+            with atomic_path(done) as staging:
+                weights = {n: p.detach().contiguous().cpu() for n, p in trained if p.requires_grad}
+                save_file(weights, staging)
             final |= {f"round{round_number}_{k}": v for k, v in result.metrics().items()}
 
         if result is not None:

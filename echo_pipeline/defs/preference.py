@@ -55,6 +55,7 @@ class PreferenceStageConfig(dg.Config):
     temperature: float | None = Field(default=None, gt=0, description="Sampling temperature.")
     top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling mass.")
     repetition_penalty: float | None = Field(default=None, ge=1, description="1: off.")
+    batch_size: int | None = Field(default=None, ge=1, description="Prompts sampled together.")
     max_steps: int | None = Field(
         default=None, ge=0, description="DPO steps per round (0: from epochs)."
     )
@@ -277,6 +278,7 @@ def preference_report(
         "verdict": result.verdicts["adapter"].label,
         "report_path": dg.MetadataValue.path(str(files.html)),
         "mlflow_run": dg.MetadataValue.url(run.run_url),
+        "mlflow_run_id": run.run_id,
         **{name: float(metrics[name]) for name in HEADLINE_METRICS if name in metrics},
     }
     sft_metrics = paths["sft_report"] / "metrics.json"
