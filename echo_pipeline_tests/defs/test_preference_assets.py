@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 
-import dagster as dg
 import mlflow
 import pyarrow.parquet as pq
 import pytest
 from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
+from test_training_assets import materialize
 
-from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.layout import Layout
 from echo_pipeline.schemas import PREFERENCE_PAIRS
@@ -29,16 +28,6 @@ TINY_PREFERENCE = {
     "pairs_per_step": 2,
     "checkpoint_every": 0,
 }
-
-
-def materialize(selection, partition_key=None, ops=None) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        [*ALL_ASSETS, *ALL_CHECKS],
-        selection=selection,
-        partition_key=partition_key,
-        resources=build_resources(),
-        run_config={"ops": {k: v for k, v in (ops or {}).items() if k in selection}},
-    )
 
 
 def _metadata(result, asset):
