@@ -86,23 +86,32 @@ class PreferenceStageConfig(dg.Config):
         return preference_config(experiment, values)
 
 
-def _paths(io_manager: ParquetIOManager, partition: str, template: str, experiment: str) -> dict:
-    layout = io_manager.layout()
+def preference_paths(layout, template: str, experiment: str) -> dict:
+    """Where the stage reads and writes, beside lora_adapter's folders: ``<asset>/<template>__
+    <experiment>`` (the supervised adapter's own slug)."""
+    from echo_pipeline.layout import adapter_slug
+
+    slug = adapter_slug(template, experiment)
     return {
         "sft_adapter": layout.adapter_dir(template, experiment),
         "dataset": layout.dataset_path(template),
         "pairs": layout.pairs_path(),
-        "preference_pairs": layout.asset_path(["preference_pairs"], partition),
-        "adapter": layout.asset_path(["preference_adapter"], partition, suffix=""),
-        "work": layout.asset_path(["preference_work"], partition, suffix=""),
-        "report": layout.asset_path(["preference_report"], partition, suffix=""),
+        "preference_pairs": layout.root / "preference_pairs" / f"{slug}.parquet",
+        "adapter": layout.root / "preference_adapter" / slug,
+        "work": layout.root / "preference_work" / slug,
+        "report": layout.root / "preference_report" / slug,
         "sft_report": layout.report_dir(template, experiment),
     }
 
 
-def _partition(context: dg.AssetExecutionContext) -> tuple[str, str, str]:
+def _partition(
+    context: dg.AssetExecutionContext, io_manager: ParquetIOManager
+) -> tuple[str, str, str, dict]:
+    """The partition key (as Dagster spells it), its template and experiment, and the paths."""
     keys = context.partition_key.keys_by_dimension
-    return str(context.partition_key), keys["template"], keys["experiment"]
+    template, experiment = keys["template"], keys["experiment"]
+    paths = preference_paths(io_manager.layout(), template, experiment)
+    return str(context.partition_key), template, experiment, paths
 
 
 @dg.asset(
@@ -126,13 +135,16 @@ def preference_pairs(
     from echo_pipeline.records import METADATA_FILE
     from echo_pipeline.storage import write_parquet
 
-    partition, template, experiment = _partition(context)
-    paths = _paths(io_manager, partition, template, experiment)
+    partition, template, experiment, paths = _partition(context, io_manager)
     if not (paths["sft_adapter"] / METADATA_FILE).exists():
         raise dg.Failure(f"{paths['sft_adapter']}: lora_adapter[{partition}] is not materialised")
     recipe = config.recipe(experiment)
     table, counts = sample_pairs(
-        paths["sft_adapter"], paths["dataset"], paths["pairs"], recipe, adapter=partition
+        paths["sft_adapter"],
+        paths["dataset"],
+        paths["pairs"],
+        recipe,
+        adapter=f"{template}|{experiment}",
     )
     write_parquet(table, paths["preference_pairs"])
     context.log.info("preference pairs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -174,8 +186,7 @@ def preference_adapter(
     from echo_pipeline.preference_job import PreferenceJob, run_preference_job
     from echo_pipeline.tracking import TrackingUnavailableError
 
-    partition, template, experiment = _partition(context)
-    paths = _paths(io_manager, partition, template, experiment)
+    partition, template, experiment, paths = _partition(context, io_manager)
     if not paths["preference_pairs"].exists():
         raise dg.Failure(f"{paths['preference_pairs']}: preference_pairs[{partition}] is missing")
     try:
@@ -257,8 +268,7 @@ def preference_report(
     from echo_pipeline.evaluation.report import write_report
     from echo_pipeline.evaluation.runs import log_evaluation_run
 
-    partition, template, experiment = _partition(context)
-    paths = _paths(io_manager, partition, template, experiment)
+    partition, _, _, paths = _partition(context, io_manager)
     result = evaluate_adapter(
         paths["adapter"],
         paths["dataset"],

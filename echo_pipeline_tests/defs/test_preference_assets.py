@@ -17,6 +17,7 @@ from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
 from test_training_assets import materialize
 
 from echo_pipeline.defs.partitions import adapter_key
+from echo_pipeline.defs.preference import preference_paths
 from echo_pipeline.layout import Layout
 from echo_pipeline.schemas import PREFERENCE_PAIRS
 
@@ -50,7 +51,8 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     )
     assert pairs.success
     layout = Layout.default()
-    sampled = pq.read_table(layout.asset_path(["preference_pairs"], str(key)))
+    paths = preference_paths(layout, "chatml", "demo")
+    sampled = pq.read_table(paths["preference_pairs"])
     assert sampled.schema == PREFERENCE_PAIRS and sampled.num_rows >= 1
     assert set(sampled.column("adapter").to_pylist()) == {"chatml|demo"}
     assert _metadata(pairs, "preference_pairs")["rows"] == sampled.num_rows
@@ -85,7 +87,7 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     assert adapter.success
     meta = _metadata(adapter, "preference_adapter")
     assert meta["dpo_steps"] == 2
-    out = layout.asset_path(["preference_adapter"], str(key), suffix="")
+    out = paths["adapter"]
     lineage = json.loads((out / "echo_metadata.json").read_text())
     assert lineage["experiment"] == "demo+dpo"
     assert lineage["training"]["sft_adapter"] == str(layout.adapter_dir("chatml", "demo"))
@@ -121,7 +123,7 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     )
     assert report.success
     report_meta = _metadata(report, "preference_report")
-    assert (layout.asset_path(["preference_report"], str(key), suffix="") / "report.html").is_file()
+    assert (paths["report"] / "report.html").is_file()
     evaluation = client.get_run(report_meta["mlflow_run_id"])
     # the report is a child of the DPO run, as evaluation_report is of the supervised run
     assert evaluation.data.tags["echo.training_run_id"] == meta["mlflow_run_id"]
