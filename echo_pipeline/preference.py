@@ -323,6 +323,12 @@ def source_counts(table: Any) -> dict[str, int]:
     return {source: values.count(source) for source in PREFERENCE_SOURCES}
 
 
+def used_counts(examples: Sequence[PreferenceExample]) -> dict[str, int]:
+    """Pairs trained on per ``source`` (every known source listed, zeros included)."""
+    values = [example.source for example in examples]
+    return {source: values.count(source) for source in PREFERENCE_SOURCES}
+
+
 # --- pairs as token sequences ----------------------------------------------------------------
 
 

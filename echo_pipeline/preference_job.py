@@ -224,7 +224,8 @@ def run_preference_job(
     with run, torch_threads(config.torch_threads):
         run_id = run.info.run_id
         mlflow.log_params({f"pref.{k}": str(v) for k, v in config.to_dict().items()})
-        counts = pref.source_counts(pairs)
+        # What trained, per source (pairs_*), and what was left out and why (pairs_skipped_*).
+        counts = pref.used_counts(examples)
         mlflow.log_metrics(
             {f"pairs_{k}": float(v) for k, v in counts.items()}
             | {f"pairs_skipped_{k}": float(v) for k, v in skipped.items()}
@@ -336,7 +337,7 @@ def run_preference_job(
             "sft_run_id": sft_meta.mlflow.run_id,
             "preference_pairs_digest": pairs_digest,
             "preference_pairs_paths": [str(job.preference_pairs_path), *job.human_pairs_paths],
-            "preference_pairs": counts,
+            "preference_pairs": pref.used_counts(examples),
         }
         metadata = AdapterMetadata(
             template=job.template,
