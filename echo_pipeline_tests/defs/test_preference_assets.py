@@ -125,7 +125,7 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     report_meta = _metadata(report, "preference_report")
     assert (paths["report"] / "report.html").is_file()
     evaluation = client.get_run(report_meta["mlflow_run_id"])
-    # the report is a child of the DPO run, as evaluation_report is of the supervised run
-    assert evaluation.data.tags["echo.training_run_id"] == meta["mlflow_run_id"]
+    # the report is a child of the latest DPO run, as evaluation_report is of the supervised run
+    assert evaluation.data.tags["echo.training_run_id"] == second.info.run_id
     assert evaluation.data.tags["echo.experiment"] == "demo+dpo"
     assert "adapter_reply_loss" in report_meta
