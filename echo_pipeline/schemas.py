@@ -72,6 +72,39 @@ TEMPLATE_DATASET = pa.schema(
     ]
 )
 
+#: ``source`` values of a preference pair: ``self_sample`` (the rejected reply was sampled from
+#: an adapter by the preference stage), ``human_rating`` (a person scored a generated reply
+#: below the real one), ``human_choice`` (a person picked the real reply over a generated one).
+PREFERENCE_SOURCES = ("self_sample", "human_rating", "human_choice")
+
+#: One turn of a preference pair's context: only who spoke and what, so a rating page that never
+#: saw the pairs table can still write it.
+PREFERENCE_CONTEXT_TURN = pa.struct(
+    [
+        pa.field("speaker", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+    ]
+)
+
+#: A (chosen, rejected) reply pair for the preference stage: ``chosen`` is my real reply,
+#: ``rejected`` an adapter's reply to the same prompt. Written by the self-sampling asset and by
+#: the human rating page (Parquet or JSONL with these columns); ``pair_id`` is the conversation
+#: pair it answers, so the trainer renders the prompt exactly as supervised training did.
+PREFERENCE_PAIRS = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("context", pa.list_(PREFERENCE_CONTEXT_TURN), nullable=False),
+        pa.field("prompt_author", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # one of PREFERENCE_SOURCES
+        # The partition key (adapter) that produced the rejected or rated reply; "" if none.
+        pa.field("adapter", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
 
 def empty_table(schema: pa.Schema) -> pa.Table:
     """A zero-row table of ``schema``, so empty inputs still write well-typed Parquet."""

@@ -541,15 +541,49 @@ def _row_loss_sum(
     """Summed cross-entropy of one packed row, and the number of tokens it covers.
 
     The targets are the labels shifted left by one (the packing put -100 at every sample's first
-    label, so no target crosses a sample boundary). Only positions with a target are projected
-    onto the vocabulary: a boolean ``logits_to_keep`` makes the model gather those hidden states
-    before its own ``lm_head`` (any final logit scaling or soft-capping is kept that way).
-    ``use_cache=False`` matters: with a cache transformers ignores the restarting position_ids and
-    the samples of a row attend to each other. ``forward`` is what to call instead of ``model``
-    (its DDP wrapper, which syncs gradients).
+    label, so no target crosses a sample boundary). ``forward`` is what to call instead of
+    ``model`` (its DDP wrapper, which syncs gradients).
+    """
+    import torch.nn.functional as F
+
+    logits, targets, keep = _labelled_logits(model, row, device, forward=forward)
+    loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return loss_sum, int(keep.sum())
+
+
+def packed_logprobs(model: Any, row: PackedBatch, device: Any) -> Any:
+    """Summed log-probability of each example's labelled tokens in one packed row: a float32
+    tensor with one entry per example of ``row.example_indices``, in row order, differentiable.
+
+    What a preference objective needs (DPO compares whole replies), from the same forward pass
+    as the supervised loss: reply tokens and their EOS only, samples isolated by position ids.
     """
     import torch
     import torch.nn.functional as F
+
+    logits, targets, keep = _labelled_logits(model, row, device)
+    token_logprobs = -F.cross_entropy(logits.float(), targets[keep], reduction="none")
+    segment = torch.repeat_interleave(
+        torch.arange(len(row.seq_lens), device=device),
+        torch.tensor(row.seq_lens, device=device),
+    )[keep]
+    sums = torch.zeros(len(row.example_indices), device=device, dtype=torch.float32)
+    return sums.index_add(0, segment, token_logprobs)
+
+
+def _labelled_logits(
+    model: Any, row: PackedBatch, device: Any, *, forward: Any | None = None
+) -> tuple[Any, Any, Any]:
+    """Logits at the positions that predict a labelled token, the shifted targets, and the mask
+    of those positions.
+
+    Only positions with a target are projected onto the vocabulary: a boolean
+    ``logits_to_keep`` makes the model gather those hidden states before its own ``lm_head`` (any
+    final logit scaling or soft-capping is kept that way). ``use_cache=False`` matters: with a
+    cache transformers ignores the restarting position_ids and the samples of a row attend to
+    each other.
+    """
+    import torch
 
     input_ids = torch.tensor([row.input_ids], device=device)
     position_ids = torch.tensor([row.position_ids], device=device)
@@ -567,8 +601,7 @@ def _row_loss_sum(
     else:
         output = call(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         logits = output.logits[0][keep]
-    loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-    return loss_sum, int(keep.sum())
+    return logits, targets, keep
 
 
 def free_cores(sample_s: float = 0.5) -> float | None:

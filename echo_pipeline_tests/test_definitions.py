@@ -17,6 +17,9 @@ ASSET_NAMES = {
     "evaluation_report",
     "model_comparison",
     "human_judgements",
+    "preference_pairs",
+    "preference_adapter",
+    "preference_report",
 }
 
 
@@ -27,7 +30,7 @@ def test_everything_in_the_defs_folder_is_found():
     assert {s.name for s in defs.schedules} == {"weekly_retraining_schedule"}
     assert {j.name for j in defs.jobs} == {"ingest_job", "training_job"}
     assert set(defs.resources) >= {"io_manager", "base_model", "mlflow_tracking"}
-    assert len(ALL_ASSETS) == 7 and len(ALL_CHECKS) == 1
+    assert len(ALL_ASSETS) == 11 and len(ALL_CHECKS) == 1
 
 
 def test_owners_are_set_once_for_every_asset():
