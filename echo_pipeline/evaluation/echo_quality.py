@@ -8,13 +8,20 @@ beside the same number for my real held-out replies:
 * collapse: distinct-1/2, the share of the single most common reply, the share of replies that
   loop (a line or a phrase over and over);
 * babble: the known-word rate, the share of generated words that occur in my own train-split
-  replies or in the message being answered;
+  replies or in the message being answered, and the known-bigram rate, the same for adjacent
+  word pairs (word salad of my own words passes the first, not the second);
 * parroting: the share of replies copied from their prompt;
+* memorised: the share of replies that say one of my train replies again, exactly or nearly
+  (character 4-grams), beside how often my held-out replies repeat one;
 * relevance: similarity to my real reply to the *same* prompt minus the mean similarity to my
   real replies to *other* prompts, with a bootstrap interval: a generic reply scores zero
   whatever its surface style;
+* in context: how often a side's reply to a prompt outranks its replies to other prompts as
+  the answer to it (prompt-reply similarity), beside my real replies' own rate; a replayed or
+  generic reply sits at 0.5;
 * indistinguishability: the held-out AUC of a real-vs-generated discriminator (word and
-  character n-grams), 0.5 when a reader cannot tell.
+  character n-grams), and of a second, stronger one that also sees sentence embeddings; the
+  harder of the two judges. 0.5 when a reader cannot tell.
 
 Set-level numbers (distinct-n, top-reply share) depend on how many texts are in the set, so a
 model's samples are scored one draw at a time (one reply per prompt, like the real set) and

@@ -44,6 +44,7 @@ from echo_pipeline.evaluation.attribution import (
 )
 from echo_pipeline.evaluation.baselines import BaselineInputs, SideReplies, baseline
 from echo_pipeline.evaluation.echo_quality import (
+    Interval,
     TrainReplyIndex,
     Verdict,
     VerdictThresholds,
@@ -539,9 +540,10 @@ def answer_with_baselines(
         started = time.perf_counter()
         replies: SideReplies = side.replies(inputs)
         seconds = replies.seconds or time.perf_counter() - started
-        if any(len(draw) != len(samples) for draw in replies.draws) or not replies.draws:
+        answered = {len(draw) for draw in replies.draws}
+        if answered != {len(samples)}:
             raise ValueError(
-                f"baseline {name!r} answered {len(replies.draws[0]) if replies.draws else 0} of {len(samples)} prompts"
+                f"baseline {name!r} answered {sorted(answered)} of {len(samples)} prompts"
             )
         samples[side.name] = replies.draws[0]
         generated.draws[side.name] = replies.draws
@@ -554,29 +556,8 @@ def answer_with_baselines(
     return samples, metrics
 
 
-def _discriminator_metrics(
-    side: str,
-    name: str,
-    real_train: list[str],
-    generated: Generated,
-    real: list[str],
-    draws,
-    seed: int,
-    embed=None,
-) -> dict[str, float]:
-    auc = discriminator_interval(
-        real_train,
-        generated.train_replies[side],
-        real,
-        [text for draw in draws for text in draw],
-        seed=seed,
-        embed=embed,
-    )
-    return {
-        f"{side}_{name}": auc.mean,
-        f"{side}_{name}_low": auc.low,
-        f"{side}_{name}_high": auc.high,
-    }
+def _interval_metrics(key: str, interval: Interval) -> dict[str, float]:
+    return {key: interval.mean, f"{key}_low": interval.low, f"{key}_high": interval.high}
 
 
 def score_echo(
@@ -599,11 +580,7 @@ def score_echo(
     # In context: prompt-reply similarity (MiniLM when loaded) picks each prompt's reply.
     if len(real) >= 2:
         fit = in_context_interval([real], prompts, similarity, seed=seed)
-        metrics |= {
-            "real_in_context": fit.mean,
-            "real_in_context_low": fit.low,
-            "real_in_context_high": fit.high,
-        }
+        metrics |= _interval_metrics("real_in_context", fit)
     # The discriminator learns "real" from my train replies; it is tested on held-out ones.
     real_train = train_replies.sample(min(len(train_replies), 2000), random_state=seed).tolist()
     for side, draws in generated.draws.items():
@@ -613,24 +590,24 @@ def score_echo(
         }
         if len(real) >= 2:
             gain = relevance_interval(draws, real, similarity, seed=seed)
-            metrics |= {
-                f"{side}_relevance_gain": gain.mean,
-                f"{side}_relevance_gain_low": gain.low,
-                f"{side}_relevance_gain_high": gain.high,
-            }
+            metrics |= _interval_metrics(f"{side}_relevance_gain", gain)
             fit = in_context_interval(draws, prompts, similarity, seed=seed)
-            metrics |= {
-                f"{side}_in_context": fit.mean,
-                f"{side}_in_context_low": fit.low,
-                f"{side}_in_context_high": fit.high,
-            }
+            metrics |= _interval_metrics(f"{side}_in_context", fit)
+        # Two readers: n-grams, and sentence embeddings + n-grams (what is said, not only how).
         readers = {"discriminator_auc": None}
         if embedder is not None:
             readers["embedding_discriminator_auc"] = embedder.encode
+        generated_texts = [text for draw in draws for text in draw]
         for name, embed in readers.items():
-            metrics |= _discriminator_metrics(
-                side, name, real_train, generated, real, draws, seed, embed
+            auc = discriminator_interval(
+                real_train,
+                generated.train_replies[side],
+                real,
+                generated_texts,
+                seed=seed,
+                embed=embed,
             )
+            metrics |= _interval_metrics(f"{side}_{name}", auc)
         harder = max(readers, key=lambda name: np.nan_to_num(metrics[f"{side}_{name}"], nan=-1.0))
         for suffix in ("", "_low", "_high"):
             metrics[f"{side}_hardest_discriminator_auc{suffix}"] = metrics[
