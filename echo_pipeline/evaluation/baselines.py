@@ -8,10 +8,28 @@ same verdict, so a baseline that should fail shows which gate stops it.
   style measure can tell it from me; what it lacks is being an answer to *this* message, and
   the memorised and in-context gates must say so.
 
-A further baseline (e.g. the base model prompted with retrieved past exchanges) is one more
-:class:`Baseline` in :data:`BASELINES`: it gets the evaluation's :class:`BaselineInputs` (the
-held-out prompts, the discriminator's train prompts, the train pairs, the loaded chat session
-and embedder) and returns its :class:`SideReplies`.
+A further baseline is one more :class:`Baseline` in :data:`BASELINES` (and its name in
+``EvaluationConfig.baselines``): it gets the evaluation's :class:`BaselineInputs` and returns
+its :class:`SideReplies`; scoring, verdict, MLflow metrics (``<name>_...``) and the report's
+columns follow from the name. **base + memory** (issue #22, the base model prompted with my
+retrieved past exchanges) would be, in outline::
+
+    class MemoryBaseline:
+        name, label = "memory", "base + memory"
+
+        def replies(self, inputs):
+            settings = inputs.config.generation
+            with adapter_disabled(inputs.session.model):
+                held_out = memory_prompt_ids(inputs.session, inputs.chosen, inputs.train)
+                draws = [generate_replies(inputs.session, held_out, settings)]
+                # train prompts retrieve from the train pairs minus their own pair
+                on_train = generate_replies(inputs.session, memory_prompt_ids(
+                    inputs.session, inputs.train_prompts, inputs.train), settings)
+            return SideReplies([d.texts for d in draws], on_train.texts,
+                               [d.stopped for d in draws], sum(d.seconds for d in draws))
+
+where ``memory_prompt_ids`` renders the top-k retrieved (prompt, reply) pairs into the
+template's prompt (``echo_pipeline.memory``), ``k`` read from ``inputs.meta``.
 """
 
 from __future__ import annotations
@@ -50,6 +68,7 @@ class BaselineInputs:
     train: pd.DataFrame  # every train pair: the only replies of mine a baseline may reuse
     similarity: Similarity  # MiniLM when loaded, else character n-grams
     session: Any | None = None  # the ChatSession (adapter loaded): for baselines that generate
+    meta: Any | None = None  # the adapter's AdapterMetadata (its template, dataset settings)
     config: Any | None = None  # the EvaluationConfig
     say: Callable[[str], None] = field(default=lambda _: None)
 

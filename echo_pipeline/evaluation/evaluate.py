@@ -532,6 +532,7 @@ def answer_with_baselines(
         train=data.pairs[data.pairs["split"] == "train"],
         similarity=similarity_matrix(embedder),
         session=session,
+        meta=data.meta,
         config=config,
         say=say,
     )
@@ -675,7 +676,11 @@ def evaluate_adapter(
         samples, baseline_metrics = answer_with_baselines(
             data, samples, generated, config, session=session, embedder=embedder, say=say
         )
-        sides = ("real", *generated.draws)
+        sides = (
+            "real",
+            *(s for s in MODEL_SIDES if s in generated.draws),
+            *(s for s in generated.draws if s not in MODEL_SIDES),
+        )
         samples, scores = score_replies(samples, classifier, embedder, sides)
         echo_scores = score_echo(data, generated, config, embedder)
         measures_seconds = time.perf_counter() - measures_started
