@@ -74,6 +74,9 @@ logger = logging.getLogger(__name__)
 
 SIDES = ("real", "base", "adapter")
 MODEL_SIDES = ("base", "adapter")
+#: My train replies the embedding discriminator learns "real" from: each costs a MiniLM pass,
+#: and the generated class has only ``discriminator_prompts`` texts to set against them.
+EMBEDDED_REAL_TRAIN = 500
 PAIR_COLUMNS = ["pair_id", "context", "prompt_author", "prompt", "reply", "split"]
 
 #: The headline numbers: (label, metric suffix, which direction is better, sides shown).
@@ -601,7 +604,7 @@ def score_echo(
         generated_texts = [text for draw in draws for text in draw]
         for name, embed in readers.items():
             auc = discriminator_interval(
-                real_train,
+                real_train if embed is None else real_train[:EMBEDDED_REAL_TRAIN],
                 generated.train_replies[side],
                 real,
                 generated_texts,
