@@ -35,6 +35,17 @@ HEADLINE_METRICS = (
     "adapter_relevance_gain_low",
     "base_discriminator_auc",
     "adapter_discriminator_auc",
+    "base_hardest_discriminator_auc",
+    "adapter_hardest_discriminator_auc",
+    "replay_hardest_discriminator_auc",
+    "real_known_bigram_rate",
+    "adapter_known_bigram_rate",
+    "real_memorised_share",
+    "adapter_memorised_share",
+    "replay_memorised_share",
+    "real_in_context",
+    "adapter_in_context",
+    "replay_in_context",
     "real_attributed_share",
     "base_attributed_share",
     "adapter_attributed_share",
@@ -99,6 +110,11 @@ class EvaluationReportConfig(dg.Config):
         default=True,
         description="Score relevance with all-MiniLM-L6-v2 (loaded offline from its package).",
     )
+    baselines: list[str] = Field(
+        default=["replay"],
+        description="Sides no training made, scored and judged beside base and adapter "
+        "('replay': my real reply to the most similar train prompt, verbatim).",
+    )
 
     torch_threads: int | None = Field(
         default=None,
@@ -129,19 +145,23 @@ class EvaluationReportConfig(dg.Config):
             max_prompt_tokens=self.max_prompt_tokens,
             max_loss_examples=self.max_loss_examples,
             similarity=self.similarity,
+            baselines=tuple(self.baselines),
             torch_threads=self.torch_threads,
         )
 
 
-def summary_markdown(metrics: dict) -> str:
+def summary_markdown(metrics: dict, sides: tuple[str, ...] = ("real", "base", "adapter")) -> str:
     from echo_pipeline.evaluation.evaluate import SCORECARD
-    from echo_pipeline.evaluation.report import direction_label, fmt
+    from echo_pipeline.evaluation.report import direction_label, fmt, side_label
 
-    lines = ["| metric | my real replies | base | adapter |", "|---|---|---|---|"]
-    for label, name, better, sides in SCORECARD:
+    lines = [
+        "| metric | " + " | ".join(side_label(s) for s in sides) + " |",
+        "|---|" + "---|" * len(sides),
+    ]
+    for label, name, better, shown in SCORECARD:
         cells = [
-            fmt(metrics.get(f"{side}_{name}")) if side in sides else "–"
-            for side in ("real", "base", "adapter")
+            fmt(metrics.get(f"{side}_{name}")) if side != "real" or side in shown else "–"
+            for side in sides
         ]
         if any(cell != "–" for cell in cells):
             lines.append(f"| {label} ({direction_label(better)}) | " + " | ".join(cells) + " |")
@@ -233,7 +253,12 @@ def evaluation_report(
         "verdict_reasons": dg.MetadataValue.md(
             "\n".join(f"- {r}" for r in adapter_verdict.reasons) or "every gate passed"
         ),
-        "summary": dg.MetadataValue.md(summary_markdown(metrics)),
+        "summary": dg.MetadataValue.md(summary_markdown(metrics, result.sides)),
+        **{
+            f"{side}_verdict": result.verdicts[side].label
+            for side in result.baselines
+            if side in result.verdicts
+        },
         "report_path": dg.MetadataValue.path(str(files.html)),
         "metrics_path": dg.MetadataValue.path(str(files.metrics)),
         "mlflow_run": dg.MetadataValue.url(run.run_url),

@@ -9,6 +9,10 @@ Pure logic, no Dagster: each module measures one thing and can be used on its ow
 * :mod:`~echo_pipeline.evaluation.relevance`: all-MiniLM-L6-v2 similarity (offline) and
   repetition (distinct-n).
 * :mod:`~echo_pipeline.evaluation.generation`: batched generation with the training template.
+* :mod:`~echo_pipeline.evaluation.echo_quality`: collapse, babble, parroting, memorising,
+  relevance, in-context fit, discriminators, and the verdict.
+* :mod:`~echo_pipeline.evaluation.baselines`: sides no training made (replay), judged like
+  the models.
 * :mod:`~echo_pipeline.evaluation.evaluate`: all of it for one adapter, base vs adapter.
 * :mod:`~echo_pipeline.evaluation.report`: the self-contained HTML report and metrics JSON.
 * :mod:`~echo_pipeline.evaluation.runs`: the MLflow side (training history, evaluation runs).

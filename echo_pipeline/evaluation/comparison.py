@@ -25,6 +25,9 @@ from echo_pipeline.storage import write_text
 COLUMNS: tuple[tuple[str, str, str | None], ...] = (
     ("adapter_attributed_share", "attributed to me", "higher"),
     ("adapter_discriminator_auc", "discriminator AUC", None),
+    ("adapter_hardest_discriminator_auc", "harder discriminator AUC", None),
+    ("adapter_in_context", "in context", None),
+    ("adapter_memorised_share", "memorised", None),
     ("adapter_style_distance", "style distance", "lower"),
     ("adapter_reply_loss", "adapter reply loss", "lower"),
     ("adapter_stop_rate", "stop rate", "higher"),

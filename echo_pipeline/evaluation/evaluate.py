@@ -12,8 +12,12 @@ write a reply, and every reply is measured against my real one:
   for mine, beside the same share for my real replies;
 * relevance: MiniLM similarity to the real reply and to the prompt; repetition (distinct-2).
 
+Beside them, baselines no training made (:mod:`~echo_pipeline.evaluation.baselines`; today
+``replay``, my nearest train reply verbatim) answer the same prompts and go through the same
+scoring and verdict: a gate that lets replay "sound like me" is not yet right.
+
 Metric names are flat and prefixed by whose text they describe: ``real_``, ``base_``,
-``adapter_``. Nothing here touches Dagster or MLflow.
+``adapter_``, then one prefix per baseline (``replay_``). Nothing here touches Dagster or MLflow.
 """
 
 from __future__ import annotations
@@ -38,12 +42,17 @@ from echo_pipeline.evaluation.attribution import (
     balanced_accuracy,
     hashed_char_ngrams,
 )
+from echo_pipeline.evaluation.baselines import BaselineInputs, SideReplies, baseline
 from echo_pipeline.evaluation.echo_quality import (
+    Interval,
+    TrainReplyIndex,
     Verdict,
     VerdictThresholds,
+    bigram_vocabulary,
     bootstrap_mean,
     discriminator_interval,
     draw_metrics,
+    in_context_interval,
     mean_over_draws,
     relevance_interval,
     verdict,
@@ -64,6 +73,10 @@ from echo_pipeline.records import AdapterMetadata
 logger = logging.getLogger(__name__)
 
 SIDES = ("real", "base", "adapter")
+MODEL_SIDES = ("base", "adapter")
+#: My train replies the embedding discriminator learns "real" from: each costs a MiniLM pass,
+#: and the generated class has only ``discriminator_prompts`` texts to set against them.
+EMBEDDED_REAL_TRAIN = 500
 PAIR_COLUMNS = ["pair_id", "context", "prompt_author", "prompt", "reply", "split"]
 
 #: The headline numbers: (label, metric suffix, which direction is better, sides shown).
@@ -79,9 +92,18 @@ SCORECARD: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
     ("Most common reply's share", "top_reply_share", "mine", SIDES),
     ("Looping replies", "loop_share", "lower", SIDES),
     ("Known-word rate (my train vocabulary)", "known_word_rate", "mine", SIDES),
+    ("Known-bigram rate (word pairs of my train replies)", "known_bigram_rate", "mine", SIDES),
     ("Copied from the prompt", "parrot_share", "mine", SIDES),
+    ("Memorised (says a train reply of mine again)", "memorised_share", "mine", SIDES),
     ("Relevance gain over shuffled prompts", "relevance_gain", "higher", ("base", "adapter")),
-    ("Discriminator AUC (0.5: can't tell)", "discriminator_auc", "lower", ("base", "adapter")),
+    ("In context (own reply outranks the others; 0.5: none)", "in_context", "higher", SIDES),
+    ("Discriminator AUC, n-grams (0.5: can't tell)", "discriminator_auc", "lower", MODEL_SIDES),
+    (
+        "Discriminator AUC, embeddings + n-grams",
+        "embedding_discriminator_auc",
+        "lower",
+        MODEL_SIDES,
+    ),
     ("Attributed to me", "attributed_share", "higher", SIDES),
     ("Style distance to my replies", "style_distance", "lower", ("base", "adapter")),
     ("Similarity to my reply", "similarity_to_real", "higher", ("base", "adapter")),
@@ -103,6 +125,7 @@ class EvaluationConfig:
     max_loss_examples: int = 256  # held-out rows for reply loss (0: all)
     heldout_split: str = "test"  # "val" is used when the test split is empty
     similarity: bool = True  # MiniLM relevance; off skips loading it
+    baselines: tuple[str, ...] = ("replay",)  # names in baselines.BASELINES
     attribution_l2: float = 1e-3
     torch_threads: int | None = None  # CPU intra-op threads (None: torch's default)
 
@@ -120,16 +143,21 @@ class EvaluationResult:
     samples: pd.DataFrame  # one row per evaluated prompt
     lineage: dict[str, Any]
     config: dict[str, Any]
-    verdicts: dict[str, Verdict] = field(default_factory=dict)  # "base" and "adapter"
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # every side but "real"
+    sides: tuple[str, ...] = SIDES  # "real", then every side that answered, baselines last
 
     @property
     def verdict(self) -> str:
         """The adapter's verdict: the report's headline."""
         return self.verdicts["adapter"].label if "adapter" in self.verdicts else "not judged"
 
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        return tuple(s for s in self.sides if s not in SIDES)
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Per-text values for plots: word counts and P(me) per side, similarities."""
-        values = {f"{side}_words": word_counts(self.samples[side]) for side in SIDES}
+        values = {f"{side}_words": word_counts(self.samples[side]) for side in self.sides}
         for column in self.samples.columns:
             if column.endswith(("_p_me", "_similarity_to_real", "_similarity_to_prompt")):
                 values[column] = self.samples[column].to_numpy(dtype=float)
@@ -143,6 +171,7 @@ class EvaluationResult:
             "metrics": self.metrics,
             "lineage": self.lineage,
             "config": self.config,
+            "sides": list(self.sides),
             "verdicts": {
                 side: {
                     "label": v.label,
@@ -206,16 +235,17 @@ def score_replies(
     samples: pd.DataFrame,
     classifier: AuthorshipClassifier,
     embedder: Any | None = None,
+    sides: Sequence[str] = SIDES,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Style, attribution and relevance of the ``real``/``base``/``adapter`` columns of ``samples``.
+    """Style, attribution and relevance of the ``sides`` columns of ``samples`` ("real" first).
 
-    ``samples`` needs ``prompt`` and the three reply columns; per-text scores are added as
+    ``samples`` needs ``prompt`` and the reply columns; per-text scores are added as
     columns, the aggregate ones returned as metrics. No model generation here.
     """
     samples = samples.copy()
     real = samples["real"].astype(str).tolist()
     metrics: dict[str, float] = {}
-    for side in SIDES:
+    for side in sides:
         texts = samples[side].astype(str).tolist()
         metrics |= _texts_metrics(side, texts, real)
         p_me = classifier.p_me(texts)
@@ -505,46 +535,115 @@ def similarity_matrix(embedder: Any | None) -> Callable[[Sequence[str], Sequence
     return matrix
 
 
+def answer_with_baselines(
+    data: HeldOut,
+    samples: pd.DataFrame,
+    generated: Generated,
+    config: EvaluationConfig,
+    *,
+    session: Any | None = None,
+    embedder: Any | None = None,
+    say: Callable[[str], None] = logger.info,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Every baseline of ``config.baselines`` answers the evaluated prompts: its first draw is
+    a column of ``samples``, its draws join ``generated`` to be scored as the models' are."""
+    samples, metrics = samples.copy(), {}
+    inputs = BaselineInputs(
+        chosen=data.chosen,
+        train_prompts=generated.train_prompts,
+        train=data.pairs[data.pairs["split"] == "train"],
+        similarity=similarity_matrix(embedder),
+        session=session,
+        meta=data.meta,
+        config=config,
+        say=say,
+    )
+    for name in config.baselines:
+        side = baseline(name)
+        started = time.perf_counter()
+        replies: SideReplies = side.replies(inputs)
+        seconds = replies.seconds or time.perf_counter() - started
+        answered = {len(draw) for draw in replies.draws}
+        if answered != {len(samples)}:
+            raise ValueError(
+                f"baseline {name!r} answered {sorted(answered)} of {len(samples)} prompts"
+            )
+        samples[side.name] = replies.draws[0]
+        generated.draws[side.name] = replies.draws
+        generated.train_replies[side.name] = replies.train_replies
+        metrics[f"{side.name}_seconds"] = seconds
+        if replies.stopped is not None:
+            metrics[f"{side.name}_stop_rate"] = stop_rate([s for d in replies.stopped for s in d])
+            samples[f"{side.name}_stopped"] = replies.stopped[0]
+        say(f"{side.name}: {sum(map(len, replies.draws))} replies in {seconds:.0f} s")
+    return samples, metrics
+
+
+def _interval_metrics(key: str, interval: Interval) -> dict[str, float]:
+    return {key: interval.mean, f"{key}_low": interval.low, f"{key}_high": interval.high}
+
+
 def score_echo(
     data: HeldOut, generated: Generated, config: EvaluationConfig, embedder: Any | None
 ) -> dict[str, float]:
-    """Collapse, babble, parroting, relevance and indistinguishability of every draw."""
+    """Collapse, babble, parroting, memorising, relevance, in-context fit and
+    indistinguishability of every draw of every side (models and baselines)."""
     train = data.pairs[data.pairs["split"] == "train"]
-    known = vocabulary(train["reply"].astype(str))
+    train_replies = train["reply"].astype(str)
+    references = {
+        "known_bigrams": bigram_vocabulary(train_replies),
+        "train_index": TrainReplyIndex.build(train_replies),
+    }
+    known = vocabulary(train_replies)
     prompts = data.chosen["prompt"].astype(str).tolist()
     real = data.chosen["reply"].astype(str).tolist()
-    metrics = {f"real_{k}": v for k, v in draw_metrics(real, prompts, known).items()}
+    seed = config.generation.seed
+    metrics = {f"real_{k}": v for k, v in draw_metrics(real, prompts, known, **references).items()}
     similarity = similarity_matrix(embedder)
+    # In context: prompt-reply similarity (MiniLM when loaded) picks each prompt's reply.
+    if len(real) >= 2:
+        fit = in_context_interval([real], prompts, similarity, seed=seed)
+        metrics |= _interval_metrics("real_in_context", fit)
     # The discriminator learns "real" from my train replies; it is tested on held-out ones.
-    real_train = train["reply"].astype(str)
-    real_train = real_train.sample(min(len(real_train), 2000), random_state=config.generation.seed)
+    real_train = train_replies.sample(min(len(train_replies), 2000), random_state=seed).tolist()
     for side, draws in generated.draws.items():
-        metrics |= {f"{side}_{k}": v for k, v in mean_over_draws(draws, prompts, known).items()}
-        if len(real) >= 2:
-            gain = relevance_interval(draws, real, similarity, seed=config.generation.seed)
-            metrics |= {
-                f"{side}_relevance_gain": gain.mean,
-                f"{side}_relevance_gain_low": gain.low,
-                f"{side}_relevance_gain_high": gain.high,
-            }
-        auc = discriminator_interval(
-            real_train.tolist(),
-            generated.train_replies[side],
-            real,
-            [text for draw in draws for text in draw],
-            seed=config.generation.seed,
-        )
         metrics |= {
-            f"{side}_discriminator_auc": auc.mean,
-            f"{side}_discriminator_auc_low": auc.low,
-            f"{side}_discriminator_auc_high": auc.high,
+            f"{side}_{k}": v
+            for k, v in mean_over_draws(draws, prompts, known, **references).items()
         }
+        if len(real) >= 2:
+            gain = relevance_interval(draws, real, similarity, seed=seed)
+            metrics |= _interval_metrics(f"{side}_relevance_gain", gain)
+            fit = in_context_interval(draws, prompts, similarity, seed=seed)
+            metrics |= _interval_metrics(f"{side}_in_context", fit)
+        # Two readers: n-grams, and sentence embeddings + n-grams (what is said, not only how).
+        readers = {"discriminator_auc": None}
+        if embedder is not None:
+            readers["embedding_discriminator_auc"] = embedder.encode
+        generated_texts = [text for draw in draws for text in draw]
+        for name, embed in readers.items():
+            auc = discriminator_interval(
+                real_train if embed is None else real_train[:EMBEDDED_REAL_TRAIN],
+                generated.train_replies[side],
+                real,
+                generated_texts,
+                seed=seed,
+                embed=embed,
+            )
+            metrics |= _interval_metrics(f"{side}_{name}", auc)
+        harder = max(readers, key=lambda name: np.nan_to_num(metrics[f"{side}_{name}"], nan=-1.0))
+        for suffix in ("", "_low", "_high"):
+            metrics[f"{side}_hardest_discriminator_auc{suffix}"] = metrics[
+                f"{side}_{harder}{suffix}"
+            ]
     return metrics
 
 
-def judge(metrics: dict[str, float], thresholds: VerdictThresholds) -> dict[str, Verdict]:
-    """The verdict of each model, from every metric of the evaluation (ranks added to them)."""
-    verdicts = {side: verdict(metrics, side, thresholds) for side in ("base", "adapter")}
+def judge(
+    metrics: dict[str, float], thresholds: VerdictThresholds, sides: Sequence[str] = MODEL_SIDES
+) -> dict[str, Verdict]:
+    """The verdict of each side, from every metric of the evaluation (ranks added to them)."""
+    verdicts = {side: verdict(metrics, side, thresholds) for side in sides}
     for side, judged in verdicts.items():
         metrics[f"{side}_verdict_rank"] = float(judged.rank())
     return verdicts
@@ -589,12 +688,28 @@ def evaluate_adapter(
             from echo_pipeline.evaluation.relevance import SentenceEmbedder
 
             embedder = SentenceEmbedder.load()
-        embedder = embedder if config.similarity else None
-        samples, scores = score_replies(samples, classifier, embedder)
+        if embedder is not None and config.similarity:
+            from echo_pipeline.evaluation.relevance import CachedEmbedder
+
+            embedder = CachedEmbedder(embedder)  # each text embedded once across measures
+        else:
+            embedder = None
+        measures_started = time.perf_counter()
+        samples, baseline_metrics = answer_with_baselines(
+            data, samples, generated, config, session=session, embedder=embedder, say=say
+        )
+        sides = (
+            "real",
+            *(s for s in MODEL_SIDES if s in generated.draws),
+            *(s for s in generated.draws if s not in MODEL_SIDES),
+        )
+        samples, scores = score_replies(samples, classifier, embedder, sides)
         echo_scores = score_echo(data, generated, config, embedder)
+        measures_seconds = time.perf_counter() - measures_started
     # Stop rate, distinct-n and the rest over every draw replace the first draw's numbers.
-    metrics |= generation_metrics | scores | echo_scores
-    verdicts = judge(metrics, config.thresholds)
+    metrics |= generation_metrics | baseline_metrics | scores | echo_scores
+    metrics["measures_seconds"] = measures_seconds
+    verdicts = judge(metrics, config.thresholds, sides[1:])
     metrics |= {
         "heldout_pairs": float(len(data.heldout)),
         "evaluated_prompts": float(len(data.chosen)),
@@ -614,4 +729,5 @@ def evaluate_adapter(
         lineage=lineage,
         config=config.as_dict(),
         verdicts=verdicts,
+        sides=sides,
     )

@@ -105,3 +105,31 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
         for i in range(len(tokens) - n + 1)
     ]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+class CachedEmbedder:
+    """An embedder that encodes each distinct text once.
+
+    An evaluation embeds the same texts again and again (my real replies against every side,
+    the prompts for relevance, in-context and replay); on two CPU cores that is most of the
+    cost of the measures, so it is paid once per text.
+    """
+
+    def __init__(self, embedder: Any) -> None:
+        self.embedder = embedder
+        self._vectors: dict[str, np.ndarray] = {}
+
+    @property
+    def model(self) -> Any:
+        return self.embedder.model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [str(t) for t in texts]
+        missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        if missing:
+            self._vectors.update(zip(missing, self.embedder.encode(missing), strict=True))
+        if not texts:
+            return self.embedder.encode([])
+        return np.stack([self._vectors[t] for t in texts])
+
+    paired_similarity = SentenceEmbedder.paired_similarity

@@ -24,8 +24,34 @@ from echo_pipeline.storage import write_text
 
 REPORT_FILE = "report.html"
 METRICS_FILE = "metrics.json"
-COLORS = {"real": "#4d4d4d", "base": "#e08a2c", "adapter": "#2f6fb3"}
-LABELS = {"real": "my real replies", "base": "base model", "adapter": "adapter"}
+COLORS = {
+    "real": "#4d4d4d",
+    "base": "#e08a2c",
+    "adapter": "#2f6fb3",
+    "replay": "#8e44ad",
+    "memory": "#2a9d8f",
+}
+LABELS = {
+    "real": "my real replies",
+    "base": "base model",
+    "adapter": "adapter",
+    "replay": "replay (my nearest train reply)",
+    "memory": "base + memory",
+}
+EXTRA_COLORS = ("#b5651d", "#6b8e23", "#c71585")
+
+
+def side_label(side: str) -> str:
+    return LABELS.get(side, side)
+
+
+def side_color(side: str, sides: Sequence[str] = ()) -> str:
+    if side in COLORS:
+        return COLORS[side]
+    unknown = [s for s in sides if s not in COLORS]
+    return EXTRA_COLORS[unknown.index(side) % len(EXTRA_COLORS)] if side in unknown else "#999"
+
+
 STYLE_FEATURES = (
     ("mean words", "mean_words"),
     ("lowercase start", "lowercase_start_rate"),
@@ -146,15 +172,15 @@ def loss_curves_png(
     return figure_png(fig)
 
 
-def length_histogram_png(arrays: Mapping[str, np.ndarray]) -> str:
-    """Words per reply: my real replies against the base model's and the adapter's."""
+def length_histogram_png(arrays: Mapping[str, np.ndarray], sides: Sequence[str] = SIDES) -> str:
+    """Words per reply: my real replies against every other side's."""
     fig = new_figure()
     ax = fig.add_subplot()
     top = max(
-        [1.0, *(float(arrays[f"{s}_words"].max()) for s in SIDES if len(arrays[f"{s}_words"]))]
+        [1.0, *(float(arrays[f"{s}_words"].max()) for s in sides if len(arrays[f"{s}_words"]))]
     )
     bins = np.arange(0, top + 2) - 0.5 if top <= 40 else np.linspace(0, top + 1, 31)
-    for side in SIDES:
+    for side in sides:
         values = arrays[f"{side}_words"]
         if len(values):
             ax.hist(
@@ -162,8 +188,8 @@ def length_histogram_png(arrays: Mapping[str, np.ndarray]) -> str:
                 bins=bins,
                 histtype="step",
                 linewidth=2,
-                color=COLORS[side],
-                label=LABELS[side],
+                color=side_color(side, sides),
+                label=side_label(side),
             )
     ax.set_xlabel("words per reply")
     ax.set_ylabel("replies")
@@ -183,15 +209,15 @@ def _grouped_bars(
             x + (i - (len(series) - 1) / 2) * width,
             heights,
             width,
-            color=COLORS[side],
-            label=LABELS[side],
+            color=side_color(side, list(series)),
+            label=side_label(side),
         )
     ax.set_xticks(x, labels, rotation=25, ha="right", fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncols=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.0))
 
 
-def style_bars_png(metrics: Mapping[str, float]) -> str:
+def style_bars_png(metrics: Mapping[str, float], sides: Sequence[str] = SIDES) -> str:
     """Style rates side by side (all in [0, 1]; mean words on its own axis)."""
     fig = new_figure(7.5, 3.8)
     left, right = fig.subplots(1, 2, width_ratios=[6, 1])
@@ -199,15 +225,15 @@ def style_bars_png(metrics: Mapping[str, float]) -> str:
     _grouped_bars(
         left,
         [label for label, _ in rates],
-        {s: [metrics.get(f"{s}_{k}") for _, k in rates] for s in SIDES},
+        {s: [metrics.get(f"{s}_{k}") for _, k in rates] for s in sides},
     )
     left.set_ylim(0, 1.05)
-    _grouped_bars(right, ["mean words"], {s: [metrics.get(f"{s}_mean_words")] for s in SIDES})
+    _grouped_bars(right, ["mean words"], {s: [metrics.get(f"{s}_mean_words")] for s in sides})
     right.get_legend().remove()
     return figure_png(fig)
 
 
-def headline_bars_png(metrics: Mapping[str, float]) -> str:
+def headline_bars_png(metrics: Mapping[str, float], sides: Sequence[str] = SIDES) -> str:
     """The scorecard as bars: what "better" means is in each label."""
     fig = new_figure(7.5, 3.8)
     ax = fig.add_subplot()
@@ -218,31 +244,34 @@ def headline_bars_png(metrics: Mapping[str, float]) -> str:
         ("similarity to my reply ↑", "similarity_to_real"),
         ("similarity to prompt", "similarity_to_prompt"),
         ("distinct-2 ↑", "distinct_2"),
+        ("in context ↑", "in_context"),
+        ("memorised", "memorised_share"),
+        ("known bigrams", "known_bigram_rate"),
     ]
     _grouped_bars(
         ax,
         [label for label, _ in shown],
-        {s: [metrics.get(f"{s}_{k}") for _, k in shown] for s in SIDES},
+        {s: [metrics.get(f"{s}_{k}") for _, k in shown] for s in sides},
     )
     ax.set_ylim(0, 1.05)
     return figure_png(fig)
 
 
-def attribution_png(arrays: Mapping[str, np.ndarray]) -> str | None:
+def attribution_png(arrays: Mapping[str, np.ndarray], sides: Sequence[str] = SIDES) -> str | None:
     """P(me) per reply, per side: how sure the classifier is that each reply is mine."""
-    if not all(f"{s}_p_me" in arrays for s in SIDES):
+    if not all(f"{s}_p_me" in arrays for s in sides):
         return None
     fig = new_figure()
     ax = fig.add_subplot()
     bins = np.linspace(0, 1, 21)
-    for side in SIDES:
+    for side in sides:
         ax.hist(
             arrays[f"{side}_p_me"],
             bins=bins,
             histtype="step",
             linewidth=2,
-            color=COLORS[side],
-            label=LABELS[side],
+            color=side_color(side, sides),
+            label=side_label(side),
         )
     ax.axvline(0.5, color="#999", linestyle=":")
     ax.set_xlabel("P(me) from the attribution classifier")
@@ -290,28 +319,27 @@ def _adapter_wins(better: str | None, base: Any, adapter: Any, real: Any) -> boo
     return adapter < base if better == "lower" else adapter > base
 
 
-def _scorecard(metrics: Mapping[str, float]) -> str:
+def _scorecard(metrics: Mapping[str, float], sides: Sequence[str] = SIDES) -> str:
+    """One row per measure, one column per side; baselines after the adapter."""
     rows = []
-    for label, name, better, sides in SCORECARD:
-        values = {s: metrics.get(f"{s}_{name}") for s in SIDES}
-        if all(values[s] is None for s in sides):
+    for label, name, better, shown in SCORECARD:
+        values = {s: metrics.get(f"{s}_{name}") for s in sides}
+        if all(values[s] is None for s in sides if s != "real" or "real" in shown):
             continue
-        base, adapter = values["base"], values["adapter"]
-        wins = _adapter_wins(better, base, adapter, values["real"])
-        adapter_css = "" if wins is None else ("better" if wins else "worse")
-        rows.append(
-            [
-                f"<td>{esc(label)} <span class='tag'>{esc(direction_label(better))}</span></td>",
-                _num(values["real"], interval=_interval(metrics, "real", name))
-                if "real" in sides
-                else '<td class="num muted">–</td>',
-                _num(base, interval=_interval(metrics, "base", name)),
-                _num(adapter, adapter_css, _interval(metrics, "adapter", name)),
-            ]
-        )
-    table = _table(["metric", "my real replies", "base model", "adapter"], rows, "scorecard")
+        wins = _adapter_wins(better, values.get("base"), values.get("adapter"), values.get("real"))
+        cells = [f"<td>{esc(label)} <span class='tag'>{esc(direction_label(better))}</span></td>"]
+        for side in sides:
+            if side == "real" and "real" not in shown:
+                cells.append('<td class="num muted">–</td>')
+                continue
+            css = "" if side != "adapter" or wins is None else ("better" if wins else "worse")
+            cells.append(_num(values[side], css, _interval(metrics, side, name)))
+        rows.append(cells)
+    table = _table(["metric", *(side_label(s) for s in sides)], rows, "scorecard")
     return table + (
-        "<p class='muted'>[low, high]: 95 % bootstrap interval over the held-out prompts.</p>"
+        "<p class='muted'>[low, high]: 95 % bootstrap interval over the held-out prompts. "
+        "Baselines (e.g. replay: my nearest train reply, verbatim) are scored and judged like "
+        "the models: a clone must beat them, not only the base.</p>"
     )
 
 
@@ -319,14 +347,14 @@ def _verdict(result: EvaluationResult) -> str:
     """The adapter's verdict in one coloured word, why, and the base's verdict beside it."""
     metrics = result.metrics
     parts = []
-    for side in ("adapter", "base"):
+    for side in ("adapter", "base", *result.baselines):
         judged = result.verdicts.get(side)
         if judged is None:
             continue
         css = "ok" if judged.ok else "no"
         size = "22px" if side == "adapter" else "15px"
         parts.append(
-            f'<p style="font-size:{size}"><b>{esc(LABELS[side])}:</b> '
+            f'<p style="font-size:{size}"><b>{esc(side_label(side))}:</b> '
             f'<span class="{css}"><b>{esc(judged.label)}</b></span></p>'
         )
         if judged.reasons:
@@ -368,7 +396,7 @@ def _samples(result: EvaluationResult) -> str:
         cells = [
             f'<td class="text"><span class="tag">{esc(record.get("prompt_author", ""))}</span>\n{esc(record["prompt"])}</td>',
         ]
-        for side in SIDES:
+        for side in result.sides:
             extras = []
             if f"{side}_p_me" in record:
                 extras.append(f"P(me) {fmt(record[f'{side}_p_me'], 2)}")
@@ -382,26 +410,24 @@ def _samples(result: EvaluationResult) -> str:
             )
             cells.append(f'<td class="text">{text}{tag}</td>')
         rows.append(cells)
-    return _table(["prompt", "my real reply", "base model", "adapter"], rows, "samples")
+    headers = ["prompt", *("my real reply" if s == "real" else side_label(s) for s in result.sides)]
+    return _table(headers, rows, "samples")
 
 
-def _style_details(metrics: Mapping[str, float]) -> str:
+def _style_details(metrics: Mapping[str, float], sides: Sequence[str] = SIDES) -> str:
     features = _table(
-        ["feature", *(LABELS[s] for s in SIDES)],
+        ["feature", *(side_label(s) for s in sides)],
         (
-            [f"<td>{esc(label)}</td>", *(_num(metrics.get(f"{s}_{key}")) for s in SIDES)]
+            [f"<td>{esc(label)}</td>", *(_num(metrics.get(f"{s}_{key}")) for s in sides)]
             for label, key in STYLE_FEATURES
         ),
         "style",
     )
+    others = [s for s in sides if s != "real"]
     distances = _table(
-        ["distance to my real replies", LABELS["base"], LABELS["adapter"]],
+        ["distance to my real replies", *(side_label(s) for s in others)],
         (
-            [
-                f"<td>{esc(label)}</td>",
-                _num(metrics.get(f"base_{key}")),
-                _num(metrics.get(f"adapter_{key}")),
-            ]
+            [f"<td>{esc(label)}</td>", *(_num(metrics.get(f"{s}_{key}")) for s in others)]
             for label, key in DISTANCES
         ),
         "distances",
@@ -464,16 +490,16 @@ def render_report(
     evaluation_run_url: str | None = None,
 ) -> str:
     """The report as one HTML string."""
-    metrics, arrays = result.metrics, result.arrays()
+    metrics, arrays, sides = result.metrics, result.arrays(), result.sides
     figures = [
         (
             loss_curves_png(training_history or {}, metrics),
             "Training curves (MLflow) and held-out reply loss",
         ),
-        (length_histogram_png(arrays), "Reply length in words"),
-        (headline_bars_png(metrics), "Headline metrics"),
-        (style_bars_png(metrics), "Style features"),
-        (attribution_png(arrays), "Authorship attribution: P(me) per reply"),
+        (length_histogram_png(arrays, sides), "Reply length in words"),
+        (headline_bars_png(metrics, sides), "Headline metrics"),
+        (style_bars_png(metrics, sides), "Style features"),
+        (attribution_png(arrays, sides), "Authorship attribution: P(me) per reply"),
     ]
     generation = result.config.get("generation", {})
     settings = ", ".join(f"{k}={v}" for k, v in generation.items())
@@ -500,10 +526,10 @@ def render_report(
 {esc(fmt(metrics.get("evaluated_prompts"), 0))} held-out prompts ({esc(result.lineage.get("heldout_split"))} split,
 {esc(fmt(metrics.get("heldout_pairs"), 0))} pairs), same template. Generation: {esc(settings)}; {esc(draws)}. Samples below show the first draw.</p>
 <section id="verdict"><h2>Verdict</h2>{_verdict(result)}</section>
-<section id="scorecard"><h2>Scorecard</h2>{_scorecard(metrics)}</section>
+<section id="scorecard"><h2>Scorecard</h2>{_scorecard(metrics, sides)}</section>
 <section id="plots"><h2>Plots</h2><div class="plots">{"".join(_figure_html(src, caption) for src, caption in figures)}</div></section>
 <section id="samples"><h2>Samples</h2>{_samples(result)}</section>
-<section id="style"><h2>Style in detail</h2>{_style_details(metrics)}</section>
+<section id="style"><h2>Style in detail</h2>{_style_details(metrics, sides)}</section>
 <section id="lineage"><h2>Lineage</h2>{_lineage(result, training_run_url, evaluation_run_url)}</section>
 </main>
 </body>

@@ -141,6 +141,11 @@ def log_evaluation_run(
         TRAINING_RUN_TAG: str(parent_id or ""),
         "echo.verdict": result.verdict,
         "echo.base_verdict": result.verdicts["base"].label if "base" in result.verdicts else "",
+        **{
+            f"echo.{side}_verdict": result.verdicts[side].label
+            for side in result.baselines
+            if side in result.verdicts
+        },
     }
     if parent is not None:
         run_tags["mlflow.parentRunId"] = parent_id

@@ -122,6 +122,14 @@ def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapte
     assert page.count('src="data:image/png;base64,') == 5  # training curves found in MLflow
     payload = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert len(payload["samples"]) == 2 and payload["lineage"]["training_run_id"] == training_run_id
+    # Replay (my nearest train reply, verbatim) is a side of its own, judged like the models.
+    assert payload["sides"] == ["real", "base", "adapter", "replay"]
+    replay = payload["verdicts"]["replay"]
+    assert meta["replay_verdict"] == replay["label"] != "sounds like you"
+    assert any(reason.startswith("memorised: ") for reason in replay["reasons"])
+    assert meta["replay_memorised_share"] == 1.0
+    assert "| replay (my nearest train reply) |" in meta["summary"].splitlines()[0]
+    assert "replay (my nearest train reply)" in page and "memorised_share" in page
 
     client = mlflow.MlflowClient()
     evaluation = client.get_run(meta["mlflow_run_id"])
@@ -129,6 +137,10 @@ def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapte
     assert evaluation.data.tags["echo.run_kind"] == "evaluation"
     assert evaluation.data.tags["dagster.partition_key"] == str(key)
     assert evaluation.data.metrics["adapter_stop_rate"] == meta["adapter_stop_rate"]
+    assert evaluation.data.tags["echo.replay_verdict"] == meta["replay_verdict"]
+    assert {"replay_in_context", "adapter_known_bigram_rate", "real_memorised_share"} <= set(
+        evaluation.data.metrics
+    )
     assert {a.path for a in client.list_artifacts(evaluation.info.run_id)} >= {
         "report.html",
         "metrics.json",

@@ -10,28 +10,38 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from echo_pipeline.evaluation.attribution import hashed_char_ngrams
 from echo_pipeline.evaluation.echo_quality import (
     BABBLING,
     COLLAPSED,
+    MEMORISED,
     OFF_TOPIC,
     PARROTING,
     SOUNDS_LIKE_YOU,
     UNLIKE_YOU,
     VERDICTS,
+    TrainReplyIndex,
     auc_interval,
+    bigram_vocabulary,
     bootstrap_mean,
     copied_from_prompt,
     discriminator_auc,
+    discriminator_interval,
     draw_metrics,
+    in_context_interval,
+    in_context_shares,
+    known_bigram_rate,
     known_word_rate,
     loops,
     mean_over_draws,
+    memorised_share,
     relevance_gains,
     relevance_interval,
     roc_auc,
     top_reply_share,
     verdict,
     vocabulary,
+    with_dense,
 )
 from echo_pipeline.evaluation.evaluate import similarity_matrix
 
@@ -283,3 +293,125 @@ def test_auc_interval_brackets_the_auc_and_is_reproducible():
     assert interval.mean == roc_auc(pos, neg)
     assert auc_interval(pos, neg, seed=3) == interval
     assert np.isnan(auc_interval([], neg).mean)
+
+
+# --- issue 22: word salad, memorising, in context, the harder reader --------------------------
+
+
+def test_known_bigram_rate_tells_sentences_from_word_salad_of_the_same_words():
+    known = bigram_vocabulary(TRAIN_REPLIES)
+    assert known_bigram_rate(REAL, known) == 1.0
+    rng = np.random.default_rng(5)
+    vocabulary_words = [w for t in TRAIN_REPLIES for w in t.split()]
+    salad = [" ".join(rng.choice(vocabulary_words, size=len(r.split()))) for r in REAL]
+    assert known_bigram_rate(salad, known) < 0.3
+    assert known_bigram_rate(["the build", "ok"], known, ["is the build green", "?"]) == 1.0
+    assert known_bigram_rate(["ok", ""], known) == 1.0  # no bigrams: nothing to judge
+
+
+def test_word_salad_of_my_own_words_is_babbling():
+    rng = np.random.default_rng(11)
+    vocabulary_words = [w for t in TRAIN_REPLIES for w in t.split()]
+    salad = [
+        [" ".join(rng.choice(vocabulary_words, size=len(r.split()) + 2)) for r in REAL]
+        for _ in range(3)
+    ]
+    known_bigrams = bigram_vocabulary(TRAIN_REPLIES)
+    metrics = _metrics(salad)
+    assert metrics["adapter_known_word_rate"] == 1.0  # the single-word gate cannot see it
+    metrics["real_known_bigram_rate"] = known_bigram_rate(REAL, known_bigrams, PROMPTS)
+    metrics["adapter_known_bigram_rate"] = np.mean(
+        [known_bigram_rate(draw, known_bigrams, PROMPTS) for draw in salad]
+    )
+    judged = verdict(metrics, "adapter")
+    assert judged.label == BABBLING
+    assert any("known_bigram_rate" in r for r in judged.reasons)
+    like_me = _metrics([_like_me(0)]) | {
+        "real_known_bigram_rate": metrics["real_known_bigram_rate"],
+        "adapter_known_bigram_rate": known_bigram_rate(_like_me(0), known_bigrams, PROMPTS),
+    }
+    assert verdict(like_me, "adapter").ok
+
+
+def test_train_reply_index_finds_exact_and_near_copies_only():
+    index = TrainReplyIndex.build(
+        ["yeah the cache was stale, wiped it and its green now", "lol yeah", ""]
+    )
+    assert index.copies("Yeah the cache was stale, wiped it and its green now!")
+    assert index.copies("yeah the cache was stale, wiped it and it's green now")
+    assert index.copies("LOL yeah")
+    assert not index.copies("the cache was fine, the runner was stale")
+    assert not index.copies("yeah lol") and not index.copies("")
+    assert memorised_share(["lol yeah", "something new entirely"], index) == 0.5
+    assert memorised_share([], index) == 0.0
+
+
+def test_in_context_shares_are_one_for_the_right_reply_and_a_half_for_a_constant():
+    exact = in_context_shares(_overlap_similarity(PROMPTS, PROMPTS))
+    assert exact.min() == 1.0
+    constant = in_context_shares(_overlap_similarity(PROMPTS, ["the same reply"] * len(PROMPTS)))
+    assert np.allclose(constant, 0.5)
+    with pytest.raises(ValueError):
+        in_context_shares(np.zeros((1, 1)))
+    mine = in_context_interval([REAL], PROMPTS, similarity_matrix(None))
+    shuffled = in_context_interval(
+        [list(np.random.default_rng(0).permutation(REAL))], PROMPTS, similarity_matrix(None)
+    )
+    assert mine.mean > shuffled.mean
+
+
+def _gated(side_metrics):
+    base = _metrics([_like_me(0)]) | {
+        "real_memorised_share": 0.05,
+        "real_in_context": 0.7,
+        "real_in_context_low": 0.6,
+    }
+    return verdict(base | side_metrics, "adapter")
+
+
+def test_memorised_and_out_of_context_replies_fail_their_own_gates():
+    judged = _gated({"adapter_memorised_share": 1.0, "adapter_in_context": 0.68})
+    assert judged.label == MEMORISED and "memorised_share" in judged.reasons[0]
+    judged = _gated({"adapter_memorised_share": 0.1, "adapter_in_context": 0.52})
+    assert judged.label == OFF_TOPIC and "in_context" in judged.reasons[0]
+    assert _gated({"adapter_memorised_share": 0.1, "adapter_in_context": 0.66}).ok
+    # Where my own replies are not told apart by the scorer, the gate judges nothing.
+    unreadable = _gated({"adapter_in_context": 0.45, "real_in_context_low": 0.48})
+    assert unreadable.ok
+
+
+def test_the_harder_discriminator_judges():
+    metrics = _metrics([_like_me(0)], auc=0.6) | {"adapter_hardest_discriminator_auc": 0.95}
+    judged = verdict(metrics, "adapter")
+    assert judged.label == UNLIKE_YOU and "harder discriminator AUC 0.950" in judged.reasons[0]
+    metrics |= {"base_hardest_discriminator_auc": 0.99, "adapter_hardest_discriminator_auc": 0.7}
+    assert verdict(metrics, "adapter").ok  # limit (0.99 + 0.5) / 2 = 0.745
+
+
+def test_with_dense_keeps_rows_unit_bounded_and_embeddings_help_a_reader():
+    rows = hashed_char_ngrams(["abc", "de"], ngram_range=(2, 3), n_features=64)
+    joined = with_dense(rows, np.array([[3.0, 4.0], [0.0, 0.0]]))
+    assert joined.n_features == 66 and joined.n_rows == 2
+    norms = np.bincount(joined.row_ids, weights=joined.values**2)
+    assert np.all(norms <= 1 + 1e-9) and norms[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        with_dense(rows, np.zeros((3, 2)))
+
+    # Texts whose spelling says nothing of their class, and an embedding that knows the class
+    # (what a sentence embedding adds: meaning the n-grams do not show).
+    rng = np.random.default_rng(4)
+    vocabulary_words = [w for t in TRAIN_REPLIES for w in t.split()]
+    texts = [" ".join(rng.choice(vocabulary_words, size=6)) for _ in range(160)]
+    mine_flags = rng.random(len(texts)) < 0.5
+    label = dict(zip(texts, mine_flags, strict=True))
+
+    def embed(batch):
+        return np.array([[1.0, 0.0] if label[t] else [0.0, 1.0] for t in batch])
+
+    mine = [t for t in texts if label[t]]
+    other = [t for t in texts if not label[t]]
+    half_m, half_o = len(mine) // 2, len(other) // 2
+    split = (mine[:half_m], other[:half_o], mine[half_m:], other[half_o:])
+    plain = discriminator_auc(*split)
+    stronger = discriminator_interval(*split, embed=embed).mean
+    assert stronger > 0.95 and plain < 0.75

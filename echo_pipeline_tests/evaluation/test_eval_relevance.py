@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from echo_pipeline.evaluation.relevance import SentenceEmbedder, distinct_n, minilm_path
+from echo_pipeline.evaluation.relevance import (
+    CachedEmbedder,
+    SentenceEmbedder,
+    distinct_n,
+    minilm_path,
+)
 
 
 def test_distinct_n_on_known_texts():
@@ -38,3 +44,23 @@ def test_a_paraphrase_is_closer_than_an_unrelated_sentence(embedder):
     )
     assert to_paraphrase > to_unrelated + 0.3
     assert embedder.paired_similarity([""], [anchor])[0] == 0.0  # an empty reply is about nothing
+
+
+def test_cached_embedder_encodes_each_distinct_text_once():
+    class Counting:
+        """Embeds a text as its length and vowel count; remembers what it was asked."""
+
+        def __init__(self):
+            self.seen: list[str] = []
+
+        def encode(self, texts):
+            self.seen.extend(texts)
+            return np.array([[len(t), sum(c in "aeiou" for c in t)] for t in texts], float)
+
+    inner = Counting()
+    cached = CachedEmbedder(inner)
+    first = cached.encode(["hello", "hi", "hello"])
+    again = cached.encode(["hi", "hey"])
+    assert inner.seen == ["hello", "hi", "hey"]
+    assert first.tolist() == [[5, 2], [2, 1], [5, 2]] and again.tolist() == [[2, 1], [3, 1]]
+    assert cached.paired_similarity(["hi", ""], ["hi", "hey"])[1] == 0.0  # empty: about nothing

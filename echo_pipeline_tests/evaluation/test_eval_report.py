@@ -166,3 +166,32 @@ def test_adapter_vs_base_reads_directions(result):
         result.metrics["adapter_attributed_share"] > result.metrics["base_attributed_share"]
     )
     assert "perplexity" not in verdict  # the same fact as reply loss
+
+
+def test_a_baseline_is_one_more_column_with_its_own_verdict(result):
+    """Replay (or any further baseline) shows in every table and names the gate it failed."""
+    import dataclasses
+
+    from echo_pipeline.evaluation.echo_quality import verdict
+
+    samples = result.samples.assign(replay=["ok cool", "same lol", "nah tbh"])
+    metrics = dict(result.metrics) | {
+        "real_memorised_share": 0.0,
+        "replay_memorised_share": 1.0,
+        "replay_in_context": 0.61,
+        "replay_known_bigram_rate": 1.0,
+    }
+    replay = verdict(metrics, "replay")
+    assert replay.label == "memorised"
+    with_replay = dataclasses.replace(
+        result,
+        samples=samples,
+        metrics=metrics,
+        verdicts={"replay": replay},
+        sides=("real", "base", "adapter", "replay"),
+    )
+    structure = parse(render_report(with_replay))
+    text = " ".join(structure.text)
+    assert text.count("replay (my nearest train reply)") >= 4  # verdict, scorecard, samples, style
+    assert "memorised: memorised_share 1.000 (limit <= 0.150" in text
+    assert "same lol" in text and "0.610" in text
