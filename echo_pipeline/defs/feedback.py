@@ -6,6 +6,7 @@ read here through echo_pipeline.feedback only: the code location never imports t
 
 import dagster as dg
 
+from echo_pipeline.defs.freshness import CODE_VERSIONS
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.resources import MlflowResource
@@ -45,6 +46,7 @@ def latest_evaluation_run(tracking_uri: str, experiment_name: str, template: str
     kinds={"mlflow"},
     partitions_def=adapter_partitions,
     deps=[dg.AssetDep("lora_adapter"), dg.AssetDep("evaluation_report")],
+    code_version=CODE_VERSIONS["human_judgements"],
     description="'Which one is me?' judgements of one adapter: how often the clone fooled a "
     "human reader (95 % interval), added to its MLflow evaluation run.",
 )

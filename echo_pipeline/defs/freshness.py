@@ -43,6 +43,14 @@ CODE_VERSIONS: Mapping[str, str] = {
         "evaluation", "templates", "tokenization", "conversations", "memory"
     ),
     "model_comparison": code_version("evaluation.comparison"),
+    "human_judgements": code_version("feedback"),
+    "preference_pairs": code_version("preference", "preference_job", "chat", "tokenization"),
+    "preference_adapter": code_version(
+        "preference", "preference_job", "training", "packing", "packed_attention", "adapters"
+    ),
+    "preference_report": code_version(
+        "evaluation", "templates", "tokenization", "conversations", "memory"
+    ),
 }
 # Config fields that change how fast or where an output is computed, not what it is.
 NOT_IN_PROVENANCE: Mapping[str, frozenset[str]] = {

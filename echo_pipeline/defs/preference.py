@@ -11,6 +11,7 @@ from pydantic import Field
 from echo_pipeline.defs.conditions import REPORT_AUTOMATION
 from echo_pipeline.defs.evaluation import HEADLINE_METRICS, EvaluationReportConfig
 from echo_pipeline.defs.freshness import (
+    CODE_VERSIONS,
     data_version,
     latest_data_version,
     provenance_metadata,
@@ -18,14 +19,12 @@ from echo_pipeline.defs.freshness import (
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
-from echo_pipeline.provenance import Provenance, code_version, provenance_config
+from echo_pipeline.provenance import Provenance, provenance_config
 
 PREFERENCE = "preference"
-PAIRS_CODE_VERSION = code_version("preference", "preference_job", "chat", "tokenization")
-ADAPTER_CODE_VERSION = code_version(
-    "preference", "preference_job", "training", "packing", "packed_attention", "adapters"
-)
-REPORT_CODE_VERSION = code_version("evaluation", "templates", "tokenization", "conversations")
+PAIRS_CODE_VERSION = CODE_VERSIONS["preference_pairs"]
+ADAPTER_CODE_VERSION = CODE_VERSIONS["preference_adapter"]
+REPORT_CODE_VERSION = CODE_VERSIONS["preference_report"]
 #: Fields that change how fast a step runs or how it is observed, not what it makes.
 _NOT_IN_PROVENANCE = frozenset({"torch_threads", "checkpoint_every", "log_every"})
 #: What each asset's output depends on in the recipe (sampling for the pairs; all for the adapter).
