@@ -200,7 +200,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.demo:
         run_config = _with_op_config(run_config, PAIRS_OP, DEMO_PAIRS, override=False)
         run_config = _with_op_config(run_config, EVAL_OP, DEMO_EVALUATION, override=False)
-        from echo_pipeline.defs.evaluation import EvaluationReportConfig
+        from echo_pipeline.definitions import EvaluationReportConfig
 
         full = EvaluationReportConfig.model_fields
         print(

@@ -12,9 +12,10 @@ import warnings
 import dagster as dg
 
 from echo_pipeline.defs.evaluation import EvaluationReportConfig
-from echo_pipeline.defs.freshness import latest_materialization, stale_reasons
+from echo_pipeline.defs.freshness import CODE_VERSIONS, latest_materialization, stale_reasons
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.resources import BaseModelResource, build_resources
+from echo_pipeline.defs.training import LoraConfig
 from echo_pipeline.paths import PROJECT_ROOT
 
 OWNERS = ["team:echo-pipeline"]
@@ -41,3 +42,4 @@ __all__ = ["ALL_ASSETS", "ALL_CHECKS", "build_resources", "defs"]
 # what the shell runner asks of the Dagster layer
 __all__ += ["BaseModelResource", "EvaluationReportConfig", "adapter_key"]
 __all__ += ["latest_materialization", "stale_reasons"]
+__all__ += ["CODE_VERSIONS", "LoraConfig"]

@@ -27,7 +27,7 @@ MEASURED_ASSETS = ("conversation_pairs", "template_dataset", "lora_adapter", "ev
 def code_stamp() -> dict[str, Any]:
     """What the demo's numbers are made from, besides the committed sample: each asset's code
     version, the demo's held-out splits, recipe and evaluation settings."""
-    from echo_pipeline.defs.freshness import CODE_VERSIONS
+    from echo_pipeline.definitions import CODE_VERSIONS
     from echo_pipeline.experiments import DEMO_EVALUATION, DEMO_PAIRS, EXPERIMENTS
 
     return {

@@ -701,7 +701,7 @@ def _step_progress(
 def _recipe(run_config: dict, partition_key: Any) -> Any:
     """The TrainingConfig the step's lora_adapter will train with (None if the config is wrong:
     the run itself then says why)."""
-    from echo_pipeline.defs.training import LoraConfig
+    from echo_pipeline.definitions import LoraConfig
     from echo_pipeline.experiments import experiment_config
 
     op_config = (run_config.get("ops", {}).get("lora_adapter") or {}).get("config") or {}
