@@ -93,7 +93,7 @@ def open_asset_graph(new_page, base: str):
     from playwright.sync_api import expect
 
     # Wide enough that the nodes render as full cards; doubled pixels keep their text legible.
-    page = new_page(width=1920, height=600, init_script=NAV_COLLAPSED, scale=2)
+    page = new_page(width=1920, height=1000, init_script=NAV_COLLAPSED, scale=2)
     page.goto(f"{base}/asset-groups")
     expect(page.get_by_role("button", name="Materialize all")).to_be_visible()
     # Fold the group tree, then expand the groups: the graph refits to the whole width.
