@@ -17,6 +17,12 @@ Configurations:
 
     python benchmarks/bench_echo_quality.py --corpora ece722,amulius --configs old,new
     python benchmarks/bench_echo_quality.py --corpora sdr --configs new --base-models gemma3-270m
+
+``--curve`` (see :mod:`_curve`) trains the learning curve instead: one corpus, points named
+``lever@share[:steps]`` (a share of the train sessions, the same held-out split throughout):
+
+    python benchmarks/bench_echo_quality.py --curve --corpora komodo \
+        --points sft@1.0,sft+memory@1.0,sft@0.25,sft+memory+dpo@1.0,sft@1.0:240,sft@0.5
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import _curve
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "echo_quality.json"
@@ -41,6 +49,7 @@ CORPORA = {
     "amulius": (PREFIX + "Amulius_risc-v_Jan2025_export.json", "296272996442570753"),
     "sdr": (PREFIX + "SDRplusplus_dsp_Jan2025_export.json", "274976585650536449"),
     "rinkhals": (PREFIX + "Rinkhals_HardwareHacking_Jan2025_export.json", "207668238182514688"),
+    "komodo": ("komodo-dev-general", "365714438864633856"),
 }
 CONFIGS = {
     "old": {
@@ -65,14 +74,15 @@ SHOWN = (
 )
 
 
-def fixtures_dir() -> Path:
+def export_path(name: str) -> Path:
+    """A real export (file or folder) by name, from the repo's fixtures or ../shared."""
     for candidate in (
         ROOT / "echo_pipeline_tests" / "fixtures" / "real",
         ROOT.parent / "shared" / "fixtures" / "real",
     ):
-        if candidate.is_dir() and any(candidate.glob("*.json")):
-            return candidate
-    raise SystemExit("no real fixtures found (echo_pipeline_tests/fixtures/real or ../shared)")
+        if (candidate / name).exists():
+            return candidate / name
+    raise SystemExit(f"{name}: not in echo_pipeline_tests/fixtures/real or ../shared/fixtures/real")
 
 
 def run_one(corpus: str, config: str, base_model: str, template: str, workdir: Path) -> dict:
@@ -82,7 +92,7 @@ def run_one(corpus: str, config: str, base_model: str, template: str, workdir: P
 
     spec = CONFIGS[config]
     export, me = CORPORA[corpus]
-    os.environ["ECHO_EXPORT_DIR"] = str(fixtures_dir() / export)
+    os.environ["ECHO_EXPORT_DIR"] = str(export_path(export))
     os.environ["ECHO_ME"] = me
     run_config = {
         "ops": {
@@ -274,7 +284,21 @@ def main() -> int:
     parser.add_argument(
         "--markdown", action="store_true", help="Print the recorded results as Markdown tables."
     )
+    parser.add_argument("--curve", action="store_true", help="Train the learning curve (_curve).")
+    parser.add_argument("--points", default=",".join(_curve.DEFAULT_POINTS))
+    parser.add_argument("--one-point", nargs=2, metavar=("CORPUS", "POINT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.one_point:
+        corpus, point = args.one_point
+        export, me = CORPORA[corpus]
+        metrics, ok, minutes = _curve.run_point(export_path(export), me, point, args.template)
+        print("RESULT " + json.dumps(collect(metrics, ok, minutes), default=str))
+        return 0
+    if args.curve:
+        for corpus in args.corpora.split(","):
+            _curve.run_curve(corpus, args.points.split(","), args, __file__)
+        return 0
 
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))

@@ -363,6 +363,15 @@ def _session_order(sessions: pd.DataFrame, config: PairingConfig) -> np.ndarray:
     return np.lexsort((ids, start))[::-1]
 
 
+def kept_train_sessions(sessions: pd.DataFrame, share: float) -> pd.Series:
+    """The train sessions a ``train_share`` below 1 keeps: those whose id hashes below
+    ``share`` of the hash range. Nested (a quarter is inside the half) and independent of
+    everything but the session id, so a learning curve compares like with like."""
+    train = sessions.loc[sessions["split"] == "train", "session_id"]
+    unit = _stable_hash(train).map(lambda h: int(h, 16) / 2.0**64)
+    return train[unit < share]
+
+
 def split_targets(total: int, config: PairingConfig) -> tuple[int, int, int]:
     """(test target, val target, held-out cap) in pairs for ``total`` pairs.
 
@@ -550,6 +559,12 @@ def build_pairs(messages: pd.DataFrame, config: PairingConfig) -> tuple[pa.Table
     sessions["pairs"] = sessions["session_id"].map(per_session).fillna(0).astype("int64")
     sessions["split"] = assign_splits(sessions, config)
     frame = frame.merge(sessions[["session_id", "split"]], on="session_id", how="left")
+    if config.train_share < 1:
+        unused = (frame["split"] == "train") & ~frame["session_id"].isin(
+            kept_train_sessions(sessions, config.train_share)
+        )
+        report.dropped["pair:train_share"] += int(unused.sum())
+        frame = frame[~unused]
     frame = frame.sort_values(["channel_id", "reply_timestamp", "pair_id"], kind="stable")
 
     table = pa.Table.from_pandas(

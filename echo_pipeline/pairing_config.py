@@ -77,6 +77,12 @@ class PairingConfig:
         100, "Least test pairs where the export allows it (train keeps min_train_fraction)."
     )
     min_train_fraction: float = _setting(0.5, "Share of pairs that always stays in train.")
+    # For learning curves ("what would less data buy?"): held-out splits stay as they are.
+    train_share: float = _setting(
+        1.0,
+        "Share of the train sessions kept, chosen by a hash of the session id so a smaller share "
+        "is a subset of a larger one; val and test are unchanged (1: all of them).",
+    )
     split_method: Literal["hash", "chronological"] = _setting(
         "hash",
         "'hash' (stable per session across reruns) or 'chronological' (latest sessions held out).",
@@ -91,6 +97,8 @@ class PairingConfig:
             raise ValueError("val_fraction + test_fraction must be < 1")
         if not 0 < self.min_train_fraction < 1:
             raise ValueError("min_train_fraction must be between 0 and 1")
+        if not 0 < self.train_share <= 1:
+            raise ValueError("train_share must be in (0, 1]")
         if self.merge_gap_s < 0 or self.session_gap_s <= 0:
             raise ValueError("gaps must be positive")
 

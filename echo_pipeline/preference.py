@@ -367,13 +367,18 @@ def preference_examples(
     tokenizer: Any,
     *,
     max_reply_tokens: int = 256,
+    typed_prompt: Callable[[Mapping[str, Any]], list[int]] | None = None,
+    heldout_prompts: Iterable[str] = (),
 ) -> tuple[list[PreferenceExample], dict[str, int]]:
     """Token sequences of every usable pair, and counts of those left out.
 
-    The prompt is the dataset's rendered prompt of ``pair_id``. A pair whose ``pair_id`` is not
-    in the dataset's train split is left out: a rating of a held-out reply would teach the
-    adapter the very prompts the evaluation asks. So is a pair whose two replies are the same.
-    Replies are cut at ``max_reply_tokens`` (EOS dropped then: a cut reply did not end there).
+    The prompt is the dataset's rendered prompt of ``pair_id``. A pair whose ``pair_id`` is in
+    a held-out split is left out: a rating of a held-out reply would teach the adapter the very
+    prompts the evaluation asks. So is a pair whose two replies are the same. A pair of no
+    dataset row (a message typed on the chat page, then rated) has its prompt rendered from its
+    own context and text by ``typed_prompt`` (as the chat rendered it), unless that text is a
+    held-out prompt; without ``typed_prompt`` it is left out as ``unknown_pair``. Replies are
+    cut at ``max_reply_tokens`` (EOS dropped then: a cut reply did not end there).
     """
     train = frame[frame["split"] == "train"]
     prompts = {
@@ -383,6 +388,7 @@ def preference_examples(
         )
     }
     heldout = set(map(str, frame.loc[frame["split"] != "train", "pair_id"]))
+    heldout_texts = {_prompt_key(text) for text in heldout_prompts}
     cache: dict[str, list[int]] = {}
 
     def ids_of(text: str) -> list[int]:
@@ -391,18 +397,23 @@ def preference_examples(
         return cache[text]
 
     examples: list[PreferenceExample] = []
-    skipped = {"heldout_pair": 0, "unknown_pair": 0, "equal_replies": 0}
-    columns = ("pair_id", "chosen", "rejected", "source")
-    for pair_id, chosen, rejected, source in zip(
-        *(pairs.column(c).to_pylist() for c in columns), strict=True
-    ):
-        if pair_id not in prompts:
-            skipped["heldout_pair" if pair_id in heldout else "unknown_pair"] += 1
+    skipped = {"heldout_pair": 0, "unknown_pair": 0, "equal_replies": 0, "heldout_prompt": 0}
+    for row in pairs.to_pylist():
+        pair_id, chosen, rejected = row["pair_id"], row["chosen"], row["rejected"]
+        source = row["source"]
+        if pair_id in heldout:
+            skipped["heldout_pair"] += 1
+            continue
+        if pair_id not in prompts and typed_prompt is None:
+            skipped["unknown_pair"] += 1
+            continue
+        if pair_id not in prompts and _prompt_key(row["prompt"]) in heldout_texts:
+            skipped["heldout_prompt"] += 1
             continue
         if same_reply(chosen, rejected):
             skipped["equal_replies"] += 1
             continue
-        prompt = prompts[pair_id]
+        prompt = prompts[pair_id] if pair_id in prompts else typed_prompt(row)
         examples.append(
             PreferenceExample(
                 pair_id=pair_id,
@@ -412,6 +423,10 @@ def preference_examples(
             )
         )
     return examples, skipped
+
+
+def _prompt_key(text: str) -> str:
+    return " ".join(str(text).casefold().split())
 
 
 def examples_digest(examples: Sequence[PreferenceExample]) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from echo_pipeline import tracking
+from echo_pipeline.feedback import adapter_partition
 from echo_pipeline.preference import PreferenceConfig
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,42 @@ def sample_pairs(
         return sample_preference_pairs(session, prompts, config, adapter=adapter)
 
 
+#: The longest prompt rendered for a message typed on the chat page (the evaluation's bound).
+TYPED_PROMPT_TOKENS = 512
+
+
+def _typed_prompts(job: Any, sft_meta: Any, tokenizer: Any) -> dict[str, Any]:
+    """``preference_examples``' arguments for pairs rated on messages typed on the chat page:
+    their prompt rendered as the chat rendered it (the adapter's system prompt, my names, its
+    reply memory), and the held-out prompts, which no typed message may train on."""
+    import pyarrow.parquet as pq
+
+    from echo_pipeline.chat import adapter_memory
+    from echo_pipeline.tokenization import tokenize_inference_prompt
+
+    memory = adapter_memory(job.sft_adapter_dir, sft_meta)
+    pairs = pq.read_table(job.pairs_path, columns=["prompt", "split"]).to_pandas()
+
+    def render(row: Any) -> list[int]:
+        examples = memory.examples_for([row["prompt"]])[0] if memory is not None else ()
+        return tokenize_inference_prompt(
+            job.template,
+            tokenizer,
+            row.get("context") or [],
+            row["prompt"],
+            sft_meta.system_prompt,
+            prompt_author=row.get("prompt_author") or "",
+            me_names=sft_meta.me_names,
+            max_tokens=TYPED_PROMPT_TOKENS,
+            examples=examples,
+        )
+
+    return {
+        "typed_prompt": render,
+        "heldout_prompts": pairs.loc[pairs["split"] != "train", "prompt"].tolist(),
+    }
+
+
 @contextlib.contextmanager
 def _weights(model: Any, state: dict[str, Any]) -> Iterator[None]:
     """``model``'s trainable weights replaced by ``state`` inside the block (the reference
@@ -188,7 +225,8 @@ def run_preference_job(
     tables += [pref.read_preference_file(path) for path in job.human_pairs_paths]
     pairs = pref.merge_pair_tables(tables)
     tokenizer = load_tokenizer(base)
-    examples, skipped = pref.preference_examples(pairs, frame, job.template, tokenizer)
+    typed = _typed_prompts(job, sft_meta, tokenizer)
+    examples, skipped = pref.preference_examples(pairs, frame, job.template, tokenizer, **typed)
     if not examples:
         raise ValueError(
             f"{job.preference_pairs_path}: no usable preference pair ({pref.describe_counts(skipped)})"
@@ -200,7 +238,7 @@ def run_preference_job(
     reference_key = f"{sft_meta.fingerprint}|{dtype}|{job.template}"
     first_round = pref.fingerprint_preference(per_round, examples, reference_key)
     fingerprint = hashlib.sha256(f"{first_round}|{config.rounds}".encode()).hexdigest()[:24]
-    key = f"{job.template}|{job.experiment}"
+    key = adapter_partition(job.template, job.experiment)  # as Dagster and the rating page spell it
     name = preference_experiment(job.experiment)
 
     mlflow.set_tracking_uri(job.tracking_uri)
@@ -273,7 +311,9 @@ def run_preference_job(
                     write_parquet(sampled, round_pairs_path)
                 # Earlier rounds' rejected replies stay (DITTO's replay of earlier policies).
                 pairs = pref.merge_pair_tables([pairs, sampled])
-                examples, skipped = pref.preference_examples(pairs, frame, job.template, tokenizer)
+                examples, skipped = pref.preference_examples(
+                    pairs, frame, job.template, tokenizer, **typed
+                )
                 mlflow.log_metric("pairs_used", float(len(examples)), step=round_number)
             # Each round's fingerprint chains the previous one's: its start weights and samples.
             round_fingerprint = pref.fingerprint_preference(

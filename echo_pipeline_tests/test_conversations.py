@@ -159,12 +159,17 @@ def test_me_by_id_or_name_and_unknown_lists_candidates():
     assert "sam (id 2, 2 messages)" in str(error.value)
 
 
-def test_schema_splits_and_stable_ids():
+def one_pair_sessions(count: int) -> pd.DataFrame:
+    """``count`` sessions of one question and my answer, hours apart."""
     rows = []
-    for s in range(40):
+    for s in range(count):
         base = s * 10_000
         rows += [(base, "sam", f"question {s}?"), (base + 10, "me", f"answer {s}")]
-    df = messages(rows)
+    return messages(rows)
+
+
+def test_schema_splits_and_stable_ids():
+    df = one_pair_sessions(40)
     table, _report = build_pairs(df, PairingConfig(me=("me",)))
     assert table.schema.remove_metadata() == schemas.CONVERSATION_PAIRS
     assert json.loads(table.schema.metadata[ME_IDS_METADATA_KEY]) == ["1"]
@@ -180,6 +185,27 @@ def test_schema_splits_and_stable_ids():
     chrono = build_pairs(df, PairingConfig(me=("me",), split_method="chronological"))[0].to_pandas()
     latest = chrono.sort_values("reply_timestamp").tail(16)
     assert set(latest["split"]) == {"test"}
+
+
+def test_a_train_share_keeps_nested_train_sessions_and_the_same_heldout_pairs():
+    df = one_pair_sessions(200)
+    full = build_pairs(df, PairingConfig(me=("me",)))[0].to_pandas()
+    by_share = {}
+    for share in (0.25, 0.5):
+        table, report = build_pairs(df, PairingConfig(me=("me",), train_share=share))
+        by_share[share] = table.to_pandas()
+        kept = by_share[share]
+        heldout = kept[kept["split"] != "train"]
+        assert sorted(heldout["pair_id"]) == sorted(full.loc[full["split"] != "train", "pair_id"])
+        train = int((kept["split"] == "train").sum())
+        everything = int((full["split"] == "train").sum())
+        assert report.dropped["pair:train_share"] == everything - train
+        assert abs(train / everything - share) < 0.12  # a hash, so near the share, not on it
+    quarter = set(by_share[0.25].loc[by_share[0.25]["split"] == "train", "pair_id"])
+    half = set(by_share[0.5].loc[by_share[0.5]["split"] == "train", "pair_id"])
+    assert quarter < half
+    with pytest.raises(ValueError, match="train_share"):
+        PairingConfig(me=("me",), train_share=0.0)
 
 
 def test_group_chat_speakers_in_context():

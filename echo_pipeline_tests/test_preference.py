@@ -31,7 +31,7 @@ def _row(pair_id: str, chosen: str, rejected: str, source: str = "human_rating")
         "chosen": chosen,
         "rejected": rejected,
         "source": source,
-        "adapter": "chatml|demo",
+        "adapter": "demo|chatml",
         "created_at": NOW,
     }
 
@@ -139,7 +139,12 @@ def test_examples_reuse_the_dataset_prompt_and_never_a_heldout_pair(smollm2_toke
         schema=PREFERENCE_PAIRS,
     )
     examples, skipped = pref.preference_examples(pairs, frame, "chatml", smollm2_tokenizer)
-    assert skipped == {"heldout_pair": 1, "unknown_pair": 1, "equal_replies": 1}
+    assert skipped == {
+        "heldout_pair": 1,
+        "unknown_pair": 1,
+        "equal_replies": 1,
+        "heldout_prompt": 0,
+    }
     (example,) = examples
     first = frame.iloc[0]
     # chosen is exactly the dataset row: same prompt ids, same labelled reply and EOS
@@ -150,6 +155,35 @@ def test_examples_reuse_the_dataset_prompt_and_never_a_heldout_pair(smollm2_toke
     eos = smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert example.rejected["labels"][:prompt_len] == [IGNORE_INDEX] * prompt_len
     assert example.rejected["labels"][-1] == eos
+
+
+def test_a_message_typed_on_the_chat_page_trains_as_the_chat_rendered_it(smollm2_tokenizer):
+    from echo_pipeline.tokenization import tokenize_inference_prompt
+
+    frame = _dataset(smollm2_tokenizer, [("p1", "train", "dinner at 7?", "sure, see you")])
+    typed = _row("t1", "ya ok", "I would be delighted to assist you.") | {"prompt": "pizza?"}
+    heldout = _row("t2", "nah", "Certainly!") | {"prompt": "  Movie tonight? "}
+    pairs = pa.Table.from_pylist([typed, heldout], schema=PREFERENCE_PAIRS)
+
+    def render(row):
+        return tokenize_inference_prompt(
+            "chatml", smollm2_tokenizer, row["context"], row["prompt"], prompt_author="sam"
+        )
+
+    examples, skipped = pref.preference_examples(
+        pairs,
+        frame,
+        "chatml",
+        smollm2_tokenizer,
+        typed_prompt=render,
+        heldout_prompts=["movie tonight?"],
+    )
+    assert skipped["heldout_prompt"] == 1 and skipped["unknown_pair"] == 0
+    (example,) = examples
+    prompt = render(typed)
+    assert example.pair_id == "t1" and example.chosen["input_ids"][: len(prompt)] == prompt
+    assert example.rejected["input_ids"][: len(prompt)] == prompt
+    assert smollm2_tokenizer.decode(example.chosen["input_ids"][len(prompt) :]).startswith("ya ok")
 
 
 @pytest.fixture(scope="module")

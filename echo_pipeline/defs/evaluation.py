@@ -226,6 +226,7 @@ def evaluation_report(
         config=config.evaluation_config(),
         log=context.log.info,
     )
+    _add_human_reader(result, layout.root, str(context.partition_key))
     uri = mlflow_tracking.uri()
     parent = training_run(uri, result.lineage.get("training_run_id"))
     history = training_history(uri, parent.info.run_id) if parent else {}
@@ -278,6 +279,21 @@ def evaluation_report(
         check_results=list(asset_check_results([check])),
         data_version=data_version(provenance),
     )
+
+
+def _add_human_reader(result, root, partition: str) -> None:
+    """ "Fooled a human reader: x of n" from the judgements of "which one is me?" so far, beside
+    the discriminator's verdict (as metrics too once someone has played)."""
+    from echo_pipeline.feedback import fooled_score, load_judgements
+
+    score = fooled_score(load_judgements(root, partition))
+    result.lineage["human_reader"] = score.as_dict() | {"sentence": score.sentence()}
+    if score.rounds:
+        result.metrics |= {
+            "human_judgements": float(score.rounds),
+            "human_fooled": float(score.fooled),
+            "human_fooled_share": score.share,
+        }
 
 
 @dg.asset(

@@ -86,6 +86,7 @@ class PairsConfig(dg.Config):
     test_min_pairs: int = _core("test_min_pairs", ge=0)
     min_train_fraction: float = _core("min_train_fraction", gt=0, lt=1)
     split_method: str = _core("split_method")
+    train_share: float = _core("train_share", gt=0, le=1)
 
     def to_core(self) -> pairing_config.PairingConfig:
         if self.attachments not in ("placeholder", "drop"):

@@ -19,6 +19,7 @@ from echo_pipeline.defs.freshness import (
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
+from echo_pipeline.feedback import adapter_partition
 from echo_pipeline.provenance import Provenance, provenance_config
 
 PREFERENCE = "preference"
@@ -143,7 +144,7 @@ def preference_pairs(
         paths["dataset"],
         paths["pairs"],
         recipe,
-        adapter=f"{template}|{experiment}",
+        adapter=adapter_partition(template, experiment),
     )
     write_parquet(table, paths["preference_pairs"])
     context.log.info("preference pairs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -380,6 +380,9 @@ def _verdict(result: EvaluationResult) -> str:
             f"measures ({esc(', '.join(wins) or 'none')}). The verdict, not this count, ranks "
             "adapters: a collapsed clone can win most small measures.</p>"
         )
+    human = result.lineage.get("human_reader")
+    if human:  # the judgements of "which one is me?" (echo-pipeline chat --web) so far
+        parts.append(f"<p id='human-reader'><b>A person:</b> {esc(human['sentence'])}</p>")
     accuracy = metrics.get("attribution_heldout_balanced_accuracy")
     if accuracy is not None:
         parts.append(

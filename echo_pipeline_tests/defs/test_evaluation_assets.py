@@ -20,6 +20,7 @@ from run_configs import QUICK_EVALUATION, SMALL_HELDOUT
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.evaluation import evaluation_assets
 from echo_pipeline.defs.partitions import adapter_key
+from echo_pipeline.feedback import Judgement, record_judgement
 from echo_pipeline.layout import Layout
 
 ASSETS = [*ALL_ASSETS, *[a for a in evaluation_assets if a not in ALL_ASSETS], *ALL_CHECKS]
@@ -100,6 +101,9 @@ def _untrained_chatml_adapter(base_model, pairs_ops):
 def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapter):
     training_run_id, model_id = untrained_chatml_adapter
     key = adapter_key("chatml", "demo")
+    # Three rounds of "which one is me?" played on the chat page before the report: one fooled.
+    for real_side, choice in (("left", "left"), ("right", "left"), ("left", "left")):
+        record_judgement(Layout.default().root, Judgement(str(key), "p1", real_side, choice))
     result = materialize(["evaluation_report"], key, ops=QUICK_EVALUATION)
     assert result.success
 
@@ -130,6 +134,8 @@ def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapte
     assert meta["replay_memorised_share"] == 1.0
     assert "| replay (my nearest train reply) |" in meta["summary"].splitlines()[0]
     assert "replay (my nearest train reply)" in page and "memorised_share" in page
+    assert "fooled a human reader: 1 of 3 (33 %" in page
+    assert payload["lineage"]["human_reader"]["fooled"] == 1
 
     client = mlflow.MlflowClient()
     evaluation = client.get_run(meta["mlflow_run_id"])
@@ -137,6 +143,8 @@ def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapte
     assert evaluation.data.tags["echo.run_kind"] == "evaluation"
     assert evaluation.data.tags["dagster.partition_key"] == str(key)
     assert evaluation.data.metrics["adapter_stop_rate"] == meta["adapter_stop_rate"]
+    assert evaluation.data.metrics["human_fooled"] == 1
+    assert evaluation.data.metrics["human_judgements"] == 3
     assert evaluation.data.tags["echo.replay_verdict"] == meta["replay_verdict"]
     assert {"replay_in_context", "adapter_known_bigram_rate", "real_memorised_share"} <= set(
         evaluation.data.metrics

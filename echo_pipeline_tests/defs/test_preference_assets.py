@@ -54,10 +54,11 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     paths = preference_paths(layout, "chatml", "demo")
     sampled = pq.read_table(paths["preference_pairs"])
     assert sampled.schema == PREFERENCE_PAIRS and sampled.num_rows >= 1
-    assert set(sampled.column("adapter").to_pylist()) == {"chatml|demo"}
+    assert set(sampled.column("adapter").to_pylist()) == {"demo|chatml"}
     assert _metadata(pairs, "preference_pairs")["rows"] == sampled.num_rows
 
-    # A rating page's file: one rating of a train prompt, one of a held-out prompt (skipped).
+    # A rating page's file: one rating of a train prompt, one of a held-out prompt (skipped),
+    # one of a message typed on the chat page (no pair of the dataset: rendered from its text).
     dataset = pq.read_table(layout.dataset_path("chatml"), columns=["pair_id", "split"])
     splits = dict(
         zip(dataset.column("pair_id").to_pylist(), dataset.column("split").to_pylist(), strict=True)
@@ -66,16 +67,16 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     heldout_id = next(p for p, s in splits.items() if s != "train")
     ratings = pipeline_env / "ratings.jsonl"
     with ratings.open("w", encoding="utf-8") as out:
-        for pair_id in (train_id, heldout_id):
+        for pair_id in (train_id, heldout_id, "typed-on-the-page"):
             row = {
                 "pair_id": pair_id,
                 "context": [],
                 "prompt_author": "sam",
-                "prompt": "(shown on the page)",
+                "prompt": "(shown on the page)" if pair_id != "typed-on-the-page" else "lunch?",
                 "chosen": "ya sounds good",
                 "rejected": "I would be delighted to assist you with that.",
                 "source": "human_rating",
-                "adapter": "chatml|demo",
+                "adapter": "demo|chatml",
                 "created_at": "2026-12-06T06:00:00Z",
             }
             out.write(json.dumps(row) + "\n")
@@ -91,14 +92,14 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     lineage = json.loads((out / "echo_metadata.json").read_text())
     assert lineage["experiment"] == "demo+dpo"
     assert lineage["training"]["sft_adapter"] == str(layout.adapter_dir("chatml", "demo"))
-    assert lineage["training"]["preference_pairs"]["human_rating"] == 1
+    assert lineage["training"]["preference_pairs"]["human_rating"] == 2
 
     client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(meta["mlflow_run_id"])
-    assert run.data.metrics["pairs_human_rating"] == 1
+    assert run.data.metrics["pairs_human_rating"] == 2
     assert run.data.metrics["pairs_self_sample"] == sampled.num_rows
     assert run.data.metrics["pairs_skipped_heldout_pair"] == 1
-    assert run.data.metrics["pairs_used"] == sampled.num_rows + 1
+    assert run.data.metrics["pairs_used"] == sampled.num_rows + 2
     assert run.data.params["pref.beta"] == "0.1"
     assert run.data.tags["echo.sft_run_id"] == lineage["training"]["sft_run_id"]
     (pairs_input,) = [d for d in run.inputs.dataset_inputs if "preference" in d.dataset.name]
@@ -116,7 +117,7 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     assert second.data.metrics["rounds_reused"] == 1
     assert second.data.metrics["round2_dpo_steps"] == 2
     round_two = second.data.metrics["pairs_used"]
-    assert sampled.num_rows + 1 < round_two <= 2 * sampled.num_rows + 1
+    assert sampled.num_rows + 2 < round_two <= 2 * sampled.num_rows + 2
 
     report = materialize(
         ["preference_report"], key, ops={"preference_report": QUICK_EVALUATION["evaluation_report"]}

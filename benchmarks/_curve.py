@@ -1,0 +1,204 @@
+"""The learning curve of ``bench_echo_quality.py --curve``: what data, memory, preference
+training and more steps buy on one long real channel.
+
+A point is ``lever@share[:steps]``:
+
+* ``lever``: ``sft`` (the ``echo`` recipe), ``sft+memory`` (the same, with my two most similar
+  past exchanges in every prompt, ``memory_k=2``), or either followed by ``+dpo`` (the
+  preference stage on that supervised adapter, against its own sampled replies);
+* ``share``: the share of the train sessions kept (``conversation_pairs.train_share``: nested,
+  the held-out split unchanged, so every point is judged on the same prompts);
+* ``steps``: the supervised budget (``max_steps_cap``; the recipe's 120 when left out).
+
+Each supervised point runs the whole pipeline through the shell runner (real Dagster, real
+MLflow, real training) in a fresh folder of its own; a ``+dpo`` point runs in its supervised
+point's folder (the runner finds that adapter up to date) and then materialises the preference
+assets. The report's numbers, plus the training's own (steps, epochs, tokens, validation loss per
+evaluation), go to ``benchmarks/results/echo_curve.json``; ``--plot`` draws them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_POINTS = (
+    "sft@1.0",
+    "sft+memory@1.0",
+    "sft@0.25",
+    "sft+memory+dpo@1.0",
+    "sft@1.0:240",
+    "sft@0.5",
+)
+#: The report's settings for every point: the ``echo`` defaults but 64 held-out prompts (two
+#: draws each), so a point costs about 4 minutes of evaluation here, not 6.
+CURVE_EVALUATION = {"num_prompts": 64}
+#: The preference stage on a curve point: 64 train prompts, two draws each, one pass (16 DPO
+#: steps of 8 pairs).
+CURVE_PREFERENCE = {"max_prompts": 64, "samples_per_prompt": 2, "epochs": 1.0, "max_steps": 0}
+MEMORY_K = 2
+RESULTS = Path(__file__).resolve().parent / "results" / "echo_curve.json"
+
+
+@dataclass(frozen=True)
+class Point:
+    lever: str
+    share: float
+    steps: int  # 0: the recipe's cap
+
+    @classmethod
+    def parse(cls, text: str) -> Point:
+        lever, _, rest = text.partition("@")
+        share, _, steps = rest.partition(":")
+        if lever.removesuffix("+dpo") not in ("sft", "sft+memory") or not share:
+            raise SystemExit(
+                f"bad curve point {text!r}: lever@share[:steps], lever sft[+memory][+dpo]"
+            )
+        return cls(lever, float(share), int(steps or 0))
+
+    @property
+    def supervised(self) -> Point:
+        return Point(self.lever.removesuffix("+dpo"), self.share, self.steps)
+
+    @property
+    def dpo(self) -> bool:
+        return self.lever.endswith("+dpo")
+
+    def __str__(self) -> str:
+        return f"{self.lever}@{self.share:g}" + (f":{self.steps}" if self.steps else "")
+
+
+def run_config(point: Point, me: str) -> dict:
+    ops = {
+        "conversation_pairs": {"config": {"me": [me], "train_share": point.share}},
+        "template_dataset": {"config": {"memory_k": MEMORY_K if "memory" in point.lever else 0}},
+        "evaluation_report": {"config": CURVE_EVALUATION},
+    }
+    if point.steps:
+        ops["lora_adapter"] = {"config": {"max_steps_cap": point.steps}}
+    return {"ops": ops}
+
+
+def run_point(export: Path, me: str, text: str, template: str) -> tuple[Path, bool, float]:
+    """In this process (a fresh one per point, in its folder): the pipeline, then the
+    preference stage for a ``+dpo`` point. Returns (the report's metrics file, ok, minutes)."""
+    from echo_pipeline.layout import Layout
+    from echo_pipeline.runner import run_pipeline
+
+    point = Point.parse(text)
+    os.environ["ECHO_EXPORT_DIR"] = str(export)
+    os.environ["ECHO_ME"] = me
+    started = time.perf_counter()
+    ok = bool(run_pipeline([template], ["echo"], run_config=run_config(point.supervised, me)))
+    layout = Layout.default()
+    metrics = layout.report_dir(template, "echo") / "metrics.json"
+    if ok and point.dpo:
+        ok, metrics = _preference(template, layout)
+    return metrics, ok, (time.perf_counter() - started) / 60
+
+
+def _preference(template: str, layout) -> tuple[bool, Path]:
+    import dagster as dg
+
+    from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, adapter_key, build_resources
+    from echo_pipeline.defs.preference import preference_paths
+    from echo_pipeline.runner import ensure_dagster_home
+
+    ensure_dagster_home()
+    key = adapter_key(template, "echo")
+    for asset, config in (
+        ("preference_pairs", CURVE_PREFERENCE),
+        ("preference_adapter", CURVE_PREFERENCE),
+        ("preference_report", CURVE_EVALUATION),
+    ):
+        result = dg.materialize(
+            [*ALL_ASSETS, *ALL_CHECKS],
+            selection=[asset],
+            partition_key=key,
+            resources=build_resources(),
+            instance=dg.DagsterInstance.get(),
+            run_config={"ops": {asset: {"config": config}}},
+            raise_on_error=False,
+        )
+        print(f"{asset}: {'ok' if result.success else 'FAILED'}", flush=True)
+        if not result.success:
+            return False, Path("/nonexistent")
+    return True, preference_paths(layout, template, "echo")["report"] / "metrics.json"
+
+
+def run_curve(corpus: str, points: list[str], args, script: str) -> None:
+    """Each point in a subprocess of its own, recorded as soon as it ends."""
+    for text in points:
+        point = Point.parse(text)
+        folder = args.workdir / f"curve-{corpus}-{point.supervised}"
+        if not point.dpo:
+            subprocess.run(["rm", "-rf", str(folder)], check=True)
+        env = os.environ | {
+            "ECHO_DATA_DIR": str(folder / "data"),
+            "DAGSTER_HOME": str(folder / "dagster"),
+            "ECHO_MLRUNS_DIR": str(folder / "mlruns"),
+            "ECHO_BASE_MODEL": os.environ.get("ECHO_BASE_MODEL", "smollm2-135m-instruct"),
+        }
+        print(f"-- {corpus} {point} ...", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        template = ("--template", args.template)
+        log = folder / f"point-{point.lever}.log"  # followed live with tail -f
+        with log.open("w", encoding="utf-8") as out:
+            subprocess.run(
+                [sys.executable, script, "--one-point", corpus, str(point), *template],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        text_out = log.read_text(encoding="utf-8")
+        lines = [x for x in text_out.splitlines() if x.startswith("RESULT ")]
+        if not lines:
+            sys.stderr.write(text_out[-3000:])
+            result = {"ok": False}
+        else:
+            result = json.loads(lines[-1][len("RESULT ") :])
+        record(corpus, point, result, folder)
+
+
+def record(corpus: str, point: Point, result: dict, folder: Path) -> None:
+    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    rows = [r for r in rows if (r["corpus"], r["point"]) != (corpus, str(point))]
+    rows.append(
+        {
+            "corpus": corpus,
+            "point": str(point),
+            "lever": point.lever,
+            "share": point.share,
+            "steps": point.steps or 120,
+            "train_pairs": _train_pairs(folder),
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load": os.getloadavg()[0],
+            "result": result,
+        }
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(rows, indent=1, ensure_ascii=False, default=str))
+    metrics = result.get("metrics", {})
+    print(
+        f"   {point}: ok={result.get('ok')} {result.get('minutes', float('nan')):.1f} min "
+        f"verdict={result.get('verdicts', {}).get('adapter')} "
+        f"auc={metrics.get('adapter_discriminator_auc')} loss={metrics.get('adapter_reply_loss')}",
+        flush=True,
+    )
+
+
+def _train_pairs(folder: Path) -> int | None:
+    pairs = folder / "data" / "conversation_pairs.parquet"
+    if not pairs.exists():
+        return None
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    split = pq.read_table(pairs, columns=["split"]).column("split")
+    return int(pc.sum(pc.equal(split, "train")).as_py())
