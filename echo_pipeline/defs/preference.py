@@ -166,6 +166,23 @@ def preference_pairs(
     )
 
 
+def _page_ratings(io_manager: ParquetIOManager, partition: str, paths: dict) -> list[str]:
+    """The chat page's ratings of this adapter's replies as one preference file in the work
+    folder (none when nobody rated): trained on with no setting to give."""
+    import pyarrow as pa
+
+    from echo_pipeline.feedback import load_ratings, preference_pairs
+    from echo_pipeline.schemas import PREFERENCE_PAIRS
+    from echo_pipeline.storage import write_parquet
+
+    rows = preference_pairs(load_ratings(io_manager.layout().root, partition))
+    if not rows:
+        return []
+    out = paths["work"] / "chat_page_ratings.parquet"
+    write_parquet(pa.Table.from_pylist(rows, schema=PREFERENCE_PAIRS), out)
+    return [str(out)]
+
+
 @dg.asset(
     group_name=PREFERENCE,
     kinds={"pytorch", "mlflow"},
@@ -204,7 +221,7 @@ def preference_adapter(
         adapter_dir=paths["adapter"],
         work_dir=paths["work"],
         preference=recipe,
-        human_pairs_paths=list(config.human_pairs),
+        human_pairs_paths=[*config.human_pairs, *_page_ratings(io_manager, partition, paths)],
         tracking_uri=mlflow_tracking.uri(),
         experiment_name=mlflow_tracking.experiment_name,
         tags=dagster_lineage_tags(context, ADAPTER_CODE_VERSION),

@@ -18,6 +18,7 @@ from test_training_assets import materialize
 
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.preference import preference_paths
+from echo_pipeline.feedback import Rating, record_rating
 from echo_pipeline.layout import Layout
 from echo_pipeline.schemas import PREFERENCE_PAIRS
 
@@ -57,8 +58,7 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     assert set(sampled.column("adapter").to_pylist()) == {"demo|chatml"}
     assert _metadata(pairs, "preference_pairs")["rows"] == sampled.num_rows
 
-    # A rating page's file: one rating of a train prompt, one of a held-out prompt (skipped),
-    # one of a message typed on the chat page (no pair of the dataset: rendered from its text).
+    # A rating file: one rating of a train prompt, one of a held-out prompt (skipped).
     dataset = pq.read_table(layout.dataset_path("chatml"), columns=["pair_id", "split"])
     splits = dict(
         zip(dataset.column("pair_id").to_pylist(), dataset.column("split").to_pylist(), strict=True)
@@ -67,12 +67,12 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     heldout_id = next(p for p, s in splits.items() if s != "train")
     ratings = pipeline_env / "ratings.jsonl"
     with ratings.open("w", encoding="utf-8") as out:
-        for pair_id in (train_id, heldout_id, "typed-on-the-page"):
+        for pair_id in (train_id, heldout_id):
             row = {
                 "pair_id": pair_id,
                 "context": [],
                 "prompt_author": "sam",
-                "prompt": "(shown on the page)" if pair_id != "typed-on-the-page" else "lunch?",
+                "prompt": "(shown on the page)",
                 "chosen": "ya sounds good",
                 "rejected": "I would be delighted to assist you with that.",
                 "source": "human_rating",
@@ -81,6 +81,13 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
             }
             out.write(json.dumps(row) + "\n")
 
+    # And the chat page's own ratings of a message typed there (no pair of the dataset: its
+    # prompt is rendered from its text): found without any setting.
+    for reply, rating in (("ya lunch sounds good", "sounds_like_me"), ("Certainly!", "not_me")):
+        record_rating(
+            layout.root,
+            Rating(str(key), "turn-1", [], "sam", "lunch?", reply, rating),
+        )
     config = TINY_PREFERENCE | {"human_pairs": [str(ratings)]}
     adapter = materialize(
         ["preference_adapter"], key, ops={"preference_adapter": {"config": config}}
