@@ -202,3 +202,52 @@ def _train_pairs(folder: Path) -> int | None:
 
     split = pq.read_table(pairs, columns=["split"]).column("split")
     return int(pc.sum(pc.equal(split, "train")).as_py())
+
+
+#: (metric suffix, axis label, the target's direction) per panel of the plot.
+PANELS = (
+    ("hardest_discriminator_auc", "discriminator AUC, harder of two (0.5: can't tell)"),
+    ("reply_loss", "held-out reply loss (nats/token)"),
+    ("in_context", "in-context: picks its own prompt's reply (real sets the bar)"),
+)
+LEVER_STYLE = {"sft": "o-", "sft+memory": "s-", "sft+dpo": "^--", "sft+memory+dpo": "D--"}
+
+
+def plot(corpus: str, out: Path) -> None:
+    """One row of panels against train pairs: a line per lever at the recipe's budget, the
+    bigger budgets as hollow markers, the base, replay and my real replies as flat lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in json.loads(RESULTS.read_text()) if r["corpus"] == corpus]
+    rows = [r for r in rows if r["result"].get("metrics") and r["train_pairs"]]
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.2))
+    for ax, (suffix, label) in zip(axes, PANELS, strict=True):
+        for lever, style in LEVER_STYLE.items():
+            points = sorted(
+                (r["train_pairs"], r["result"]["metrics"].get(f"adapter_{suffix}"))
+                for r in rows
+                if r["lever"] == lever and r["steps"] == 120
+            )
+            points = [(x, y) for x, y in points if y is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, label=f"{lever} (120 steps)")
+        for r in rows:
+            value = r["result"]["metrics"].get(f"adapter_{suffix}")
+            if r["steps"] != 120 and value is not None:
+                ax.plot(r["train_pairs"], value, "o", mfc="none", ms=10, label=f"{r['point']}")
+        reference = rows[0]["result"]["metrics"]
+        for side, colour in (("base", "grey"), ("replay", "tab:red"), ("real", "black")):
+            value = reference.get(f"{side}_{suffix}")
+            if value is not None:
+                ax.axhline(value, color=colour, ls=":", lw=1.2, label=side)
+        ax.set_xlabel("train pairs")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{corpus}: what data, memory, DPO and more steps buy (SmolLM2-135M, chatml)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)

@@ -287,8 +287,16 @@ def main() -> int:
     parser.add_argument("--curve", action="store_true", help="Train the learning curve (_curve).")
     parser.add_argument("--points", default=",".join(_curve.DEFAULT_POINTS))
     parser.add_argument("--one-point", nargs=2, metavar=("CORPUS", "POINT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        help="With --curve: draw the recorded curve to this PNG, train nothing.",
+    )
     args = parser.parse_args()
 
+    if args.curve and args.plot:
+        _curve.plot(args.corpora.split(",")[0], args.plot)
+        return 0
     if args.one_point:
         corpus, point = args.one_point
         export, me = CORPORA[corpus]

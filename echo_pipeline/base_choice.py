@@ -39,6 +39,7 @@ DEFAULT_MARGIN = 0.15
 #: Enough text for a stable estimate (about two thousand tokens), little enough for a minute per base.
 DEFAULT_MAX_CHARS = 8_000
 CHOICE_FILE = "base_model_choice.json"
+CHOICE_TAG = "echo.base_model_choice"  # MLflow tag: why this base (with one tag per score)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,13 @@ class BaseChoice:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags of a run trained on the chosen base: the choice and every score."""
+        scores = {
+            f"{CHOICE_TAG}.bits_per_char.{n}": f"{v:.4f}" for n, v in self.bits_per_char.items()
+        }
+        return {CHOICE_TAG: self.reason or self.chosen, **scores}
 
 
 def sample_texts(

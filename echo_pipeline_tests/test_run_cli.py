@@ -229,6 +229,17 @@ def test_a_failed_training_then_a_rerun_that_waits_for_the_pool_and_trains_a_rea
     choice = json.loads((Layout.default().pairs_path().parent / CHOICE_FILE).read_text())
     assert choice["chosen"] == "smollm2-135m-instruct", choice
     assert set(choice["bits_per_char"]) >= {"smollm2-135m-instruct"}
+    # ... and why goes to the training run in MLflow and to the report's lineage
+    report = json.loads(Path(row[-1]).with_name("metrics.json").read_text())
+    assert report["lineage"]["base_model_choice"] == choice["reason"]
+    assert "base chosen by auto" in Path(row[-1]).read_text()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    training = client.get_run(report["lineage"]["training_run_id"])
+    assert training.data.tags["echo.base_model_choice.bits_per_char.smollm2-135m-instruct"] == (
+        f"{choice['bits_per_char']['smollm2-135m-instruct']:.4f}"
+    )
 
 
 @pytest.mark.parametrize(

@@ -199,6 +199,7 @@ def evaluation_report(
     model's and my real ones on the same held-out prompts and the same template, and is logged
     as a child of the adapter's training run.
     """
+    from echo_pipeline.base_choice import CHOICE_TAG
     from echo_pipeline.checks import check_beats_base
     from echo_pipeline.evaluation.evaluate import evaluate_adapter
     from echo_pipeline.evaluation.report import write_report
@@ -229,6 +230,8 @@ def evaluation_report(
     _add_human_reader(result, layout.root, str(context.partition_key))
     uri = mlflow_tracking.uri()
     parent = training_run(uri, result.lineage.get("training_run_id"))
+    if parent is not None and CHOICE_TAG in parent.data.tags:  # trained with --base-model auto
+        result.lineage["base_model_choice"] = parent.data.tags[CHOICE_TAG]
     history = training_history(uri, parent.info.run_id) if parent else {}
     parent_url = run_url(uri, parent.info.experiment_id, parent.info.run_id) if parent else None
     out = layout.report_dir(template, experiment)

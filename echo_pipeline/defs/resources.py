@@ -32,10 +32,13 @@ class BaseModelResource(dg.ConfigurableResource):
         description="Run code shipped with the model. Off: only enable for repos you trust.",
     )
 
+    def is_auto(self) -> bool:
+        return self.source.strip().lower() == "auto"
+
     def resolve(self):
         from echo_pipeline.base_model import resolve_base_model
 
-        if self.source.strip().lower() == "auto":
+        if self.is_auto():
             return self.choice()[0]
         return resolve_base_model(
             self.source, revision=self.revision, trust_remote_code=self.trust_remote_code

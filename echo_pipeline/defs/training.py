@@ -158,19 +158,25 @@ def lora_adapter(
         manifest = DatasetManifest.load(layout.dataset_manifest_path(template))
     except (OSError, ValueError) as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
+    tags = dagster_lineage_tags(context, TRAINING_CODE_VERSION)
+    if base_model.is_auto():  # measured on my replies: the scores go to MLflow with the run
+        resolved, choice = base_model.choice()
+        tags |= choice.tags()
+    else:
+        resolved = base_model.resolve()
     job = AdapterJob(
         template=template,
         experiment=experiment,
         dataset_path=data,
         adapter_dir=layout.adapter_dir(template, experiment),
         work_dir=layout.training_work_dir(template, experiment),
-        base_model=base_model.resolve(),
+        base_model=resolved,
         training=experiment_config(experiment, config.overrides()),
         system_prompt=manifest.system_prompt,
         me_names=list(manifest.me_names),
         tracking_uri=mlflow_tracking.uri(),
         experiment_name=mlflow_tracking.experiment_name,
-        tags=dagster_lineage_tags(context, TRAINING_CODE_VERSION),
+        tags=tags,
     )
 
     try:  # fail fast, before a subprocess loads torch and the model

@@ -455,6 +455,11 @@ def _lineage(result: EvaluationResult, run_url: str | None, evaluation_run_url: 
             "base model",
             f"{esc(base.get('source'))} <span class='muted'>{esc(base.get('fingerprint'))}</span>",
         ),
+        *(
+            [("base chosen by auto", esc(lineage["base_model_choice"]))]
+            if lineage.get("base_model_choice")
+            else []
+        ),
         ("template", esc(result.template)),
         ("experiment", esc(result.experiment)),
         ("dataset", esc(lineage.get("dataset_path"))),
