@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
-from bench_echo_quality import CORPORA, fixtures_dir
+from bench_echo_quality import CORPORA, export_path
 
 
 def held_out_losses(model, examples) -> tuple[list[float], list[int]]:
@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", default="0,2,3,4")
     parser.add_argument("--random", type=int, default=3, help="k of the random control (0: none)")
     parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument(
+        "--names",
+        action="store_true",
+        help="Add a k=0 variant with every speaker named (group-chat rendering on every pair).",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# load {_common.load_str()} (the machine is shared)", flush=True)
     torch.manual_seed(0)
     export, me = CORPORA[args.corpus]
-    messages = read_exports([fixtures_dir() / export])
+    messages = read_exports([export_path(export)])
     pairs_table, _ = build_pairs(messages.to_pandas(), PairingConfig(me=(me,)))
     assert isinstance(pairs_table, pa.Table)
     system = default_system_prompt(next(iter(pairs_identity(pairs_table).names), ""))
@@ -123,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     variants = [(f"k={k}", int(k)) for k in args.ks.split(",")]
     if args.random:
         variants.append((f"random k={args.random}", -args.random))
+    if args.names:
+        variants.append(("k=0 names", "names"))
     rows, baseline = {}, None
     for name, k in variants:
-        if k >= 0:
+        if k == "names":
+            shown = [()] * len(pairs)
+        elif k >= 0:
             memory.k = k
             shown = memory.examples_for(prompts, sessions)
         else:
@@ -137,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             system_prompt=system,
             max_tokens=args.max_tokens,
             examples=shown,
+            is_group=True if k == "names" else None,
         )
         chosen = [e for e, keep in zip(examples, held, strict=True) if keep]
         t0 = time.perf_counter()

@@ -49,6 +49,7 @@ class ChatSession:
     # the MLflow model sample, as the evaluation does, since greedy collapses small clones.
     decoding: dict[str, Any] = field(default_factory=dict)
     memory: Any = None  # a ReplyMemory: examples per typed message (None: the adapter has none)
+    is_group: bool | None = None  # True: every speaker named, as the adapter's group chat was
 
     @classmethod
     def from_adapter(
@@ -83,6 +84,7 @@ class ChatSession:
         options.setdefault("me", meta.me_name or "me")
         if "memory" not in options:
             options["memory"] = adapter_memory(adapter_dir, meta)
+        options.setdefault("is_group", adapter_group_chat(adapter_dir, meta))
         return cls(model, tokenizer, meta.template, meta.system_prompt, **options)
 
     def examples(self, prompt: str) -> tuple:
@@ -100,6 +102,7 @@ class ChatSession:
             prompt,
             self.system_prompt,
             prompt_author=self.partner,
+            is_group=self.is_group,
             examples=self.examples(prompt),
         )
 
@@ -176,6 +179,13 @@ def adapter_manifest(adapter_dir: str | Path, meta: AdapterMetadata) -> DatasetM
             )
         return None
     return manifest
+
+
+def adapter_group_chat(adapter_dir: str | Path, meta: AdapterMetadata) -> bool | None:
+    """True when the adapter's dataset named every speaker (a group chat), else None (each
+    prompt's speakers decide, as its dataset's rows did)."""
+    manifest = adapter_manifest(adapter_dir, meta)
+    return True if manifest is not None and manifest.group_chat else None
 
 
 def adapter_memory(adapter_dir: str | Path, meta: AdapterMetadata, encode: Any = None) -> Any:

@@ -299,11 +299,13 @@ def inference_prompts(
     system_prompt: str,
     max_tokens: int | None,
     memory: Any = None,
+    is_group: bool | None = None,
 ) -> Callable[[int], list[int]]:
     """Row ``i`` of ``pairs`` -> the prompt ids inference builds for it (no reply known).
 
     ``memory`` (a :class:`~echo_pipeline.memory.ReplyMemory`, or None) retrieves the row's
-    examples the way evaluation and chat do: by its prompt, never from its own session."""
+    examples the way evaluation and chat do: by its prompt, never from its own session.
+    ``is_group``: the dataset's speaker naming (its manifest's ``group_chat``)."""
 
     def prompt_ids(i: int) -> list[int]:
         row = pairs.iloc[i]
@@ -319,6 +321,7 @@ def inference_prompts(
             row["prompt"],
             system_prompt,
             prompt_author=row["prompt_author"],
+            is_group=is_group,
             max_tokens=max_tokens,
             examples=examples,
         )
@@ -335,13 +338,14 @@ def check_template_dataset(
     system_prompt: str,
     max_tokens: int,
     memory: Any = None,
+    is_group: bool | None = None,
 ) -> DatasetChecks:
     """:func:`check_dataset` with the ids taken from ``template`` and the real ``tokenizer``
     (and, with reply memory on, the examples retrieved again at inference)."""
     return check_dataset(
         examples,
         inference_prompt=inference_prompts(
-            template, tokenizer, pairs, system_prompt, max_tokens, memory
+            template, tokenizer, pairs, system_prompt, max_tokens, memory, is_group
         ),
         eos_id=stop_token_id(template, tokenizer),
         bos_id=auto_bos_token_id(tokenizer),

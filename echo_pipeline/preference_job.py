@@ -134,10 +134,11 @@ def _typed_prompts(job: Any, sft_meta: Any, tokenizer: Any) -> dict[str, Any]:
     reply memory), and the held-out prompts, which no typed message may train on."""
     import pyarrow.parquet as pq
 
-    from echo_pipeline.chat import adapter_memory
+    from echo_pipeline.chat import adapter_group_chat, adapter_memory
     from echo_pipeline.tokenization import tokenize_inference_prompt
 
     memory = adapter_memory(job.sft_adapter_dir, sft_meta)
+    is_group = adapter_group_chat(job.sft_adapter_dir, sft_meta)
     pairs = pq.read_table(job.pairs_path, columns=["prompt", "split"]).to_pandas()
 
     def render(row: Any) -> list[int]:
@@ -150,6 +151,7 @@ def _typed_prompts(job: Any, sft_meta: Any, tokenizer: Any) -> dict[str, Any]:
             sft_meta.system_prompt,
             prompt_author=row.get("prompt_author") or "",
             me_names=sft_meta.me_names,
+            is_group=is_group,
             max_tokens=TYPED_PROMPT_TOKENS,
             examples=examples,
         )
@@ -200,7 +202,7 @@ def run_preference_job(
         write_adapter_dir,
     )
     from echo_pipeline.base_model import load_tokenizer
-    from echo_pipeline.chat import ChatSession
+    from echo_pipeline.chat import ChatSession, adapter_group_chat, adapter_memory
     from echo_pipeline.conversations import heldout_split
     from echo_pipeline.evaluation.generation import adapter_disabled
     from echo_pipeline.records import METADATA_FILE, AdapterMetadata, TrackingRecord
@@ -293,7 +295,16 @@ def run_preference_job(
                 if round_pairs_path.is_file():
                     sampled = pq.read_table(round_pairs_path)
                 else:
-                    session = ChatSession(model, tokenizer, job.template, sft_meta.system_prompt)
+                    # prompted as the supervised adapter was trained: its memory, its naming
+                    session = ChatSession(
+                        model,
+                        tokenizer,
+                        job.template,
+                        sft_meta.system_prompt,
+                        me=sft_meta.me_name or "me",
+                        memory=adapter_memory(job.sft_adapter_dir, sft_meta),
+                        is_group=adapter_group_chat(job.sft_adapter_dir, sft_meta),
+                    )
                     prompts = pref.train_prompts(
                         frame,
                         pq.read_table(job.pairs_path).to_pandas(),

@@ -64,6 +64,7 @@ class DatasetManifest:
     memory_index: str = ""  # the reply_memory Parquet the examples came from
     memory_digest: str = ""  # MemoryIndex.digest() of that index
     dataset_digest: str = ""  # adapters.dataset_digest of the dataset: ties an adapter to this file
+    group_chat: bool = False  # every speaker named in every prompt (templates.is_group_chat)
 
     @property
     def me_name(self) -> str:
@@ -89,6 +90,7 @@ class DatasetManifest:
             memory_index=str(data.get("memory_index") or ""),
             memory_digest=str(data.get("memory_digest") or ""),
             dataset_digest=str(data.get("dataset_digest") or ""),
+            group_chat=bool(data.get("group_chat") or False),
         )
 
     def write(self, path: str | Path) -> Path:

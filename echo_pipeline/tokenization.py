@@ -342,8 +342,12 @@ def build_template_dataset(
     system_prompt: str | None = None,
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
     examples: Sequence[Sequence[Example]] | None = None,
+    is_group: bool | None = None,
 ) -> tuple[pd.DataFrame, list[TokenizedExample]]:
     """A ``TEMPLATE_DATASET`` frame and the tokenised examples, row for row, from ``pairs``.
+
+    ``is_group`` pins every row's speaker-name rendering (None: inferred per row from its
+    speakers, :meth:`~echo_pipeline.templates.ChatPair.group_chat`).
 
     ``examples[i]``: row ``i``'s reply-memory examples, shown before its conversation (None:
     none for any row).
@@ -369,6 +373,7 @@ def build_template_dataset(
             str(prompt),
             str(reply),
             str(author or ""),
+            is_group,
             examples=tuple(shown),
         )
         for context, prompt, reply, author, shown in zip(

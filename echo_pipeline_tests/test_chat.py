@@ -7,7 +7,7 @@ import dataclasses
 import pyarrow.parquet as pq
 import pytest
 
-from echo_pipeline.chat import ChatSession, adapter_memory
+from echo_pipeline.chat import ChatSession, adapter_group_chat, adapter_memory
 from echo_pipeline.memory import build_index
 from echo_pipeline.records import AdapterMetadata, BaseModelRecord, DatasetManifest, DatasetRecord
 from echo_pipeline.tokenization import tokenize_inference_prompt
@@ -16,7 +16,7 @@ from echo_pipeline_tests.test_memory import bag_of_words, pairs_frame
 SYSTEM = "You are ana."
 
 
-def trained_with(tmp_path, k: int, *, dataset_digest: str = "d1g3st"):
+def trained_with(tmp_path, k: int, *, dataset_digest: str = "d1g3st", group_chat: bool = False):
     """An adapter's metadata, and its dataset's manifest (k, the index) where layout puts it."""
     index = build_index(pairs_frame(), bag_of_words)
     index_path = tmp_path / "reply_memory.parquet"
@@ -35,6 +35,7 @@ def trained_with(tmp_path, k: int, *, dataset_digest: str = "d1g3st"):
         memory_index=str(index_path) if k else "",
         memory_digest=index.digest() if k else "",
         dataset_digest=dataset_digest,
+        group_chat=group_chat,
     )
     manifest.write(tmp_path / "template_dataset" / "chatml.manifest.json")
     meta = AdapterMetadata(
@@ -65,6 +66,15 @@ def test_chat_reads_k_back_and_prompts_with_the_examples(tmp_path, smollm2_token
         examples=shown,
     )
     assert "sure thing" in smollm2_tokenizer.decode(ids)
+
+
+def test_an_adapter_of_a_group_chat_names_the_person_typing(tmp_path, smollm2_tokenizer):
+    meta, _ = trained_with(tmp_path, 0, group_chat=True)
+    assert adapter_group_chat(tmp_path, meta) is True
+    session = ChatSession(None, smollm2_tokenizer, "chatml", SYSTEM, is_group=True)
+    assert "friend: anyone up?" in smollm2_tokenizer.decode(session.prompt_ids("anyone up?"))
+    meta, _ = trained_with(tmp_path, 0)
+    assert adapter_group_chat(tmp_path, meta) is None  # each prompt's speakers decide
 
 
 def test_an_adapter_without_memory_or_a_manifest_gets_none(tmp_path):

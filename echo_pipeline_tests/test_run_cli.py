@@ -265,3 +265,17 @@ def test_every_other_real_export_reads_pairs_and_renders_a_dataset(pipeline_env,
         ["ingest", "ok"],
         ["template_dataset[chatml]", "ok"],
     ]
+    # A channel: every prompt names who wrote it, even a pair with one other person in it
+    # (and the parity check, blocking, passed with the same naming at inference).
+    import pyarrow.parquet as pq
+
+    from echo_pipeline.layout import Layout
+    from echo_pipeline.records import DatasetManifest
+
+    layout = Layout.default()
+    assert DatasetManifest.load(layout.dataset_manifest_path("chatml")).group_chat
+    pairs = pq.read_table(layout.pairs_path(), columns=["pair_id", "prompt_author"]).to_pandas()
+    dataset = pq.read_table(layout.dataset_path("chatml"), columns=["pair_id", "prompt_text"])
+    rows = dataset.to_pandas().merge(pairs, on="pair_id")
+    authors, texts = rows["prompt_author"], rows["prompt_text"]
+    assert all(f"{a}: " in text for a, text in zip(authors, texts, strict=True))

@@ -134,6 +134,27 @@ def test_group_chats_name_each_user_line_and_one_to_one_chats_do_not():
     assert "bob:" not in render_training_text("chatml", WITH_CONTEXT)
 
 
+def test_a_channel_with_several_other_people_is_a_group_chat_even_pair_by_pair():
+    import pandas as pd
+
+    from echo_pipeline.templates import is_group_chat
+
+    bob = [{"speaker": "bob", "text": "so", "is_me": False}]
+    me = [{"speaker": "me", "text": "hm", "is_me": True}]
+    dm = pd.DataFrame({"prompt_author": ["bob", "bob"], "context": [bob, me]})
+    assert not is_group_chat(dm)
+    # every pair alone has one other speaker; the channel has two
+    channel = pd.DataFrame({"prompt_author": ["bob", "cy"], "context": [bob, []]})
+    assert is_group_chat(channel)
+    quiet = pd.DataFrame(
+        {"prompt_author": ["bob"], "context": [[{"speaker": "cy", "text": "x", "is_me": False}]]}
+    )
+    assert is_group_chat(quiet)
+    # a group chat's pair with one other speaker in it still names them, when pinned
+    one = ChatPair((), "pizza?", "yes", "bob", is_group=True)
+    assert conversation_messages(one)[0] == {"role": "user", "content": "bob: pizza?"}
+
+
 def test_the_prompt_absorbs_other_peoples_turns_just_before_it():
     pair = ChatPair((ContextTurn("bob", "so", False),), "what now", "sleep", "bob")
     assert conversation_messages(pair) == [{"role": "user", "content": "so\nwhat now"}]

@@ -105,7 +105,7 @@ def template_dataset(
     from echo_pipeline.conversations import pairs_identity
     from echo_pipeline.memory import MemoryIndex, ReplyMemory, load_encoder
     from echo_pipeline.records import DatasetManifest
-    from echo_pipeline.templates import default_system_prompt
+    from echo_pipeline.templates import default_system_prompt, is_group_chat
     from echo_pipeline.tokenization import build_template_dataset, stop_token_id, write_jsonl
 
     template = context.partition_key
@@ -128,6 +128,7 @@ def template_dataset(
         shown = memory.examples_for(
             pairs["prompt"].astype(str).tolist(), pairs["session_id"].astype(str).tolist()
         )
+    group = is_group_chat(pairs)
     frame, examples = build_template_dataset(
         pairs,
         template,
@@ -135,6 +136,7 @@ def template_dataset(
         system_prompt=system_prompt,
         max_tokens=config.max_tokens,
         examples=shown,
+        is_group=True if group else None,
     )
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.append_column(
@@ -159,6 +161,7 @@ def template_dataset(
         max_tokens=config.max_tokens,
         # a fresh cache: each sampled prompt is embedded again, alone, as chat embeds it
         memory=None if memory is None else ReplyMemory(memory.index, memory.encode, memory.k),
+        is_group=True if group else None,
     )
     lengths = example_lengths(examples)
     truncated = int(frame["truncated"].sum())
@@ -181,6 +184,7 @@ def template_dataset(
             "base_model": resolved.source,
             **_base_choice_metadata(base_model),
             "memory_k": config.memory_k,
+            "group_chat": group,
             "memory_examples_mean": float(np.mean([len(s) for s in shown])) if shown else 0.0,
         },
     )
@@ -199,6 +203,7 @@ def template_dataset(
         memory_index=str(memory_path) if memory is not None else "",
         memory_digest=memory.index.digest() if memory is not None else "",
         dataset_digest=dataset_digest(table.select(["pair_id", "split", *TOKEN_NAMES]).to_pandas()),
+        group_chat=group,
     )
     manifest.write(layout.dataset_manifest_path(template))
     yield from asset_check_results(checks)

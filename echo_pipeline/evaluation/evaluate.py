@@ -421,6 +421,7 @@ def _inference_prompts(
             str(row.prompt),
             session.system_prompt,
             prompt_author=str(row.prompt_author or ""),
+            is_group=getattr(session, "is_group", None),
             max_tokens=config.max_prompt_tokens,
             examples=examples,
         )

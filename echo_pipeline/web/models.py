@@ -188,6 +188,8 @@ class ModelPool:
     def __init__(self) -> None:
         self._models: dict[str, Any] = {}  # base fingerprint -> PeftModel
         self._tokenizers: dict[str, Any] = {}  # adapter id -> tokenizer
+        # adapter id -> (reply memory or None, speaker naming): the prompt it was trained on
+        self._prompting: dict[str, tuple[Any, bool | None]] = {}
         self._loading = threading.Lock()
         self.generating = threading.Lock()
 
@@ -205,6 +207,7 @@ class ModelPool:
             from transformers import AutoTokenizer
 
             from echo_pipeline.base_model import load_causal_lm
+            from echo_pipeline.chat import adapter_group_chat, adapter_memory
 
             recorded = AdapterMetadata.load(voice.adapter_dir).base_model
             base = resolve_base_model(recorded.source, revision=recorded.revision)
@@ -215,6 +218,11 @@ class ModelPool:
                 )
             validate_adapter_dir(voice.adapter_dir, base_model_config(base))
             tokenizer = AutoTokenizer.from_pretrained(voice.adapter_dir, local_files_only=True)
+            meta = AdapterMetadata.load(voice.adapter_dir)
+            self._prompting[voice.adapter] = (
+                adapter_memory(voice.adapter_dir, meta),
+                adapter_group_chat(voice.adapter_dir, meta),
+            )
             if model is None:
                 loaded = load_causal_lm(base, quantization="none", purpose="inference")
                 model = PeftModel.from_pretrained(
@@ -236,10 +244,12 @@ class ModelPool:
         prompt: str,
         prompt_author: str,
     ) -> list[int]:
-        """The evaluation's prompt: recorded template and system prompt, last context turns."""
+        """The evaluation's prompt: recorded template and system prompt, last context turns,
+        the adapter's reply memory and speaker naming (the base borrows its adapter's prompt)."""
         from echo_pipeline.tokenization import tokenize_inference_prompt
 
         kept = list(context)[-voice.context_turns :] if voice.context_turns else []
+        memory, is_group = self._prompting.get(voice.adapter, (None, None))
         return tokenize_inference_prompt(
             voice.template,
             tokenizer,
@@ -247,7 +257,9 @@ class ModelPool:
             prompt,
             voice.system_prompt,
             prompt_author=prompt_author,
+            is_group=is_group,
             max_tokens=voice.max_prompt_tokens,
+            examples=memory.examples_for([prompt])[0] if memory is not None else (),
         )
 
     def stream(
