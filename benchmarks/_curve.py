@@ -252,3 +252,44 @@ def plot(corpus: str, out: Path) -> None:
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
+
+
+def markdown(corpus: str) -> str:
+    """The recorded points of ``corpus`` as RESULTS.md's table (base and replay from the
+    first point: the same held-out split and prompts for all)."""
+    rows = [r for r in json.loads(RESULTS.read_text()) if r["corpus"] == corpus]
+    rows = [r for r in rows if r["result"].get("metrics")]
+    columns = (
+        ("reply loss", "reply_loss", 3),
+        ("AUC (harder)", "hardest_discriminator_auc", 3),
+        ("in-context", "in_context", 3),
+        ("known bigrams", "known_bigram_rate", 3),
+        ("stop rate", "stop_rate", 2),
+    )
+
+    def cells(metrics: dict, side: str) -> list[str]:
+        values = [metrics.get(f"{side}_{key}") for _, key, _ in columns]
+        return [
+            "–" if v is None else f"{v:.{digits}f}"
+            for v, (_, _, digits) in zip(values, columns, strict=True)
+        ]
+
+    head = ["point", "train pairs", *(c[0] for c in columns), "verdict", "minutes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    first = rows[0]["result"]["metrics"] if rows else {}
+    for side, label in (("real", "my real replies"), ("base", "base"), ("replay", "replay")):
+        lines.append(f"| {label} | | " + " | ".join(cells(first, side)) + " | | |")
+    for r in rows:
+        result = r["result"]
+        if r["lever"] == "sft+memory":  # the base prompted with the same examples, untrained
+            lines.append(
+                f"| base + memory ({r['point']}) | | "
+                + " | ".join(cells(result["metrics"], "base"))
+                + f" | {result['verdicts']['base']} | |"
+            )
+        lines.append(
+            f"| {r['point']} | {r['train_pairs']} | "
+            + " | ".join(cells(result["metrics"], "adapter"))
+            + f" | {result['verdicts']['adapter']} | {result['minutes']:.0f} |"
+        )
+    return "\n".join(lines)

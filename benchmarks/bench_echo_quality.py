@@ -294,6 +294,9 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    if args.curve and args.markdown:
+        print(_curve.markdown(args.corpora.split(",")[0]))
+        return 0
     if args.curve and args.plot:
         _curve.plot(args.corpora.split(",")[0], args.plot)
         return 0
