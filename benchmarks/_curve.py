@@ -244,11 +244,16 @@ def plot(corpus: str, out: Path) -> None:
             value = reference.get(f"{side}_{suffix}")
             if value is not None:
                 ax.axhline(value, color=colour, ls=":", lw=1.2, label=side)
+        if suffix == "hardest_discriminator_auc" and "base_" + suffix in reference:
+            limit = (reference["base_" + suffix] + 0.5) / 2  # the verdict's: halfway to 0.5
+            ax.axhline(limit, color="tab:green", ls="--", lw=1.2, label="'sounds like you' below")
         ax.set_xlabel("train pairs")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{corpus}: what data, memory, DPO and more steps buy (SmolLM2-135M, chatml)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    levers = sorted({r["lever"] for r in rows})
+    fig.suptitle(f"{corpus}: what each lever bought ({', '.join(levers)}; SmolLM2-135M, chatml)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
