@@ -285,8 +285,8 @@ def evaluation_report(
 
 
 def _add_human_reader(result, root, partition: str) -> None:
-    """ "Fooled a human reader: x of n" from the judgements of "which one is me?" so far, beside
-    the discriminator's verdict (as metrics too once someone has played)."""
+    """The report's "fooled a human reader: x of n", from the rounds of "which one is me?"
+    played so far, beside the discriminator's verdict (metrics too once someone has played)."""
     from echo_pipeline.feedback import fooled_score, load_judgements
 
     score = fooled_score(load_judgements(root, partition))
