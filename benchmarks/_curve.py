@@ -105,8 +105,13 @@ def run_point(export: Path, me: str, text: str, template: str) -> tuple[Path, bo
 def _preference(template: str, layout) -> tuple[bool, Path]:
     import dagster as dg
 
-    from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, adapter_key, build_resources
-    from echo_pipeline.layout import adapter_slug
+    from echo_pipeline.definitions import (
+        ALL_ASSETS,
+        ALL_CHECKS,
+        adapter_key,
+        build_resources,
+        preference_paths,
+    )
     from echo_pipeline.runner import ensure_dagster_home
 
     ensure_dagster_home()
@@ -128,8 +133,7 @@ def _preference(template: str, layout) -> tuple[bool, Path]:
         print(f"{asset}: {'ok' if result.success else 'FAILED'}", flush=True)
         if not result.success:
             return False, Path("/nonexistent")
-    # where preference_report writes (beside evaluation_report, under the adapter's slug)
-    return True, layout.root / "preference_report" / adapter_slug(template, "echo") / "metrics.json"
+    return True, preference_paths(layout, template, "echo")["report"] / "metrics.json"
 
 
 def run_curve(corpus: str, points: list[str], args, script: str) -> None:

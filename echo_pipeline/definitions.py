@@ -14,6 +14,7 @@ import dagster as dg
 from echo_pipeline.defs.evaluation import EvaluationReportConfig
 from echo_pipeline.defs.freshness import CODE_VERSIONS, latest_materialization, stale_reasons
 from echo_pipeline.defs.partitions import adapter_key
+from echo_pipeline.defs.preference import preference_paths
 from echo_pipeline.defs.resources import BaseModelResource, build_resources
 from echo_pipeline.defs.training import LoraConfig
 from echo_pipeline.paths import PROJECT_ROOT
@@ -42,4 +43,4 @@ __all__ = ["ALL_ASSETS", "ALL_CHECKS", "build_resources", "defs"]
 # what the shell runner asks of the Dagster layer
 __all__ += ["BaseModelResource", "EvaluationReportConfig", "adapter_key"]
 __all__ += ["latest_materialization", "stale_reasons"]
-__all__ += ["CODE_VERSIONS", "LoraConfig"]
+__all__ += ["CODE_VERSIONS", "LoraConfig", "preference_paths"]

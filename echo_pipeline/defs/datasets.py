@@ -215,7 +215,7 @@ dataset_assets = [template_dataset]
 def _base_choice_metadata(base_model: BaseModelResource) -> dict:
     """With base model ``auto``: the bits per character of each base on my replies, and why
     the chosen one won (the adapter records the chosen base itself)."""
-    if base_model.source.strip().lower() != "auto":
+    if not base_model.is_auto():
         return {}
     choice = base_model.choice()[1]
     return {

@@ -287,15 +287,16 @@ def evaluation_report(
 def _add_human_reader(result, root, partition: str) -> None:
     """The report's "fooled a human reader: x of n", from the rounds of "which one is me?"
     played so far, beside the discriminator's verdict (metrics too once someone has played)."""
+    from echo_pipeline.defs.feedback import FOOLED, FOOLED_SHARE, ROUNDS
     from echo_pipeline.feedback import fooled_score, load_judgements
 
     score = fooled_score(load_judgements(root, partition))
     result.lineage["human_reader"] = score.as_dict() | {"sentence": score.sentence()}
-    if score.rounds:
+    if score.rounds:  # the names human_judgements logs to the same run
         result.metrics |= {
-            "human_judgements": float(score.rounds),
-            "human_fooled": float(score.fooled),
-            "human_fooled_share": score.share,
+            ROUNDS: float(score.rounds),
+            FOOLED: float(score.fooled),
+            FOOLED_SHARE: score.share,
         }
 
 

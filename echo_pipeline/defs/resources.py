@@ -33,7 +33,9 @@ class BaseModelResource(dg.ConfigurableResource):
     )
 
     def is_auto(self) -> bool:
-        return self.source.strip().lower() == "auto"
+        from echo_pipeline.base_choice import AUTO
+
+        return self.source.strip().lower() == AUTO
 
     def resolve(self):
         from echo_pipeline.base_model import resolve_base_model
