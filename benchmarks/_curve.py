@@ -19,6 +19,7 @@ evaluation), go to ``benchmarks/results/echo_curve.json``; ``--plot`` draws them
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -173,11 +174,13 @@ def run_curve(corpus: str, points: list[str], args, script: str) -> None:
 
 def record(corpus: str, point: Point, result: dict, folder: Path) -> None:
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    rows = [r for r in rows if (r["corpus"], r["point"]) != (corpus, str(point))]
+    names = _speaker_names(folder)
+    rows = [r for r in rows if _key(r) != (corpus, str(point), names)]
     rows.append(
         {
             "corpus": corpus,
             "point": str(point),
+            "speaker_names": names,
             "lever": point.lever,
             "share": point.share,
             "steps": point.steps or 120,
@@ -196,6 +199,21 @@ def record(corpus: str, point: Point, result: dict, folder: Path) -> None:
         f"auc={metrics.get('adapter_discriminator_auc')} loss={metrics.get('adapter_reply_loss')}",
         flush=True,
     )
+
+
+def _key(row: dict) -> tuple:
+    return row["corpus"], row["point"], row.get("speaker_names", False)
+
+
+def _speaker_names(folder: Path) -> bool:
+    """Whether the point's dataset named every speaker (``group_chat`` in its manifest): the
+    points before that default are kept beside the ones after it."""
+    manifests = sorted((folder / "data" / "template_dataset").glob("*.manifest.json"))
+    return any(json.loads(m.read_text()).get("group_chat", False) for m in manifests)
+
+
+def _label(row: dict) -> str:
+    return row["point"] + (" names" if row.get("speaker_names") else "")
 
 
 def _train_pairs(folder: Path) -> int | None:
@@ -230,19 +248,23 @@ def plot(corpus: str, out: Path) -> None:
     rows = [r for r in rows if r["result"].get("metrics") and r["train_pairs"]]
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.2))
     for ax, (suffix, label) in zip(axes, PANELS, strict=True):
-        for lever, style in LEVER_STYLE.items():
+        for (lever, style), names in itertools.product(LEVER_STYLE.items(), (False, True)):
             points = sorted(
                 (r["train_pairs"], r["result"]["metrics"].get(f"adapter_{suffix}"))
                 for r in rows
-                if r["lever"] == lever and r["steps"] == 120
+                if r["lever"] == lever
+                and r["steps"] == 120
+                and r.get("speaker_names", False) == names
             )
             points = [(x, y) for x, y in points if y is not None]
             if points:
-                ax.plot(*zip(*points, strict=True), style, label=f"{lever} (120 steps)")
+                label = f"{lever}{' names' if names else ''} (120 steps)"
+                fill = None if names else "none"  # hollow: before every speaker was named
+                ax.plot(*zip(*points, strict=True), style, label=label, mfc=fill)
         for r in rows:
             value = r["result"]["metrics"].get(f"adapter_{suffix}")
             if r["steps"] != 120 and value is not None:
-                ax.plot(r["train_pairs"], value, "o", mfc="none", ms=10, label=f"{r['point']}")
+                ax.plot(r["train_pairs"], value, "*", ms=12, label=_label(r))
         reference = rows[0]["result"]["metrics"]
         for side, colour in (("base", "grey"), ("replay", "tab:red"), ("real", "black")):
             value = reference.get(f"{side}_{suffix}")
@@ -292,12 +314,12 @@ def markdown(corpus: str) -> str:
         result = r["result"]
         if r["lever"] == "sft+memory":  # the base prompted with the same examples, untrained
             lines.append(
-                f"| base + memory ({r['point']}) | | "
+                f"| base + memory ({_label(r)}) | | "
                 + " | ".join(cells(result["metrics"], "base"))
                 + f" | {result['verdicts']['base']} | |"
             )
         lines.append(
-            f"| {r['point']} | {r['train_pairs']} | "
+            f"| {_label(r)} | {r['train_pairs']} | "
             + " | ".join(cells(result["metrics"], "adapter"))
             + f" | {result['verdicts']['adapter']} | {result['minutes']:.0f} |"
         )
