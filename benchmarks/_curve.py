@@ -51,16 +51,22 @@ class Point:
     lever: str
     share: float
     steps: int  # 0: the recipe's cap
+    decode: tuple[tuple[str, str], ...] = ()  # evaluation (and DPO sampling) overrides
 
     @classmethod
     def parse(cls, text: str) -> Point:
+        text, _, decode = text.partition("/")
         lever, _, rest = text.partition("@")
         share, _, steps = rest.partition(":")
         if lever.removesuffix("+dpo") not in ("sft", "sft+memory") or not share:
             raise SystemExit(
-                f"bad curve point {text!r}: lever@share[:steps], lever sft[+memory][+dpo]"
+                f"bad curve point {text!r}: lever@share[:steps][/key=value,...], "
+                "lever sft[+memory][+dpo]"
             )
-        return cls(lever, float(share), int(steps or 0))
+        pairs = tuple(tuple(kv.split("=", 1)) for kv in decode.split(",") if kv)
+        if any(len(kv) != 2 for kv in pairs):
+            raise SystemExit(f"bad decoding overrides {decode!r}: key=value,...")
+        return cls(lever, float(share), int(steps or 0), pairs)  # type: ignore[arg-type]
 
     @property
     def supervised(self) -> Point:
@@ -70,8 +76,21 @@ class Point:
     def dpo(self) -> bool:
         return self.lever.endswith("+dpo")
 
+    @property
+    def overrides(self) -> dict:
+        """The decoding overrides as run config values (numbers as numbers)."""
+        values = {}
+        for key, text in self.decode:
+            try:
+                values[key] = json.loads(text)
+            except json.JSONDecodeError:
+                values[key] = text
+        return values
+
     def __str__(self) -> str:
-        return f"{self.lever}@{self.share:g}" + (f":{self.steps}" if self.steps else "")
+        steps = f":{self.steps}" if self.steps else ""
+        decode = "/" + ",".join(f"{k}={v}" for k, v in self.decode) if self.decode else ""
+        return f"{self.lever}@{self.share:g}{steps}{decode}"
 
 
 def run_config(point: Point, me: str) -> dict:
@@ -99,29 +118,36 @@ def run_point(export: Path, me: str, text: str, template: str) -> tuple[Path, bo
     layout = Layout.default()
     metrics = layout.report_dir(template, "echo") / "metrics.json"
     if ok and point.dpo:
-        ok, metrics = _preference(template, layout)
+        ok, metrics = _preference(template, layout, point.overrides)
+    elif ok and point.decode:
+        ok = _materialise(template, (("evaluation_report", CURVE_EVALUATION | point.overrides),))
     return metrics, ok, (time.perf_counter() - started) / 60
 
 
-def _preference(template: str, layout) -> tuple[bool, Path]:
+def _preference(template: str, layout, overrides: dict) -> tuple[bool, Path]:
+    """The preference stage on the point's supervised adapter, sampling and judged with
+    ``overrides`` of the decoding."""
+    from echo_pipeline.definitions import preference_paths
+
+    stages = (
+        ("preference_pairs", CURVE_PREFERENCE | overrides),
+        ("preference_adapter", CURVE_PREFERENCE | overrides),
+        ("preference_report", CURVE_EVALUATION | overrides),
+    )
+    ok = _materialise(template, stages)
+    return ok, preference_paths(layout, template, "echo")["report"] / "metrics.json"
+
+
+def _materialise(template: str, stages: tuple[tuple[str, dict], ...]) -> bool:
+    """Each (asset, config) of ``stages`` in turn on the echo adapter's partition."""
     import dagster as dg
 
-    from echo_pipeline.definitions import (
-        ALL_ASSETS,
-        ALL_CHECKS,
-        adapter_key,
-        build_resources,
-        preference_paths,
-    )
+    from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, adapter_key, build_resources
     from echo_pipeline.runner import ensure_dagster_home
 
     ensure_dagster_home()
     key = adapter_key(template, "echo")
-    for asset, config in (
-        ("preference_pairs", CURVE_PREFERENCE),
-        ("preference_adapter", CURVE_PREFERENCE),
-        ("preference_report", CURVE_EVALUATION),
-    ):
+    for asset, config in stages:
         result = dg.materialize(
             [*ALL_ASSETS, *ALL_CHECKS],
             selection=[asset],
@@ -133,8 +159,8 @@ def _preference(template: str, layout) -> tuple[bool, Path]:
         )
         print(f"{asset}: {'ok' if result.success else 'FAILED'}", flush=True)
         if not result.success:
-            return False, Path("/nonexistent")
-    return True, preference_paths(layout, template, "echo")["report"] / "metrics.json"
+            return False
+    return True
 
 
 def run_curve(corpus: str, points: list[str], args, script: str) -> None:
@@ -142,7 +168,7 @@ def run_curve(corpus: str, points: list[str], args, script: str) -> None:
     for text in points:
         point = Point.parse(text)
         folder = args.workdir / f"curve-{corpus}-{point.supervised}"
-        if not point.dpo:
+        if not point.dpo and not point.decode:
             subprocess.run(["rm", "-rf", str(folder)], check=True)
         env = os.environ | {
             "ECHO_DATA_DIR": str(folder / "data"),

@@ -112,6 +112,7 @@ class ChatSession:
         """Replies for a batch of prompt ids (left-padded), each with whether it ended at EOS."""
         import torch
 
+        from echo_pipeline.evaluation.generation import model_generate_kwargs
         from echo_pipeline.tokenization import stop_token_id
 
         eos = stop_token_id(self.template, self.tokenizer)
@@ -120,15 +121,16 @@ class ChatSession:
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
         device = next(self.model.parameters()).device
+        max_new_tokens = kwargs.pop("max_new_tokens", self.max_new_tokens)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
-                max_new_tokens=kwargs.pop("max_new_tokens", self.max_new_tokens),
+                max_new_tokens=max_new_tokens,
                 eos_token_id=eos,
                 pad_token_id=pad,
                 do_sample=do_sample,
-                **kwargs,
+                **model_generate_kwargs(kwargs, width),
             )
         replies = []
         for row in out[:, width:].tolist():

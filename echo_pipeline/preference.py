@@ -77,6 +77,7 @@ class PreferenceConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
+    penalty_scope: str = "prompt"  # GenerationSettings.penalty_scope: "prompt" or "reply"
     batch_size: int = 16  # prompts generated together
     max_steps: int = 0  # 0: derived from epochs
     epochs: float = 1.0
@@ -110,6 +111,8 @@ class PreferenceConfig:
                 raise ValueError(f"PreferenceConfig.{name} must be positive, got {value}")
         if self.max_steps < 0 or (self.epochs <= 0 and self.max_steps == 0):
             raise ValueError("PreferenceConfig: set max_steps > 0 or epochs > 0")
+        if self.penalty_scope not in ("prompt", "reply"):
+            raise ValueError("PreferenceConfig.penalty_scope is 'prompt' or 'reply'")
         if self.sft_weight < 0 or self.max_prompts < 0 or self.warmup_steps < 0:
             raise ValueError("PreferenceConfig: sft_weight, max_prompts, warmup_steps are >= 0")
 
@@ -126,6 +129,7 @@ class PreferenceConfig:
             temperature=self.temperature,
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,
+            penalty_scope=self.penalty_scope,
             seed=seed,
         )
 

@@ -1,5 +1,7 @@
 """Evaluation stage: does each adapter sound like me, and which one does best?"""
 
+from typing import Literal
+
 import dagster as dg
 from pydantic import Field
 
@@ -95,7 +97,13 @@ class EvaluationReportConfig(dg.Config):
         default=0.9, gt=0, le=1, description="Nucleus sampling mass (only with do_sample)."
     )
     repetition_penalty: float = Field(
-        default=1.1, ge=1, description="Penalty on tokens already in the prompt or reply (1: off)."
+        default=1.1, ge=1, description="Penalty on tokens already written (1: off)."
+    )
+    penalty_scope: Literal["prompt", "reply"] = Field(
+        default="prompt",
+        description="Tokens the repetition penalty falls on: 'prompt' (the prompt's and the "
+        "reply's, as transformers does: the stop token and the conversation's names too) or "
+        "'reply' (only the reply's own).",
     )
     seed: int = Field(default=0, description="Seeds the choice of prompts and the sampling.")
     max_prompt_tokens: int = Field(
@@ -134,6 +142,7 @@ class EvaluationReportConfig(dg.Config):
             temperature=self.temperature,
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,
+            penalty_scope=self.penalty_scope,
             seed=self.seed,
         )
         return EvaluationConfig(

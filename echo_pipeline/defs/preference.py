@@ -36,6 +36,7 @@ _SAMPLING_FIELDS = (
     "temperature",
     "top_p",
     "repetition_penalty",
+    "penalty_scope",
     "seed",
 )
 
@@ -55,6 +56,9 @@ class PreferenceStageConfig(dg.Config):
     temperature: float | None = Field(default=None, gt=0, description="Sampling temperature.")
     top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling mass.")
     repetition_penalty: float | None = Field(default=None, ge=1, description="1: off.")
+    penalty_scope: str | None = Field(
+        default=None, description="'prompt' or 'reply': the tokens the penalty falls on."
+    )
     batch_size: int | None = Field(default=None, ge=1, description="Prompts sampled together.")
     max_steps: int | None = Field(
         default=None, ge=0, description="DPO steps per round (0: from epochs)."

@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from echo_pipeline.training import torch_threads  # noqa: F401 (re-exported for the evaluation)
 
@@ -34,6 +34,11 @@ class GenerationSettings:
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
+    # Which tokens the penalty falls on. "prompt": every token in the prompt and the reply, as
+    # transformers' ``repetition_penalty`` does, which also penalises the template's stop token
+    # (``<|im_end|>`` closes every prompt turn) and the conversation's own names and words.
+    # "reply": only the tokens the reply has written so far, the loop guard it is meant to be.
+    penalty_scope: Literal["prompt", "reply"] = "prompt"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -43,6 +48,8 @@ class GenerationSettings:
             raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
         if self.repetition_penalty < 1:
             raise ValueError("repetition_penalty must be >= 1 (1: off)")
+        if self.penalty_scope not in ("prompt", "reply"):
+            raise ValueError(f"penalty_scope is 'prompt' or 'reply', not {self.penalty_scope!r}")
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -52,17 +59,36 @@ class GenerationSettings:
         if self.do_sample:
             kwargs |= {"temperature": self.temperature, "top_p": self.top_p}
         if self.repetition_penalty != 1:
-            kwargs["repetition_penalty"] = self.repetition_penalty
+            key = (
+                "reply_repetition_penalty"
+                if self.penalty_scope == "reply"
+                else "repetition_penalty"
+            )
+            kwargs[key] = self.repetition_penalty
         return kwargs
 
     def describe(self) -> str:
         """How the replies were decoded, in words for a report."""
+        penalty = f"repetition penalty {self.repetition_penalty}"
+        if self.repetition_penalty != 1 and self.penalty_scope == "reply":
+            penalty += " on the reply's own tokens"
         if not self.do_sample:
-            return f"greedy, repetition penalty {self.repetition_penalty}"
-        return (
-            f"sampled: temperature {self.temperature}, top-p {self.top_p}, "
-            f"repetition penalty {self.repetition_penalty}"
-        )
+            return f"greedy, {penalty}"
+        return f"sampled: temperature {self.temperature}, top-p {self.top_p}, {penalty}"
+
+
+def model_generate_kwargs(decoding: dict[str, Any], prompt_width: int) -> dict[str, Any]:
+    """``decoding`` (from :meth:`GenerationSettings.generate_kwargs`) as ``model.generate``
+    takes it, for a batch of prompts left-padded to ``prompt_width`` tokens: a penalty on the
+    reply's tokens only becomes transformers' processor told to skip the prompt."""
+    kwargs = dict(decoding)
+    penalty = kwargs.pop("reply_repetition_penalty", None)
+    if penalty is not None:
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+        processor = RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=prompt_width)
+        kwargs["logits_processor"] = LogitsProcessorList([processor])
+    return kwargs
 
 
 @dataclass(frozen=True)

@@ -274,7 +274,7 @@ class ModelPool:
         import torch
         from transformers import TextIteratorStreamer
 
-        from echo_pipeline.evaluation.generation import adapter_disabled
+        from echo_pipeline.evaluation.generation import adapter_disabled, model_generate_kwargs
         from echo_pipeline.tokenization import stop_token_id
 
         model, tokenizer, name = self._load(voice)
@@ -284,7 +284,7 @@ class ModelPool:
         streamer = TextIteratorStreamer(
             tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300
         )
-        kwargs = settings.generate_kwargs()
+        kwargs = model_generate_kwargs(settings.generate_kwargs(), len(ids))
         failure: list[BaseException] = []
 
         def generate() -> None:

@@ -8,6 +8,7 @@ from echo_pipeline.evaluation.generation import (
     GenerationSettings,
     adapter_disabled,
     generate_replies,
+    model_generate_kwargs,
     stop_rate,
     torch_threads,
 )
@@ -111,6 +112,39 @@ def test_sampled_draws_are_reproducible_per_seed(session, prompt_ids):
     first = generate_replies(session, prompt_ids, settings)
     again = generate_replies(session, prompt_ids, settings)
     assert first.texts == again.texts
+
+
+def test_a_penalty_on_the_reply_leaves_the_prompts_words_and_stop_token_alone():
+    import torch
+
+    reply = GenerationSettings(repetition_penalty=2.0, penalty_scope="reply").generate_kwargs()
+    assert "repetition_penalty" not in reply and "reply" in GenerationSettings(
+        penalty_scope="reply"
+    ).describe()
+    kwargs = model_generate_kwargs(reply, prompt_width=3)
+    assert "reply_repetition_penalty" not in kwargs
+    (processor,) = kwargs["logits_processor"]
+    # prompt: padding 0, then 5 and 6 (5 is the template's stop token); reply so far: 7
+    scores = processor(torch.tensor([[0, 5, 6, 7]]), torch.full((1, 10), 2.0))
+    assert scores[0, 5] == scores[0, 6] == 2.0  # the prompt's tokens: untouched
+    assert scores[0, 7] == 1.0  # the reply's own: penalised
+    # The old scope is transformers' own: no processor of ours.
+    prompt = GenerationSettings(repetition_penalty=2.0).generate_kwargs()
+    assert model_generate_kwargs(prompt, prompt_width=3) == prompt
+    with pytest.raises(ValueError, match="penalty_scope"):
+        GenerationSettings(penalty_scope="all")
+
+
+def test_a_reply_scoped_penalty_cannot_change_a_first_token(session, prompt_ids):
+    """Nothing of the reply is written before its first token, so a reply-scoped penalty, however
+    hard, leaves it as unpenalised greedy decoding has it (through ChatSession.generate)."""
+
+    def first_tokens(**penalty):
+        settings = GenerationSettings(max_new_tokens=1, batch_size=2, do_sample=False, **penalty)
+        return generate_replies(session, prompt_ids, settings).texts
+
+    plain = first_tokens(repetition_penalty=1.0)
+    assert first_tokens(repetition_penalty=50.0, penalty_scope="reply") == plain
 
 
 def test_adapter_disabled_refuses_a_plain_model():
