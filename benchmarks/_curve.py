@@ -179,7 +179,7 @@ def run_curve(corpus: str, points: list[str], args, script: str) -> None:
         print(f"-- {corpus} {point} ...", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
         template = ("--template", args.template)
-        log = folder / f"point-{point.lever}.log"  # followed live with tail -f
+        log = folder / f"point-{str(point).replace('/', '~')}.log"  # followed with tail -f
         with log.open("w", encoding="utf-8") as out:
             subprocess.run(
                 [sys.executable, script, "--one-point", corpus, str(point), *template],
