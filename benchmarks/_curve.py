@@ -114,7 +114,10 @@ def run_point(export: Path, me: str, text: str, template: str) -> tuple[Path, bo
     os.environ["ECHO_EXPORT_DIR"] = str(export)
     os.environ["ECHO_ME"] = me
     started = time.perf_counter()
-    ok = bool(run_pipeline([template], ["echo"], run_config=run_config(point.supervised, me)))
+    if point.dpo or point.decode:  # on its supervised point's adapter, trained before it
+        ok = (Layout.default().adapter_dir(template, "echo") / "adapter_config.json").exists()
+    else:
+        ok = bool(run_pipeline([template], ["echo"], run_config=run_config(point.supervised, me)))
     layout = Layout.default()
     metrics = layout.report_dir(template, "echo") / "metrics.json"
     if ok and point.dpo:
