@@ -8,12 +8,14 @@ A point is ``lever@share[:steps]``:
   preference stage on that supervised adapter, against its own sampled replies);
 * ``share``: the share of the train sessions kept (``conversation_pairs.train_share``: nested,
   the held-out split unchanged, so every point is judged on the same prompts);
-* ``steps``: the supervised budget (``max_steps_cap``; the recipe's 120 when left out).
+* ``steps``: the supervised budget (``max_steps_cap``; the recipe's 120 when left out);
+* ``/key=value,...`` (optional): decoding overrides (``penalty_scope=reply,temperature=1.0``)
+  for the report, and for the preference stage's sampling on a ``+dpo`` point.
 
 Each supervised point runs the whole pipeline through the shell runner (real Dagster, real
-MLflow, real training) in a fresh folder of its own; a ``+dpo`` point runs in its supervised
-point's folder (the runner finds that adapter up to date) and then materialises the preference
-assets. The report's numbers, plus the training's own (steps, epochs, tokens, validation loss per
+MLflow, real training) in a fresh folder of its own. A ``+dpo`` point and a point with decoding
+overrides run in their supervised point's folder, on the adapter it trained (run that point
+first): the first materialises the preference assets, the second the report again. The report's numbers, plus the training's own (steps, epochs, tokens, validation loss per
 evaluation), go to ``benchmarks/results/echo_curve.json``; ``--plot`` draws them.
 """
 

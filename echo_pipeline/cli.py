@@ -382,6 +382,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             top_p=args.top_p,
             repetition_penalty=args.repetition_penalty,
+            penalty_scope=args.penalty_scope,
             seed=args.seed,
         )
     except ValueError as error:
@@ -611,6 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.1,
         help="Guard against loops (1: off; default 1.1).",
+    )
+    p.add_argument(
+        "--penalty-scope",
+        choices=("reply", "prompt"),
+        default="reply",
+        help="Where the repetition penalty falls: the reply's own tokens (default) or the "
+        "prompt's too, as transformers does (the clone then avoids the conversation's words "
+        "and its stop token).",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="Sampling seed: the same seed, the same replies."

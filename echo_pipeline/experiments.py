@@ -29,6 +29,9 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
     # over the train split, capped at 120 steps of 1,024 tokens (about 10 minutes at 200 tokens/s),
     # a peak rate low enough not to collapse a small base onto one reply, and the adapter with
     # the lowest validation loss kept. Tuned on the real exports (benchmarks/RESULTS.md).
+    # Validation every 40 steps, not 20: a pass over a long export's split (135 pairs) costs as
+    # much as 11 training steps here, and on every long export measured the best step was the
+    # last (RESULTS section 14); three passes keep the guard against over-fitting a short one.
     "echo": {
         "epochs": 2.0,
         "max_steps_cap": 120,
@@ -36,7 +39,7 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
         "learning_rate": 5e-4,
         "warmup_ratio": 0.05,
         "min_lr_ratio": 0.1,
-        "eval_every": 20,
+        "eval_every": 40,
         "checkpoint_every": 20,
         "log_every": 5,
     },

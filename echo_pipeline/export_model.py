@@ -80,12 +80,15 @@ def modelfile_text(
     lines += ["FROM .", f"TEMPLATE {quoted(ollama_template(template, tokenizer))}"]
     if system_prompt:
         lines.append(f"SYSTEM {quoted(system_prompt)}")
-    # The decoding the evaluation judged the adapter with (GenerationSettings' defaults).
+    # The decoding the evaluation judged the adapter with (GenerationSettings' defaults), but
+    # for the repetition penalty: Ollama's looks back over the prompt too (repeat_last_n), where
+    # it falls on the stop token and the conversation's names and words, and a penalty there
+    # kept a trained clone from stopping (benchmarks/RESULTS.md section 14). Off, as measured.
     lines += [
         f"PARAMETER stop {json.dumps(stop_text)}",
         "PARAMETER temperature 0.7",
         "PARAMETER top_p 0.9",
-        "PARAMETER repeat_penalty 1.1",
+        "PARAMETER repeat_penalty 1.0",
         "",
     ]
     return "\n".join(lines)

@@ -77,7 +77,7 @@ class PreferenceConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
-    penalty_scope: str = "prompt"  # GenerationSettings.penalty_scope: "prompt" or "reply"
+    penalty_scope: str = "reply"  # GenerationSettings.penalty_scope: "prompt" or "reply"
     batch_size: int = 16  # prompts generated together
     max_steps: int = 0  # 0: derived from epochs
     epochs: float = 1.0

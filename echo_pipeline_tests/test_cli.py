@@ -84,13 +84,15 @@ def test_show_labels_prints_masked_prompt_and_labelled_reply(tmp_path, capsys, b
     assert "-100" in table and "<|im_end|>" in table
 
 
-SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
+SAMPLING = {"temperature": 0.7, "top_p": 0.9}
 
 
 def sampled_reply(model, tokenizer, prompt: str, *, max_new_tokens: int, seed: int) -> str:
     """``model``'s own continuation of ``prompt`` in ChatML, sampled from ``seed`` with
-    ``SAMPLING``, up to the template's EOS, decoded."""
+    ``SAMPLING`` and a repetition penalty of 1.1 on the reply's own tokens, up to the
+    template's EOS, decoded."""
     import torch
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
     from echo_pipeline.tokenization import stop_token_id, tokenize_inference_prompt
 
@@ -105,6 +107,9 @@ def sampled_reply(model, tokenizer, prompt: str, *, max_new_tokens: int, seed: i
             do_sample=True,
             eos_token_id=eos,
             pad_token_id=eos,
+            logits_processor=LogitsProcessorList(
+                [RepetitionPenaltyLogitsProcessor(1.1, prompt_ignore_length=len(ids))]
+            ),
             **SAMPLING,
         )
     new = out[0, len(ids) :].tolist()

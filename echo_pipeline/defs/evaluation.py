@@ -100,7 +100,7 @@ class EvaluationReportConfig(dg.Config):
         default=1.1, ge=1, description="Penalty on tokens already written (1: off)."
     )
     penalty_scope: Literal["prompt", "reply"] = Field(
-        default="prompt",
+        default="reply",
         description="Tokens the repetition penalty falls on: 'prompt' (the prompt's and the "
         "reply's, as transformers does: the stop token and the conversation's names too) or "
         "'reply' (only the reply's own).",

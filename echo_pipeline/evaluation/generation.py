@@ -23,8 +23,9 @@ class GenerationSettings:
 
     Greedy decoding makes a small clone collapse onto its most likely reply ("Ha" to every
     prompt, on a real chat); sampling at temperature 1 makes it babble. The defaults
-    (temperature 0.7, nucleus 0.9, a mild repetition penalty) are what chat front ends ship and
-    what the real corpora in benchmarks/RESULTS.md were scored with. ``do_sample=False`` gives
+    (temperature 0.7, nucleus 0.9, a mild repetition penalty on the reply's own tokens) are what
+    chat front ends ship, but for where the penalty falls: on the whole prompt it kept a trained
+    clone from stopping and from naming the people it answers (RESULTS section 14). ``do_sample=False`` gives
     greedy decoding, for a deterministic look at the single most likely reply.
     """
 
@@ -38,7 +39,7 @@ class GenerationSettings:
     # transformers' ``repetition_penalty`` does, which also penalises the template's stop token
     # (``<|im_end|>`` closes every prompt turn) and the conversation's own names and words.
     # "reply": only the tokens the reply has written so far, the loop guard it is meant to be.
-    penalty_scope: Literal["prompt", "reply"] = "prompt"
+    penalty_scope: Literal["prompt", "reply"] = "reply"
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -124,9 +124,9 @@ def test_chat_side_by_side_and_the_game(trained, new_page, save_screenshot, tmp_
             session = ChatSession.from_adapter(
                 data / "lora_adapter" / "chatml__demo",
                 max_new_tokens=8,  # the quick evaluation's, which the page reads
-                decoding={"repetition_penalty": 1.1},
+                decoding={"reply_repetition_penalty": 1.1},
             )
-        decoding = {"max_new_tokens": 8, "repetition_penalty": 1.1}
+        decoding = {"max_new_tokens": 8, "reply_repetition_penalty": 1.1}
         [(expected, _)] = session.generate([session.prompt_ids(MESSAGE)], **decoding)
         assert shown == expected and shown
         # the conversation is carried: the second reply is prompted with the first exchange

@@ -95,7 +95,7 @@ def test_stop_rate_and_settings():
         "do_sample": True,
         "temperature": 0.7,
         "top_p": 0.9,
-        "repetition_penalty": 1.1,
+        "reply_repetition_penalty": 1.1,
     }
     greedy = GenerationSettings(do_sample=False, repetition_penalty=1.0)
     assert greedy.generate_kwargs() == {"max_new_tokens": 48, "do_sample": False}
@@ -118,9 +118,10 @@ def test_a_penalty_on_the_reply_leaves_the_prompts_words_and_stop_token_alone():
     import torch
 
     reply = GenerationSettings(repetition_penalty=2.0, penalty_scope="reply").generate_kwargs()
-    assert "repetition_penalty" not in reply and "reply" in GenerationSettings(
-        penalty_scope="reply"
-    ).describe()
+    assert (
+        "repetition_penalty" not in reply
+        and "reply" in GenerationSettings(penalty_scope="reply").describe()
+    )
     kwargs = model_generate_kwargs(reply, prompt_width=3)
     assert "reply_repetition_penalty" not in kwargs
     (processor,) = kwargs["logits_processor"]
@@ -129,7 +130,7 @@ def test_a_penalty_on_the_reply_leaves_the_prompts_words_and_stop_token_alone():
     assert scores[0, 5] == scores[0, 6] == 2.0  # the prompt's tokens: untouched
     assert scores[0, 7] == 1.0  # the reply's own: penalised
     # The old scope is transformers' own: no processor of ours.
-    prompt = GenerationSettings(repetition_penalty=2.0).generate_kwargs()
+    prompt = GenerationSettings(repetition_penalty=2.0, penalty_scope="prompt").generate_kwargs()
     assert model_generate_kwargs(prompt, prompt_width=3) == prompt
     with pytest.raises(ValueError, match="penalty_scope"):
         GenerationSettings(penalty_scope="all")
