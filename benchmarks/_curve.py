@@ -9,7 +9,7 @@ A point is ``lever@share[:steps]``:
 * ``share``: the share of the train sessions kept (``conversation_pairs.train_share``: nested,
   the held-out split unchanged, so every point is judged on the same prompts);
 * ``steps``: the supervised budget (``max_steps_cap``; the recipe's 120 when left out);
-* ``/key=value,...`` (optional): decoding overrides (``penalty_scope=reply,temperature=1.0``)
+* ``/key=value;...`` (optional): decoding overrides (``penalty_scope=reply;temperature=1.0``)
   for the report, and for the preference stage's sampling on a ``+dpo`` point.
 
 Each supervised point runs the whole pipeline through the shell runner (real Dagster, real
@@ -62,12 +62,12 @@ class Point:
         share, _, steps = rest.partition(":")
         if lever.removesuffix("+dpo") not in ("sft", "sft+memory") or not share:
             raise SystemExit(
-                f"bad curve point {text!r}: lever@share[:steps][/key=value,...], "
+                f"bad curve point {text!r}: lever@share[:steps][/key=value;...], "
                 "lever sft[+memory][+dpo]"
             )
-        pairs = tuple(tuple(kv.split("=", 1)) for kv in decode.split(",") if kv)
+        pairs = tuple(tuple(kv.split("=", 1)) for kv in decode.split(";") if kv)
         if any(len(kv) != 2 for kv in pairs):
-            raise SystemExit(f"bad decoding overrides {decode!r}: key=value,...")
+            raise SystemExit(f"bad decoding overrides {decode!r}: key=value;...")
         return cls(lever, float(share), int(steps or 0), pairs)  # type: ignore[arg-type]
 
     @property
@@ -91,7 +91,7 @@ class Point:
 
     def __str__(self) -> str:
         steps = f":{self.steps}" if self.steps else ""
-        decode = "/" + ",".join(f"{k}={v}" for k, v in self.decode) if self.decode else ""
+        decode = "/" + ";".join(f"{k}={v}" for k, v in self.decode) if self.decode else ""
         return f"{self.lever}@{self.share:g}{steps}{decode}"
 
 
