@@ -269,7 +269,8 @@ LEVER_STYLE = {"sft": "o-", "sft+memory": "s-", "sft+dpo": "^--", "sft+memory+dp
 
 def plot(corpus: str, out: Path) -> None:
     """One row of panels against train pairs: a line per lever at the recipe's budget, the
-    bigger budgets as hollow markers, the base, replay and my real replies as flat lines."""
+    bigger budgets and other decodings as stars, the base, replay and my real replies as flat
+    lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -285,16 +286,17 @@ def plot(corpus: str, out: Path) -> None:
                 for r in rows
                 if r["lever"] == lever
                 and r["steps"] == 120
+                and "/" not in r["point"]
                 and r.get("speaker_names", False) == names
             )
             points = [(x, y) for x, y in points if y is not None]
             if points:
-                label = f"{lever}{' names' if names else ''} (120 steps)"
+                line = f"{lever}{' names' if names else ''} (120 steps)"
                 fill = None if names else "none"  # hollow: before every speaker was named
-                ax.plot(*zip(*points, strict=True), style, label=label, mfc=fill)
+                ax.plot(*zip(*points, strict=True), style, label=line, mfc=fill)
         for r in rows:
             value = r["result"]["metrics"].get(f"adapter_{suffix}")
-            if r["steps"] != 120 and value is not None:
+            if (r["steps"] != 120 or "/" in r["point"]) and value is not None:
                 ax.plot(r["train_pairs"], value, "*", ms=12, label=_label(r))
         reference = rows[0]["result"]["metrics"]
         for side, colour in (("base", "grey"), ("replay", "tab:red"), ("real", "black")):
