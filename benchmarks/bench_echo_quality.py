@@ -115,7 +115,7 @@ def collect(metrics_file: Path, ok: bool = True, minutes: float = float("nan")) 
 
     report = json.loads(metrics_file.read_text(encoding="utf-8"))
     samples = [
-        {k: s.get(k) for k in ("prompt", "real", "base", "adapter")} for s in report["samples"][:6]
+        {k: s.get(k) for k in ("prompt", "real", "base", "adapter")} for s in report["samples"][:20]
     ]
     _add_real_stop_rate(report)
     # Judged again with today's thresholds, so rows evaluated on different days compare.
