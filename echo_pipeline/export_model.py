@@ -86,7 +86,7 @@ def modelfile_text(
     # kept a trained clone from stopping (benchmarks/RESULTS.md section 14). Off, as measured.
     lines += [
         f"PARAMETER stop {json.dumps(stop_text)}",
-        "PARAMETER temperature 0.7",
+        "PARAMETER temperature 1.0",
         "PARAMETER top_p 0.9",
         "PARAMETER repeat_penalty 1.0",
         "",
