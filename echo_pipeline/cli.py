@@ -604,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="One-shot: print the reply to this and exit.")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument(
-        "--temperature", type=float, default=1.0, help="Sampling temperature (default 1.0)."
+        "--temperature", type=float, default=0.7, help="Sampling temperature (default 0.7)."
     )
     p.add_argument("--top-p", type=float, default=0.9, help="Nucleus sampling mass (default 0.9).")
     p.add_argument(

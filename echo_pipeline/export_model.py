@@ -82,11 +82,12 @@ def modelfile_text(
         lines.append(f"SYSTEM {quoted(system_prompt)}")
     # The decoding the evaluation judged the adapter with (GenerationSettings' defaults), but
     # for the repetition penalty: Ollama's looks back over the prompt too (repeat_last_n), where
-    # it falls on the stop token and the conversation's names and words, and a penalty there
-    # kept a trained clone from stopping (benchmarks/RESULTS.md section 14). Off, as measured.
+    # it falls on the stop token and the conversation's names and words. On a trained clone
+    # that penalty cut the stop rate to 0.48 where none left 0.62 (benchmarks/RESULTS.md
+    # section 14), so it is off here.
     lines += [
         f"PARAMETER stop {json.dumps(stop_text)}",
-        "PARAMETER temperature 1.0",
+        "PARAMETER temperature 0.7",
         "PARAMETER top_p 0.9",
         "PARAMETER repeat_penalty 1.0",
         "",

@@ -74,7 +74,7 @@ class PreferenceConfig:
     samples_per_prompt: int = 2
     max_prompts: int = 0  # train prompts sampled (0: all)
     max_new_tokens: int = 48
-    temperature: float = 1.0
+    temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     penalty_scope: str = "reply"  # GenerationSettings.penalty_scope: "prompt" or "reply"

@@ -84,7 +84,7 @@ def test_show_labels_prints_masked_prompt_and_labelled_reply(tmp_path, capsys, b
     assert "-100" in table and "<|im_end|>" in table
 
 
-SAMPLING = {"temperature": 1.0, "top_p": 0.9}
+SAMPLING = {"temperature": 0.7, "top_p": 0.9}
 
 
 def sampled_reply(model, tokenizer, prompt: str, *, max_new_tokens: int, seed: int) -> str:
@@ -138,7 +138,7 @@ def test_chat_one_shot_with_an_adapter(tmp_path, capsys, monkeypatch, base_model
 
     monkeypatch.setattr(ChatSession, "from_adapter", classmethod(recording))
     prompt = "hey, are you coming?"
-    flags = ["--temperature", "1.0", "--top-p", "0.9", "--repetition-penalty", "1.1"]
+    flags = ["--temperature", "0.7", "--top-p", "0.9", "--repetition-penalty", "1.1"]
     argv = ["chat", "--adapter", str(adapter), "--prompt", prompt, "--max-new-tokens", "8"]
     capsys.readouterr()
     assert main([*argv, *flags, "--seed", "3"]) == 0

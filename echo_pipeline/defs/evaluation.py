@@ -91,7 +91,7 @@ class EvaluationReportConfig(dg.Config):
         description="Sample, as people chat (off: greedy, one most-likely reply per prompt).",
     )
     temperature: float = Field(
-        default=1.0, gt=0, description="Sampling temperature (only with do_sample)."
+        default=0.7, gt=0, description="Sampling temperature (only with do_sample)."
     )
     top_p: float = Field(
         default=0.9, gt=0, le=1, description="Nucleus sampling mass (only with do_sample)."

@@ -22,19 +22,19 @@ class GenerationSettings:
     """How replies are decoded: sampled, as people chat, with a fixed seed per draw.
 
     Greedy decoding makes a small clone collapse onto its most likely reply ("Ha" to every
-    prompt, on a real chat). The defaults sample from what the adapter learnt of my replies:
-    temperature 1 (0.7 sharpened it towards the most likely, generic reply, and a reader told
-    it from mine more easily: discriminator AUC 0.93 against 0.82 on a long real channel), the
-    nucleus at 0.9 cutting the unlikely tail, and a mild repetition penalty on the reply's own
-    tokens (on the whole prompt it kept a trained clone from stopping and from naming the
-    people it answers). benchmarks/RESULTS.md section 14. ``do_sample=False`` gives
+    prompt, on a real chat). The defaults: temperature 0.7 and nucleus 0.9, and a mild
+    repetition penalty on the reply's own tokens (on the whole prompt, as transformers has it,
+    it kept a trained clone from stopping and from naming the people it answers). Temperature 1
+    is better for an adapter trained long enough (a reader told it from me less often on a long
+    real channel: AUC 0.82 against 0.93) and babbles after the demo's 32 steps, so it is a
+    setting, not the default (benchmarks/RESULTS.md section 14). ``do_sample=False`` gives
     greedy decoding, for a deterministic look at the single most likely reply.
     """
 
     max_new_tokens: int = 48
     batch_size: int = 32
     do_sample: bool = True
-    temperature: float = 1.0
+    temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     # Which tokens the penalty falls on. "prompt": every token in the prompt and the reply, as

@@ -93,13 +93,13 @@ def test_stop_rate_and_settings():
     assert GenerationSettings().generate_kwargs() == {
         "max_new_tokens": 48,
         "do_sample": True,
-        "temperature": 1.0,
+        "temperature": 0.7,
         "top_p": 0.9,
         "reply_repetition_penalty": 1.1,
     }
     greedy = GenerationSettings(do_sample=False, repetition_penalty=1.0)
     assert greedy.generate_kwargs() == {"max_new_tokens": 48, "do_sample": False}
-    assert "greedy" in greedy.describe() and "temperature 1.0" in GenerationSettings().describe()
+    assert "greedy" in greedy.describe() and "temperature 0.7" in GenerationSettings().describe()
     sampled = GenerationSettings(do_sample=True, temperature=0.9, top_p=0.8).generate_kwargs()
     assert sampled["temperature"] == 0.9 and sampled["top_p"] == 0.8
     for bad in ({"batch_size": 0}, {"repetition_penalty": 0.9}, {"temperature": 0.0}):
