@@ -25,9 +25,9 @@ class GenerationSettings:
     prompt, on a real chat). The defaults: temperature 0.7 and nucleus 0.9, and a mild
     repetition penalty on the reply's own tokens (on the whole prompt, as transformers has it,
     it kept a trained clone from stopping and from naming the people it answers). Temperature 1
-    is better for an adapter trained long enough (a reader told it from me less often on a long
-    real channel: AUC 0.82 against 0.93) and babbles after the demo's 32 steps, so it is a
-    setting, not the default (benchmarks/RESULTS.md section 14). ``do_sample=False`` gives
+    was better on a long real channel (a reader told the clone from me less often: AUC 0.82
+    against 0.93) and mixed on the demo's 32-step adapters (more made-up words), so it is a
+    setting, not yet the default (benchmarks/RESULTS.md section 14). ``do_sample=False`` gives
     greedy decoding, for a deterministic look at the single most likely reply.
     """
 
