@@ -191,7 +191,7 @@ def test_on_a_real_chat_an_untrained_adapter_does_not_sound_like_you(
     _untrained_chatml_adapter(base_model, {"conversation_pairs": {"config": {"me": [SDR_ME]}}})
     quick_but_sampled = {
         "num_prompts": 10,
-        "samples_per_prompt": 2,
+        "samples_per_prompt": 1,
         "discriminator_prompts": 10,
         "max_new_tokens": 32,
         "max_loss_examples": 16,
