@@ -387,6 +387,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UsageError(f"chat: {error}") from error
+    from echo_pipeline.records import AdapterMetadata
+
+    settings = settings.for_adapter(AdapterMetadata.load(adapter).calibrated_temperature)
     decoding = settings.generate_kwargs()
     session = ChatSession.from_adapter(
         adapter,
@@ -401,7 +404,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         print(session.say(args.prompt))
         return 0
-    print(f"chatting with {adapter} ({session.template}); empty line or Ctrl-D to stop")
+    print(
+        f"chatting with {adapter} ({session.template}; {settings.describe()}); "
+        "empty line or Ctrl-D to stop"
+    )
     while True:
         try:
             line = input("you> ").strip()
@@ -604,7 +610,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="One-shot: print the reply to this and exit.")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument(
-        "--temperature", type=float, default=0.7, help="Sampling temperature (default 0.7)."
+        "--temperature",
+        type=float,
+        default=None,
+        help="Sampling temperature (default: the adapter's own, the one that best predicted "
+        "your validation replies in training; 0.7 where it has none).",
     )
     p.add_argument("--top-p", type=float, default=0.9, help="Nucleus sampling mass (default 0.9).")
     p.add_argument(

@@ -70,8 +70,16 @@ def memory_note(memory_k: int) -> str:
 
 
 def modelfile_text(
-    template: str, tokenizer: Any, system_prompt: str, stop_text: str, memory_k: int = 0
+    template: str,
+    tokenizer: Any,
+    system_prompt: str,
+    stop_text: str,
+    memory_k: int = 0,
+    temperature: float | None = None,
 ) -> str:
+    """An Ollama Modelfile; ``temperature`` is the adapter's calibrated one (None: the default)."""
+    from echo_pipeline.evaluation.generation import GenerationSettings
+
     def quoted(text: str) -> str:
         return '"""' + text.replace('"""', '\\"\\"\\"') + '"""'
 
@@ -80,15 +88,16 @@ def modelfile_text(
     lines += ["FROM .", f"TEMPLATE {quoted(ollama_template(template, tokenizer))}"]
     if system_prompt:
         lines.append(f"SYSTEM {quoted(system_prompt)}")
-    # The decoding the evaluation judged the adapter with (GenerationSettings' defaults), but
-    # for the repetition penalty: Ollama's looks back over the prompt too (repeat_last_n), where
+    sampling = GenerationSettings().for_adapter(temperature)
+    # The decoding the evaluation judged the adapter with (GenerationSettings' defaults, at the
+    # adapter's own temperature), but for the repetition penalty: Ollama's looks back over the prompt too (repeat_last_n), where
     # it falls on the stop token and the conversation's names and words. On a trained clone
     # that penalty cut the stop rate to 0.48 where none left 0.62 (benchmarks/RESULTS.md
     # section 14), so it is off here.
     lines += [
         f"PARAMETER stop {json.dumps(stop_text)}",
-        "PARAMETER temperature 0.7",
-        "PARAMETER top_p 0.9",
+        f"PARAMETER temperature {sampling.sampling_temperature:g}",
+        f"PARAMETER top_p {sampling.top_p:g}",
         "PARAMETER repeat_penalty 1.0",
         "",
     ]
@@ -138,7 +147,14 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
             json.dumps(merged_from, indent=2) + "\n", encoding="utf-8"
         )
         (staging / "Modelfile").write_text(
-            modelfile_text(meta.template, tokenizer, meta.system_prompt, stop, memory_k),
+            modelfile_text(
+                meta.template,
+                tokenizer,
+                meta.system_prompt,
+                stop,
+                memory_k,
+                meta.calibrated_temperature,
+            ),
             encoding="utf-8",
         )
     return out_dir

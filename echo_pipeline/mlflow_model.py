@@ -19,9 +19,12 @@ class EchoAdapterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from echo_pipeline.chat import ChatSession
         from echo_pipeline.evaluation.generation import GenerationSettings
+        from echo_pipeline.records import AdapterMetadata
 
         self.session_dir = context.artifacts["adapter"]
-        decoding = GenerationSettings().generate_kwargs()  # as evaluated: sampled, loop guard
+        # As evaluated: sampled at the adapter's own temperature, with the loop guard.
+        calibrated = AdapterMetadata.load(self.session_dir).calibrated_temperature
+        decoding = GenerationSettings().for_adapter(calibrated).generate_kwargs()
         self._chat = ChatSession.from_adapter(
             self.session_dir, max_new_tokens=decoding.pop("max_new_tokens"), decoding=decoding
         )

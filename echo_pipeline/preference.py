@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from echo_pipeline.evaluation.generation import PENALTY_SCOPES
 from echo_pipeline.packing import IGNORE_INDEX, pack_examples
 from echo_pipeline.schemas import PREFERENCE_PAIRS, PREFERENCE_SOURCES
 
@@ -74,7 +75,7 @@ class PreferenceConfig:
     samples_per_prompt: int = 2
     max_prompts: int = 0  # train prompts sampled (0: all)
     max_new_tokens: int = 48
-    temperature: float = 0.7
+    temperature: float | None = None  # None: the supervised adapter's calibrated temperature
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     penalty_scope: str = "reply"  # GenerationSettings.penalty_scope: "prompt" or "reply"
@@ -111,7 +112,7 @@ class PreferenceConfig:
                 raise ValueError(f"PreferenceConfig.{name} must be positive, got {value}")
         if self.max_steps < 0 or (self.epochs <= 0 and self.max_steps == 0):
             raise ValueError("PreferenceConfig: set max_steps > 0 or epochs > 0")
-        if self.penalty_scope not in ("prompt", "reply"):
+        if self.penalty_scope not in PENALTY_SCOPES:
             raise ValueError("PreferenceConfig.penalty_scope is 'prompt' or 'reply'")
         if self.sft_weight < 0 or self.max_prompts < 0 or self.warmup_steps < 0:
             raise ValueError("PreferenceConfig: sft_weight, max_prompts, warmup_steps are >= 0")
@@ -119,7 +120,8 @@ class PreferenceConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def generation_settings(self, seed: int) -> Any:
+    def generation_settings(self, seed: int, calibrated: float | None = None) -> Any:
+        """How replies are sampled; ``calibrated``: the sampled adapter's own temperature."""
         from echo_pipeline.evaluation.generation import GenerationSettings
 
         return GenerationSettings(
@@ -131,7 +133,7 @@ class PreferenceConfig:
             repetition_penalty=self.repetition_penalty,
             penalty_scope=self.penalty_scope,
             seed=seed,
-        )
+        ).for_adapter(calibrated)
 
 
 # --- the pairs --------------------------------------------------------------------------------
@@ -196,16 +198,19 @@ def sample_preference_pairs(
     adapter: str,
     seed: int | None = None,
     now: datetime | None = None,
+    temperature: float | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """Sample ``config.samples_per_prompt`` replies per prompt from ``session`` (a
-    :class:`~echo_pipeline.chat.ChatSession` on the adapter named ``adapter``) and pair each with
-    my real reply: :func:`pair_rows`."""
+    :class:`~echo_pipeline.chat.ChatSession` on the adapter named ``adapter``, whose calibrated
+    ``temperature`` is the default) and pair each with my real reply: :func:`pair_rows`."""
     from echo_pipeline.evaluation.generation import generate_replies
 
     seed = config.seed if seed is None else seed
     prompt_ids = [ids for _, ids in prompts]
     draws = [
-        generate_replies(session, prompt_ids, config.generation_settings(seed + k)).texts
+        generate_replies(
+            session, prompt_ids, config.generation_settings(seed + k, temperature)
+        ).texts
         for k in range(config.samples_per_prompt)
     ]
     records = [record for record, _ in prompts]

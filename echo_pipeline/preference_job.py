@@ -114,6 +114,7 @@ def sample_pairs(
     from echo_pipeline.adapters import load_dataset
     from echo_pipeline.chat import ChatSession
     from echo_pipeline.preference import sample_preference_pairs, train_prompts
+    from echo_pipeline.records import AdapterMetadata
     from echo_pipeline.training import torch_threads
 
     frame = load_dataset(dataset_path)
@@ -121,7 +122,10 @@ def sample_pairs(
     prompts = train_prompts(frame, pairs, config.max_prompts, config.seed)
     with torch_threads(config.torch_threads):
         session = ChatSession.from_adapter(sft_adapter_dir)
-        return sample_preference_pairs(session, prompts, config, adapter=adapter)
+        calibrated = AdapterMetadata.load(sft_adapter_dir).calibrated_temperature
+        return sample_preference_pairs(
+            session, prompts, config, adapter=adapter, temperature=calibrated
+        )
 
 
 #: The longest prompt rendered for a message typed on the chat page (the evaluation's bound).
@@ -207,7 +211,7 @@ def run_preference_job(
     from echo_pipeline.evaluation.generation import adapter_disabled
     from echo_pipeline.records import METADATA_FILE, AdapterMetadata, TrackingRecord
     from echo_pipeline.storage import atomic_path, write_parquet
-    from echo_pipeline.training import reply_loss, torch_threads
+    from echo_pipeline.training import measure_temperature, reply_loss, torch_threads
 
     config = job.preference
     experiment_id = tracking.ensure_experiment(job.tracking_uri, job.experiment_name)
@@ -317,6 +321,7 @@ def run_preference_job(
                         config,
                         adapter=f"{key}{PREFERENCE_SUFFIX}#round{round_number - 1}",
                         seed=config.seed + 1000 * round_number,
+                        temperature=sft_meta.calibrated_temperature,
                     )
                     round_dir.mkdir(parents=True, exist_ok=True)
                     write_parquet(sampled, round_pairs_path)
@@ -380,6 +385,12 @@ def run_preference_job(
             final |= result.metrics()
         if heldout:
             final[f"adapter_{heldout_name}_reply_loss"] = reply_loss(model, heldout)
+        # The preference-trained adapter's own temperature, as training measures a supervised
+        # one's: on the validation replies (where there are none, the supervised adapter's).
+        if val:
+            final["calibrated_temperature"] = measure_temperature(model, val)
+        elif sft_meta.calibrated_temperature is not None:
+            final["calibrated_temperature"] = sft_meta.calibrated_temperature
         pairs_digest = pref.pairs_digest(pairs)
         training = dict(sft_meta.training) | {
             "preference": config.to_dict(),

@@ -163,6 +163,13 @@ class AdapterMetadata:
     def me_name(self) -> str:
         return self.me_names[0] if self.me_names else ""
 
+    @property
+    def calibrated_temperature(self) -> float | None:
+        """The sampling temperature training measured for this adapter on the validation
+        replies (None: no validation split, or trained before it was measured)."""
+        value = self.results.get("calibrated_temperature")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape (also logged to MLflow as ``echo_metadata.json``)."""
         return {

@@ -135,9 +135,13 @@ class TrainingResult:
     early_stopped: bool
     final_train_loss: float | None  # mean reply-token loss over the last log_every steps
     final_eval_loss: float | None  # eval loss of the adapter in adapter_dir
+    # The sampling temperature that best predicts the validation replies with that adapter
+    # (calibrated_temperature); None without a validation split.
+    calibrated_temperature: float | None
     best_eval_loss: float | None
     best_step: int | None
     eval_losses: list[tuple[int, float]]
+    eval_temperatures: list[tuple[int, float]]  # (step, calibrated temperature) per eval
     train_losses: list[float]  # one per optimizer step, from step 1 (resumed runs included)
     tokens_processed: int
     real_tokens: int
@@ -155,6 +159,7 @@ class TrainingResult:
             "steps": self.steps,
             "final_train_loss": self.final_train_loss,
             "final_eval_loss": self.final_eval_loss,
+            "calibrated_temperature": self.calibrated_temperature,
             "best_eval_loss": self.best_eval_loss,
             "tokens_processed": self.tokens_processed,
             "real_tokens": self.real_tokens,
@@ -172,6 +177,7 @@ class _RunState:
     step: int = 0
     train_losses: list[float] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_temperatures: list[tuple[int, float]] = field(default_factory=list)
     best_eval_loss: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
@@ -429,7 +435,7 @@ def _train_lora(
         last_step = state.step == total_steps
         if val and (last_step or (config.eval_every and state.step % config.eval_every == 0)):
             best_snapshot = _evaluate(peft_model, val, config, state, trainable, best_snapshot)
-            _emit(on_log, state.step, {"eval_loss": state.eval_losses[-1][1]})
+            _emit(on_log, state.step, _eval_metrics(state))
             peft_model.train()
 
         interrupted = should_stop is not None and not last_step and should_stop(state.step)
@@ -453,16 +459,18 @@ def _train_lora(
             logger.info("stopping at step %d on request; checkpoint saved", state.step)
             break
 
-    final_eval = None
+    final_eval = temperature = None
     adapter_dir = None
     if not interrupted:
         if val and (not state.eval_losses or state.eval_losses[-1][0] != state.step):
             best_snapshot = _evaluate(peft_model, val, config, state, trainable, best_snapshot)
-            _emit(on_log, state.step, {"eval_loss": state.eval_losses[-1][1]})
+            _emit(on_log, state.step, _eval_metrics(state))
         final_eval = state.eval_losses[-1][1] if state.eval_losses else None
+        temperature = state.eval_temperatures[-1][1] if state.eval_temperatures else None
         if config.restore_best and best_snapshot is not None and state.best_step != state.step:
             _restore_trainable(trainable, best_snapshot)
             final_eval = state.best_eval_loss
+            temperature = dict(state.eval_temperatures).get(state.best_step)
             logger.info("restored the adapter of step %s (lowest eval loss)", state.best_step)
         if ranks.is_main:
             adapter_dir = output_dir / ADAPTER_DIR
@@ -482,9 +490,11 @@ def _train_lora(
         early_stopped=state.early_stopped,
         final_train_loss=sum(recent) / len(recent) if recent else None,
         final_eval_loss=final_eval,
+        calibrated_temperature=temperature,
         best_eval_loss=state.best_eval_loss,
         best_step=state.best_step,
         eval_losses=list(state.eval_losses),
+        eval_temperatures=list(state.eval_temperatures),
         train_losses=list(state.train_losses),
         tokens_processed=state.tokens_processed,
         real_tokens=state.real_tokens,
@@ -504,14 +514,59 @@ def reply_loss(model: Any, examples: Sequence[Any], *, batch_tokens: int = 1024)
     Works for a base model and for base + adapter, so the two can be compared on held-out pairs.
     Rows hold at least the longest example, whatever ``batch_tokens`` says.
     """
-    total, count = _reply_loss_sums(model, examples, batch_tokens, distributed.Ranks())
+    total, count, _ = _reply_loss_sums(model, examples, batch_tokens, distributed.Ranks())
     return total / count
 
 
+#: The sampling temperatures a validation pass scores the held-out replies at: the grid that
+#: :func:`calibrated_temperature` refines.
+TEMPERATURE_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
+
+
+def calibrated_temperature(
+    losses: Sequence[float], grid: Sequence[float] = TEMPERATURE_GRID
+) -> float:
+    """The temperature at which the model's token distribution best predicts my held-out
+    replies: the lowest mean loss of ``losses`` (one per ``grid`` temperature, the logits divided
+    by it), refined by the parabola through that point and its neighbours, to 0.01.
+
+    Sampling at this temperature draws replies from the distribution closest (in cross-entropy)
+    to the person's own. A clone sampled colder than that writes its likeliest, most generic
+    reply, which is what a reader spots: on a long real channel, temperature 1 against 0.7 took
+    the discriminator from 0.93 to 0.82 (benchmarks/RESULTS.md section 14), and that adapter's
+    calibrated temperature was 1.0. The loss is convex in 1/T, so the grid's minimum brackets it.
+    """
+    if len(losses) != len(grid) or not grid:
+        raise ValueError("calibrated_temperature needs one loss per grid temperature")
+    best = min(range(len(grid)), key=lambda i: losses[i])
+    chosen = grid[best]
+    if 0 < best < len(grid) - 1:
+        (t0, t1, t2), (y0, y1, y2) = grid[best - 1 : best + 2], losses[best - 1 : best + 2]
+        left, right = (y1 - y0) / (t1 - t0), (y2 - y1) / (t2 - t1)  # slopes at the midpoints
+        if right > left:  # the parabola's slope is zero between the midpoints: its vertex
+            chosen = (t0 + t1) / 2 - left * (t2 - t0) / (2 * (right - left))
+    return round(min(max(chosen, grid[0]), grid[-1]), 2)
+
+
+def measure_temperature(model: Any, examples: Sequence[Any], *, batch_tokens: int = 1024) -> float:
+    """:func:`calibrated_temperature` of ``model`` on ``examples``: one forward pass."""
+    _, count, scaled = _reply_loss_sums(
+        model, examples, batch_tokens, distributed.Ranks(), TEMPERATURE_GRID
+    )
+    if not count:
+        raise ValueError("measure_temperature needs at least one labelled token")
+    return calibrated_temperature([total / count for total in scaled])
+
+
 def _reply_loss_sums(
-    model: Any, examples: Sequence[Any], batch_tokens: int, ranks: distributed.Ranks
-) -> tuple[float, int]:
-    """Summed reply-token loss and token count of this rank's share of the packed rows."""
+    model: Any,
+    examples: Sequence[Any],
+    batch_tokens: int,
+    ranks: distributed.Ranks,
+    temperatures: Sequence[float] = (),
+) -> tuple[float, int, list[float]]:
+    """Summed reply-token loss and token count of this rank's share of the packed rows, and the
+    summed loss at each of ``temperatures`` (from the same logits: a few softmaxes more)."""
     import torch
 
     examples = _examples_with_loss(examples, "evaluation")
@@ -523,16 +578,26 @@ def _reply_loss_sums(
     device = _input_device(model)
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, scaled = 0.0, 0, [0.0] * len(temperatures)
     try:
         with torch.inference_mode(), segment_attention(model):
             for row in rows:
-                loss_sum, labelled = _row_loss_sum(model, row, device)
-                total += loss_sum.item()
-                count += labelled
+                if not temperatures:
+                    loss_sum, labelled = _row_loss_sum(model, row, device)
+                    total += loss_sum.item()
+                    count += labelled
+                    continue
+                logits, targets, keep = _labelled_logits(model, row, device)
+                logits, targets = logits.float(), targets[keep]
+                total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+                count += int(keep.sum())
+                for i, temperature in enumerate(temperatures):
+                    scaled[i] += torch.nn.functional.cross_entropy(
+                        logits / temperature, targets, reduction="sum"
+                    ).item()
     finally:
         model.train(was_training)
-    return total, count
+    return total, count, scaled
 
 
 def _row_loss_sum(
@@ -809,13 +874,15 @@ def _evaluate(
 
     Each rank scores its share of the validation rows; the sums are added over ranks, so every
     rank takes the same early-stopping and best-step decisions."""
-    total, count = _reply_loss_sums(
-        peft_model, val, config.pack_tokens, distributed.current_ranks()
+    total, count, scaled = _reply_loss_sums(
+        peft_model, val, config.pack_tokens, distributed.current_ranks(), TEMPERATURE_GRID
     )
-    total, count = distributed.sum_across_ranks([total, float(count)])
+    total, count, *scaled = distributed.sum_across_ranks([total, float(count), *scaled])
     loss = total / count
+    temperature = calibrated_temperature([s / count for s in scaled])
     state.eval_losses.append((state.step, loss))
-    logger.info("step %d eval_loss %.4f", state.step, loss)
+    state.eval_temperatures.append((state.step, temperature))
+    logger.info("step %d eval_loss %.4f calibrated temperature %.2f", state.step, loss, temperature)
     if (
         state.best_eval_loss is None
         or loss < state.best_eval_loss - config.early_stopping_min_delta
@@ -831,6 +898,13 @@ def _evaluate(
             state.early_stopped = True
             logger.info("early stopping at step %d (best step %s)", state.step, state.best_step)
     return best_snapshot
+
+
+def _eval_metrics(state: _RunState) -> dict[str, float]:
+    return {
+        "eval_loss": state.eval_losses[-1][1],
+        "calibrated_temperature": state.eval_temperatures[-1][1],
+    }
 
 
 def _restore_trainable(trainable: list[tuple[str, Any]], snapshot: dict[str, Any]) -> None:
@@ -930,6 +1004,7 @@ def _load_checkpoint(
     fields = {f.name for f in dataclasses.fields(_RunState)}
     state = _RunState(**{k: v for k, v in saved.items() if k in fields})
     state.eval_losses = [(int(s), float(v)) for s, v in state.eval_losses]
+    state.eval_temperatures = [(int(s), float(v)) for s, v in state.eval_temperatures]
     return state, best
 
 

@@ -84,7 +84,7 @@ def test_show_labels_prints_masked_prompt_and_labelled_reply(tmp_path, capsys, b
     assert "-100" in table and "<|im_end|>" in table
 
 
-SAMPLING = {"temperature": 0.7, "top_p": 0.9}
+SAMPLING = {"temperature": 1.3, "top_p": 0.9}  # 1.3: the adapter's own, measured in training
 
 
 def sampled_reply(model, tokenizer, prompt: str, *, max_new_tokens: int, seed: int) -> str:
@@ -128,7 +128,12 @@ def test_chat_one_shot_with_an_adapter(tmp_path, capsys, monkeypatch, base_model
     from echo_pipeline.base_model import load_tokenizer
     from echo_pipeline.chat import ChatSession
 
-    adapter = write_untrained_adapter(base_model, tmp_path / "adapter", template="chatml")
+    adapter = write_untrained_adapter(
+        base_model,
+        tmp_path / "adapter",
+        template="chatml",
+        results={"calibrated_temperature": SAMPLING["temperature"]},
+    )
     sessions = []  # the session the CLI builds, to reuse its loaded model below
     from_adapter = ChatSession.from_adapter.__func__
 
@@ -138,16 +143,16 @@ def test_chat_one_shot_with_an_adapter(tmp_path, capsys, monkeypatch, base_model
 
     monkeypatch.setattr(ChatSession, "from_adapter", classmethod(recording))
     prompt = "hey, are you coming?"
-    flags = ["--temperature", "0.7", "--top-p", "0.9", "--repetition-penalty", "1.1"]
+    flags = ["--top-p", "0.9", "--repetition-penalty", "1.1"]  # the temperature: the adapter's
     argv = ["chat", "--adapter", str(adapter), "--prompt", prompt, "--max-new-tokens", "8"]
     capsys.readouterr()
-    assert main([*argv, *flags, "--seed", "3"]) == 0
+    assert main([*argv, *flags, "--seed", "4"]) == 0
     printed = capsys.readouterr().out
 
     (session,) = sessions
     assert session.template == "chatml" and session.system_prompt == ""
     tokenizer = load_tokenizer(base_model)
-    expected = sampled_reply(session.model, tokenizer, prompt, max_new_tokens=8, seed=3)
+    expected = sampled_reply(session.model, tokenizer, prompt, max_new_tokens=8, seed=4)
     assert expected and printed == expected + "\n"
     assert "<|im_end|>" not in printed and "<|im_start|>" not in printed
     assert main(["chat", "--adapter", str(tmp_path / "missing")]) == EXIT_BAD_INPUT

@@ -21,6 +21,7 @@ def make_adapter(base_model, tmp_path, template: str = "chatml"):
         system_prompt="You are alex.",
         lora_r=4,
         random_b=True,
+        results={"calibrated_temperature": 0.93},
     )
 
 
@@ -37,6 +38,8 @@ def test_merged_model_generates_like_base_plus_adapter(base_model, tmp_path):
 
     merged_dir = export_merged(adapter, tmp_path / "merged")
     assert (merged_dir / "model.safetensors").exists() and (merged_dir / "Modelfile").exists()
+    # Ollama samples at the adapter's own temperature, as the evaluation and chat do.
+    assert "PARAMETER temperature 0.93\n" in (merged_dir / "Modelfile").read_text()
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, use_safetensors=True)
     session.model = merged.eval()
     assert session.generate([ids])[0] == expected

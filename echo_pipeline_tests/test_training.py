@@ -18,6 +18,7 @@ from echo_pipeline.training import (
     CHECKPOINTS_DIR,
     TrainingConfig,
     lr_at,
+    measure_temperature,
     reply_loss,
     train_lora,
 )
@@ -256,6 +257,15 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tmp_path):
     assert reply_loss(result.model, other_style, batch_tokens=64) == pytest.approx(
         result.best_eval_loss, abs=1e-6
     )
+    # Its temperature is the best step's, the one this adapter measures again.
+    measured = measure_temperature(result.model, other_style, batch_tokens=64)
+    assert [step for step, _ in result.eval_temperatures] == [s for s, _ in result.eval_losses]
+    assert (
+        result.calibrated_temperature
+        == measured
+        == dict(result.eval_temperatures)[result.best_step]
+    )
+    assert result.metrics()["calibrated_temperature"] == measured
 
 
 def test_a_resumed_run_remembers_its_best_adapter_and_patience(tmp_path):
@@ -387,3 +397,58 @@ def test_qlora_on_a_bf16_compute_base_keeps_bf16_weights_and_adapters(tmp_path):
     assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.bfloat16}
     assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
     assert result.completed and all(math.isfinite(loss) for loss in result.train_losses)
+
+
+def test_the_calibrated_temperature_is_the_vertex_between_grid_points():
+    """Losses from a parabola with its lowest point between two grid temperatures: the vertex
+    comes back, not the nearest grid point; a minimum at the grid's end stays at the end."""
+    from echo_pipeline.training import TEMPERATURE_GRID, calibrated_temperature
+
+    for vertex in (0.63, 0.97, 1.18):
+        losses = [3.0 + 2.0 * (t - vertex) ** 2 for t in TEMPERATURE_GRID]
+        assert calibrated_temperature(losses) == pytest.approx(vertex, abs=0.005)
+    falling = [5.0 - t for t in TEMPERATURE_GRID]
+    assert calibrated_temperature(falling) == TEMPERATURE_GRID[-1]
+    with pytest.raises(ValueError, match="one loss per grid temperature"):
+        calibrated_temperature([1.0, 2.0])
+
+
+@pytest.mark.slow
+def test_the_measured_temperature_is_where_a_real_models_loss_is_lowest(base_model):
+    """On real SmolLM2 and chat replies, the measured temperature lands where the reply loss,
+    recomputed here with plain full-sequence logits at fine steps, is lowest."""
+    import torch.nn.functional as F
+
+    from echo_pipeline.base_model import load_causal_lm, load_tokenizer
+    from echo_pipeline.templates import ChatPair
+    from echo_pipeline.tokenization import tokenize_pair
+
+    tokenizer = load_tokenizer(base_model)
+    model = load_causal_lm(base_model).eval()
+    replies = [
+        ("are you coming tonight?", "yeah be there at 8, save me a seat"),
+        ("did the build pass?", "nope, linker error again. looking at it"),
+        ("what do you think of the new release", "honestly it's fine, the docs are still bad"),
+        ("lunch?", "sure, the usual place?"),
+    ]
+    examples = [
+        tokenize_pair("chatml", tokenizer, ChatPair((), prompt, reply, "friend"))
+        for prompt, reply in replies
+    ]
+    measured = measure_temperature(model, examples)
+
+    fine = [0.5 + 0.01 * i for i in range(101)]
+    losses = [0.0] * len(fine)
+    with torch.inference_mode():
+        for example in examples:
+            ids = torch.tensor([example.input_ids])
+            labels = torch.tensor(example.labels[1:])
+            logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+            keep = labels != IGNORE_INDEX
+            for i, temperature in enumerate(fine):
+                losses[i] += F.cross_entropy(
+                    logits[keep] / temperature, labels[keep], reduction="sum"
+                ).item()
+    lowest = fine[min(range(len(fine)), key=losses.__getitem__)]
+    assert 0.5 < lowest < 1.5  # inside the grid, so the check below means something
+    assert measured == pytest.approx(lowest, abs=0.03)

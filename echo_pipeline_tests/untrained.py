@@ -27,10 +27,12 @@ def write_untrained_adapter(
     random_b: bool = False,
     dataset: dict[str, Any] | None = None,
     mlflow: dict[str, Any] | None = None,
+    results: dict[str, float] | None = None,
 ) -> Path:
     """Write a zero-effect LoRA adapter for ``base_model`` to ``out_dir`` and return it.
 
     ``random_b=True`` writes a random (non-zero) adapter instead, for tests that need one to matter.
+    ``results`` are the training results recorded with it (e.g. a calibrated temperature).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -58,6 +60,7 @@ def write_untrained_adapter(
         dataset=DatasetRecord(**(dataset or {})),
         training={"lora_r": lora_r, "max_steps": 0},
         fingerprint=f"untrained-{template}-{experiment}",
+        results=dict(results or {}),
         package_version=package_version(),
         mlflow=TrackingRecord(**(mlflow or {})),
     ).write(out_dir)

@@ -90,8 +90,11 @@ class EvaluationReportConfig(dg.Config):
         default=True,
         description="Sample, as people chat (off: greedy, one most-likely reply per prompt).",
     )
-    temperature: float = Field(
-        default=0.7, gt=0, description="Sampling temperature (only with do_sample)."
+    temperature: float | None = Field(
+        default=None,
+        gt=0,
+        description="Sampling temperature (only with do_sample). Unset: the adapter's own, the "
+        "one that best predicted my validation replies in training (0.7 where it has none).",
     )
     top_p: float = Field(
         default=0.9, gt=0, le=1, description="Nucleus sampling mass (only with do_sample)."

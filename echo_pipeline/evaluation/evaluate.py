@@ -682,6 +682,9 @@ def evaluate_adapter(
     adapter_dir, dataset_path, pairs_path = Path(adapter_dir), Path(dataset_path), Path(pairs_path)
     started = time.perf_counter()
     data = load_heldout(adapter_dir, dataset_path, pairs_path, config)
+    # Sampled at the adapter's own temperature unless one was set; the report records which.
+    generation = config.generation.for_adapter(data.meta.calibrated_temperature)
+    config = dataclasses.replace(config, generation=generation)
 
     classifier, metrics = train_attribution(data.pairs, l2=config.attribution_l2)
     accuracy = metrics.get("attribution_heldout_balanced_accuracy", float("nan"))

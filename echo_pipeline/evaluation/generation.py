@@ -9,6 +9,7 @@ same loaded model with the adapter switched off, so only one copy of the weights
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,25 +17,33 @@ from typing import Any, Literal
 
 from echo_pipeline.training import torch_threads  # noqa: F401 (re-exported for the evaluation)
 
+#: Which tokens a repetition penalty may fall on (GenerationSettings.penalty_scope).
+PENALTY_SCOPES = ("prompt", "reply")
+
+#: The sampling temperature where an adapter has none of its own (the base alone, or an adapter
+#: trained before training measured one).
+DEFAULT_TEMPERATURE = 0.7
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
     """How replies are decoded: sampled, as people chat, with a fixed seed per draw.
 
     Greedy decoding makes a small clone collapse onto its most likely reply ("Ha" to every
-    prompt, on a real chat). The defaults: temperature 0.7 and nucleus 0.9, and a mild
-    repetition penalty on the reply's own tokens (on the whole prompt, as transformers has it,
-    it kept a trained clone from stopping and from naming the people it answers). Temperature 1
-    was better on a long real channel (a reader told the clone from me less often: AUC 0.82
-    against 0.93) and mixed on the demo's 32-step adapters (more made-up words), so it is a
-    setting, not yet the default (benchmarks/RESULTS.md section 14). ``do_sample=False`` gives
-    greedy decoding, for a deterministic look at the single most likely reply.
+    prompt, on a real chat). The defaults: the adapter's own temperature (the one that best
+    predicts my validation replies, measured by training: ``temperature=None``), nucleus 0.9,
+    and a mild repetition penalty on the reply's own tokens (on the whole prompt, as
+    transformers has it, it kept a trained clone from stopping and from naming the people it
+    answers). A fixed 0.7 sampled a clone colder than its calibration and a reader told it from
+    me more easily (benchmarks/RESULTS.md sections 14-15). ``do_sample=False`` gives greedy
+    decoding, for a deterministic look at the single most likely reply.
     """
 
     max_new_tokens: int = 48
     batch_size: int = 32
     do_sample: bool = True
-    temperature: float = 0.7
+    # None: the adapter's calibrated temperature (for_adapter), else DEFAULT_TEMPERATURE.
+    temperature: float | None = None
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     # Which tokens the penalty falls on. "prompt": every token in the prompt and the reply, as
@@ -47,12 +56,22 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be at least 1")
-        if self.do_sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
+        if self.do_sample and (self.sampling_temperature <= 0 or not 0 < self.top_p <= 1):
             raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
         if self.repetition_penalty < 1:
             raise ValueError("repetition_penalty must be >= 1 (1: off)")
-        if self.penalty_scope not in ("prompt", "reply"):
+        if self.penalty_scope not in PENALTY_SCOPES:
             raise ValueError(f"penalty_scope is 'prompt' or 'reply', not {self.penalty_scope!r}")
+
+    @property
+    def sampling_temperature(self) -> float:
+        return DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
+
+    def for_adapter(self, calibrated: float | None) -> GenerationSettings:
+        """These settings with the adapter's ``calibrated`` temperature where none was set."""
+        if self.temperature is not None or calibrated is None:
+            return self
+        return dataclasses.replace(self, temperature=calibrated)
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -60,7 +79,7 @@ class GenerationSettings:
             "do_sample": self.do_sample,
         }
         if self.do_sample:
-            kwargs |= {"temperature": self.temperature, "top_p": self.top_p}
+            kwargs |= {"temperature": self.sampling_temperature, "top_p": self.top_p}
         if self.repetition_penalty != 1:
             key = (
                 "reply_repetition_penalty"
@@ -77,7 +96,7 @@ class GenerationSettings:
             penalty += " on the reply's own tokens"
         if not self.do_sample:
             return f"greedy, {penalty}"
-        return f"sampled: temperature {self.temperature}, top-p {self.top_p}, {penalty}"
+        return f"sampled: temperature {self.sampling_temperature}, top-p {self.top_p}, {penalty}"
 
 
 def model_generate_kwargs(decoding: dict[str, Any], prompt_width: int) -> dict[str, Any]:

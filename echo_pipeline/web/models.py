@@ -131,7 +131,9 @@ def discover_voices(layout: Layout) -> list[Voice]:
         report = _report(layout, meta.template, meta.experiment)
         config = report.get("config") or {}
         recorded = {k: v for k, v in (config.get("generation") or {}).items() if k in setting_names}
-        settings = dataclasses.replace(defaults.generation, **recorded)
+        settings = dataclasses.replace(defaults.generation, **recorded).for_adapter(
+            meta.calibrated_temperature
+        )
         metrics, verdicts = report.get("metrics") or {}, report.get("verdicts") or {}
         voices.append(
             Voice(

@@ -94,6 +94,7 @@ def _untrained_chatml_adapter(base_model, pairs_ops):
         system_prompt=DatasetManifest.load(layout.dataset_manifest_path("chatml")).system_prompt,
         dataset={"path": str(path), "digest": digest, "rows": {}},
         mlflow={"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run.info.run_id},
+        results={"calibrated_temperature": 0.93},
     )
     return run.info.run_id, model.model_id
 
@@ -126,6 +127,8 @@ def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapte
     assert page.count('src="data:image/png;base64,') == 5  # training curves found in MLflow
     payload = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert len(payload["samples"]) == 2 and payload["lineage"]["training_run_id"] == training_run_id
+    # Sampled at the temperature training measured for this adapter, and the report says so.
+    assert payload["config"]["generation"]["temperature"] == 0.93
     # Replay (my nearest train reply, verbatim) is a side of its own, judged like the models.
     assert payload["sides"] == ["real", "base", "adapter", "replay"]
     replay = payload["verdicts"]["replay"]

@@ -114,6 +114,9 @@ def test_lora_adapter_trains_tracks_lineage_and_beats_the_base(chatml_dataset, p
     history = client.get_metric_history(run.info.run_id, "loss")
     assert history and max(m.step for m in history) == 2
     assert "tokens_per_s" in run.data.metrics and run.data.metrics["padding_waste"] <= 0.05
+    # The temperature chat and the evaluation sample at, measured on the validation replies.
+    temperature = lineage["results"]["calibrated_temperature"]
+    assert 0.5 <= temperature <= 1.5 and run.data.metrics["calibrated_temperature"] == temperature
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert {"chatml-train", "chatml-val", "chatml-test"} <= set(inputs)
     assert all(d.dataset.digest for d in inputs.values())

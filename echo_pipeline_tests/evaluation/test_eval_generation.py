@@ -105,6 +105,11 @@ def test_stop_rate_and_settings():
     for bad in ({"batch_size": 0}, {"repetition_penalty": 0.9}, {"temperature": 0.0}):
         with pytest.raises(ValueError):
             GenerationSettings(**bad)
+    # Unset, the temperature is the adapter's own; one that was set stays.
+    assert GenerationSettings().for_adapter(1.04).generate_kwargs()["temperature"] == 1.04
+    assert "temperature 1.04" in GenerationSettings().for_adapter(1.04).describe()
+    assert GenerationSettings(temperature=0.5).for_adapter(1.04).temperature == 0.5
+    assert GenerationSettings().for_adapter(None).sampling_temperature == 0.7
 
 
 def test_sampled_draws_are_reproducible_per_seed(session, prompt_ids):
