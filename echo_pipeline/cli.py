@@ -614,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="Sampling temperature (default: the adapter's own, the one that best predicted "
-        "your validation replies in training; 0.7 where it has none).",
+        "your validation replies in training; 1.0 where it has none).",
     )
     p.add_argument("--top-p", type=float, default=0.9, help="Nucleus sampling mass (default 0.9).")
     p.add_argument(

@@ -90,10 +90,10 @@ def modelfile_text(
         lines.append(f"SYSTEM {quoted(system_prompt)}")
     sampling = GenerationSettings().for_adapter(temperature)
     # The decoding the evaluation judged the adapter with (GenerationSettings' defaults, at the
-    # adapter's own temperature), but for the repetition penalty: Ollama's looks back over the prompt too (repeat_last_n), where
-    # it falls on the stop token and the conversation's names and words. On a trained clone
-    # that penalty cut the stop rate to 0.48 where none left 0.62 (benchmarks/RESULTS.md
-    # section 14), so it is off here.
+    # adapter's own temperature), but for the repetition penalty: Ollama's looks back over the
+    # prompt too (repeat_last_n), where it falls on the stop token and the conversation's names
+    # and words. On a trained clone that penalty cut the stop rate to 0.48 where none left 0.62
+    # (benchmarks/RESULTS.md section 14), so it is off here.
     lines += [
         f"PARAMETER stop {json.dumps(stop_text)}",
         f"PARAMETER temperature {sampling.sampling_temperature:g}",

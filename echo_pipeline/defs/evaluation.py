@@ -94,7 +94,7 @@ class EvaluationReportConfig(dg.Config):
         default=None,
         gt=0,
         description="Sampling temperature (only with do_sample). Unset: the adapter's own, the "
-        "one that best predicted my validation replies in training (0.7 where it has none).",
+        "one that best predicted my validation replies in training (1.0 where it has none).",
     )
     top_p: float = Field(
         default=0.9, gt=0, le=1, description="Nucleus sampling mass (only with do_sample)."

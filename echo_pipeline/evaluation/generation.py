@@ -20,9 +20,12 @@ from echo_pipeline.training import torch_threads  # noqa: F401 (re-exported for 
 #: Which tokens a repetition penalty may fall on (GenerationSettings.penalty_scope).
 PENALTY_SCOPES = ("prompt", "reply")
 
-#: The sampling temperature where an adapter has none of its own (the base alone, or an adapter
-#: trained before training measured one).
-DEFAULT_TEMPERATURE = 0.7
+#: The sampling temperature where an adapter has none of its own: trained without a validation
+#: split (an export of under about 200 pairs gives its held-out pairs to the test split), or
+#: before training measured one. 1.0 is what the measurement gave on every adapter measured
+#: (1.00-1.04 on two real channels and the sample), and a fixed 0.7 sampled those clones colder
+#: than that: a reader told them from me more easily (benchmarks/RESULTS.md section 15).
+DEFAULT_TEMPERATURE = 1.0
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,11 @@ class GenerationSettings:
 
     Greedy decoding makes a small clone collapse onto its most likely reply ("Ha" to every
     prompt, on a real chat). The defaults: the adapter's own temperature (the one that best
-    predicts my validation replies, measured by training: ``temperature=None``), nucleus 0.9,
-    and a mild repetition penalty on the reply's own tokens (on the whole prompt, as
-    transformers has it, it kept a trained clone from stopping and from naming the people it
-    answers). A fixed 0.7 sampled a clone colder than its calibration and a reader told it from
-    me more easily (benchmarks/RESULTS.md sections 14-15). ``do_sample=False`` gives greedy
-    decoding, for a deterministic look at the single most likely reply.
+    predicts my validation replies, measured by training: ``temperature=None``; else
+    ``DEFAULT_TEMPERATURE``), nucleus 0.9, and a mild repetition penalty on the reply's own
+    tokens (on the whole prompt, as transformers has it, it kept a trained clone from stopping
+    and from naming the people it answers). ``do_sample=False`` gives greedy decoding, for a
+    deterministic look at the single most likely reply.
     """
 
     max_new_tokens: int = 48

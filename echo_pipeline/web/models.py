@@ -145,7 +145,9 @@ def discover_voices(layout: Layout) -> list[Voice]:
                 me=meta.me_name or "me",
                 base_source=meta.base_model.source,
                 base_fingerprint=str(meta.base_model.fingerprint),
-                decoding=dataclasses.asdict(settings),
+                # the temperature resolved, so the page shows the one it samples at
+                decoding=dataclasses.asdict(settings)
+                | {"temperature": settings.sampling_temperature},
                 max_prompt_tokens=int(
                     config.get("max_prompt_tokens") or defaults.max_prompt_tokens
                 ),

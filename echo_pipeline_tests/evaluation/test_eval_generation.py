@@ -93,13 +93,13 @@ def test_stop_rate_and_settings():
     assert GenerationSettings().generate_kwargs() == {
         "max_new_tokens": 48,
         "do_sample": True,
-        "temperature": 0.7,
+        "temperature": 1.0,
         "top_p": 0.9,
         "reply_repetition_penalty": 1.1,
     }
     greedy = GenerationSettings(do_sample=False, repetition_penalty=1.0)
     assert greedy.generate_kwargs() == {"max_new_tokens": 48, "do_sample": False}
-    assert "greedy" in greedy.describe() and "temperature 0.7" in GenerationSettings().describe()
+    assert "greedy" in greedy.describe() and "temperature 1.0" in GenerationSettings().describe()
     sampled = GenerationSettings(do_sample=True, temperature=0.9, top_p=0.8).generate_kwargs()
     assert sampled["temperature"] == 0.9 and sampled["top_p"] == 0.8
     for bad in ({"batch_size": 0}, {"repetition_penalty": 0.9}, {"temperature": 0.0}):
@@ -109,7 +109,7 @@ def test_stop_rate_and_settings():
     assert GenerationSettings().for_adapter(1.04).generate_kwargs()["temperature"] == 1.04
     assert "temperature 1.04" in GenerationSettings().for_adapter(1.04).describe()
     assert GenerationSettings(temperature=0.5).for_adapter(1.04).temperature == 0.5
-    assert GenerationSettings().for_adapter(None).sampling_temperature == 0.7
+    assert GenerationSettings().for_adapter(None).sampling_temperature == 1.0
 
 
 def test_sampled_draws_are_reproducible_per_seed(session, prompt_ids):

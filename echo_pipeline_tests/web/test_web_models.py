@@ -17,7 +17,9 @@ from echo_pipeline.schemas import CONTEXT_TURN
 from echo_pipeline.web.models import decoding_settings, discover_voices
 
 
-def _adapter(layout: Layout, template: str, experiment: str, age_s: float, report=None) -> None:
+def _adapter(
+    layout: Layout, template: str, experiment: str, age_s: float, report=None, results=None
+) -> None:
     folder = layout.adapter_dir(template, experiment)
     path = write_adapter_metadata(
         folder,
@@ -27,6 +29,7 @@ def _adapter(layout: Layout, template: str, experiment: str, age_s: float, repor
             "base_model": {"source": "smollm2-135m-instruct", "fingerprint": "f1"},
             "system_prompt": f"You are Sam ({template}).",
             "me_names": ["Sam"],
+            "results": results or {},
         },
     )
     then = time.time() - age_s
@@ -52,7 +55,7 @@ def test_voices_come_from_the_records_newest_first(tmp_path):
         "verdicts": {"adapter": {"label": "sounds like you"}, "base": {"label": "unlike you"}},
     }
     _adapter(layout, "chatml", "demo", age_s=100, report=report)
-    _adapter(layout, "llama2_chat", "demo", age_s=10)
+    _adapter(layout, "llama2_chat", "demo", age_s=10, results={"calibrated_temperature": 0.96})
     voices = discover_voices(layout)
     assert [v.id for v in voices] == [
         "demo|llama2_chat",
@@ -62,7 +65,8 @@ def test_voices_come_from_the_records_newest_first(tmp_path):
     ]
     newest, _, evaluated, base = voices
     assert newest.verdict is None and newest.reply_loss is None
-    assert newest.decoding == GenerationSettings().__dict__  # the evaluation's own defaults
+    # Not evaluated yet: the evaluation's defaults, at the temperature training measured for it.
+    assert newest.decoding == GenerationSettings(temperature=0.96).__dict__
     assert (evaluated.verdict, evaluated.reply_loss) == ("sounds like you", 2.25)
     assert evaluated.decoding["temperature"] == 0.5 and evaluated.max_prompt_tokens == 300
     assert evaluated.system_prompt == "You are Sam (chatml)." and evaluated.me == "Sam"
