@@ -23,7 +23,7 @@ PENALTY_SCOPES = ("prompt", "reply")
 #: The sampling temperature where an adapter has none of its own: trained without a validation
 #: split (an export of under about 200 pairs gives its held-out pairs to the test split), or
 #: before training measured one. 1.0 is what the measurement gave on every adapter measured
-#: (1.00-1.04 on two real channels and the sample), and a fixed 0.7 sampled those clones colder
+#: (0.98-1.06, on real channels and the sample), and a fixed 0.7 sampled those clones colder
 #: than that: a reader told them from me more easily (benchmarks/RESULTS.md section 15).
 DEFAULT_TEMPERATURE = 1.0
 
