@@ -554,8 +554,6 @@ def measure_temperature(model: Any, examples: Sequence[Any], *, batch_tokens: in
     _, count, scaled = _reply_loss_sums(
         model, examples, batch_tokens, distributed.Ranks(), TEMPERATURE_GRID
     )
-    if not count:
-        raise ValueError("measure_temperature needs at least one labelled token")
     return calibrated_temperature([total / count for total in scaled])
 
 
@@ -569,6 +567,7 @@ def _reply_loss_sums(
     """Summed reply-token loss and token count of this rank's share of the packed rows, and the
     summed loss at each of ``temperatures`` (from the same logits: a few softmaxes more)."""
     import torch
+    import torch.nn.functional as F
 
     examples = _examples_with_loss(examples, "evaluation")
     if not examples:
@@ -583,17 +582,12 @@ def _reply_loss_sums(
     try:
         with torch.inference_mode(), segment_attention(model):
             for row in rows:
-                if not temperatures:
-                    loss_sum, labelled = _row_loss_sum(model, row, device)
-                    total += loss_sum.item()
-                    count += labelled
-                    continue
                 logits, targets, keep = _labelled_logits(model, row, device)
                 logits, targets = logits.float(), targets[keep]
-                total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+                total += F.cross_entropy(logits, targets, reduction="sum").item()
                 count += int(keep.sum())
                 for i, temperature in enumerate(temperatures):
-                    scaled[i] += torch.nn.functional.cross_entropy(
+                    scaled[i] += F.cross_entropy(
                         logits / temperature, targets, reduction="sum"
                     ).item()
     finally:
