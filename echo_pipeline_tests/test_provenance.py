@@ -16,8 +16,10 @@ from echo_pipeline.provenance import (
     Provenance,
     code_version,
     digest_of,
+    function_code_version,
     module_files,
     provenance_config,
+    reached_modules,
 )
 
 
@@ -113,3 +115,95 @@ def test_module_names_are_files_or_folders():
     assert PACKAGE_ROOT / "exports" / "whatsapp.py" in module_files(["exports"])
     with pytest.raises(FileNotFoundError, match="no_such_module"):
         module_files(["no_such_module"])
+
+
+@pytest.fixture
+def package_tree(tmp_path):
+    """The whole package, copied to edit: an asset's version follows imports across it."""
+    root = tmp_path / PACKAGE_ROOT.name
+    shutil.copytree(PACKAGE_ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+ADAPTER = ("echo_pipeline.defs.training", "lora_adapter")
+PAIRS = ("echo_pipeline.defs.ingest", "conversation_pairs")
+
+
+def _edit(path, old, new):
+    source = path.read_text(encoding="utf-8")
+    assert old in source, f"{path}: {old!r} is gone; pick another line to edit"
+    path.write_text(source.replace(old, new, 1), encoding="utf-8")
+
+
+def test_an_asset_reaches_what_its_function_calls_through_other_modules():
+    reached = set(reached_modules(*ADAPTER))
+    assert {
+        "echo_pipeline.defs.training",  # its own module
+        "echo_pipeline.adapters",  # imported inside the function
+        "echo_pipeline.training",  # through adapters.run_adapter_job
+        "echo_pipeline.packed_attention",  # through training only
+        "echo_pipeline.train_job",  # the training process's own module
+    } <= reached
+    # not called by it: the web page, the runner, the evaluation; observers do not count
+    assert not reached & {
+        "echo_pipeline.web.app",
+        "echo_pipeline.runner",
+        "echo_pipeline.evaluation.evaluate",
+        "echo_pipeline.tracking",
+    }
+    pairs = set(reached_modules(*PAIRS))
+    assert "echo_pipeline.redaction" in pairs and "echo_pipeline.training" not in pairs
+
+
+def test_editing_a_helper_reached_only_indirectly_makes_the_asset_stale(package_tree):
+    adapter, pairs = (function_code_version(*a, root=package_tree) for a in (ADAPTER, PAIRS))
+    # packed_attention is imported by training, which adapters imports: lora_adapter never
+    # names it, and no hand list did either
+    _edit(
+        package_tree / "packed_attention.py",
+        '_SWAPPABLE = ("sdpa", "eager")',
+        '_SWAPPABLE = ("sdpa",)',
+    )
+    assert function_code_version(*ADAPTER, root=package_tree) != adapter
+    assert function_code_version(*PAIRS, root=package_tree) == pairs  # not reached from pairs
+    adapter = function_code_version(*ADAPTER, root=package_tree)
+    _edit(package_tree / "web" / "app.py", "def ", "def _added():\n    return 1\n\n\ndef ")
+    assert function_code_version(*ADAPTER, root=package_tree) == adapter  # the page: not reached
+    _edit(package_tree / "train_job.py", "def ", "def _added():\n    return 1\n\n\ndef ")
+    assert function_code_version(*ADAPTER, root=package_tree) != adapter  # its process
+
+
+def test_reach_follows_imports_re_exports_strings_and_constants(tmp_path):
+    """Each rule on a package of five lines a module."""
+    root = tmp_path / "pkg"
+    (root / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "",
+        "entry.py": (
+            "from pkg.sub import helper\n"
+            "from pkg import unused\n"
+            "LIMIT = 3\n"
+            "def asset():\n"
+            "    from pkg.tracking import log\n"
+            "    log(helper() + LIMIT)\n"
+            "    return ['python', '-m', 'pkg.worker']\n"
+            "def other():\n"
+            "    return unused.thing()\n"
+        ),
+        "sub/__init__.py": "from pkg.sub.impl import helper\n",
+        "sub/impl.py": "from pkg.consts import SCALE\ndef helper():\n    return SCALE\n",
+        "consts.py": "SCALE = 2\n",
+        "worker.py": "print('run as python -m')\n",
+        "unused.py": "def thing():\n    return 1\n",
+        "tracking.py": "def log(x):\n    print(x)\n",
+    }
+    for name, text in files.items():
+        (root / name).write_text(text, encoding="utf-8")
+    assert reached_modules("pkg.entry", "asset", root) == [
+        "pkg",
+        "pkg.consts",  # through a re-export and a function that reads a constant
+        "pkg.entry",
+        "pkg.sub",
+        "pkg.sub.impl",
+        "pkg.worker",  # named only in a string
+    ]  # not pkg.unused (another function's), not pkg.tracking (an observer)

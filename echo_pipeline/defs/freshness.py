@@ -17,40 +17,30 @@ import dagster as dg
 from echo_pipeline.provenance import (
     PROVENANCE_METADATA_KEY,
     Provenance,
-    code_version,
     digest_of,
+    function_code_version,
     provenance_config,
 )
 
-# The core modules each asset's output depends on. Checks, tracking and paths are left out:
-# they do not change what is written.
+# Where each asset's function is (``defs.<module>.<asset>``). Its code version is every module
+# that function reaches (provenance.reached_modules), its own included: found, not listed, so
+# a helper it calls only through another cannot be left out.
+ASSET_MODULES: Mapping[str, str] = {
+    "read_chat_exports": "ingest",  # one op: raw_chat_export and chat_messages
+    "conversation_pairs": "ingest",
+    "reply_memory": "memory",
+    "template_dataset": "datasets",
+    "lora_adapter": "training",
+    "evaluation_report": "evaluation",
+    "model_comparison": "evaluation",
+    "human_judgements": "feedback",
+    "preference_pairs": "preference",
+    "preference_adapter": "preference",
+    "preference_report": "preference",
+}
 CODE_VERSIONS: Mapping[str, str] = {
-    "read_chat_exports": code_version("exports", "schemas"),
-    "conversation_pairs": code_version("conversations", "pairing_config", "redaction", "schemas"),
-    "reply_memory": code_version("memory"),
-    "template_dataset": code_version("templates", "tokenization", "records", "memory"),
-    "lora_adapter": code_version(
-        "training",
-        "packing",
-        "packed_attention",
-        "adapters",
-        "train_job",
-        "base_model",
-        "records",
-        "conversations",  # heldout_split: which split's reply loss the adapter records
-    ),
-    "evaluation_report": code_version(
-        "evaluation", "templates", "tokenization", "conversations", "memory"
-    ),
-    "model_comparison": code_version("evaluation.comparison"),
-    "human_judgements": code_version("feedback"),
-    "preference_pairs": code_version("preference", "preference_job", "chat", "tokenization"),
-    "preference_adapter": code_version(
-        "preference", "preference_job", "training", "packing", "packed_attention", "adapters"
-    ),
-    "preference_report": code_version(
-        "evaluation", "templates", "tokenization", "conversations", "memory"
-    ),
+    asset: function_code_version(f"echo_pipeline.defs.{module}", asset)
+    for asset, module in ASSET_MODULES.items()
 }
 # Config fields that change how fast or where an output is computed, not what it is.
 NOT_IN_PROVENANCE: Mapping[str, frozenset[str]] = {
@@ -59,7 +49,6 @@ NOT_IN_PROVENANCE: Mapping[str, frozenset[str]] = {
     ),
     "evaluation_report": frozenset({"torch_threads"}),
 }
-INGEST_ASSETS = ("raw_chat_export", "chat_messages")  # one op: read_chat_exports
 
 
 def provenance_metadata(provenance: Provenance) -> dict[str, Any]:

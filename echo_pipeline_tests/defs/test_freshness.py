@@ -24,6 +24,7 @@ from echo_pipeline.defs.freshness import (
 )
 from echo_pipeline.layout import Layout
 from echo_pipeline.paths import sample_export_dir
+from echo_pipeline.provenance import function_code_version
 
 ADAPTER = "demo|chatml"  # lora_adapter[template=chatml, experiment=demo], as Dagster prints it
 # the ingest job: the reply memory is made with the pairs (INGEST[:3] where no dataset reads it)
@@ -43,6 +44,11 @@ def test_every_asset_carries_the_code_version_of_what_it_calls():
         **{name: CODE_VERSIONS[name] for name in CODE_VERSIONS if name != "read_chat_exports"},
     }
     assert all(len(v) == 12 and v != "1" for v in versions.values())
+    # ... and that version is the one of the function the asset runs, found from the asset
+    for asset in ALL_ASSETS:
+        function = asset.op.compute_fn.decorated_fn
+        expected = function_code_version(function.__module__, function.__name__)
+        assert set(asset.code_versions_by_key.values()) == {expected}, function.__name__
 
 
 def _materialize(instance, selection, partition=None, run_config=None):
