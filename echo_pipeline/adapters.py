@@ -34,6 +34,7 @@ from echo_pipeline.records import (
     TrackingRecord,
     write_adapter_metadata,
 )
+from echo_pipeline.schemas import TOKEN_COLUMNS
 from echo_pipeline.storage import atomic_directory
 from echo_pipeline.templates import jinja_chat_template
 from echo_pipeline.training import TrainingConfig
@@ -45,7 +46,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 REQUIRED_CONFIG_KEYS = ("peft_type", "r", "lora_alpha", "target_modules")
 #: Weight formats that are Python pickles: loading one can run arbitrary code.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
-TOKEN_COLUMNS = ("input_ids", "labels")
 OnProgress = Callable[[int, dict[str, float]], None]
 
 

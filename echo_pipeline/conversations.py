@@ -23,7 +23,6 @@ from echo_pipeline import schemas
 from echo_pipeline.pairing_config import PairingConfig  # build_pairs takes it: re-exported
 from echo_pipeline.redaction import redact_series
 
-HUMAN_KINDS = ("message", "reply")
 ME_IDS_METADATA_KEY = b"echo.me_ids"  # Parquet schema metadata: who "me" resolved to
 ME_NAMES_METADATA_KEY = b"echo.me_names"  # ...and my display names, most used first
 REDACTED_METADATA_KEY = b"echo.redacted"  # whether redaction ran (the user may turn it off)
@@ -84,7 +83,7 @@ def _stable_hash(*parts: pd.Series) -> pd.Series:
 
 def author_counts(messages: pd.DataFrame) -> pd.DataFrame:
     """Human authors with their message counts, most active first: the candidates for "me"."""
-    human = messages[messages["kind"].isin(HUMAN_KINDS) & ~messages["is_bot"]]
+    human = messages[messages["kind"].isin(schemas.HUMAN_KINDS) & ~messages["is_bot"]]
     counts = (
         human.groupby(["author_id", "author_name"], sort=False)
         .size()
@@ -127,7 +126,7 @@ def clean_messages(
     df = messages.copy()
     df["content"] = df["content"].fillna("").astype(str)
 
-    non_human = ~df["kind"].isin(HUMAN_KINDS)
+    non_human = ~df["kind"].isin(schemas.HUMAN_KINDS)
     for kind, n in df.loc[non_human, "kind"].value_counts().items():
         report.dropped[f"kind:{kind}"] += int(n)
     bots = ~non_human & df["is_bot"]

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-IGNORE_INDEX = -100
+from echo_pipeline.schemas import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

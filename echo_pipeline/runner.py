@@ -388,11 +388,12 @@ def dataset_tokens_digest(template: str) -> str | None:
     from echo_pipeline.adapters import dataset_digest
     from echo_pipeline.layout import Layout
     from echo_pipeline.records import DatasetManifest
+    from echo_pipeline.schemas import TOKEN_COLUMNS
 
     layout = Layout.default()
     try:
         manifest = DatasetManifest.load(layout.dataset_manifest_path(template))
-        columns = ["pair_id", "split", "input_ids", "labels"]
+        columns = ["pair_id", "split", *TOKEN_COLUMNS]
         frame = pq.read_table(layout.dataset_path(template), columns=columns).to_pandas()
     except (OSError, ValueError, KeyError):
         return None

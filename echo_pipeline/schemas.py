@@ -8,6 +8,12 @@ import pyarrow as pa
 #: ``system`` (joins, calls, pins…), ``command`` (app-command output), ``forward`` (someone
 #: else's words) and ``other`` (unknown numeric Discord types) are dropped before pairing.
 MESSAGE_KINDS = ("message", "reply", "system", "command", "forward", "other")
+HUMAN_KINDS = ("message", "reply")  # someone's own words: the kinds that are paired
+
+#: A template dataset's token columns, and the label that masks a token out of the loss
+#: (outside the reply and its EOS): PyTorch's cross-entropy ``ignore_index``.
+TOKEN_COLUMNS = ("input_ids", "labels")
+IGNORE_INDEX = -100
 
 CHAT_MESSAGES = pa.schema(
     [

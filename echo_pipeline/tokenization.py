@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from echo_pipeline import schemas
+from echo_pipeline.schemas import IGNORE_INDEX
 from echo_pipeline.templates import (
     ChatPair,
     Example,
@@ -48,7 +49,6 @@ from echo_pipeline.templates import (
 if TYPE_CHECKING:
     import pandas as pd
 
-IGNORE_INDEX = -100
 #: Longest example in tokens unless told otherwise: the template_dataset asset, the CLI and
 #: direct callers all cut here (oldest context first, then the prompt's start).
 DEFAULT_MAX_TOKENS = 512

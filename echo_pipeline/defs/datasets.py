@@ -17,6 +17,7 @@ from echo_pipeline.defs.freshness import (
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import template_partitions
 from echo_pipeline.defs.resources import BaseModelResource
+from echo_pipeline.schemas import TOKEN_COLUMNS
 from echo_pipeline.tokenization import DEFAULT_MAX_TOKENS
 
 DATASETS = "datasets"
@@ -24,8 +25,6 @@ TOKEN_FIELDS = [
     pa.field("input_ids", pa.list_(pa.int32())),
     pa.field("labels", pa.list_(pa.int32())),
 ]
-TOKEN_NAMES = [f.name for f in TOKEN_FIELDS]
-PARITY_SAMPLE = 64
 #: Reply-memory examples per prompt unless the config says otherwise: none, so a dataset
 #: never waits for the index unless asked to.
 DEFAULT_MEMORY_K = 0
@@ -202,7 +201,9 @@ def template_dataset(
         memory_k=config.memory_k,
         memory_index=str(memory_path) if memory is not None else "",
         memory_digest=memory.index.digest() if memory is not None else "",
-        dataset_digest=dataset_digest(table.select(["pair_id", "split", *TOKEN_NAMES]).to_pandas()),
+        dataset_digest=dataset_digest(
+            table.select(["pair_id", "split", *TOKEN_COLUMNS]).to_pandas()
+        ),
         group_chat=group,
     )
     manifest.write(layout.dataset_manifest_path(template))

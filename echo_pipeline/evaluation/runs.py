@@ -97,7 +97,7 @@ def _heldout_dataset(result: EvaluationResult) -> Any | None:
     import mlflow
     import pyarrow.parquet as pq
 
-    from echo_pipeline.adapters import TOKEN_COLUMNS
+    from echo_pipeline.schemas import TOKEN_COLUMNS
 
     path, split = Path(result.lineage["dataset_path"]), result.lineage["heldout_split"]
     if not path.exists():

@@ -31,7 +31,7 @@ from echo_pipeline.exports.meta import describe_meta, read_meta_e2ee, read_meta_
 from echo_pipeline.exports.slack import describe_slack, read_slack
 from echo_pipeline.exports.telegram import describe_telegram, read_telegram
 from echo_pipeline.exports.whatsapp import read_whatsapp
-from echo_pipeline.schemas import CHAT_MESSAGES
+from echo_pipeline.schemas import CHAT_MESSAGES, HUMAN_KINDS
 
 _READERS: dict[str, Callable[[Path], pa.Table]] = {
     "discord_json": read_discord_json,
@@ -62,9 +62,6 @@ _SHAPES = {
     "discord_txt": "DiscordChatExporter PlainText",
     "whatsapp": "WhatsApp 'Export chat' text (iOS or Android)",
 }
-
-#: Kinds that are someone's own words; the rest are dropped before pairing.
-HUMAN_KINDS = ("message", "reply")
 
 
 def read_export(path: str | ExportPath) -> pa.Table:
