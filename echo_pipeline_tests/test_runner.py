@@ -3,14 +3,17 @@ template, in the project's Dagster instance, with per-op run config reaching its
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from pathlib import Path
 
 import dagster as dg
 from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
 
 from echo_pipeline.layout import Layout
 from echo_pipeline.paths import data_dir, sample_export_dir
+from echo_pipeline.records import AdapterMetadata
 from echo_pipeline.runner import run_pipeline
 
 TINY_RUN = {"ops": {**SMALL_HELDOUT, **TINY_TRAINING, **QUICK_EVALUATION}}
@@ -50,8 +53,15 @@ def test_the_runner_takes_one_template_through_every_stage(pipeline_env):
     assert "same tokens as chatml" in twin_row
     assert not Layout.default().adapter_dir("model_default", "demo").exists()
     assert row.split()[-1].endswith("report.html") and os.path.isfile(row.split()[-1])
-    assert (Layout.default().adapter_dir("chatml", "demo") / "adapter_model.safetensors").exists()
+    adapter_dir = Layout.default().adapter_dir("chatml", "demo")
+    assert (adapter_dir / "adapter_model.safetensors").exists()
     assert (data_dir() / "evaluation_report").is_dir()
+    # the report took the held-out losses training measured, not a second pass over the split
+    report = json.loads(Path(row.split()[-1]).with_name("metrics.json").read_text("utf-8"))
+    split, measured = report["lineage"]["heldout_split"], AdapterMetadata.load(adapter_dir).results
+    assert report["lineage"]["reply_loss_measured_by"] == "training"
+    for side in ("base", "adapter"):
+        assert report["metrics"][f"{side}_reply_loss"] == measured[f"{side}_{split}_reply_loss"]
     instance = dg.DagsterInstance.get()  # the runner's instance: DAGSTER_HOME of pipeline_env
     manifest = instance.get_latest_materialization_event(dg.AssetKey("raw_chat_export"))
     assert manifest.asset_materialization.metadata["location"].value == str(export)

@@ -447,20 +447,45 @@ class Generated:
     train_replies: dict[str, list[str]]  # side -> reply per train prompt
 
 
+def recorded_reply_losses(data: HeldOut, dataset_digest: str) -> dict[str, float] | None:
+    """The held-out reply losses training already measured (base before it, adapter after),
+    when they are of this split of this very dataset, on every pair of it; else None.
+
+    Scoring them again is one forward pass per side over the whole split: minutes of a
+    ``run --export`` on CPU, for the same number (training scores in its own dtype, bf16 on
+    a CPU, so a re-scored fp32 figure differs in the third decimal).
+    """
+    results = data.meta.results
+    names = {side: f"{side}_{data.split}_reply_loss" for side in ("base", "adapter")}
+    if data.meta.dataset.digest != dataset_digest:
+        return None
+    values = {side: results.get(name) for side, name in names.items()}
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in values.values()):
+        return None
+    return {side: float(v) for side, v in values.items()}  # type: ignore[arg-type]
+
+
 def _generate_and_score_loss(
-    session: Any, data: HeldOut, config: EvaluationConfig, say: Callable[[str], None]
+    session: Any,
+    data: HeldOut,
+    config: EvaluationConfig,
+    say: Callable[[str], None],
+    recorded: dict[str, float] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float], Generated]:
-    """Reply loss and replies of the adapter, then of the base (adapter switched off)."""
+    """Reply loss and replies of the adapter, then of the base (adapter switched off); the
+    reply losses training ``recorded`` for this split are taken as they are."""
     from echo_pipeline.training import reply_loss
 
     prompt_ids = _inference_prompts(session, data.chosen, config)
     train = data.pairs[data.pairs["split"] == "train"]
     train_prompts = select_prompts(train, config.discriminator_prompts, config.generation.seed + 1)
     train_ids = _inference_prompts(session, train_prompts, config)
-    examples = _loss_examples(data, config)
+    examples = [] if recorded else _loss_examples(data, config)
+    loss_pairs = int((data.frame["split"] == data.split).sum()) if recorded else len(examples)
     settings = config.generation
     say(
-        f"{data.split}: reply loss on {len(examples)} pairs; {len(prompt_ids)} prompts x "
+        f"{data.split}: reply loss on {loss_pairs} pairs"
+        f"{' (measured by training)' if recorded else ''}; {len(prompt_ids)} prompts x "
         f"{config.samples_per_prompt} adapter / {config.base_samples_per_prompt} base replies "
         f"({settings.describe()}), {len(train_ids)} train prompts for the discriminator"
     )
@@ -473,14 +498,14 @@ def _generate_and_score_loss(
     ):
         context = adapter_disabled(session.model) if side == "base" else contextlib.nullcontext()
         with context:
-            losses[side] = reply_loss(session.model, examples)
+            losses[side] = recorded[side] if recorded else reply_loss(session.model, examples)
             runs[side] = _draws(session, prompt_ids, settings, count)
             train_runs[side] = generate_replies(session, train_ids, settings)
         seconds = sum(r.seconds for r in runs[side]) + train_runs[side].seconds
         say(
             f"{side}: {sum(len(r.texts) for r in runs[side]) + len(train_ids)} replies in {seconds:.0f} s"
         )
-    metrics: dict[str, float] = {"reply_loss_examples": float(len(examples))}
+    metrics: dict[str, float] = {"reply_loss_examples": float(loss_pairs)}
     # The "stop rate" of my real replies: how many would fit the bound with their EOS.
     lengths = data.frame.drop_duplicates("pair_id").set_index("pair_id")["completion_tokens"]
     real_lengths = lengths.reindex(data.chosen["pair_id"]).dropna()
@@ -682,6 +707,12 @@ def evaluate_adapter(
     adapter_dir, dataset_path, pairs_path = Path(adapter_dir), Path(dataset_path), Path(pairs_path)
     started = time.perf_counter()
     data = load_heldout(adapter_dir, dataset_path, pairs_path, config)
+    lineage = _lineage(data, adapter_dir, dataset_path, pairs_path)
+    # training's own held-out losses, unless the base was swapped for another
+    recorded = (
+        recorded_reply_losses(data, lineage["dataset_digest"]) if base_model is None else None
+    )
+    lineage["reply_loss_measured_by"] = "training" if recorded else "evaluation"
     # Sampled at the adapter's own temperature unless one was set; the report records which.
     generation = config.generation.for_adapter(data.meta.calibrated_temperature)
     config = dataclasses.replace(config, generation=generation)
@@ -695,7 +726,7 @@ def evaluate_adapter(
 
             session = ChatSession.from_adapter(adapter_dir, base_model=base_model)
         samples, generation_metrics, generated = _generate_and_score_loss(
-            session, data, config, say
+            session, data, config, say, recorded
         )
         if embedder is None and config.similarity:
             from echo_pipeline.evaluation.relevance import SentenceEmbedder
@@ -728,7 +759,6 @@ def evaluate_adapter(
         "evaluated_prompts": float(len(data.chosen)),
         "evaluation_seconds": time.perf_counter() - started,
     }
-    lineage = _lineage(data, adapter_dir, dataset_path, pairs_path)
     if not lineage["dataset_matches_adapter"]:
         say(
             "warning: the dataset changed since the adapter was trained "

@@ -129,6 +129,8 @@ def test_report_and_leaderboard_for_an_untrained_adapter(untrained_chatml_adapte
     assert len(payload["samples"]) == 2 and payload["lineage"]["training_run_id"] == training_run_id
     # Sampled at the temperature training measured for this adapter, and the report says so.
     assert payload["config"]["generation"]["temperature"] == 0.93
+    # this adapter recorded no held-out losses, so the evaluation scored them itself
+    assert payload["lineage"]["reply_loss_measured_by"] == "evaluation"
     # Replay (my nearest train reply, verbatim) is a side of its own, judged like the models.
     assert payload["sides"] == ["real", "base", "adapter", "replay"]
     replay = payload["verdicts"]["replay"]
