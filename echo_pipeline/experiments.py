@@ -29,9 +29,11 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
     # over the train split, capped at 120 steps of 1,024 tokens (about 10 minutes at 200 tokens/s),
     # a peak rate low enough not to collapse a small base onto one reply, and the adapter with
     # the lowest validation loss kept. Tuned on the real exports (benchmarks/RESULTS.md).
-    # Validation every 40 steps, not 20: a pass over a long export's split (135 pairs) costs as
-    # much as 11 training steps here, and on every long export measured the best step was the
-    # last (RESULTS section 14); three passes keep the guard against over-fitting a short one.
+    # Validation at steps 60 and 120 on at most 64 pairs: a pass over a long export's whole
+    # split (135 pairs) cost as much as 13 training steps here, three of them a quarter of the
+    # training's minutes; the best step was the last on every long export measured, and 64
+    # pairs place the temperature within 0.02 (RESULTS sections 14-16). Two passes keep the
+    # guard against over-fitting a short export.
     "echo": {
         "epochs": 2.0,
         "max_steps_cap": 120,
@@ -39,7 +41,8 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
         "learning_rate": 5e-4,
         "warmup_ratio": 0.05,
         "min_lr_ratio": 0.1,
-        "eval_every": 40,
+        "eval_every": 60,
+        "eval_max_pairs": 64,
         "checkpoint_every": 20,
         "log_every": 5,
     },
@@ -67,7 +70,8 @@ DEMO_PAIRS: dict[str, Any] = {"val_fraction": 0.02, "test_fraction": 0.04, "test
 #: What `make demo` (`echo-pipeline run --demo`) evaluates with, so the whole demo fits in ten
 #: minutes on 2 CPU cores: 24 held-out prompts, one sampled draw per prompt for each model (the
 #: report says how many prompts and draws it used), 12 train prompts for the discriminator and
-#: reply loss on 16 pairs (training has scored the whole test split already). A run config
+#: reply loss on 16 pairs where it has to score them itself (training's own, over the whole
+#: test split, is taken when it recorded one). A run config
 #: file's own evaluation settings win; a user's export (`--export`, the `echo` recipe) is
 #: evaluated in full: 100 prompts, 2 adapter draws each.
 DEMO_EVALUATION: dict[str, Any] = {

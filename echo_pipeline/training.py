@@ -87,6 +87,9 @@ class TrainingConfig:
     max_grad_norm: float = 1.0  # 0: no clipping (the norm is still reported)
     weight_decay: float = 0.0
     eval_every: int = 50  # 0: evaluate only at the end
+    # Validation pairs scored per pass, the same seeded sample every time; 0: all of them. The
+    # split grows with the export while the step budget does not (RESULTS section 16).
+    eval_max_pairs: int = 0
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: off
     early_stopping_min_delta: float = 0.0
     restore_best: bool = True  # the final adapter is the one with the lowest eval loss
@@ -112,6 +115,8 @@ class TrainingConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"TrainingConfig.{name} must be positive, got {value}")
+        if self.eval_max_pairs < 0:
+            raise ValueError(f"eval_max_pairs must be >= 0, got {self.eval_max_pairs}")
         if self.max_steps_cap < 0:
             raise ValueError("TrainingConfig.max_steps_cap must be >= 0")
         if self.max_steps < 0 or (self.epochs <= 0 and self.max_steps == 0):
@@ -293,7 +298,7 @@ def _train_lora(
     started = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
     train = _examples_with_loss(train_examples, "train")
-    val = _examples_with_loss(val_examples, "val")
+    val = validation_sample(_examples_with_loss(val_examples, "val"), config)
     if not train:
         raise ValueError("no training example has a labelled token after the first position")
     if config.early_stopping_patience and not val:
@@ -755,6 +760,16 @@ def _accepts_logits_to_keep(model: Any) -> bool:
         cached = "logits_to_keep" in inspect.signature(causal_lm.forward).parameters
         causal_lm._echo_accepts_logits_to_keep = cached
     return cached
+
+
+def validation_sample(val: Sequence[Any], config: TrainingConfig) -> list[Any]:
+    """At most ``config.eval_max_pairs`` validation examples, in their own order, drawn with
+    the run's seed: every pass scores the same ones, so steps compare like for like."""
+    cap = config.eval_max_pairs
+    if not cap or len(val) <= cap:
+        return list(val)
+    keep = sorted(random.Random(config.seed).sample(range(len(val)), cap))
+    return [val[i] for i in keep]
 
 
 def _examples_with_loss(examples: Sequence[Any], split: str) -> list[Any]:

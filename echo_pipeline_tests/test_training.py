@@ -21,6 +21,7 @@ from echo_pipeline.training import (
     measure_temperature,
     reply_loss,
     train_lora,
+    validation_sample,
 )
 
 BOS, EOS = 1, 2
@@ -291,6 +292,24 @@ def test_a_resumed_run_remembers_its_best_adapter_and_patience(tmp_path):
     assert resumed.eval_losses == whole.eval_losses
     for name, tensor in adapter_weights(whole).items():
         assert torch.equal(tensor, adapter_weights(resumed)[name]), name
+
+
+def test_a_capped_validation_pass_scores_the_same_seeded_sample_every_time(tmp_path):
+    val = chat_examples(6, seed=2, reply_tokens=(800, 900, 901, 902, 903))
+    capped = config(max_steps=4, eval_every=2, eval_max_pairs=3, seed=7)
+    sample = validation_sample(val, capped)
+    assert len(sample) == 3 and sample == validation_sample(val, capped)  # same draw each time
+    assert [val.index(e) for e in sample] == sorted(val.index(e) for e in sample)  # in order
+    assert validation_sample(val, config(eval_max_pairs=0)) == val
+    assert validation_sample(val, config(eval_max_pairs=10)) == val
+    with pytest.raises(ValueError, match="eval_max_pairs"):
+        config(eval_max_pairs=-1)
+
+    result = train_lora(tiny_llama(), None, TRAIN, val, capped, tmp_path)
+    # every pass, and the adapter kept, were judged on those three pairs only
+    on_sample = reply_loss(result.model, sample, batch_tokens=64)
+    assert result.final_eval_loss == pytest.approx(on_sample, abs=1e-6)
+    assert reply_loss(result.model, val, batch_tokens=64) != pytest.approx(on_sample, abs=1e-3)
 
 
 def test_packed_loss_is_transformers_own_loss_on_the_same_row():

@@ -58,6 +58,11 @@ class LoraConfig(dg.Config):
     eval_every: int | None = Field(
         default=None, ge=0, description="Steps between validation losses (0: end only)."
     )
+    eval_max_pairs: int | None = Field(
+        default=None,
+        ge=0,
+        description="Validation pairs scored per pass (a seeded sample, the same each time); 0: all.",
+    )
     early_stopping_patience: int | None = Field(
         default=None, ge=0, description="Evaluations without improvement before stopping (0: off)."
     )
