@@ -278,7 +278,7 @@ def plot(corpus: str, out: Path) -> None:
 
     rows = [r for r in json.loads(RESULTS.read_text()) if r["corpus"] == corpus]
     rows = [r for r in rows if r["result"].get("metrics") and r["train_pairs"]]
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.2))
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 6.0))
     for ax, (suffix, label) in zip(axes, PANELS, strict=True):
         for (lever, style), names in itertools.product(LEVER_STYLE.items(), (False, True)):
             points = sorted(
@@ -309,11 +309,15 @@ def plot(corpus: str, out: Path) -> None:
         ax.set_xlabel("train pairs")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
+    legend: dict[str, object] = {}  # one legend under the panels: the same marks in each
     for ax in axes:
-        ax.legend(fontsize=7)
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=3, fontsize=8)
     levers = sorted({r["lever"] for r in rows})
     fig.suptitle(f"{corpus}: what each lever bought ({', '.join(levers)}; SmolLM2-135M, chatml)")
-    fig.tight_layout()
+    rows_of_legend = -(-len(legend) // 3)
+    fig.tight_layout(rect=(0, 0.045 * rows_of_legend + 0.02, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
 
