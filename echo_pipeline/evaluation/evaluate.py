@@ -123,7 +123,9 @@ class EvaluationConfig:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     thresholds: VerdictThresholds = field(default_factory=VerdictThresholds)
     max_prompt_tokens: int = 512
-    max_loss_examples: int = 256  # held-out rows for reply loss (0: all)
+    # held-out rows for reply loss when it is scored here (0: all); training's own, over the
+    # whole split, is taken where it recorded one (recorded_reply_losses)
+    max_loss_examples: int = 256
     heldout_split: str = "test"  # "val" is used when the test split is empty
     similarity: bool = True  # MiniLM relevance; off skips loading it
     baselines: tuple[str, ...] = ("replay",)  # names in baselines.BASELINES
