@@ -114,11 +114,11 @@ def provenance_config(values: Mapping[str, Any], ignore: Iterable[str] = ()) -> 
 # --- code versions -------------------------------------------------------------------------
 
 
-def _compiled(path: Path) -> CodeType:
-    """The module compiled without docstrings (``-OO``), from its ``opt-2`` pyc when that was
-    compiled from these very bytes: compiling the assets' modules afresh costs 0.1 s of every
-    code-location load. The pyc is hash-checked (PEP 552), so an edit is never missed."""
-    source = path.read_bytes()
+def _compiled(path: Path, source: bytes) -> CodeType:
+    """The module (``source``, the bytes of ``path``) compiled without docstrings (``-OO``),
+    from its ``opt-2`` pyc when that was compiled from these very bytes: compiling the assets'
+    modules afresh costs 0.1 s of every code-location load. The pyc is hash-checked (PEP 552),
+    so an edit is never missed."""
     cached = Path(importlib.util.cache_from_source(str(path), optimization=2))
     header = (
         importlib.util.MAGIC_NUMBER
@@ -160,20 +160,16 @@ def _const_repr(const: object) -> str:
 def module_digest(path: Path) -> str:
     """The module's bytecode without docstrings or line numbers: rewording a docstring, a
     comment or the layout does not change it; changing a default or a line of logic does."""
-    key = _content_key(path)  # eleven assets share most modules
-    if key not in _DIGESTS:
+    source = path.read_bytes()
+    key = (str(path), source)  # by its bytes, not its mtime: an edit within a clock tick counts
+    if key not in _DIGESTS:  # eleven assets share most modules
         parts: list[bytes] = []
-        _code_parts(_compiled(path), parts)
+        _code_parts(_compiled(path, source), parts)
         _DIGESTS[key] = hashlib.sha256(b"\0".join(parts)).hexdigest()
     return _DIGESTS[key]
 
 
 _DIGESTS: dict[tuple[str, bytes], str] = {}
-
-
-def _content_key(path: Path) -> tuple[str, bytes]:
-    """A file by its bytes, not its mtime: an edit within the clock's tick still counts."""
-    return str(path), hashlib.sha1(path.read_bytes()).digest()
 
 
 def module_files(modules: Iterable[str], root: Path = PACKAGE_ROOT) -> list[Path]:
@@ -307,8 +303,19 @@ def _bound_names(node: ast.stmt) -> list[str]:
 
 
 def read_module_symbols(path: Path, root: Path = PACKAGE_ROOT) -> ModuleSymbols:
-    """The import bindings and per-name uses of one module (cached beside its bytecode)."""
+    """The import bindings and per-name uses of one module (cached beside its bytecode, and
+    in this process by the module's bytes)."""
     source = path.read_bytes()
+    if (str(path), source) in _SYMBOLS:
+        return _SYMBOLS[str(path), source]
+    _SYMBOLS[str(path), source] = symbols = _parse_symbols(path, source, root)
+    return symbols
+
+
+_SYMBOLS: dict[tuple[str, bytes], ModuleSymbols] = {}
+
+
+def _parse_symbols(path: Path, source: bytes, root: Path) -> ModuleSymbols:
     key = importlib.util.source_hash(_SYMBOLS_CACHE_TAG + source)
     cached = path.parent / "__pycache__" / f"{path.stem}.{sys.implementation.cache_tag}.symbols"
     with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
@@ -342,16 +349,6 @@ def read_module_symbols(path: Path, root: Path = PACKAGE_ROOT) -> ModuleSymbols:
     return ModuleSymbols(imports, uses)
 
 
-def _symbols(path: Path, root: Path) -> ModuleSymbols:
-    key = _content_key(path)
-    if key not in _SYMBOLS:
-        _SYMBOLS[key] = read_module_symbols(path, root)
-    return _SYMBOLS[key]
-
-
-_SYMBOLS: dict[tuple[str, bytes], ModuleSymbols] = {}
-
-
 def reached_modules(module: str, function: str, root: Path = PACKAGE_ROOT) -> list[str]:
     """Every package module that ``module.function`` can reach (its own module included), by
     the names it uses, followed through imports and the top-level names they lead to.
@@ -372,7 +369,7 @@ def reached_modules(module: str, function: str, root: Path = PACKAGE_ROOT) -> li
         if path is None:  # not ours (a library), or a name that is not a module
             continue
         if current not in symbols:
-            symbols[current] = _symbols(path, root)
+            symbols[current] = read_module_symbols(path, root)
             todo.append((current, BODY))
             parent = current.rpartition(".")[0]
             if parent:  # importing a submodule runs its package's __init__ first

@@ -116,7 +116,7 @@ class TrainingConfig:
             if value <= 0:
                 raise ValueError(f"TrainingConfig.{name} must be positive, got {value}")
         if self.eval_max_pairs < 0:
-            raise ValueError(f"eval_max_pairs must be >= 0, got {self.eval_max_pairs}")
+            raise ValueError("TrainingConfig.eval_max_pairs must be >= 0")
         if self.max_steps_cap < 0:
             raise ValueError("TrainingConfig.max_steps_cap must be >= 0")
         if self.max_steps < 0 or (self.epochs <= 0 and self.max_steps == 0):

@@ -483,7 +483,7 @@ def _generate_and_score_loss(
     train_prompts = select_prompts(train, config.discriminator_prompts, config.generation.seed + 1)
     train_ids = _inference_prompts(session, train_prompts, config)
     examples = [] if recorded else _loss_examples(data, config)
-    loss_pairs = int((data.frame["split"] == data.split).sum()) if recorded else len(examples)
+    loss_pairs = len(data.heldout) if recorded else len(examples)
     settings = config.generation
     say(
         f"{data.split}: reply loss on {loss_pairs} pairs"
