@@ -64,7 +64,7 @@ ui: setup
 lock:
 	rm -rf $(LOCK_VENV)
 	$(call install,$(LOCK_VENV),)
-	$(LOCK_VENV)/bin/python -m echo_pipeline.constraints write $(LOCK_FILE)
+	$(LOCK_VENV)/bin/python -m tools.constraints write $(LOCK_FILE)
 	rm -rf $(LOCK_VENV)
 
 clean:

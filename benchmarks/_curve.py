@@ -109,8 +109,8 @@ def run_config(point: Point, me: str) -> dict:
 def run_point(export: Path, me: str, text: str, template: str) -> tuple[Path, bool, float]:
     """In this process (a fresh one per point, in its folder): the pipeline, then the
     preference stage for a ``+dpo`` point. Returns (the report's metrics file, ok, minutes)."""
-    from echo_pipeline.layout import Layout
-    from echo_pipeline.runner import run_pipeline
+    from echo_pipeline.infra.layout import Layout
+    from echo_pipeline.operations.runner import run_pipeline
 
     point = Point.parse(text)
     os.environ["ECHO_EXPORT_DIR"] = str(export)
@@ -148,7 +148,7 @@ def _materialise(template: str, stages: tuple[tuple[str, dict], ...]) -> bool:
     import dagster as dg
 
     from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, adapter_key, build_resources
-    from echo_pipeline.runner import ensure_dagster_home
+    from echo_pipeline.operations.runner import ensure_dagster_home
 
     ensure_dagster_home()
     key = adapter_key(template, "echo")

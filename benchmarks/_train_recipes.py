@@ -1,6 +1,6 @@
 """The two training recipes the benchmarks compare, shared by the CPU and the GPU scripts.
 
-``run_packed``: the project's trainer, ``echo_pipeline.training.train_lora``, called as the
+``run_packed``: the project's trainer, ``echo_pipeline.training.loop.train_lora``, called as the
 training asset calls it (rows packed by ``pack_examples``, samples isolated by restarting
 position_ids with ``use_cache=False``, vocabulary projection only where a reply token is
 predicted), with evaluation and checkpoints switched off so only training steps are timed.
@@ -42,7 +42,7 @@ WEBUI_PAD_ID = 0
 
 def _project_lora(**changes: Any) -> dict[str, Any]:
     """The adapter the project trains by default (TrainingConfig's own defaults), changed."""
-    from echo_pipeline.training import TrainingConfig
+    from echo_pipeline.training.loop import TrainingConfig
 
     defaults = TrainingConfig()
     preset = {
@@ -120,8 +120,8 @@ def run_packed(
     """
     import torch
 
-    from echo_pipeline.packing import pack_examples, padding_waste
-    from echo_pipeline.training import TrainingConfig, train_lora
+    from echo_pipeline.training.loop import TrainingConfig, train_lora
+    from echo_pipeline.training.packing import pack_examples, padding_waste
 
     packs = pack_examples(examples, max_tokens=pack_tokens, seed=42, shuffle=False)
     config = TrainingConfig(
@@ -312,8 +312,8 @@ def isolation_check(model, examples, device: str) -> dict:
 
     import torch
 
-    from echo_pipeline.packed_attention import segment_attention
-    from echo_pipeline.packing import example_fields, pack_examples
+    from echo_pipeline.training.packed_attention import segment_attention
+    from echo_pipeline.training.packing import example_fields, pack_examples
 
     chosen = [example_fields(e)[0] for e in examples[:6]]
     samples = [{"input_ids": ids, "labels": ids} for ids in chosen]

@@ -37,13 +37,13 @@ import _common
 
 def sample_frame(base: str):
     """The bundled sample as model_default examples tokenised by ``base``'s tokenizer."""
-    from echo_pipeline.base_model import load_tokenizer, resolve_base_model
-    from echo_pipeline.conversations import PairingConfig, build_pairs, pairs_identity
+    from echo_pipeline.datasets.templates import default_system_prompt
+    from echo_pipeline.datasets.tokenization import build_template_dataset
     from echo_pipeline.exports import read_exports
-    from echo_pipeline.pairing_config import SAMPLE_ME
-    from echo_pipeline.paths import sample_export_dir
-    from echo_pipeline.templates import default_system_prompt
-    from echo_pipeline.tokenization import build_template_dataset
+    from echo_pipeline.infra.paths import sample_export_dir
+    from echo_pipeline.pairs.conversations import PairingConfig, build_pairs, pairs_identity
+    from echo_pipeline.pairs.pairing_config import SAMPLE_ME
+    from echo_pipeline.training.base_model import load_tokenizer, resolve_base_model
 
     resolved = resolve_base_model(base)
     tokenizer = load_tokenizer(resolved)
@@ -68,8 +68,8 @@ def one(
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _train_recipes as recipes
 
-    from echo_pipeline.base_model import CONVERSION_RECORD, load_causal_lm
-    from echo_pipeline.tokenization import stop_token_id, tokenize_inference_prompt
+    from echo_pipeline.datasets.tokenization import stop_token_id, tokenize_inference_prompt
+    from echo_pipeline.training.base_model import CONVERSION_RECORD, load_causal_lm
 
     started = time.perf_counter()
     resolved, tokenizer, pairs, system, frame, examples = sample_frame(base)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(result, default=str), flush=True)
         return 0
 
-    from echo_pipeline.base_model import cpu_bf16_flags
+    from echo_pipeline.training.base_model import cpu_bf16_flags
 
     info = _common.machine("torch", "transformers", "peft")
     info["cpu_bf16_flags"] = list(cpu_bf16_flags())

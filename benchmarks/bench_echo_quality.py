@@ -87,8 +87,8 @@ def export_path(name: str) -> Path:
 
 def run_one(corpus: str, config: str, base_model: str, template: str, workdir: Path) -> dict:
     """In this process (a fresh one per run): the whole pipeline, then the report's numbers."""
-    from echo_pipeline.layout import Layout
-    from echo_pipeline.runner import run_pipeline
+    from echo_pipeline.infra.layout import Layout
+    from echo_pipeline.operations.runner import run_pipeline
 
     spec = CONFIGS[config]
     export, me = CORPORA[corpus]

@@ -48,7 +48,15 @@ SHOWN = (
 def build_pairs(corpus: str, out: Path) -> Path:
     pattern, me = CORPORA[corpus]
     source = Path(pattern) if corpus == "sample" else next(REAL.glob(pattern))
-    command = [sys.executable, "-m", "echo_pipeline.cli", "pairs", str(source), "--me", me]
+    command = [
+        sys.executable,
+        "-m",
+        "echo_pipeline.operations.cli",
+        "pairs",
+        str(source),
+        "--me",
+        me,
+    ]
     subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, cwd=ROOT)
     return out
 

@@ -46,7 +46,7 @@ def held_out_prompts(count: int) -> list[dict]:
     """Held-out pairs (context, prompt, author) if the pipeline has built them, else fallbacks."""
     import pyarrow.parquet as pq
 
-    from echo_pipeline.layout import Layout
+    from echo_pipeline.infra.layout import Layout
 
     path = Layout.default().pairs_path()
     if path.exists():
@@ -79,18 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     info = _common.machine("torch", "transformers", "peft")
     _common.print_machine(info)
 
-    from echo_pipeline.base_model import resolve_base_model
-    from echo_pipeline.chat import ChatSession
     from echo_pipeline.evaluation.generation import (
         GenerationSettings,
         generate_replies,
         torch_threads,
     )
+    from echo_pipeline.serving.chat import ChatSession
+    from echo_pipeline.training.base_model import resolve_base_model
 
     sys.path.insert(0, str(_common.REPO / "echo_pipeline_tests"))  # the untrained control
     from untrained import write_untrained_adapter
 
-    from echo_pipeline.tokenization import tokenize_inference_prompt
+    from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
 
     with tempfile.TemporaryDirectory() as scratch, torch_threads(args.threads):
         adapter = args.adapter or write_untrained_adapter(

@@ -450,9 +450,9 @@ def ensure_source_export(workdir: Path, source: str, n: int, seed: int) -> tuple
 
 def _child_project(path: Path, stages: bool, me: str = ME[1]) -> dict:
     t0 = time.perf_counter()
-    from echo_pipeline import conversations
-    from echo_pipeline.conversations import PairingConfig, build_pairs
     from echo_pipeline.exports import read_exports
+    from echo_pipeline.pairs import conversations
+    from echo_pipeline.pairs.conversations import PairingConfig, build_pairs
 
     imports_s = time.perf_counter() - t0
     rss_after_imports = _peak_rss_mib()
@@ -475,7 +475,7 @@ def _child_project(path: Path, stages: bool, me: str = ME[1]) -> dict:
                     timings[_n] = timings.get(_n, 0.0) + time.perf_counter() - s
 
             setattr(conversations, name, timed)
-        import echo_pipeline.redaction as redaction
+        import echo_pipeline.pairs.redaction as redaction
 
         original_redact = conversations.redact_series
 
@@ -569,8 +569,8 @@ def profile(path: Path, top: int) -> None:
     import cProfile
     import pstats
 
-    from echo_pipeline.conversations import PairingConfig, build_pairs
     from echo_pipeline.exports import read_exports
+    from echo_pipeline.pairs.conversations import PairingConfig, build_pairs
 
     profiler = cProfile.Profile()
     profiler.enable()

@@ -1,7 +1,7 @@
 """Does reply memory help? Held-out reply loss of the base model with k = 0, 2, 3, 4 examples.
 
 A forward pass, no training: the real export's pairs are built with today's defaults, the
-train pairs indexed with the shipped MiniLM (:mod:`echo_pipeline.memory`), and every held-out
+train pairs indexed with the shipped MiniLM (:mod:`echo_pipeline.pairs.memory`), and every held-out
 pair (val and test) rendered in ``--template`` with its ``k`` most similar train exchanges
 before the conversation, exactly as ``template_dataset`` renders it. The loss is the mean
 cross-entropy of my held-out reply tokens, teacher-forced; the difference to k = 0 comes with a
@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
     import torch
 
-    from echo_pipeline.base_model import load_causal_lm, load_tokenizer, resolve_base_model
-    from echo_pipeline.conversations import PairingConfig, build_pairs, pairs_identity
+    from echo_pipeline.datasets.templates import default_system_prompt
+    from echo_pipeline.datasets.tokenization import build_template_dataset
     from echo_pipeline.exports import read_exports
-    from echo_pipeline.memory import ReplyMemory, build_index, load_encoder
-    from echo_pipeline.templates import default_system_prompt
-    from echo_pipeline.tokenization import build_template_dataset
+    from echo_pipeline.pairs.conversations import PairingConfig, build_pairs, pairs_identity
+    from echo_pipeline.pairs.memory import ReplyMemory, build_index, load_encoder
+    from echo_pipeline.training.base_model import load_causal_lm, load_tokenizer, resolve_base_model
 
     info = _common.machine("torch", "transformers")
     _common.print_machine(info)

@@ -42,9 +42,9 @@ def token_accounting(args: argparse.Namespace) -> dict:
     """Tokens each way for every step of one pass over the pairs: what TRL's padded batch
     feeds the model and projects onto the vocabulary, against the packed rows and the labelled
     positions only."""
-    from echo_pipeline import preference as pref
-    from echo_pipeline.adapters import load_dataset
-    from echo_pipeline.base_model import load_tokenizer, resolve_base_model
+    from echo_pipeline.training import dpo as pref
+    from echo_pipeline.training.adapters import load_dataset
+    from echo_pipeline.training.base_model import load_tokenizer, resolve_base_model
 
     tokenizer = load_tokenizer(resolve_base_model())
     frame = load_dataset(args.dataset)
@@ -86,10 +86,10 @@ def main() -> None:
 
     import torch
 
-    from echo_pipeline import preference as pref
-    from echo_pipeline.adapters import load_dataset
-    from echo_pipeline.base_model import load_causal_lm, load_tokenizer, resolve_base_model
-    from echo_pipeline.training import TrainingConfig, _attach_lora
+    from echo_pipeline.training import dpo as pref
+    from echo_pipeline.training.adapters import load_dataset
+    from echo_pipeline.training.base_model import load_causal_lm, load_tokenizer, resolve_base_model
+    from echo_pipeline.training.loop import TrainingConfig, _attach_lora
 
     torch.set_num_threads(args.threads)
     base = resolve_base_model()

@@ -6,7 +6,7 @@ one setting changed, on the bundled sample and the bundled base model (CPU).
         --variants "pack_tokens=512;pack_tokens=1024" --threads 1
 
 Each variant trains a fresh adapter with ``train_lora`` on the template's train split (the
-``--experiment`` recipe from ``echo_pipeline.experiments`` plus the variant's overrides; the
+``--experiment`` recipe from ``echo_pipeline.training.experiments`` plus the variant's overrides; the
 validation split drives evaluation and best-adapter restore as in the pipeline), then measures
 the mean reply-token cross-entropy on the **test** split (pairs never seen in training or
 selection) with ``reply_loss``. The base model's test loss is printed once for scale. Speed is
@@ -48,12 +48,12 @@ def parse_variants(text: str) -> list[dict]:
 
 
 def splits(template: str):
-    from echo_pipeline.base_model import load_tokenizer, resolve_base_model
-    from echo_pipeline.conversations import PairingConfig, build_pairs, pairs_identity
+    from echo_pipeline.datasets.tokenization import build_template_dataset
     from echo_pipeline.exports import read_exports
-    from echo_pipeline.pairing_config import SAMPLE_ME
-    from echo_pipeline.paths import sample_export_dir
-    from echo_pipeline.tokenization import build_template_dataset
+    from echo_pipeline.infra.paths import sample_export_dir
+    from echo_pipeline.pairs.conversations import PairingConfig, build_pairs, pairs_identity
+    from echo_pipeline.pairs.pairing_config import SAMPLE_ME
+    from echo_pipeline.training.base_model import load_tokenizer, resolve_base_model
 
     messages = read_exports([sample_export_dir()])
     pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=(SAMPLE_ME,)))
@@ -69,7 +69,7 @@ def splits(template: str):
 
 
 def load_model(dtype: str = "float32"):
-    from echo_pipeline.base_model import load_causal_lm, resolve_base_model
+    from echo_pipeline.training.base_model import load_causal_lm, resolve_base_model
 
     return load_causal_lm(resolve_base_model(), dtype=dtype, quantization="none", device="cpu")
 
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from echo_pipeline.experiments import experiment_config
-    from echo_pipeline.training import reply_loss, train_lora
+    from echo_pipeline.training.experiments import experiment_config
+    from echo_pipeline.training.loop import reply_loss, train_lora
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("echo_pipeline").setLevel(logging.WARNING)

@@ -33,7 +33,14 @@ def run_twice(args: argparse.Namespace) -> dict:
             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
             "DAGSTER_HOME": f"{tmp}/dagster",
         }
-        command = [sys.executable, "-m", "echo_pipeline.cli", "run", "--template", args.template]
+        command = [
+            sys.executable,
+            "-m",
+            "echo_pipeline.operations.cli",
+            "run",
+            "--template",
+            args.template,
+        ]
         command += ["--max-steps", str(args.max_steps), "--eval-max-pairs", str(args.eval_pairs)]
         if args.export:
             command += ["--export", args.export]

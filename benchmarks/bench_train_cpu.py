@@ -11,7 +11,7 @@ same real (non-padding) tokens. Reported: real tokens/s over the steps after the
 step pays one-off allocations; it is reported apart), padding waste, and the ratio.
 
 Recipes
-    ``packed-N``  the project's path: ``echo_pipeline.training.train_lora`` as the training asset
+    ``packed-N``  the project's path: ``echo_pipeline.training.loop.train_lora`` as the training asset
                   calls it (rows of <= N tokens packed by ``pack_examples``, samples isolated by
                   restarting position_ids, logits only at reply positions, loss on the reply),
                   project LoRA defaults (r16, alpha 32, all linear layers), no eval/checkpoints.
@@ -54,12 +54,12 @@ import _train_recipes as recipes
 
 def training_examples(template: str, real_tokens: int) -> tuple[list, dict]:
     """The same examples for every recipe: train split of the bundled sample, in order."""
-    from echo_pipeline.base_model import load_tokenizer, resolve_base_model
-    from echo_pipeline.conversations import PairingConfig, build_pairs, pairs_identity
+    from echo_pipeline.datasets.tokenization import build_template_dataset
     from echo_pipeline.exports import read_exports
-    from echo_pipeline.pairing_config import SAMPLE_ME
-    from echo_pipeline.paths import sample_export_dir
-    from echo_pipeline.tokenization import build_template_dataset
+    from echo_pipeline.infra.paths import sample_export_dir
+    from echo_pipeline.pairs.conversations import PairingConfig, build_pairs, pairs_identity
+    from echo_pipeline.pairs.pairing_config import SAMPLE_ME
+    from echo_pipeline.training.base_model import load_tokenizer, resolve_base_model
 
     messages = read_exports([sample_export_dir()])
     pairs, _ = build_pairs(messages.to_pandas(), PairingConfig(me=(SAMPLE_ME,)))
@@ -91,7 +91,7 @@ def training_examples(template: str, real_tokens: int) -> tuple[list, dict]:
 
 
 def load_model():
-    from echo_pipeline.base_model import load_causal_lm, resolve_base_model
+    from echo_pipeline.training.base_model import load_causal_lm, resolve_base_model
 
     return load_causal_lm(resolve_base_model(), dtype="float32", quantization="none", device="cpu")
 

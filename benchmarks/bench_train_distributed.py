@@ -3,7 +3,7 @@
     python benchmarks/bench_train_distributed.py                    # SmolLM2, the sample, chatml
     python benchmarks/bench_train_distributed.py --steps 16 --json benchmarks/results/ddp_cpu.json
 
-The same job twice, through the real entry point (``python -m echo_pipeline.train_job job.json``,
+The same job twice, through the real entry point (``python -m echo_pipeline.training.job job.json``,
 or torchrun over it): one process with ``grad_accum`` 2 and both cores' threads, then two
 processes with ``grad_accum`` 1 and one thread each. Every optimizer step is the same two packed
 rows in both, so the two runs compute the same adapter (``test_distributed.py`` asserts it);
@@ -34,11 +34,11 @@ def build_dataset(path: Path, max_tokens: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from echo_pipeline import conversations
-    from echo_pipeline.base_model import load_tokenizer, resolve_base_model
+    from echo_pipeline.datasets.tokenization import build_template_dataset
     from echo_pipeline.exports import read_exports
-    from echo_pipeline.paths import sample_export_dir
-    from echo_pipeline.tokenization import build_template_dataset
+    from echo_pipeline.infra.paths import sample_export_dir
+    from echo_pipeline.pairs import conversations
+    from echo_pipeline.training.base_model import load_tokenizer, resolve_base_model
 
     messages = read_exports([sample_export_dir()]).to_pandas()
     pairs, _ = conversations.build_pairs(messages, conversations.PairingConfig(me=("alex",)))
@@ -55,10 +55,10 @@ def build_dataset(path: Path, max_tokens: int) -> Path:
 
 
 def run(args: argparse.Namespace, tmp: Path, dataset: Path, processes: int) -> dict:
-    from echo_pipeline.adapters import AdapterJob
-    from echo_pipeline.base_model import resolve_base_model
-    from echo_pipeline.distributed import launch_command
-    from echo_pipeline.training import TrainingConfig
+    from echo_pipeline.training.adapters import AdapterJob
+    from echo_pipeline.training.base_model import resolve_base_model
+    from echo_pipeline.training.distributed import launch_command
+    from echo_pipeline.training.loop import TrainingConfig
 
     name = f"dp{processes}"
     job = AdapterJob(

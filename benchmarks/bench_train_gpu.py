@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.processes > 1 and "RANK" not in os.environ:
         return _launch_data_parallel(args.processes, sys.argv[1:] if argv is None else argv)
-    from echo_pipeline.distributed import process_group, ranks_from_env
+    from echo_pipeline.training.distributed import process_group, ranks_from_env
 
     with process_group(ranks_from_env()) as ranks:
         if not ranks.is_main:  # one report: rank 0's
@@ -367,7 +367,7 @@ def _run(args: argparse.Namespace, ranks) -> int:
             print(f"  qlora rows skipped: bitsandbytes unavailable ({error})", flush=True)
             qlora_rows = []
     if qlora_rows and not over_budget("qlora"):
-        from echo_pipeline.base_model import load_causal_lm, resolve_base_model
+        from echo_pipeline.training.base_model import load_causal_lm, resolve_base_model
 
         shm = Path("/dev/shm")
         need = sum(p.numel() * p.element_size() for p in model.parameters()) * 1.1

@@ -12,12 +12,13 @@ import warnings
 import dagster as dg
 
 from echo_pipeline.defs.evaluation import EvaluationReportConfig
-from echo_pipeline.defs.freshness import CODE_VERSIONS, latest_materialization, stale_reasons
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.preference import preference_paths
+from echo_pipeline.defs.provenance import CODE_VERSIONS, latest_materialization
 from echo_pipeline.defs.resources import BaseModelResource, build_resources
+from echo_pipeline.defs.staleness import stale_reasons
 from echo_pipeline.defs.training import LoraConfig
-from echo_pipeline.paths import PROJECT_ROOT
+from echo_pipeline.infra.paths import PROJECT_ROOT
 
 OWNERS = ["team:echo-pipeline"]
 

@@ -10,6 +10,7 @@ its weights.
 from __future__ import annotations
 
 import os
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -21,7 +22,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # same on every CPU; tests of the bf16 path set ECHO_CPU_BF16=1 themselves.
 os.environ.setdefault("ECHO_CPU_BF16", "0")
 
-from echo_pipeline import paths  # after the offline switches, like every test import
+from echo_pipeline.infra import paths  # after the offline switches, like every test import
 
 #: Tests may point ECHO_DATA_DIR at temporary folders; the converted model cache stays put.
 _SESSION_DATA_DIR = paths.data_dir()
@@ -30,7 +31,7 @@ _SESSION_DATA_DIR = paths.data_dir()
 @pytest.fixture(scope="session")
 def base_model():
     """The default base model, resolved (converted on the very first run, ~20 s; reused after)."""
-    from echo_pipeline.base_model import resolve_base_model
+    from echo_pipeline.training.base_model import resolve_base_model
 
     with mock.patch.dict(os.environ, {"ECHO_DATA_DIR": str(_SESSION_DATA_DIR)}):
         return resolve_base_model()
@@ -40,7 +41,7 @@ def base_model():
 def gemma3_base():
     """The second offline base, Gemma 3 270M (converted on first use, ~1.5 min; reused after).
     Skips where its packages are not installed."""
-    from echo_pipeline.base_model import GEMMA3_270M, BaseModelError, resolve_base_model
+    from echo_pipeline.training.base_model import GEMMA3_270M, BaseModelError, resolve_base_model
 
     with mock.patch.dict(os.environ, {"ECHO_DATA_DIR": str(_SESSION_DATA_DIR)}):
         try:
@@ -53,7 +54,7 @@ def gemma3_base():
 
 @pytest.fixture(scope="session")
 def gemma3_tokenizer(gemma3_base):
-    from echo_pipeline.base_model import load_tokenizer
+    from echo_pipeline.training.base_model import load_tokenizer
 
     return load_tokenizer(gemma3_base)
 
@@ -61,7 +62,7 @@ def gemma3_tokenizer(gemma3_base):
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(base_model):
     """SmolLM2's tokenizer, loaded without the weights."""
-    from echo_pipeline.base_model import load_tokenizer
+    from echo_pipeline.training.base_model import load_tokenizer
 
     return load_tokenizer(base_model)
 
@@ -92,3 +93,15 @@ def tracking_server(tmp_path_factory):
     server.stop()
     left = server.survivors()
     assert not left, f"mlflow server processes outlived the stop: {left}"
+
+
+@pytest.fixture(scope="session")
+def sample_pairs() -> tuple[Any, list[str]]:
+    """The bundled sample paired with its default settings (pairs table, my author ids)."""
+    from echo_pipeline.exports import read_exports
+    from echo_pipeline.infra.paths import sample_export_dir
+    from echo_pipeline.pairs import conversations
+
+    messages = read_exports([sample_export_dir()]).to_pandas()
+    pairs, report = conversations.build_pairs(messages, conversations.PairingConfig(me=("alex",)))
+    return pairs, report.me_ids

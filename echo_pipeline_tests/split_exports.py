@@ -233,7 +233,7 @@ MIXED = ("discord_json", "whatsapp", "telegram", "slack")  # the issue's mixed f
 
 def cli_pairs(folder: Path, out: Path, *me: str) -> pa.Table:
     """``echo-pipeline pairs folder --out out --me ...`` in process; the table it wrote."""
-    from echo_pipeline.cli import main
+    from echo_pipeline.operations.cli import main
 
     argv = ["pairs", str(folder), "--out", str(out)]
     for name in me or (ME,):

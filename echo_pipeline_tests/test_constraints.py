@@ -6,14 +6,14 @@ import os
 
 import pytest
 
-from echo_pipeline.constraints import (
+from echo_pipeline.infra.paths import PROJECT_ROOT
+from tools.constraints import (
     drift,
     installed_versions,
     pinned_versions,
     public_version,
     render,
 )
-from echo_pipeline.paths import PROJECT_ROOT
 
 LOCK = PROJECT_ROOT / "constraints.txt"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, OWNERS, defs
-from echo_pipeline.paths import PROJECT_ROOT
+from echo_pipeline.infra.paths import PROJECT_ROOT
 
 ASSET_NAMES = {
     "raw_chat_export",

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from echo_pipeline import demo_results
-from echo_pipeline.templates import TEMPLATE_NAMES
+from echo_pipeline.datasets.templates import TEMPLATE_NAMES
+from echo_pipeline.operations import demo_results
 
 REFRESH = "run `make demo && make demo-readme` and commit docs/demo_results.json and README.md"
 
@@ -64,7 +64,7 @@ def test_the_table_round_trips_through_the_readme():
 
 
 def test_a_finished_demo_gives_a_row_per_template_with_its_reports_numbers():
-    from echo_pipeline.runner import RunOutcome, StepResult, SummaryRow
+    from echo_pipeline.operations.runner import RunOutcome, StepResult, SummaryRow
 
     report = {"verdict": "unlike you", "base_reply_loss": 5.3571, "report_path": "/x/report.html"}
     outcome = RunOutcome(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_pipeline.paths import sample_export_dir
+from echo_pipeline.infra.paths import sample_export_dir
 from tools.sample_export import (
     ALEX,
     DISCORD_EPOCH_MS,

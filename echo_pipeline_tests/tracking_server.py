@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from echo_pipeline.servers import tracking_server_command
+from echo_pipeline.operations.servers import tracking_server_command
 
 #: The server imports MLflow and migrates a fresh sqlite store: 10-20 s on 2 busy cores.
 START_TIMEOUT_S = 180.0

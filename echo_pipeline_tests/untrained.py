@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from echo_pipeline.adapters import base_model_record, package_version
-from echo_pipeline.base_model import ResolvedBaseModel
-from echo_pipeline.records import AdapterMetadata, DatasetRecord, TrackingRecord
+from echo_pipeline.infra.records import AdapterMetadata, DatasetRecord, TrackingRecord
+from echo_pipeline.training.adapters import base_model_record, package_version
+from echo_pipeline.training.base_model import ResolvedBaseModel
 
 
 def write_untrained_adapter(
@@ -36,7 +36,7 @@ def write_untrained_adapter(
     """
     from peft import LoraConfig, get_peft_model
 
-    from echo_pipeline.base_model import load_causal_lm, load_tokenizer
+    from echo_pipeline.training.base_model import load_causal_lm, load_tokenizer
 
     out_dir = Path(out_dir)
     model = get_peft_model(

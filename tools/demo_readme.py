@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from echo_pipeline import demo_results
-from echo_pipeline.layout import Layout
+from echo_pipeline.infra.layout import Layout
+from echo_pipeline.operations import demo_results
 
 
 def main(argv: list[str] | None = None) -> int:

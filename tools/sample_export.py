@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from echo_pipeline.pairing_config import SAMPLE_ME
-from echo_pipeline.paths import sample_export_dir
+from echo_pipeline.infra.paths import sample_export_dir
+from echo_pipeline.pairs.pairing_config import SAMPLE_ME
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from echo_pipeline.defs.ingest import default_export_location
+from echo_pipeline.defs.exports import default_export_location
 from echo_pipeline.defs.partitions import adapter_partitions
-from echo_pipeline.storage import file_sha256
+from echo_pipeline.defs.resources import build_resources
+from echo_pipeline.defs.staleness import stale_reasons
+from echo_pipeline.infra.storage import file_sha256
 
 # The reply memory is made with the pairs it indexes, so datasets that read it follow both.
 INGEST_SELECTION = ["raw_chat_export", "chat_messages", "conversation_pairs", "reply_memory"]
@@ -121,9 +123,6 @@ def stale_adapter_partitions(
     With the default config (a schedule has no launchpad): a recipe is judged as
     ``experiments.py`` defines it now.
     """
-    from echo_pipeline.defs.freshness import stale_reasons
-    from echo_pipeline.defs.resources import build_resources
-
     resources = build_resources()
     found = []
     for key in sorted(instance.get_materialized_partitions(dg.AssetKey("lora_adapter"))):

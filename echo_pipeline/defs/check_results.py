@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 
 import dagster as dg
 
-from echo_pipeline.checks import CheckOutcome
+from echo_pipeline.infra.checks import CheckOutcome
 
 
 def asset_check_results(outcomes: Iterable[CheckOutcome]) -> Iterator[dg.AssetCheckResult]:

@@ -5,20 +5,20 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from echo_pipeline.checks import check_template_dataset, example_lengths
+from echo_pipeline.datasets.checks import check_template_dataset, example_lengths
+from echo_pipeline.datasets.tokenization import DEFAULT_MAX_TOKENS
 from echo_pipeline.defs.check_results import asset_check_results
 from echo_pipeline.defs.conditions import DATASET_AUTOMATION
-from echo_pipeline.defs.freshness import (
+from echo_pipeline.defs.io_manager import ParquetIOManager
+from echo_pipeline.defs.partitions import template_partitions
+from echo_pipeline.defs.provenance import (
     CODE_VERSIONS,
     data_version,
     dataset_provenance,
     provenance_metadata,
 )
-from echo_pipeline.defs.io_manager import ParquetIOManager
-from echo_pipeline.defs.partitions import template_partitions
 from echo_pipeline.defs.resources import BaseModelResource
-from echo_pipeline.schemas import TOKEN_COLUMNS
-from echo_pipeline.tokenization import DEFAULT_MAX_TOKENS
+from echo_pipeline.infra.schemas import TOKEN_COLUMNS
 
 DATASETS = "datasets"
 TOKEN_FIELDS = [
@@ -99,13 +99,17 @@ def template_dataset(
     conversation_pairs: pa.Table,
 ):
     """Per-template training data, plus JSONL in the seed's {"inputs": ...} shape for hosted tuning."""
-    from echo_pipeline.adapters import dataset_digest
-    from echo_pipeline.base_model import load_tokenizer
-    from echo_pipeline.conversations import pairs_identity
-    from echo_pipeline.memory import MemoryIndex, ReplyMemory, load_encoder
-    from echo_pipeline.records import DatasetManifest
-    from echo_pipeline.templates import default_system_prompt, is_group_chat
-    from echo_pipeline.tokenization import build_template_dataset, stop_token_id, write_jsonl
+    from echo_pipeline.datasets.templates import default_system_prompt, is_group_chat
+    from echo_pipeline.datasets.tokenization import (
+        build_template_dataset,
+        stop_token_id,
+        write_jsonl,
+    )
+    from echo_pipeline.infra.records import DatasetManifest
+    from echo_pipeline.pairs.conversations import pairs_identity
+    from echo_pipeline.pairs.memory import MemoryIndex, ReplyMemory, load_encoder
+    from echo_pipeline.training.adapters import dataset_digest
+    from echo_pipeline.training.base_model import load_tokenizer
 
     template = context.partition_key
     layout = io_manager.layout()

@@ -7,15 +7,15 @@ from pydantic import Field
 
 from echo_pipeline.defs.check_results import asset_check_results
 from echo_pipeline.defs.conditions import REPORT_AUTOMATION
-from echo_pipeline.defs.freshness import (
+from echo_pipeline.defs.io_manager import ParquetIOManager
+from echo_pipeline.defs.partitions import adapter_partitions
+from echo_pipeline.defs.provenance import (
     CODE_VERSIONS,
     comparison_provenance,
     data_version,
     provenance_metadata,
     report_provenance,
 )
-from echo_pipeline.defs.io_manager import ParquetIOManager
-from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
 
 EVALUATION = "evaluation"
@@ -211,13 +211,13 @@ def evaluation_report(
     model's and my real ones on the same held-out prompts and the same template, and is logged
     as a child of the adapter's training run.
     """
-    from echo_pipeline.base_choice import CHOICE_TAG
-    from echo_pipeline.checks import check_beats_base
+    from echo_pipeline.evaluation.checks import check_beats_base
     from echo_pipeline.evaluation.evaluate import evaluate_adapter
     from echo_pipeline.evaluation.report import write_report
     from echo_pipeline.evaluation.runs import log_evaluation_run, training_history, training_run
-    from echo_pipeline.records import METADATA_FILE
-    from echo_pipeline.tracking import TrackingUnavailableError, run_url
+    from echo_pipeline.infra.records import METADATA_FILE
+    from echo_pipeline.infra.tracking import TrackingUnavailableError, run_url
+    from echo_pipeline.training.base_choice import CHOICE_TAG
 
     keys = context.partition_key.keys_by_dimension
     template, experiment = keys["template"], keys["experiment"]
@@ -300,7 +300,7 @@ def _add_human_reader(result, root, partition: str) -> None:
     """The report's "fooled a human reader: x of n", from the rounds of "which one is me?"
     played so far, beside the discriminator's verdict (metrics too once someone has played)."""
     from echo_pipeline.defs.feedback import FOOLED, FOOLED_SHARE, ROUNDS
-    from echo_pipeline.feedback import fooled_score, load_judgements
+    from echo_pipeline.evaluation.feedback import fooled_score, load_judgements
 
     score = fooled_score(load_judgements(root, partition))
     result.lineage["human_reader"] = score.as_dict() | {"sentence": score.sentence()}

@@ -1,14 +1,14 @@
 """Human feedback stage: what people said in "which one is me?", per adapter.
 
-The judgements are written by the chat page (echo_pipeline.web), one atomic file each, and
-read here through echo_pipeline.feedback only: the code location never imports the page.
+The judgements are written by the chat page (echo_pipeline.serving.web), one atomic file each, and
+read here through echo_pipeline.evaluation.feedback only: the code location never imports the page.
 """
 
 import dagster as dg
 
-from echo_pipeline.defs.freshness import CODE_VERSIONS
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions
+from echo_pipeline.defs.provenance import CODE_VERSIONS
 from echo_pipeline.defs.resources import MlflowResource
 
 FEEDBACK = "feedback"
@@ -20,8 +20,8 @@ def latest_evaluation_run(tracking_uri: str, experiment_name: str, template: str
     """The adapter's newest evaluation run in the store (None when it was never evaluated)."""
     import mlflow
 
-    from echo_pipeline import tracking
     from echo_pipeline.evaluation.runs import EVALUATION, RUN_KIND_TAG
+    from echo_pipeline.infra import tracking
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment_name)
@@ -64,14 +64,14 @@ def human_judgements(
 
     import mlflow
 
-    from echo_pipeline import tracking
-    from echo_pipeline.feedback import (
+    from echo_pipeline.evaluation.feedback import (
         fooled_score,
         load_judgements,
         load_ratings,
         one_sided_ratings,
         preference_pairs,
     )
+    from echo_pipeline.infra import tracking
 
     keys = context.partition_key.keys_by_dimension
     template, experiment = keys["template"], keys["experiment"]

@@ -8,8 +8,8 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from echo_pipeline.layout import Layout
-from echo_pipeline.storage import write_parquet
+from echo_pipeline.infra.layout import Layout
+from echo_pipeline.infra.storage import write_parquet
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):

@@ -6,8 +6,8 @@ import warnings
 
 import dagster as dg
 
-from echo_pipeline.experiments import EXPERIMENTS
-from echo_pipeline.templates import TEMPLATE_NAMES
+from echo_pipeline.datasets.templates import TEMPLATE_NAMES
+from echo_pipeline.training.experiments import EXPERIMENTS
 
 EXPERIMENT_NAMES = tuple(EXPERIMENTS)
 

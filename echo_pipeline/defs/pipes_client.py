@@ -34,7 +34,7 @@ class TrainingPipesClient(dg.ConfigurableResource):
     """Starts the training child through Dagster Pipes and returns what it reported.
 
     ``subprocess`` runs the command on this machine (``PipesSubprocessClient``). ``k8s`` runs it
-    in one pod (``PipesK8sClient``) built by :func:`echo_pipeline.pod_spec.training_pod_spec`:
+    in one pod (``PipesK8sClient``) built by :func:`echo_pipeline.training.pod_spec.training_pod_spec`:
     the data volume mounted where this process sees ``ECHO_DATA_DIR``, one GPU per process.
     """
 
@@ -126,8 +126,8 @@ class TrainingPipesClient(dg.ConfigurableResource):
     def _run_in_pod(
         self, *, context: dg.AssetExecutionContext, command: list[str], extras: dict[str, Any]
     ) -> dg.PipesClientCompletedInvocation:
-        from echo_pipeline.paths import data_dir
-        from echo_pipeline.pod_spec import (
+        from echo_pipeline.infra.paths import data_dir
+        from echo_pipeline.training.pod_spec import (
             POD_LABELS,
             PodSettings,
             PodSpecError,

@@ -10,17 +10,17 @@ from pydantic import Field
 
 from echo_pipeline.defs.conditions import REPORT_AUTOMATION
 from echo_pipeline.defs.evaluation import HEADLINE_METRICS, EvaluationReportConfig
-from echo_pipeline.defs.freshness import (
+from echo_pipeline.defs.io_manager import ParquetIOManager
+from echo_pipeline.defs.partitions import adapter_partitions
+from echo_pipeline.defs.provenance import (
     CODE_VERSIONS,
     data_version,
     latest_data_version,
     provenance_metadata,
 )
-from echo_pipeline.defs.io_manager import ParquetIOManager
-from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
-from echo_pipeline.feedback import adapter_partition
-from echo_pipeline.provenance import Provenance, provenance_config
+from echo_pipeline.evaluation.feedback import adapter_partition
+from echo_pipeline.infra.provenance import Provenance, provenance_config
 
 PREFERENCE = "preference"
 PAIRS_CODE_VERSION = CODE_VERSIONS["preference_pairs"]
@@ -84,7 +84,7 @@ class PreferenceStageConfig(dg.Config):
     )
 
     def recipe(self, experiment: str):
-        from echo_pipeline.experiments import preference_config
+        from echo_pipeline.training.experiments import preference_config
 
         values = self.model_dump(exclude={"human_pairs"})
         return preference_config(experiment, values)
@@ -93,7 +93,7 @@ class PreferenceStageConfig(dg.Config):
 def preference_paths(layout, template: str, experiment: str) -> dict:
     """Where the stage reads and writes, beside lora_adapter's folders: ``<asset>/<template>__
     <experiment>`` (the supervised adapter's own slug)."""
-    from echo_pipeline.layout import adapter_slug
+    from echo_pipeline.infra.layout import adapter_slug
 
     slug = adapter_slug(template, experiment)
     return {
@@ -134,10 +134,10 @@ def preference_pairs(
     io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """What the adapter still gets wrong, in its own words: each sampled reply that is not mine."""
-    from echo_pipeline.preference import pairs_digest, source_counts
-    from echo_pipeline.preference_job import sample_pairs
-    from echo_pipeline.records import METADATA_FILE
-    from echo_pipeline.storage import write_parquet
+    from echo_pipeline.infra.records import METADATA_FILE
+    from echo_pipeline.infra.storage import write_parquet
+    from echo_pipeline.training.dpo import pairs_digest, source_counts
+    from echo_pipeline.training.dpo_job import sample_pairs
 
     partition, template, experiment, paths = _partition(context, io_manager)
     if not (paths["sft_adapter"] / METADATA_FILE).exists():
@@ -175,9 +175,9 @@ def _page_ratings(io_manager: ParquetIOManager, partition: str, paths: dict) -> 
     folder (none when nobody rated): trained on with no setting to give."""
     import pyarrow as pa
 
-    from echo_pipeline.feedback import load_ratings, preference_pairs
-    from echo_pipeline.schemas import PREFERENCE_PAIRS
-    from echo_pipeline.storage import write_parquet
+    from echo_pipeline.evaluation.feedback import load_ratings, preference_pairs
+    from echo_pipeline.infra.schemas import PREFERENCE_PAIRS
+    from echo_pipeline.infra.storage import write_parquet
 
     rows = preference_pairs(load_ratings(io_manager.layout().root, partition))
     if not rows:
@@ -204,8 +204,8 @@ def preference_adapter(
     io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Resumable: checkpoints and the cached reference log-probs stay in the work folder."""
-    from echo_pipeline.preference_job import PreferenceJob, run_preference_job
-    from echo_pipeline.tracking import TrackingUnavailableError
+    from echo_pipeline.infra.tracking import TrackingUnavailableError
+    from echo_pipeline.training.dpo_job import PreferenceJob, run_preference_job
 
     partition, template, experiment, paths = _partition(context, io_manager)
     if not paths["preference_pairs"].exists():

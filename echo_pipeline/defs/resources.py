@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from echo_pipeline.base_model import DEFAULT_BASE_MODEL, GEMMA3_270M, default_base_model
+from echo_pipeline.training.base_model import DEFAULT_BASE_MODEL, GEMMA3_270M, default_base_model
 
 
 class BaseModelResource(dg.ConfigurableResource):
@@ -33,12 +33,12 @@ class BaseModelResource(dg.ConfigurableResource):
     )
 
     def is_auto(self) -> bool:
-        from echo_pipeline.base_choice import AUTO
+        from echo_pipeline.training.base_choice import AUTO
 
         return self.source.strip().lower() == AUTO
 
     def resolve(self):
-        from echo_pipeline.base_model import resolve_base_model
+        from echo_pipeline.training.base_model import resolve_base_model
 
         if self.is_auto():
             return self.choice()[0]
@@ -48,8 +48,8 @@ class BaseModelResource(dg.ConfigurableResource):
 
     def choice(self):
         """For ``auto``: the chosen base and the scores behind it (cached beside the pairs)."""
-        from echo_pipeline.base_choice import choose_base_for_pairs
-        from echo_pipeline.layout import Layout
+        from echo_pipeline.infra.layout import Layout
+        from echo_pipeline.training.base_choice import choose_base_for_pairs
 
         return choose_base_for_pairs(Layout.default().pairs_path())
 
@@ -70,13 +70,13 @@ class MlflowResource(dg.ConfigurableResource):
     )
 
     def uri(self) -> str:
-        from echo_pipeline.tracking import default_tracking_uri
+        from echo_pipeline.infra.tracking import default_tracking_uri
 
         return self.tracking_uri or default_tracking_uri()
 
     def ensure_experiment(self) -> str:
         """Check the store and return the experiment id; raises before any training starts."""
-        from echo_pipeline.tracking import ensure_experiment
+        from echo_pipeline.infra.tracking import ensure_experiment
 
         return ensure_experiment(self.uri(), self.experiment_name)
 
@@ -94,9 +94,9 @@ def dagster_lineage_tags(context: dg.AssetExecutionContext, code_version: str) -
 def build_resources() -> dict:
     """Every resource the assets ask for, read when called: `echo-pipeline run --base-model`
     sets ECHO_BASE_MODEL before the runner builds its own."""
-    from echo_pipeline.base_model import default_base_model
     from echo_pipeline.defs.io_manager import ParquetIOManager
     from echo_pipeline.defs.pipes_client import TrainingPipesClient
+    from echo_pipeline.training.base_model import default_base_model
 
     return {
         "io_manager": ParquetIOManager(),

@@ -4,15 +4,15 @@ import dagster as dg
 from pydantic import Field
 
 from echo_pipeline.defs.conditions import ADAPTER_AUTOMATION
-from echo_pipeline.defs.freshness import (
+from echo_pipeline.defs.io_manager import ParquetIOManager
+from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapter
+from echo_pipeline.defs.pipes_client import TrainingPipesClient
+from echo_pipeline.defs.provenance import (
     CODE_VERSIONS,
     adapter_provenance,
     data_version,
     provenance_metadata,
 )
-from echo_pipeline.defs.io_manager import ParquetIOManager
-from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapter
-from echo_pipeline.defs.pipes_client import TrainingPipesClient
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource, dagster_lineage_tags
 
 TRAINING = "training"
@@ -22,7 +22,7 @@ TRAINING_CODE_VERSION = CODE_VERSIONS["lora_adapter"]
 class LoraConfig(dg.Config):
     """Overrides of the experiment's recipe; unset fields keep the recipe's value.
 
-    The recipes (partition dimension ``experiment``) live in ``echo_pipeline/experiments.py``.
+    The recipes (partition dimension ``experiment``) live in ``echo_pipeline/training/experiments.py``.
     """
 
     lora_r: int | None = Field(default=None, ge=1, description="LoRA rank (default 16).")
@@ -144,12 +144,12 @@ def lora_adapter(
     io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Trains, measures held-out reply loss against the base model, and registers the adapter."""
-    from echo_pipeline.adapters import AdapterJob, run_adapter_job
-    from echo_pipeline.distributed import launch_command
-    from echo_pipeline.experiments import experiment_config
-    from echo_pipeline.records import DatasetManifest
-    from echo_pipeline.tracking import TrackingUnavailableError
-    from echo_pipeline.train_job import failure_file, outcome_metadata
+    from echo_pipeline.infra.records import DatasetManifest
+    from echo_pipeline.infra.tracking import TrackingUnavailableError
+    from echo_pipeline.training.adapters import AdapterJob, run_adapter_job
+    from echo_pipeline.training.distributed import launch_command
+    from echo_pipeline.training.experiments import experiment_config
+    from echo_pipeline.training.job import failure_file, outcome_metadata
 
     keys = context.partition_key.keys_by_dimension
     template, experiment = keys["template"], keys["experiment"]

@@ -29,7 +29,7 @@ retrieved past exchanges) would be, in outline::
                                [d.stopped for d in draws], sum(d.seconds for d in draws))
 
 where ``memory_prompt_ids`` renders the top-k retrieved (prompt, reply) pairs into the
-template's prompt (``echo_pipeline.memory``), ``k`` read from ``inputs.meta``.
+template's prompt (``echo_pipeline.pairs.memory``), ``k`` read from ``inputs.meta``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pandas as pd
 
 from echo_pipeline.evaluation.report import CSS, esc, figure_png, fmt, new_figure
 from echo_pipeline.evaluation.runs import EVALUATION, RUN_KIND_TAG, TRAINING_RUN_TAG
-from echo_pipeline.storage import write_text
+from echo_pipeline.infra.storage import write_text
 
 #: (column, label, which direction is better); the ranked ones decide the order.
 COLUMNS: tuple[tuple[str, str, str | None], ...] = (
@@ -52,7 +52,7 @@ class LeaderboardFiles:
 def _runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
     import mlflow
 
-    from echo_pipeline import tracking
+    from echo_pipeline.infra import tracking
 
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from echo_pipeline.conversations import heldout_split
 from echo_pipeline.evaluation.attribution import (
     AuthorshipClassifier,
     attributed_share,
@@ -69,7 +68,8 @@ from echo_pipeline.evaluation.generation import (
 )
 from echo_pipeline.evaluation.relevance import distinct_n
 from echo_pipeline.evaluation.style import compare_style, style_profile, word_counts
-from echo_pipeline.records import AdapterMetadata
+from echo_pipeline.infra.records import AdapterMetadata
+from echo_pipeline.pairs.conversations import heldout_split
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def adapter_vs_base(metrics: dict[str, float]) -> dict[str, bool]:
 
 
 def heldout_split_name(frame: pd.DataFrame, preferred: str = "test") -> str:
-    """The split to evaluate on (:func:`~echo_pipeline.conversations.heldout_split`, the
+    """The split to evaluate on (:func:`~echo_pipeline.pairs.conversations.heldout_split`, the
     training side's choice too); an error when it has no rows."""
     split = heldout_split(frame["split"].value_counts().to_dict(), preferred)
     if not (frame["split"] == split).any():
@@ -333,7 +333,7 @@ def load_heldout(
 ) -> HeldOut:
     import pyarrow.parquet as pq
 
-    from echo_pipeline.adapters import load_dataset
+    from echo_pipeline.training.adapters import load_dataset
 
     meta = AdapterMetadata.load(adapter_dir)
     frame = load_dataset(dataset_path)
@@ -361,7 +361,7 @@ def load_heldout(
 def _lineage(
     data: HeldOut, adapter_dir: Path, dataset_path: Path, pairs_path: Path
 ) -> dict[str, Any]:
-    from echo_pipeline.adapters import dataset_digest
+    from echo_pipeline.training.adapters import dataset_digest
 
     meta, digest = data.meta, dataset_digest(data.frame)
     recorded, tracked = meta.dataset.digest, meta.mlflow
@@ -389,7 +389,7 @@ def _lineage(
 
 
 def _loss_examples(data: HeldOut, config: EvaluationConfig) -> list[dict[str, list[int]]]:
-    from echo_pipeline.adapters import split_examples
+    from echo_pipeline.training.adapters import split_examples
 
     examples = split_examples(data.frame, data.split)
     if config.max_loss_examples and len(examples) > config.max_loss_examples:
@@ -404,7 +404,7 @@ def _inference_prompts(
 ) -> list[list[int]]:
     """Each row's prompt as the adapter was trained to see it: with its reply-memory examples
     (from the train index, never the row's own session) when the session has memory."""
-    from echo_pipeline.tokenization import tokenize_inference_prompt
+    from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
 
     memory = getattr(session, "memory", None)
     shown = (
@@ -476,7 +476,7 @@ def _generate_and_score_loss(
 ) -> tuple[pd.DataFrame, dict[str, float], Generated]:
     """Reply loss and replies of the adapter, then of the base (adapter switched off); the
     reply losses training ``recorded`` for this split are taken as they are."""
-    from echo_pipeline.training import reply_loss
+    from echo_pipeline.training.loop import reply_loss
 
     prompt_ids = _inference_prompts(session, data.chosen, config)
     train = data.pairs[data.pairs["split"] == "train"]
@@ -724,7 +724,7 @@ def evaluate_adapter(
     say(f"attribution classifier: held-out balanced accuracy {accuracy:.3f}")
     with torch_threads(config.torch_threads):
         if session is None:
-            from echo_pipeline.chat import ChatSession
+            from echo_pipeline.serving.chat import ChatSession
 
             session = ChatSession.from_adapter(adapter_dir, base_model=base_model)
         samples, generation_metrics, generated = _generate_and_score_loss(

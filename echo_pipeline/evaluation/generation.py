@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from echo_pipeline.training import torch_threads  # noqa: F401 (re-exported for the evaluation)
+from echo_pipeline.training.loop import torch_threads  # noqa: F401 (re-exported for the evaluation)
 
 #: Which tokens a repetition penalty may fall on (GenerationSettings.penalty_scope).
 PENALTY_SCOPES = ("prompt", "reply")
@@ -132,7 +132,7 @@ class GenerationRun:
 def generate_replies(
     session: Any, prompt_ids: Sequence[list[int]], settings: GenerationSettings
 ) -> GenerationRun:
-    """Generate a reply per prompt with ``session`` (a :class:`~echo_pipeline.chat.ChatSession`)."""
+    """Generate a reply per prompt with ``session`` (a :class:`~echo_pipeline.serving.chat.ChatSession`)."""
     import torch
 
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from echo_pipeline.evaluation.evaluate import SCORECARD, SIDES, EvaluationResult, adapter_vs_base
-from echo_pipeline.storage import write_text
+from echo_pipeline.infra.storage import write_text
 
 REPORT_FILE = "report.html"
 METRICS_FILE = "metrics.json"

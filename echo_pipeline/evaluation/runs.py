@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from echo_pipeline import tracking
 from echo_pipeline.evaluation.evaluate import EvaluationResult
 from echo_pipeline.evaluation.report import ReportFiles
+from echo_pipeline.infra import tracking
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _heldout_dataset(result: EvaluationResult) -> Any | None:
     import mlflow
     import pyarrow.parquet as pq
 
-    from echo_pipeline.schemas import TOKEN_COLUMNS
+    from echo_pipeline.infra.schemas import TOKEN_COLUMNS
 
     path, split = Path(result.lineage["dataset_path"]), result.lineage["heldout_split"]
     if not path.exists():

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from echo_pipeline.exports.errors import ExportError
-from echo_pipeline.schemas import CHAT_MESSAGES
+from echo_pipeline.infra.schemas import CHAT_MESSAGES
 
 # --- file names -------------------------------------------------------------------------------
 

@@ -55,6 +55,70 @@ _ACCEPTED_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "de
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _REDOWNLOAD = "download the archive again"
 
+#: Files that sit beside exports but never are one: downloaded media (DCE ``--media``, WhatsApp
+#: "attach media"), archives, documents and contact cards. A ``.zip`` is opened instead (its
+#: members are walked by these rules); inside an archive, a nested ``.zip`` is skipped.
+SKIPPED_SUFFIXES = frozenset(
+    [
+        ".md",
+        ".markdown",
+        ".rst",
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".gif",
+        ".webp",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".svg",
+        ".ico",
+        ".jfif",
+        ".mp4",
+        ".mov",
+        ".webm",
+        ".mkv",
+        ".avi",
+        ".m4v",
+        ".3gp",
+        ".mp3",
+        ".wav",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".m4a",
+        ".flac",
+        ".aac",
+        ".amr",
+        ".pdf",
+        ".doc",
+        ".docx",
+        ".xls",
+        ".xlsx",
+        ".ppt",
+        ".pptx",
+        ".zip",
+        ".gz",
+        ".tgz",
+        ".7z",
+        ".rar",
+        ".tar",
+        ".vcf",
+        ".exe",
+        ".dll",
+        ".woff",
+        ".woff2",
+        ".ttf",
+        ".css",
+        ".js",
+        ".parquet",
+        ".pyc",
+    ]
+)
+
 
 @dataclass(frozen=True)
 class ArchiveLimits:
@@ -143,8 +207,6 @@ class _BoundedStream(io.RawIOBase):
 def is_zip_archive(path: Path, head: bytes) -> bool:
     """True for a file to open as an archive: its first bytes are a zip's, and it is not an
     office document or other zip-based file that never holds a chat export."""
-    from echo_pipeline.exports.discover import SKIPPED_SUFFIXES
-
     suffix = path.suffix.lower()
     return head.startswith(ZIP_MAGIC) and (suffix == ".zip" or suffix not in SKIPPED_SUFFIXES)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from echo_pipeline.exports._common import export_sort_key
 from echo_pipeline.exports.archive import (
     DEFAULT_LIMITS,
+    SKIPPED_SUFFIXES,
     ArchiveLimits,
     ArchiveMember,
     ExportPath,
@@ -21,71 +22,6 @@ from echo_pipeline.exports.archive import (
 from echo_pipeline.exports.errors import ExportError
 from echo_pipeline.exports.meta import is_meta_companion
 from echo_pipeline.exports.slack import is_slack_metadata
-
-#: Files that sit beside exports but never are one: downloaded media (DCE ``--media``, WhatsApp
-#: "attach media"), archives, documents and contact cards. A ``.zip`` is opened instead (its
-#: members are walked by these rules); inside an archive, a nested ``.zip`` is skipped.
-SKIPPED_SUFFIXES = frozenset(
-    [
-        ".md",
-        ".markdown",
-        ".rst",
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".gif",
-        ".webp",
-        ".bmp",
-        ".tif",
-        ".tiff",
-        ".heic",
-        ".heif",
-        ".avif",
-        ".svg",
-        ".ico",
-        ".jfif",
-        ".mp4",
-        ".mov",
-        ".webm",
-        ".mkv",
-        ".avi",
-        ".m4v",
-        ".3gp",
-        ".mp3",
-        ".wav",
-        ".ogg",
-        ".oga",
-        ".opus",
-        ".m4a",
-        ".flac",
-        ".aac",
-        ".amr",
-        ".pdf",
-        ".doc",
-        ".docx",
-        ".xls",
-        ".xlsx",
-        ".ppt",
-        ".pptx",
-        ".zip",
-        ".gz",
-        ".tgz",
-        ".7z",
-        ".rar",
-        ".tar",
-        ".vcf",
-        ".exe",
-        ".dll",
-        ".woff",
-        ".woff2",
-        ".ttf",
-        ".css",
-        ".js",
-        ".parquet",
-        ".pyc",
-    ]
-)
-
 
 #: What a folder is searched for, in words (every format is detected from content, not name).
 LOOKED_FOR = (

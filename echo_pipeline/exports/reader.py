@@ -31,7 +31,7 @@ from echo_pipeline.exports.meta import describe_meta, read_meta_e2ee, read_meta_
 from echo_pipeline.exports.slack import describe_slack, read_slack
 from echo_pipeline.exports.telegram import describe_telegram, read_telegram
 from echo_pipeline.exports.whatsapp import read_whatsapp
-from echo_pipeline.schemas import CHAT_MESSAGES, HUMAN_KINDS
+from echo_pipeline.infra.schemas import CHAT_MESSAGES, HUMAN_KINDS
 
 _READERS: dict[str, Callable[[Path], pa.Table]] = {
     "discord_json": read_discord_json,

@@ -55,7 +55,7 @@ from echo_pipeline.exports._common import (
     timestamps_to_int,
 )
 from echo_pipeline.exports.errors import ExportError
-from echo_pipeline.schemas import CHAT_MESSAGES, MESSAGE_KINDS
+from echo_pipeline.infra.schemas import CHAT_MESSAGES, MESSAGE_KINDS
 
 Id = str | int | None
 _ABSENT = "\x00absent"  # default of keys whose mere presence matters (forwarded_from may be null)

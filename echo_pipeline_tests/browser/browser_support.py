@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from echo_pipeline.paths import PROJECT_ROOT
+from echo_pipeline.infra.paths import PROJECT_ROOT
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_pipeline.paths import PROJECT_ROOT
+from echo_pipeline.infra.paths import PROJECT_ROOT
 
 CHROMIUM = Path(os.environ.get("ECHO_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

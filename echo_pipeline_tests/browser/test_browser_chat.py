@@ -19,7 +19,7 @@ from unittest import mock
 import pytest
 from browser_support import free_port, log_tail, server
 
-from echo_pipeline import paths
+from echo_pipeline.infra import paths
 
 pytestmark = pytest.mark.browser
 
@@ -73,7 +73,15 @@ def chat_page(trained, log: Path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "ECHO_DATA_DIR"}
     env |= {k: v for k, v in trained.items() if k != "root"}
-    command = [sys.executable, "-m", "echo_pipeline.cli", "chat", "--web", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "echo_pipeline.operations.cli",
+        "chat",
+        "--web",
+        "--port",
+        str(port),
+    ]
     return server(command, env, f"http://127.0.0.1:{port}/", log, timeout_s=90), port
 
 
@@ -97,8 +105,8 @@ def play_round(page, choice: str = "left") -> str:
 def test_chat_side_by_side_and_the_game(trained, new_page, save_screenshot, tmp_path):
     from playwright.sync_api import expect
 
-    from echo_pipeline.chat import ChatSession
-    from echo_pipeline.feedback import load_judgements, load_ratings, preference_pairs
+    from echo_pipeline.evaluation.feedback import load_judgements, load_ratings, preference_pairs
+    from echo_pipeline.serving.chat import ChatSession
 
     data = Path(trained["ECHO_DATA_DIR"])
     started, port = chat_page(trained, tmp_path / "chat.log")

@@ -14,9 +14,9 @@ import time
 import pytest
 from browser_support import free_port, log_tail, post_json, server
 
-from echo_pipeline import paths
-from echo_pipeline.runner import ensure_dagster_home
-from echo_pipeline.servers import dagster_command
+from echo_pipeline.infra import paths
+from echo_pipeline.operations.runner import ensure_dagster_home
+from echo_pipeline.operations.servers import dagster_command
 
 pytestmark = pytest.mark.browser
 

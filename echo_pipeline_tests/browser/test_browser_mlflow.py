@@ -2,7 +2,7 @@
 
 The runs are made with the MLflow client the way the pipeline names and fills them (run name
 ``<template>/<experiment>``, ``train.*`` params, a loss curve, held-out reply losses), and the
-server is the project's own ``mlflow ui`` command from echo_pipeline.servers.
+server is the project's own ``mlflow ui`` command from echo_pipeline.operations.servers.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 import pytest
 from browser_support import free_port, server
 
-from echo_pipeline import tracking
-from echo_pipeline.servers import mlflow_command
+from echo_pipeline.infra import tracking
+from echo_pipeline.operations.servers import mlflow_command
 
 pytestmark = pytest.mark.browser
 

@@ -17,7 +17,7 @@ import pytest
 from echo_pipeline.evaluation.attribution import AuthorshipClassifier
 from echo_pipeline.evaluation.evaluate import EvaluationConfig, EvaluationResult, score_replies
 from echo_pipeline.evaluation.report import write_report
-from echo_pipeline.paths import data_dir
+from echo_pipeline.infra.paths import data_dir
 
 pytestmark = pytest.mark.browser
 

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 
 from echo_pipeline.definitions import build_resources, defs
 from echo_pipeline.defs.automation import export_fingerprints, export_folder_sensor
-from echo_pipeline.defs.ingest import conversation_pairs_checks, ingest_assets
-from echo_pipeline.paths import data_dir, sample_export_dir
+from echo_pipeline.defs.exports import export_assets
+from echo_pipeline.defs.pairs import conversation_pairs, conversation_pairs_checks
+from echo_pipeline.infra.paths import data_dir, sample_export_dir
 
 
 def zip_sample(target: Path, extra: dict[str, str] | None = None) -> Path:
@@ -29,7 +30,7 @@ def zip_sample(target: Path, extra: dict[str, str] | None = None) -> Path:
 
 def materialize(path: Path):
     return dg.materialize(
-        [*ingest_assets, conversation_pairs_checks],
+        [*export_assets, conversation_pairs, conversation_pairs_checks],
         resources=build_resources(),
         run_config={"ops": {"read_chat_exports": {"config": {"path": str(path)}}}},
         raise_on_error=False,

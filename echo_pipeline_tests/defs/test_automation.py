@@ -10,7 +10,7 @@ import dagster as dg
 from echo_pipeline.definitions import defs
 from echo_pipeline.defs.automation import export_folder_sensor, weekly_retraining_schedule
 from echo_pipeline.defs.partitions import adapter_key
-from echo_pipeline.paths import sample_export_dir
+from echo_pipeline.infra.paths import sample_export_dir
 
 SUNDAY = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 

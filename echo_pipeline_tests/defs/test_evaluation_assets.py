@@ -20,8 +20,8 @@ from run_configs import QUICK_EVALUATION, SMALL_HELDOUT
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.evaluation import evaluation_assets
 from echo_pipeline.defs.partitions import adapter_key
-from echo_pipeline.feedback import Judgement, record_judgement
-from echo_pipeline.layout import Layout
+from echo_pipeline.evaluation.feedback import Judgement, record_judgement
+from echo_pipeline.infra.layout import Layout
 
 ASSETS = [*ALL_ASSETS, *[a for a in evaluation_assets if a not in ALL_ASSETS], *ALL_CHECKS]
 
@@ -59,9 +59,9 @@ def _untrained_chatml_adapter(base_model, pairs_ops):
     import pyarrow.parquet as pq
     from untrained import write_untrained_adapter
 
-    from echo_pipeline.adapters import dataset_digest
-    from echo_pipeline.records import DatasetManifest
-    from echo_pipeline.tracking import default_tracking_uri, ensure_experiment
+    from echo_pipeline.infra.records import DatasetManifest
+    from echo_pipeline.infra.tracking import default_tracking_uri, ensure_experiment
+    from echo_pipeline.training.adapters import dataset_digest
 
     assert materialize(
         ["raw_chat_export", "chat_messages", "conversation_pairs"], ops=pairs_ops

@@ -22,9 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from echo_pipeline.definitions import build_resources
-from echo_pipeline.defs.ingest import conversation_pairs_checks, ingest_assets
-from echo_pipeline.layout import Layout, partition_slug
-from echo_pipeline.paths import data_dir
+from echo_pipeline.defs.exports import export_assets
+from echo_pipeline.defs.pairs import conversation_pairs, conversation_pairs_checks
+from echo_pipeline.infra.layout import Layout, partition_slug
+from echo_pipeline.infra.paths import data_dir
 
 HOSTILE = Path(__file__).resolve().parents[1] / "fixtures" / "hostile"
 DATA_FILES = ("chat_messages.parquet", "conversation_pairs.parquet")
@@ -34,7 +35,7 @@ ALL_FILES = ("raw_chat_export.parquet", *DATA_FILES)
 def materialize(path: Path | None = None, instance: dg.DagsterInstance | None = None):
     run_config = {"ops": {"read_chat_exports": {"config": {"path": str(path)}}}} if path else {}
     return dg.materialize(
-        [*ingest_assets, conversation_pairs_checks],
+        [*export_assets, conversation_pairs, conversation_pairs_checks],
         resources=build_resources(),
         run_config=run_config,
         raise_on_error=False,

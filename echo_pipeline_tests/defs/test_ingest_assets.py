@@ -21,10 +21,11 @@ from split_exports import (
     write_split_export,
 )
 
-from echo_pipeline import schemas
 from echo_pipeline.definitions import ALL_ASSETS, build_resources, defs
-from echo_pipeline.defs.ingest import conversation_pairs_checks, ingest_assets
-from echo_pipeline.paths import data_dir
+from echo_pipeline.defs.exports import export_assets
+from echo_pipeline.defs.pairs import conversation_pairs, conversation_pairs_checks
+from echo_pipeline.infra import schemas
+from echo_pipeline.infra.paths import data_dir
 
 INGEST_CONFIG_BAD = {"ops": {"read_chat_exports": {"config": {"path": "{path}"}}}}
 
@@ -58,7 +59,7 @@ def test_code_location_imports_no_heavy_libraries():
 
 def materialize_ingest(run_config: dict | None = None, **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [*ingest_assets, conversation_pairs_checks],
+        [*export_assets, conversation_pairs, conversation_pairs_checks],
         resources=build_resources(),
         run_config=run_config or {},
         **kwargs,

@@ -10,8 +10,8 @@ from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.resources import MlflowResource
-from echo_pipeline.layout import Layout
-from echo_pipeline.records import DatasetManifest
+from echo_pipeline.infra.layout import Layout
+from echo_pipeline.infra.records import DatasetManifest
 
 
 class UntrackedMlflow(MlflowResource):
@@ -64,7 +64,7 @@ def test_the_dataset_and_its_manifest_land_under_the_io_managers_base_dir(elsewh
 
 
 def test_lora_adapter_reads_the_dataset_where_the_io_manager_wrote_it(elsewhere, monkeypatch):
-    from echo_pipeline import adapters
+    from echo_pipeline.training import adapters
 
     layout, materialize = elsewhere
     jobs = []

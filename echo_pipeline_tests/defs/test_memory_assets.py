@@ -6,10 +6,10 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
-from echo_pipeline.defs.freshness import stale_reasons
-from echo_pipeline.layout import Layout
-from echo_pipeline.memory import MemoryIndex
-from echo_pipeline.records import DatasetManifest
+from echo_pipeline.defs.staleness import stale_reasons
+from echo_pipeline.infra.layout import Layout
+from echo_pipeline.infra.records import DatasetManifest
+from echo_pipeline.pairs.memory import MemoryIndex
 
 
 def test_memory_is_its_own_asset_and_k_shapes_the_dataset(pipeline_env):

@@ -17,8 +17,8 @@ import pytest
 
 from echo_pipeline.defs.pipes_client import TrainingPipesClient
 from echo_pipeline.defs.resources import build_resources
-from echo_pipeline.distributed import launch_command
-from echo_pipeline.paths import PROJECT_ROOT
+from echo_pipeline.infra.paths import PROJECT_ROOT
+from echo_pipeline.training.distributed import launch_command
 
 CHILD = """
 from dagster_pipes import open_dagster_pipes
@@ -196,7 +196,7 @@ def test_pipes_k8s_client_posts_the_pod_that_was_built(tmp_path, monkeypatch):
     """Where the extra is installed: the real PipesK8sClient.run takes the spec as built and
     POSTs it, Pipes env added, to the API server named in the kubeconfig (a loopback recorder)."""
     pytest.importorskip("dagster_k8s")
-    from echo_pipeline.pod_spec import PodSettings, training_pod_spec
+    from echo_pipeline.training.pod_spec import PodSettings, training_pod_spec
 
     _ApiRecorder.seen = []
     server = HTTPServer(("127.0.0.1", 0), _ApiRecorder)

@@ -18,9 +18,9 @@ from test_training_assets import materialize
 
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.preference import preference_paths
-from echo_pipeline.feedback import Rating, record_rating
-from echo_pipeline.layout import Layout
-from echo_pipeline.schemas import PREFERENCE_PAIRS
+from echo_pipeline.evaluation.feedback import Rating, record_rating
+from echo_pipeline.infra.layout import Layout
+from echo_pipeline.infra.schemas import PREFERENCE_PAIRS
 
 TINY_PREFERENCE = {
     "max_prompts": 4,

@@ -26,7 +26,7 @@ from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.evaluation import evaluation_assets
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.resources import MlflowResource
-from echo_pipeline.layout import Layout
+from echo_pipeline.infra.layout import Layout
 
 ASSETS = [*ALL_ASSETS, *[a for a in evaluation_assets if a not in ALL_ASSETS], *ALL_CHECKS]
 KEY = adapter_key("chatml", "demo")
@@ -258,7 +258,7 @@ def test_a_server_lost_mid_run_keeps_the_adapter_and_fails_the_step_with_what_to
     import threading
     import time
 
-    from echo_pipeline.adapters import base_model_config, validate_adapter_dir
+    from echo_pipeline.training.adapters import base_model_config, validate_adapter_dir
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # inherited by the Pipes child
     layout = Layout.default()

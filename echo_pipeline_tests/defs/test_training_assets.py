@@ -17,7 +17,7 @@ from run_configs import SMALL_HELDOUT, TINY_TRAINING
 
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.partitions import adapter_key
-from echo_pipeline.layout import Layout
+from echo_pipeline.infra.layout import Layout
 
 
 def materialize(
@@ -125,7 +125,7 @@ def test_lora_adapter_trains_tracks_lineage_and_beats_the_base(chatml_dataset, p
 
     from peft import PeftModel
 
-    from echo_pipeline.base_model import load_causal_lm, resolve_base_model
+    from echo_pipeline.training.base_model import load_causal_lm, resolve_base_model
 
     model = PeftModel.from_pretrained(load_causal_lm(resolve_base_model()), out)
     assert model.peft_config["default"].r == 16

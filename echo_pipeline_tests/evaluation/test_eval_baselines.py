@@ -88,7 +88,7 @@ def real_pairs(tmp_path_factory) -> pd.DataFrame:
     """Pairs of the risc-v channel, built by ``echo-pipeline pairs`` as a user would."""
     export = next(e for e in REAL_EXPORTS if "Amulius" in e.name)
     out = tmp_path_factory.mktemp("pairs") / "pairs.parquet"
-    cli = [sys.executable, "-m", "echo_pipeline.cli"]
+    cli = [sys.executable, "-m", "echo_pipeline.operations.cli"]
     args = ["pairs", str(export), "--me", me_for(export), "--out", str(out)]
     subprocess.run([*cli, *args], check=True, capture_output=True)
     return pd.read_parquet(out)

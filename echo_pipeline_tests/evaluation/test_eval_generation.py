@@ -30,7 +30,7 @@ def one_thread():
 def session(base_model, tmp_path_factory):
     from untrained import write_untrained_adapter
 
-    from echo_pipeline.chat import ChatSession
+    from echo_pipeline.serving.chat import ChatSession
 
     adapter = write_untrained_adapter(
         base_model, tmp_path_factory.mktemp("adapter"), template="chatml"
@@ -40,7 +40,7 @@ def session(base_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompt_ids(session):
-    from echo_pipeline.tokenization import tokenize_inference_prompt
+    from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
 
     def ids(context, prompt):
         return tokenize_inference_prompt(
@@ -66,7 +66,7 @@ def test_batched_greedy_equals_one_by_one(session, prompt_ids):
 
 
 def test_a_zero_effect_adapter_writes_what_the_base_writes(session, prompt_ids):
-    from echo_pipeline.training import reply_loss
+    from echo_pipeline.training.loop import reply_loss
 
     settings = GenerationSettings(max_new_tokens=8, batch_size=2)
     adapter = generate_replies(session, prompt_ids, settings)

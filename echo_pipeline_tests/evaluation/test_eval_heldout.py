@@ -25,7 +25,7 @@ def test_a_dataset_with_nothing_held_out_cannot_be_evaluated():
 
 def _heldout(results: dict, digest: str = "d1", split: str = "test"):
     from echo_pipeline.evaluation.evaluate import HeldOut
-    from echo_pipeline.records import AdapterMetadata, BaseModelRecord, DatasetRecord
+    from echo_pipeline.infra.records import AdapterMetadata, BaseModelRecord, DatasetRecord
 
     meta = AdapterMetadata(
         "chatml", BaseModelRecord("smollm2"), dataset=DatasetRecord(digest=digest), results=results

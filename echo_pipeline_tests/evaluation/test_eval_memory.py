@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pandas as pd
 
+from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
 from echo_pipeline.evaluation.evaluate import EvaluationConfig, _inference_prompts
-from echo_pipeline.memory import ReplyMemory, build_index
-from echo_pipeline.tokenization import tokenize_inference_prompt
-from echo_pipeline_tests.test_memory import bag_of_words, pairs_frame
+from echo_pipeline.pairs.memory import ReplyMemory, build_index
+from echo_pipeline_tests.pairs.test_memory import bag_of_words, pairs_frame
 
 SYSTEM = "You are ana."
 

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from echo_pipeline.schemas import CHAT_MESSAGES, MESSAGE_KINDS
+from echo_pipeline.infra.schemas import CHAT_MESSAGES, MESSAGE_KINDS
 
 
 def _check_table(table: pa.Table) -> pa.Table:

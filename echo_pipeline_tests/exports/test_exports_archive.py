@@ -21,7 +21,6 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from echo_pipeline.cli import EXIT_BAD_INPUT, main
 from echo_pipeline.exports import (
     ExportError,
     detect_format,
@@ -39,7 +38,8 @@ from echo_pipeline.exports.archive import (
     open_archive,
     unsafe_name,
 )
-from echo_pipeline.storage import file_sha256
+from echo_pipeline.infra.storage import file_sha256
+from echo_pipeline.operations.cli import EXIT_BAD_INPUT, main
 
 LRM = "\u200e"
 NNBSP = "\u202f"

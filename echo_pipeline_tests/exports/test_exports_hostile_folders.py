@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hostile_exports import CASES, telegram_in_a_list, write_text
 
-from echo_pipeline.cli import EXIT_BAD_INPUT, main
+from echo_pipeline.operations.cli import EXIT_BAD_INPUT, main
 
 
 def _good_export(folder: Path) -> None:

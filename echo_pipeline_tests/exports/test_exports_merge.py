@@ -148,7 +148,7 @@ def test_whatsapp_reexport_of_one_chat_dedupes(write_text, check_table):
 
 def test_bundled_sample_folder_reads_without_its_readme():
     from echo_pipeline.exports import read_exports
-    from echo_pipeline.paths import sample_export_dir
+    from echo_pipeline.infra.paths import sample_export_dir
 
     files = discover_export_files([sample_export_dir()])
     assert files and all(f.suffix == ".json" for f in files)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from echo_pipeline.conversations import build_pairs
 from echo_pipeline.exports import ExportError, detect_format, read_export, read_exports
 from echo_pipeline.exports._common import stable_channel_id
 from echo_pipeline.exports.meta import describe_meta, read_meta_legacy, repair_mojibake
-from echo_pipeline.pairing_config import PairingConfig
+from echo_pipeline.pairs.conversations import build_pairs
+from echo_pipeline.pairs.pairing_config import PairingConfig
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z, in ms
 OWNER = "Zoë Owner"

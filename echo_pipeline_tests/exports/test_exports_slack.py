@@ -17,7 +17,6 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from echo_pipeline.conversations import PairingConfig, build_pairs
 from echo_pipeline.exports import (
     ExportError,
     detect_format,
@@ -33,6 +32,7 @@ from echo_pipeline.exports.slack import (
     slack_metadata,
     sniff_slack,
 )
+from echo_pipeline.pairs.conversations import PairingConfig, build_pairs
 
 ALICE, BOB, CARA, DAVE = "U01ALICE1", "U02BOB222", "U03CARA33", "U05DAVE55"
 

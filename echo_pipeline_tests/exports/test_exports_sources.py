@@ -14,10 +14,10 @@ from test_exports_meta import LEGACY, OWNER, legacy_thread
 from test_exports_telegram import ME as TELEGRAM_ME
 from test_exports_telegram import full_export
 
-from echo_pipeline.cli import main
 from echo_pipeline.exports import read_exports
-from echo_pipeline.pairing_config import SAMPLE_ME
-from echo_pipeline.paths import sample_export_dir
+from echo_pipeline.infra.paths import sample_export_dir
+from echo_pipeline.operations.cli import main
+from echo_pipeline.pairs.pairing_config import SAMPLE_ME
 
 DISCORD_DM = (
     Path(__file__).parents[1] / "fixtures" / "discord" / "mlomb__chat-analytics__DM_2A_2M.json"

@@ -25,8 +25,8 @@ from split_exports import (
     write_split_export,
 )
 
-from echo_pipeline.cli import main
 from echo_pipeline.exports import read_exports
+from echo_pipeline.operations.cli import main
 
 
 @pytest.mark.parametrize("fmt", sorted(WRITERS))

@@ -16,9 +16,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from echo_pipeline.conversations import PairingConfig, build_pairs
 from echo_pipeline.exports import ExportError, detect_format, read_export, read_exports
 from echo_pipeline.exports.telegram import describe_telegram, read_telegram, sniff_telegram
+from echo_pipeline.pairs.conversations import PairingConfig, build_pairs
 
 ME, BOB = 1001, 4242
 T0 = 1_672_574_400  # 2023-01-01 12:00:00 UTC; the exporting machine was at UTC+2

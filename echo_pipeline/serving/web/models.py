@@ -1,0 +1,327 @@
+"""The adapters a person can talk to, and how each one is prompted and decoded.
+
+Everything about a voice is read from the adapter's own records, never typed here again:
+template, system prompt and my name from ``echo_metadata.json``; decoding (temperature, top-p,
+repetition penalty, reply length) and the prompt bound from its last evaluation report's
+config (``metrics.json``; the evaluation's defaults when it has none); the number of context
+turns from the pairs it was trained on (the most any pair carries: the pairing's
+``context_turns``). The prompt goes through the same builder as training and evaluation
+(:func:`~echo_pipeline.datasets.tokenization.tokenize_inference_prompt`).
+
+One base model is loaded per base (by fingerprint) and every adapter of it is loaded onto that
+one PEFT model by name; "the base model" is the same weights with the adapter switched off, as
+in the evaluation. One generation runs at a time (the adapters share the weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from echo_pipeline.evaluation.feedback import adapter_partition
+from echo_pipeline.infra.layout import Layout
+from echo_pipeline.infra.records import METADATA_FILE, AdapterMetadata
+
+logger = logging.getLogger(__name__)
+
+BASE_PREFIX = "base:"
+#: Who the person is in the prompt when they type (the chat CLI's name for them too).
+PARTNER = "friend"
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One adapter (or the base model prompted as that adapter is) and its recorded settings."""
+
+    id: str  # the adapter's partition key, or "base:" + it
+    adapter_dir: Path
+    template: str
+    experiment: str
+    system_prompt: str
+    me: str
+    base_source: str
+    base_fingerprint: str
+    decoding: dict[str, Any]  # GenerationSettings fields
+    max_prompt_tokens: int
+    context_turns: int
+    verdict: str | None
+    reply_loss: float | None
+    trained_at: float  # mtime of echo_metadata.json
+
+    @property
+    def is_base(self) -> bool:
+        return self.id.startswith(BASE_PREFIX)
+
+    @property
+    def adapter(self) -> str:
+        """The adapter's partition key (for the base: the adapter whose prompt it borrows)."""
+        return self.id.removeprefix(BASE_PREFIX)
+
+    @property
+    def label(self) -> str:
+        if self.is_base:
+            return f"base model {self.base_source} ({self.template} prompt)"
+        return f"{self.template} × {self.experiment}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "is_base": self.is_base,
+            "template": self.template,
+            "experiment": self.experiment,
+            "me": self.me,
+            "partner": PARTNER,
+            "verdict": self.verdict,
+            "reply_loss": self.reply_loss,
+            "decoding": self.decoding,
+            "context_turns": self.context_turns,
+            "max_prompt_tokens": self.max_prompt_tokens,
+        }
+
+
+def _report(layout: Layout, template: str, experiment: str) -> dict[str, Any]:
+    from echo_pipeline.evaluation.report import METRICS_FILE
+
+    path = layout.report_dir(template, experiment) / METRICS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _context_turns(layout: Layout) -> int:
+    """The most context turns a training pair carries: what the pairing kept (3 by default)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from echo_pipeline.pairs.pairing_config import PairingConfig
+
+    default = PairingConfig.__dataclass_fields__["context_turns"].default
+    try:
+        lengths = pc.list_value_length(pq.read_table(layout.pairs_path(), columns=["context"])[0])
+    except (OSError, KeyError, ValueError):
+        return int(default)
+    most = pc.max(lengths).as_py()
+    return int(most) if most is not None else int(default)
+
+
+def discover_voices(layout: Layout) -> list[Voice]:
+    """Every trained adapter, newest first, each followed by its base model (same prompt)."""
+    from echo_pipeline.evaluation.evaluate import EvaluationConfig
+    from echo_pipeline.evaluation.generation import GenerationSettings
+
+    defaults = EvaluationConfig()
+    setting_names = {f.name for f in dataclasses.fields(GenerationSettings)}
+    context_turns = _context_turns(layout)
+    voices: list[Voice] = []
+    base_numbers: dict[str, tuple[str | None, float | None]] = {}
+    for meta_path in (layout.root / "lora_adapter").glob(f"*/{METADATA_FILE}"):
+        try:
+            meta = AdapterMetadata.load(meta_path.parent)
+        except (OSError, ValueError) as error:
+            logger.warning("skipping %s: %s", meta_path.parent, error)
+            continue
+        report = _report(layout, meta.template, meta.experiment)
+        config = report.get("config") or {}
+        recorded = {k: v for k, v in (config.get("generation") or {}).items() if k in setting_names}
+        settings = dataclasses.replace(defaults.generation, **recorded).for_adapter(
+            meta.calibrated_temperature
+        )
+        metrics, verdicts = report.get("metrics") or {}, report.get("verdicts") or {}
+        voices.append(
+            Voice(
+                id=adapter_partition(meta.template, meta.experiment),
+                adapter_dir=meta_path.parent,
+                template=meta.template,
+                experiment=meta.experiment,
+                system_prompt=meta.system_prompt,
+                me=meta.me_name or "me",
+                base_source=meta.base_model.source,
+                base_fingerprint=str(meta.base_model.fingerprint),
+                # the temperature resolved, so the page shows the one it samples at
+                decoding=dataclasses.asdict(settings)
+                | {"temperature": settings.sampling_temperature},
+                max_prompt_tokens=int(
+                    config.get("max_prompt_tokens") or defaults.max_prompt_tokens
+                ),
+                context_turns=context_turns,
+                verdict=(verdicts.get("adapter") or {}).get("label"),
+                reply_loss=_number(metrics.get("adapter_reply_loss")),
+                trained_at=meta_path.stat().st_mtime,
+            )
+        )
+        base_numbers[voices[-1].id] = (
+            (verdicts.get("base") or {}).get("label"),
+            _number(metrics.get("base_reply_loss")),
+        )
+    voices.sort(key=lambda v: v.trained_at, reverse=True)
+    with_bases = []
+    for voice in voices:
+        with_bases.append(voice)
+        verdict, loss = base_numbers[voice.id]  # the same report's numbers for the base
+        base = dataclasses.replace(
+            voice, id=BASE_PREFIX + voice.id, verdict=verdict, reply_loss=loss
+        )
+        with_bases.append(base)
+    return with_bases
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def decoding_settings(voice: Voice, overrides: Mapping[str, Any] | None = None) -> Any:
+    """The voice's recorded decoding, with what the page's controls changed (validated)."""
+    from echo_pipeline.evaluation.generation import GenerationSettings
+
+    allowed = {"max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty", "seed"}
+    changed = {k: v for k, v in (overrides or {}).items() if k in allowed and v is not None}
+    return GenerationSettings(**(voice.decoding | changed))
+
+
+class ModelPool:
+    """Base models loaded once per base, adapters loaded onto them by name, on first use."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Any] = {}  # base fingerprint -> PeftModel
+        self._tokenizers: dict[str, Any] = {}  # adapter id -> tokenizer
+        # adapter id -> (reply memory or None, speaker naming): the prompt it was trained on
+        self._prompting: dict[str, tuple[Any, bool | None]] = {}
+        self._loading = threading.Lock()
+        self.generating = threading.Lock()
+
+    def _load(self, voice: Voice) -> tuple[Any, Any, str]:
+        """(model, tokenizer, adapter name) for ``voice``; loads what is missing."""
+        from echo_pipeline.training.adapters import base_model_config, validate_adapter_dir
+        from echo_pipeline.training.base_model import resolve_base_model
+
+        name = voice.adapter.replace("|", "__").replace(".", "_")
+        with self._loading:
+            model = self._models.get(voice.base_fingerprint)
+            if model is not None and name in model.peft_config:
+                return model, self._tokenizers[voice.adapter], name
+            from peft import PeftModel
+            from transformers import AutoTokenizer
+
+            from echo_pipeline.serving.chat import adapter_group_chat, adapter_memory
+            from echo_pipeline.training.base_model import load_causal_lm
+
+            recorded = AdapterMetadata.load(voice.adapter_dir).base_model
+            base = resolve_base_model(recorded.source, revision=recorded.revision)
+            if base.fingerprint != recorded.fingerprint:
+                raise ValueError(
+                    f"{voice.adapter_dir}: trained on base {recorded.fingerprint}, but "
+                    f"{recorded.source!r} now resolves to {base.fingerprint}"
+                )
+            validate_adapter_dir(voice.adapter_dir, base_model_config(base))
+            tokenizer = AutoTokenizer.from_pretrained(voice.adapter_dir, local_files_only=True)
+            meta = AdapterMetadata.load(voice.adapter_dir)
+            self._prompting[voice.adapter] = (
+                adapter_memory(voice.adapter_dir, meta),
+                adapter_group_chat(voice.adapter_dir, meta),
+            )
+            if model is None:
+                loaded = load_causal_lm(base, quantization="none", purpose="inference")
+                model = PeftModel.from_pretrained(
+                    loaded, voice.adapter_dir, adapter_name=name, is_trainable=False
+                )
+                model.eval()
+                self._models[voice.base_fingerprint] = model
+            else:
+                with self.generating:  # not while another adapter of these weights writes
+                    model.load_adapter(voice.adapter_dir, adapter_name=name, is_trainable=False)
+            self._tokenizers[voice.adapter] = tokenizer
+            return model, tokenizer, name
+
+    def prompt_ids(
+        self,
+        voice: Voice,
+        tokenizer: Any,
+        context: Sequence[Mapping[str, Any]],
+        prompt: str,
+        prompt_author: str,
+    ) -> list[int]:
+        """The evaluation's prompt: recorded template and system prompt, last context turns,
+        the adapter's reply memory and speaker naming (the base borrows its adapter's prompt)."""
+        from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
+
+        kept = list(context)[-voice.context_turns :] if voice.context_turns else []
+        memory, is_group = self._prompting.get(voice.adapter, (None, None))
+        return tokenize_inference_prompt(
+            voice.template,
+            tokenizer,
+            kept,
+            prompt,
+            voice.system_prompt,
+            prompt_author=prompt_author,
+            is_group=is_group,
+            max_tokens=voice.max_prompt_tokens,
+            examples=memory.examples_for([prompt])[0] if memory is not None else (),
+        )
+
+    def stream(
+        self,
+        voice: Voice,
+        context: Sequence[Mapping[str, Any]],
+        prompt: str,
+        settings: Any,
+        prompt_author: str = PARTNER,
+    ) -> Iterator[str]:
+        """The reply to ``prompt``, piece by piece as the model writes it (stops at EOS)."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        from echo_pipeline.datasets.tokenization import stop_token_id
+        from echo_pipeline.evaluation.generation import adapter_disabled, model_generate_kwargs
+
+        model, tokenizer, name = self._load(voice)
+        ids = self.prompt_ids(voice, tokenizer, context, prompt, prompt_author)
+        eos = stop_token_id(voice.template, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        streamer = TextIteratorStreamer(
+            tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300
+        )
+        kwargs = model_generate_kwargs(settings.generate_kwargs(), len(ids))
+        failure: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                with self.generating, torch.inference_mode():
+                    model.set_adapter(name)
+                    torch.manual_seed(settings.seed)
+                    switch = adapter_disabled(model) if voice.is_base else _nothing()
+                    with switch:
+                        model.generate(
+                            input_ids=torch.tensor([ids]),
+                            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                            eos_token_id=eos,
+                            pad_token_id=pad,
+                            streamer=streamer,
+                            **kwargs,
+                        )
+            except BaseException as error:  # handed to the reader; the stream must end
+                failure.append(error)
+                streamer.end()
+
+        worker = threading.Thread(target=generate, name="echo-generate", daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+        if failure:
+            raise failure[0]
+
+    def reply(self, voice: Voice, context, prompt: str, settings: Any, prompt_author: str) -> str:
+        return "".join(self.stream(voice, context, prompt, settings, prompt_author)).strip()
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -1,0 +1,743 @@
+"""One adapter, start to finish: data in, tracked training run, self-describing adapter out.
+
+This is what the ``lora_adapter`` asset runs, in process or out of process (Dagster Pipes):
+it checks the tracking store before anything heavy, logs the exact data, template and code
+to MLflow, measures the held-out reply loss of the base model and of the adapter, and writes
+an adapter directory that any PEFT user can load and that says where it came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from echo_pipeline.datasets.templates import jinja_chat_template
+from echo_pipeline.infra import tracking
+from echo_pipeline.infra.records import (
+    METADATA_FILE,
+    AdapterMetadata,
+    BaseModelRecord,
+    DatasetRecord,
+    TrackingRecord,
+    write_adapter_metadata,
+)
+from echo_pipeline.infra.schemas import TOKEN_COLUMNS
+from echo_pipeline.infra.storage import atomic_directory
+from echo_pipeline.pairs.conversations import heldout_split
+from echo_pipeline.training import distributed
+from echo_pipeline.training.base_model import ResolvedBaseModel
+from echo_pipeline.training.loop import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+REQUIRED_CONFIG_KEYS = ("peft_type", "r", "lora_alpha", "target_modules")
+#: Weight formats that are Python pickles: loading one can run arbitrary code.
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+OnProgress = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class AdapterJob:
+    """Everything that determines one adapter (and where its outputs go)."""
+
+    template: str
+    experiment: str
+    dataset_path: Path  # template_dataset Parquet with token columns
+    adapter_dir: Path  # the final, loadable adapter directory
+    work_dir: Path  # checkpoints survive here between attempts
+    base_model: ResolvedBaseModel
+    training: TrainingConfig
+    system_prompt: str = ""
+    me_names: list[str] = field(default_factory=list)  # from the dataset manifest
+    tracking_uri: str = field(default_factory=tracking.default_tracking_uri)
+    experiment_name: str = tracking.DEFAULT_EXPERIMENT
+    tags: dict[str, str] = field(default_factory=dict)
+    register_model: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for handing the job to another process (Dagster Pipes)."""
+        data = dataclasses.asdict(self)
+        for key in ("dataset_path", "adapter_dir", "work_dir"):
+            data[key] = str(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterJob:
+        data = dict(data)
+        for key in ("dataset_path", "adapter_dir", "work_dir"):
+            data[key] = Path(data[key])
+        data["base_model"] = ResolvedBaseModel(**data["base_model"])
+        data["training"] = TrainingConfig(**data["training"])
+        return cls(**data)
+
+
+@dataclass
+class AdapterOutcome:
+    adapter_dir: Path
+    run_id: str
+    experiment_id: str
+    run_url: str
+    dataset_digest: str
+    fingerprint: str
+    base_reply_loss: float | None
+    adapter_reply_loss: float | None
+    heldout_split: str
+    metrics: dict[str, float]
+    resumed_from_step: int | None
+    interrupted_runs: list[str]
+    model_uri: str | None
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("echo_pipeline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def load_dataset(path: Path) -> pd.DataFrame:
+    frame = pq.read_table(path).to_pandas()
+    missing = [c for c in ("split", *TOKEN_COLUMNS) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: not a template dataset with tokens (missing columns {missing})")
+    return frame
+
+
+def split_examples(frame: pd.DataFrame, split: str) -> list[dict[str, list[int]]]:
+    rows = frame[frame["split"] == split]
+    return [
+        {"input_ids": list(map(int, ids)), "labels": list(map(int, labels))}
+        for ids, labels in zip(rows["input_ids"], rows["labels"], strict=True)
+    ]
+
+
+def dataset_digest(frame: pd.DataFrame) -> str:
+    """Content digest of the tokens and split of every row: what the adapter actually saw."""
+    digest = hashlib.sha256()
+    for pair_id, split, ids, labels in zip(
+        frame["pair_id"], frame["split"], frame["input_ids"], frame["labels"], strict=True
+    ):
+        digest.update(f"{pair_id}|{split}|".encode())
+        digest.update(bytes(memoryview(pd.array(ids, dtype="int32").to_numpy()).cast("B")))
+        digest.update(bytes(memoryview(pd.array(labels, dtype="int32").to_numpy()).cast("B")))
+    return digest.hexdigest()[:16]
+
+
+def _flat_params(job: AdapterJob, rows: dict[str, int]) -> dict[str, Any]:
+    params: dict[str, Any] = {f"train.{k}": v for k, v in job.training.to_dict().items()}
+    params |= {
+        "template": job.template,
+        "experiment": job.experiment,
+        "base_model.source": job.base_model.source,
+        "base_model.fingerprint": job.base_model.fingerprint,
+        "base_model.revision": job.base_model.revision,
+        "system_prompt": job.system_prompt,
+        **{f"rows.{k}": v for k, v in rows.items()},
+    }
+    return {k: ("" if v is None else str(v)[:500]) for k, v in params.items()}
+
+
+def resolved_training_dtype(dtype: str) -> str:
+    """What ``TrainingConfig.dtype`` means on this machine: ``auto`` is bf16 on a GPU that has
+    it and on a CPU with native bf16 (``ECHO_CPU_BF16`` overrides), fp32 on other CPUs."""
+    import torch
+
+    from echo_pipeline.training.base_model import resolve_dtype
+
+    return resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu", "training")
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on request (SIGINT/SIGTERM) after saving a checkpoint; rerun to resume."""
+
+
+RESUMED_BY_TAG = "echo.resumed_by"
+
+
+def _mark_interrupted_runs(client: Any, experiment_id: str, fingerprint: str) -> list[str]:
+    """Earlier runs of the same job that never finished, which the new run continues.
+
+    A run still RUNNING was killed outright (SIGKILL, OOM killer, power loss): it is marked
+    KILLED here. A run stopped on request is already KILLED with ``echo.interrupted``. Either
+    kind is listed once: the new run tags it ``echo.resumed_by`` (see :func:`_link_resumed`).
+    """
+    same_job = f"tags.`echo.fingerprint` = '{fingerprint}'"
+    stale = client.search_runs(
+        [experiment_id], filter_string=f"{same_job} and attributes.status = 'RUNNING'"
+    )
+    stopped = client.search_runs(
+        [experiment_id],
+        filter_string=f"{same_job} and attributes.status = 'KILLED' and tags.`echo.interrupted` = 'true'",
+    )
+    ids = []
+    for run in stale:
+        client.set_terminated(run.info.run_id, status="KILLED")
+        client.set_tag(run.info.run_id, "echo.interrupted", "true")
+        ids.append(run.info.run_id)
+    ids += [r.info.run_id for r in stopped if RESUMED_BY_TAG not in r.data.tags]
+    return sorted(set(ids), key=ids.index)
+
+
+def _link_resumed(client: Any, interrupted: list[str], run_id: str) -> None:
+    for old in interrupted:
+        client.set_tag(old, RESUMED_BY_TAG, run_id)
+
+
+def run_adapter_job(
+    job: AdapterJob,
+    on_progress: OnProgress | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> AdapterOutcome | None:
+    """Train, evaluate held-out reply loss, write the adapter and log it all to MLflow.
+
+    ``should_stop(step)`` is asked after every optimizer step; when it says yes, a checkpoint is
+    saved, the MLflow run ends KILLED (tagged ``echo.interrupted``) and :class:`TrainingStopped`
+    is raised. The next run of the same job resumes from that checkpoint and references the run.
+
+    Under torchrun every rank calls this: rank 0 does all of the above, the other ranks only
+    train their share (:func:`_train_as_worker`) and return None.
+    """
+    ranks = distributed.current_ranks()
+    if not ranks.is_main:
+        _train_as_worker(job, ranks, should_stop)
+        return None
+    experiment_id = tracking.ensure_experiment(job.tracking_uri, job.experiment_name)
+
+    import mlflow
+
+    from echo_pipeline.training.base_model import load_tokenizer
+    from echo_pipeline.training.loop import reply_loss, train_lora
+
+    dtype = resolved_training_dtype(job.training.dtype)
+
+    frame, (train, val, test) = _job_splits(job)
+    heldout_name = heldout_split({"test": len(test), "val": len(val)})
+    heldout = {"test": test, "val": val}[heldout_name]
+    digest = dataset_digest(frame)
+    fingerprint = _job_fingerprint(job, train, val, dtype, ranks.world_size)
+    rows = {"train": len(train), "val": len(val), "test": len(test)}
+
+    mlflow.set_tracking_uri(job.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=job.tracking_uri)
+    interrupted = tracking.retry_when_locked(
+        lambda: _mark_interrupted_runs(client, experiment_id, fingerprint)
+    )
+    commit = tracking.git_commit()
+    tags = {
+        **job.tags,
+        "echo.template": job.template,
+        "echo.experiment": job.experiment,
+        "echo.fingerprint": fingerprint,
+        "echo.dataset_digest": digest,
+        "echo.base_model": job.base_model.source,
+        "echo.package_version": package_version(),
+        "mlflow.source.git.commit": commit or "",
+    }
+    if interrupted:
+        tags["echo.resumes_runs"] = ",".join(interrupted)
+
+    run = tracking.retry_when_locked(
+        lambda: mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"{job.template}/{job.experiment}", tags=tags
+        )
+    )
+    with run:
+        run_id = run.info.run_id
+        if interrupted:
+            tracking.retry_when_locked(lambda: _link_resumed(client, interrupted, run_id))
+        mlflow.log_params(
+            _flat_params(job, rows)
+            | {"train.resolved_dtype": dtype, "train.processes": ranks.world_size}
+        )
+        text_columns = [c for c in frame.columns if c not in TOKEN_COLUMNS]
+        for split, context in (("train", "training"), ("val", "validation"), ("test", "test")):
+            part = frame.loc[frame["split"] == split, text_columns].reset_index(drop=True)
+            if len(part):
+                dataset = mlflow.data.from_pandas(
+                    part, source=str(job.dataset_path), name=f"{job.template}-{split}"
+                )
+                mlflow.log_input(dataset, context=context)
+
+        tokenizer = load_tokenizer(job.base_model)
+        model = _load_base_for(job, dtype, ranks)
+        base_loss = reply_loss(model, heldout) if heldout else None
+        if base_loss is not None:
+            mlflow.log_metric(f"base_{heldout_name}_reply_loss", base_loss)
+
+        server_lost_at: list[int] = []  # the step the server went away: training goes on
+
+        def log_progress(step: int, metrics: dict[str, float]) -> None:
+            clean = {k: float(v) for k, v in metrics.items() if v is not None}
+            try:
+                if not server_lost_at:
+                    tracking.retry_when_locked(lambda: mlflow.log_metrics(clean, step=step))
+            except Exception:
+                if not tracking.server_gone(job.tracking_uri):
+                    raise
+                server_lost_at.append(step)
+                logger.warning(
+                    "MLflow server %s went away at step %d; training goes on and writes the "
+                    "adapter locally",
+                    job.tracking_uri,
+                    step,
+                )
+            if on_progress is not None:
+                on_progress(step, clean)
+
+        result = train_lora(
+            model,
+            tokenizer,
+            train,
+            val,
+            job.training,
+            job.work_dir,
+            run_fingerprint=fingerprint,
+            on_log=log_progress,
+            should_stop=should_stop,
+        )
+        if not result.completed:
+            mlflow.set_tags({"echo.interrupted": "true", "echo.stopped_at_step": str(result.steps)})
+            mlflow.end_run(status="KILLED")
+            raise TrainingStopped(
+                f"{job.adapter_dir}: training stopped on request at step {result.steps} of "
+                f"{result.total_steps}; its checkpoint in {job.work_dir} is resumed by the next "
+                "materialisation (nothing was published)"
+            )
+        adapter_loss = reply_loss(result.model, heldout) if heldout else None
+        final = result.metrics()
+        if adapter_loss is not None:
+            final[f"adapter_{heldout_name}_reply_loss"] = adapter_loss
+        if base_loss is not None:
+            final[f"base_{heldout_name}_reply_loss"] = base_loss
+
+        metadata = AdapterMetadata(
+            template=job.template,
+            base_model=base_model_record(job.base_model),
+            experiment=job.experiment,
+            system_prompt=job.system_prompt,
+            me_names=tuple(job.me_names),
+            dataset=DatasetRecord(path=str(job.dataset_path), digest=digest, rows=rows),
+            training=job.training.to_dict() | {"resolved_dtype": dtype},
+            fingerprint=fingerprint,
+            results=final,
+            package_version=package_version(),
+            git_commit=commit,
+            mlflow=TrackingRecord(
+                tracking_uri=job.tracking_uri, experiment_id=experiment_id, run_id=run_id
+            ),
+        )
+        assert result.adapter_dir is not None
+        write_adapter_dir(job.adapter_dir, Path(result.adapter_dir), tokenizer, metadata)
+        # Written locally first: if the server is gone now, the step says so and nothing is lost.
+        with tracking.report_server_loss(
+            job.tracking_uri,
+            run_id,
+            safe=f"the adapter is safe in {job.adapter_dir}",
+            rerun=f"once the server answers, re-materialise lora_adapter {job.template}/"
+            f"{job.experiment} to log it (this run is then marked KILLED)",
+        ):
+            mlflow.log_metrics(final)
+            mlflow.log_dict(metadata.to_dict(), METADATA_FILE)
+            model_uri = _log_adapter_model(job, result.model, final) if job.register_model else None
+        discard_trained_copy(job.work_dir, Path(result.adapter_dir))
+
+    return AdapterOutcome(
+        adapter_dir=job.adapter_dir,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_url=tracking.run_url(job.tracking_uri, experiment_id, run_id),
+        dataset_digest=digest,
+        fingerprint=fingerprint,
+        base_reply_loss=base_loss,
+        adapter_reply_loss=adapter_loss,
+        heldout_split=heldout_name,
+        metrics=final,
+        resumed_from_step=result.resumed_from_step,
+        interrupted_runs=interrupted,
+        model_uri=model_uri,
+    )
+
+
+def _job_splits(job: AdapterJob) -> tuple[pd.DataFrame, tuple[list, list, list]]:
+    """The dataset and its train, val and test examples; an empty train split is bad input."""
+    frame = load_dataset(job.dataset_path)
+    splits = tuple(split_examples(frame, s) for s in ("train", "val", "test"))
+    if not splits[0]:
+        raise ValueError(f"{job.dataset_path}: the train split is empty; nothing to learn from")
+    return frame, splits
+
+
+def _load_base_for(job: AdapterJob, dtype: str, ranks: distributed.Ranks) -> Any:
+    """The base model on this rank's device, as the job's recipe loads it."""
+    from echo_pipeline.training.base_model import load_causal_lm
+
+    return load_causal_lm(
+        job.base_model,
+        dtype=dtype,
+        quantization=job.training.quantization,
+        device=distributed.device_for(ranks),
+    )
+
+
+def _job_fingerprint(
+    job: AdapterJob, train: list[Any], val: list[Any], dtype: str, world_size: int
+) -> str:
+    """What a checkpoint must match to be resumed: recipe, data, base, template and dtype
+    ("auto" trains in bf16 or fp32 depending on the CPU), with the rows of all processes."""
+    from echo_pipeline.training.loop import fingerprint_run
+
+    fingerprint = fingerprint_run(
+        job.training,
+        train,
+        val,
+        base_model_id=job.base_model.fingerprint,
+        world_size=world_size,
+    )
+    return hashlib.sha256(f"{fingerprint}|{job.template}|{dtype}".encode()).hexdigest()[:24]
+
+
+def _train_as_worker(
+    job: AdapterJob, ranks: distributed.Ranks, should_stop: Callable[[int], bool] | None
+) -> None:
+    """A rank other than 0: the same data, model and fingerprint, its share of every step, and
+    nothing written (rank 0 writes checkpoints, the adapter and the MLflow run)."""
+    from echo_pipeline.training.base_model import load_tokenizer
+    from echo_pipeline.training.loop import train_lora
+
+    dtype = resolved_training_dtype(job.training.dtype)
+    _, (train, val, _) = _job_splits(job)
+    result = train_lora(
+        _load_base_for(job, dtype, ranks),
+        load_tokenizer(job.base_model),
+        train,
+        val,
+        job.training,
+        job.work_dir,
+        run_fingerprint=_job_fingerprint(job, train, val, dtype, ranks.world_size),
+        should_stop=should_stop,
+    )
+    if not result.completed:
+        raise TrainingStopped(f"rank {ranks.rank}: stopped on request at step {result.steps}")
+
+
+def discard_trained_copy(work_dir: Path, trained_dir: Path) -> None:
+    """Remove the trainer's copy of a published adapter, and the work dir if nothing else is left.
+
+    Once ``write_adapter_dir`` has published it, ``trained_dir`` is a second copy without
+    lineage that only invites loading the wrong one. Nothing needs it to resume: a finished run
+    has removed its checkpoints already, and an interrupted run never gets here.
+    """
+    shutil.rmtree(trained_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty (a failure note, a later attempt): keep it
+        work_dir.rmdir()
+
+
+def _log_adapter_model(job: AdapterJob, model: Any, metrics: dict[str, float]) -> str:
+    """Log the adapter as an MLflow model (LoggedModel) and register it as ``echo-<template>``."""
+    import mlflow
+
+    code = Path(__file__).parents[1] / "serving" / "mlflow_model.py"
+    info = tracking.retry_when_locked(
+        lambda: mlflow.pyfunc.log_model(
+            name="adapter",
+            python_model=str(code),
+            artifacts={"adapter": str(job.adapter_dir)},
+            registered_model_name=f"echo-{job.template}",
+            pip_requirements=["transformers", "peft", "torch", "safetensors"],
+            params={"template": job.template, "experiment": job.experiment},
+            await_registration_for=0,
+        )
+    )
+    return info.model_uri
+
+
+def base_model_record(base: ResolvedBaseModel) -> BaseModelRecord:
+    """What an adapter's metadata says about its base model."""
+    return BaseModelRecord(
+        source=base.source, path=base.path, fingerprint=base.fingerprint, revision=base.revision
+    )
+
+
+def job_summary(outcome: AdapterOutcome) -> dict[str, Any]:
+    return {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(outcome).items()
+    }
+
+
+# --- publishing and validating adapter directories ------------------------------------------
+
+
+def write_adapter_dir(
+    adapter_dir: Path,
+    trained_dir: Path,
+    tokenizer: Any | None,
+    metadata: AdapterMetadata | dict[str, Any],
+) -> Path:
+    """Publish a trained adapter: weights, config, tokenizer and lineage together, or nothing.
+
+    Everything is staged beside ``adapter_dir`` and renamed into place once complete, so a full
+    disk or a read-only folder raises :class:`~echo_pipeline.infra.storage.AtomicWriteError` naming
+    ``adapter_dir``, and the adapter that was there before (if any) stays whole and loadable.
+    """
+    adapter_dir, trained_dir = Path(adapter_dir), Path(trained_dir)
+    with atomic_directory(adapter_dir) as staging:
+        for item in sorted(trained_dir.iterdir()):
+            if item.is_file():
+                shutil.copy2(item, staging / item.name)
+        missing = [n for n in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) if not (staging / n).is_file()]
+        if missing:
+            raise ValueError(f"{trained_dir}: the trained adapter lacks {', '.join(missing)}")
+        if tokenizer is not None:
+            template = (
+                metadata.template
+                if isinstance(metadata, AdapterMetadata)
+                else metadata.get("template")
+            )
+            chat_template = jinja_chat_template(template, tokenizer) if template else None
+            if chat_template is not None:  # tools that format with the tokenizer use our format
+                tokenizer.chat_template = chat_template
+            tokenizer.save_pretrained(staging)
+        write_adapter_metadata(staging, metadata)
+    return adapter_dir
+
+
+class AdapterValidationError(ValueError):
+    """An adapter directory that must not be loaded; one line: ``<dir>: <what is wrong>``."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"{self.path}: {self.problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem))
+
+
+_LORA_KEY = re.compile(
+    r"(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+    r"(?:\.(?P<param>weight|bias))?"
+)
+_PEFT_PREFIX = "base_model.model."
+
+
+def base_model_config(resolved: ResolvedBaseModel) -> Any:
+    """The base model's transformers config: enough to know every layer's shape, no weights."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(
+        resolved.path,
+        revision=resolved.revision,
+        trust_remote_code=resolved.trust_remote_code,
+        local_files_only=resolved.is_local,
+    )
+
+
+def _base_layout(base: Any) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """Modules and parameter shapes of the base: a loaded model as is, a config on the meta
+    device (no memory, no weights read)."""
+    import torch
+
+    if isinstance(base, torch.nn.Module):
+        model = base
+    else:
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(base)
+    modules = dict(model.named_modules())
+    params = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+    return modules, params
+
+
+def _layer_shape(layer: Any) -> tuple[str, int, int] | None:
+    """(kind, in, out) of a layer LoRA can adapt; None for anything else."""
+    import torch
+
+    if isinstance(layer, torch.nn.Embedding):
+        return "embedding", layer.num_embeddings, layer.embedding_dim
+    if isinstance(getattr(layer, "in_features", None), int) and isinstance(
+        getattr(layer, "out_features", None), int
+    ):
+        return "linear", layer.in_features, layer.out_features
+    weight = getattr(layer, "weight", None)
+    if type(layer).__name__ == "Conv1D" and weight is not None and weight.dim() == 2:
+        return "linear", int(weight.shape[0]), int(weight.shape[1])  # GPT-2 style (in, out)
+    return None
+
+
+def _rank_for(module: str, config: dict[str, Any]) -> int:
+    """The rank PEFT gives ``module``: the first matching ``rank_pattern`` entry, else ``r``."""
+    for pattern, rank in (config.get("rank_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return int(rank)
+    return int(config["r"])
+
+
+def _targets_found(targets: Any, modules: dict[str, Any]) -> list[str]:
+    """Entries of ``target_modules`` that match no module of the base model."""
+    names = [n for n in modules if n]
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            found = any(_layer_shape(modules[n]) for n in names)
+        else:
+            found = any(re.fullmatch(targets, n) for n in names)
+        return [] if found else [targets]
+    return [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+
+
+def validate_adapter_dir(adapter_dir: str | Path, base: Any) -> dict[str, Any]:
+    """Check an adapter directory before any of it is loaded; raise AdapterValidationError.
+
+    ``base`` is the base model it will be applied to: a loaded model, or (cheaper) its
+    transformers config (see :func:`base_model_config`), instantiated on the meta device.
+    Checked: the weights are ``adapter_model.safetensors`` (pickled ``.bin``/``.pt`` weights can
+    run code on load, so they are never used); ``adapter_config.json`` is a LORA config with
+    ``r``, ``lora_alpha`` and ``target_modules``; every target module exists in the base; every
+    tensor belongs to a base layer and has the shape that layer and the rank imply (read from
+    the safetensors header, not the data). Returns a summary: rank, modules and tensors.
+    """
+    path = Path(adapter_dir)
+    if not path.is_dir():
+        raise AdapterValidationError(path, "not a directory; expected a PEFT adapter directory")
+    weights = path / ADAPTER_WEIGHTS
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if not weights.is_file():
+        if pickles:
+            raise AdapterValidationError(
+                path,
+                f"only pickled weights ({', '.join(pickles)}), which can run code when loaded; "
+                f"echo_pipeline loads {ADAPTER_WEIGHTS} only. Convert them with safetensors on a "
+                "machine you trust, or use an adapter saved with a recent PEFT",
+            )
+        raise AdapterValidationError(
+            path, f"no {ADAPTER_WEIGHTS}; is this a PEFT adapter directory?"
+        )
+    config_path = path / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise AdapterValidationError(
+            path, f"no {ADAPTER_CONFIG}; is this a PEFT adapter directory?"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AdapterValidationError(
+            path, f"{ADAPTER_CONFIG} is not valid JSON ({error})"
+        ) from error
+    if not isinstance(config, dict):
+        raise AdapterValidationError(path, f"{ADAPTER_CONFIG} is not a JSON object")
+    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
+    if missing:
+        raise AdapterValidationError(path, f"{ADAPTER_CONFIG} lacks {', '.join(missing)}")
+    if config["peft_type"] != "LORA":
+        raise AdapterValidationError(
+            path, f"peft_type is {config['peft_type']!r}; only LORA adapters are supported"
+        )
+    r, alpha = config["r"], config["lora_alpha"]
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise AdapterValidationError(path, f"r must be a positive integer, got {r!r}")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha <= 0:
+        raise AdapterValidationError(path, f"lora_alpha must be a positive number, got {alpha!r}")
+    targets = config["target_modules"]
+    if not (
+        isinstance(targets, str)
+        or (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets))
+    ):
+        raise AdapterValidationError(
+            path, "target_modules must be a list of module names or a regex"
+        )
+
+    modules, params = _base_layout(base)
+    absent = _targets_found(targets, modules)
+    if absent:
+        raise AdapterValidationError(
+            path, f"target modules not in the base model: {', '.join(map(str, absent[:5]))}"
+        )
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(weights, framework="pt") as fh:  # reads the header only
+            shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118
+    except Exception as error:
+        raise AdapterValidationError(
+            path, f"{ADAPTER_WEIGHTS} is not a readable safetensors file ({error})"
+        ) from error
+    if not shapes:
+        raise AdapterValidationError(path, f"{ADAPTER_WEIGHTS} holds no tensors")
+
+    parts_by_module: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in sorted(shapes.items()):
+        if not key.startswith(_PEFT_PREFIX):
+            raise AdapterValidationError(
+                path, f"unexpected tensor {key!r} (not a PEFT adapter key)"
+            )
+        name = key[len(_PEFT_PREFIX) :]
+        match = _LORA_KEY.fullmatch(name)
+        if match is None:  # modules_to_save: a full copy of a base parameter
+            if params.get(name) != shape:
+                expected = params.get(name)
+                raise AdapterValidationError(
+                    path,
+                    f"tensor {key!r} has shape {list(shape)} but the base model "
+                    + (f"has {list(expected)}" if expected else "has no such parameter"),
+                )
+            continue
+        part = match["part"] + ("" if match["param"] in (None, "weight") else "." + match["param"])
+        parts_by_module.setdefault(match["module"], {})[part] = shape
+
+    for module, parts in parts_by_module.items():
+        layer = modules.get(module)
+        layout = _layer_shape(layer) if layer is not None else None
+        if layout is None:
+            what = "does not exist" if layer is None else f"is a {type(layer).__name__}"
+            raise AdapterValidationError(path, f"adapts {module!r}, which in the base model {what}")
+        kind, n_in, n_out = layout
+        rank = _rank_for(module, config)
+        if kind == "embedding":
+            expected = {"lora_embedding_A": (rank, n_in), "lora_embedding_B": (n_out, rank)}
+        else:
+            expected = {
+                "lora_A": (rank, n_in),
+                "lora_B": (n_out, rank),
+                "lora_B.bias": (n_out,),
+                "lora_magnitude_vector": (n_out,),
+            }
+        pair = [p for p in expected if p.endswith(("_A", "_B"))]
+        if not all(p in parts for p in pair):
+            raise AdapterValidationError(
+                path, f"{module!r} lacks {' or '.join(p for p in pair if p not in parts)}"
+            )
+        for part, shape in parts.items():
+            if part not in expected:
+                raise AdapterValidationError(path, f"{module!r}.{part} does not fit a {kind} layer")
+            if shape != expected[part]:
+                raise AdapterValidationError(
+                    path,
+                    f"{module}.{part} has shape {list(shape)}, but the base layer "
+                    f"({n_in} -> {n_out}) with rank {rank} needs {list(expected[part])}",
+                )
+    if pickles:
+        logger.warning("%s: ignoring pickled files %s (never loaded)", path, pickles)
+    return {
+        "r": r,
+        "lora_alpha": alpha,
+        "modules": len(parts_by_module),
+        "tensors": len(shapes),
+        "ignored_pickles": pickles,
+    }

@@ -1,0 +1,85 @@
+"""The page's list of voices: read from the adapters' records, newest first, never re-typed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from echo_pipeline.evaluation.generation import GenerationSettings
+from echo_pipeline.infra.layout import Layout
+from echo_pipeline.infra.records import write_adapter_metadata
+from echo_pipeline.infra.schemas import CONTEXT_TURN
+from echo_pipeline.serving.web.models import decoding_settings, discover_voices
+
+
+def _adapter(
+    layout: Layout, template: str, experiment: str, age_s: float, report=None, results=None
+) -> None:
+    folder = layout.adapter_dir(template, experiment)
+    path = write_adapter_metadata(
+        folder,
+        {
+            "template": template,
+            "experiment": experiment,
+            "base_model": {"source": "smollm2-135m-instruct", "fingerprint": "f1"},
+            "system_prompt": f"You are Sam ({template}).",
+            "me_names": ["Sam"],
+            "results": results or {},
+        },
+    )
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    if report is not None:
+        out = layout.report_dir(template, experiment)
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps(report), encoding="utf-8")
+
+
+def test_voices_come_from_the_records_newest_first(tmp_path):
+    layout = Layout(tmp_path)
+    contexts = [[], [{"speaker": "a", "text": "x", "is_me": False}] * 2]
+    pq.write_table(
+        pa.table({"context": pa.array(contexts, pa.list_(CONTEXT_TURN))}), layout.pairs_path()
+    )
+    report = {
+        "config": {
+            "generation": {"temperature": 0.5, "top_p": 0.8, "max_new_tokens": 20, "seed": 3},
+            "max_prompt_tokens": 300,
+        },
+        "metrics": {"adapter_reply_loss": 2.25, "base_reply_loss": 3.5},
+        "verdicts": {"adapter": {"label": "sounds like you"}, "base": {"label": "unlike you"}},
+    }
+    _adapter(layout, "chatml", "demo", age_s=100, report=report)
+    _adapter(layout, "llama2_chat", "demo", age_s=10, results={"calibrated_temperature": 0.96})
+    voices = discover_voices(layout)
+    assert [v.id for v in voices] == [
+        "demo|llama2_chat",
+        "base:demo|llama2_chat",
+        "demo|chatml",
+        "base:demo|chatml",
+    ]
+    newest, _, evaluated, base = voices
+    assert newest.verdict is None and newest.reply_loss is None
+    # Not evaluated yet: the evaluation's defaults, at the temperature training measured for it.
+    assert newest.decoding == GenerationSettings(temperature=0.96).__dict__
+    assert (evaluated.verdict, evaluated.reply_loss) == ("sounds like you", 2.25)
+    assert evaluated.decoding["temperature"] == 0.5 and evaluated.max_prompt_tokens == 300
+    assert evaluated.system_prompt == "You are Sam (chatml)." and evaluated.me == "Sam"
+    assert evaluated.context_turns == 2  # what the pairs it learnt from carry
+    assert base.is_base and base.adapter == "demo|chatml"
+    assert (base.verdict, base.reply_loss) == ("unlike you", 3.5)  # the report's base numbers
+    assert base.label.startswith("base model") and base.decoding == evaluated.decoding
+
+    settings = decoding_settings(evaluated, {"temperature": 1.2, "seed": 9, "bogus": 1})
+    assert (settings.temperature, settings.top_p, settings.seed) == (1.2, 0.8, 9)
+    with pytest.raises(ValueError):
+        decoding_settings(evaluated, {"top_p": 2})
+
+
+def test_no_adapter_no_voice(tmp_path):
+    assert discover_voices(Layout(tmp_path)) == []
