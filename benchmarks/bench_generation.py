@@ -90,22 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(_common.REPO / "echo_pipeline_tests"))  # the untrained control
     from untrained import write_untrained_adapter
 
-    from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
-
     with tempfile.TemporaryDirectory() as scratch, torch_threads(args.threads):
         adapter = args.adapter or write_untrained_adapter(
             resolve_base_model(), Path(scratch) / "adapter", template=args.template
         )
         session = ChatSession.from_adapter(adapter)
         prompt_ids = [
-            tokenize_inference_prompt(
-                session.template,
+            session.prompt.prompt_ids(
                 session.tokenizer,
                 p["context"],
                 str(p["prompt"]),
-                session.system_prompt,
                 prompt_author=str(p["prompt_author"] or ""),
-                max_tokens=512,
             )
             for p in held_out_prompts(args.prompts)
         ]

@@ -7,12 +7,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from echo_pipeline.datasets.prompt import PromptSpec
 from echo_pipeline.datasets.templates import auto_bos_token_id
 from echo_pipeline.datasets.tokenization import (
     IGNORE_INDEX,
     TokenizedExample,
     stop_token_id,
-    tokenize_inference_prompt,
 )
 
 if TYPE_CHECKING:
@@ -134,19 +134,13 @@ def check_dataset(
 
 
 def inference_prompts(
-    template: str,
-    tokenizer: Any,
-    pairs: pd.DataFrame,
-    system_prompt: str,
-    max_tokens: int | None,
-    memory: Any = None,
-    is_group: bool | None = None,
+    spec: PromptSpec, tokenizer: Any, pairs: pd.DataFrame, memory: Any = None
 ) -> Callable[[int], list[int]]:
-    """Row ``i`` of ``pairs`` -> the prompt ids inference builds for it (no reply known).
+    """Row ``i`` of ``pairs`` -> the prompt ids inference builds for it (no reply known), by
+    :meth:`PromptSpec.prompt_ids`, the builder evaluation, chat and the web page call.
 
     ``memory`` (a :class:`~echo_pipeline.pairs.memory.ReplyMemory`, or None) retrieves the row's
-    examples the way evaluation and chat do: by its prompt, never from its own session.
-    ``is_group``: the dataset's speaker naming (its manifest's ``group_chat``)."""
+    examples the way evaluation and chat do: by its prompt, never from its own session."""
 
     def prompt_ids(i: int) -> list[int]:
         row = pairs.iloc[i]
@@ -155,15 +149,11 @@ def inference_prompts(
             if memory is not None
             else ()
         )
-        return tokenize_inference_prompt(
-            template,
+        return spec.prompt_ids(
             tokenizer,
             row["context"],
             row["prompt"],
-            system_prompt,
             prompt_author=row["prompt_author"],
-            is_group=is_group,
-            max_tokens=max_tokens,
             examples=examples,
         )
 
@@ -171,24 +161,19 @@ def inference_prompts(
 
 
 def check_template_dataset(
-    template: str,
+    spec: PromptSpec,
     tokenizer: Any,
     pairs: pd.DataFrame,
     examples: Sequence[TokenizedExample],
     *,
-    system_prompt: str,
-    max_tokens: int,
     memory: Any = None,
-    is_group: bool | None = None,
 ) -> DatasetChecks:
-    """:func:`check_dataset` with the ids taken from ``template`` and the real ``tokenizer``
+    """:func:`check_dataset` with the ids taken from ``spec`` and the real ``tokenizer``
     (and, with reply memory on, the examples retrieved again at inference)."""
     return check_dataset(
         examples,
-        inference_prompt=inference_prompts(
-            template, tokenizer, pairs, system_prompt, max_tokens, memory, is_group
-        ),
-        eos_id=stop_token_id(template, tokenizer),
+        inference_prompt=inference_prompts(spec, tokenizer, pairs, memory),
+        eos_id=stop_token_id(spec.template, tokenizer),
         bos_id=auto_bos_token_id(tokenizer),
-        max_tokens=max_tokens,
+        max_tokens=spec.max_tokens,
     )

@@ -189,6 +189,12 @@ def default_system_prompt(me: str) -> str:
     return DEFAULT_SYSTEM_PROMPT.format(me=me.strip() or "me")
 
 
+def resolve_system_prompt(configured: str | None, me_name: str) -> str:
+    """The system prompt a dataset is rendered with: ``configured`` as given ("" for none), or
+    the default naming me when unset. The one place the default is chosen."""
+    return default_system_prompt(me_name) if configured is None else configured
+
+
 def clean_text(text: str) -> str:
     """How every template normalises a message: CRLF to LF, surrounding whitespace stripped."""
     return text.replace("\r\n", "\n").strip()

@@ -40,8 +40,8 @@ from echo_pipeline.datasets.templates import (
     check_template,
     clean_text,
     context_turns,
-    default_system_prompt,
     render,
+    resolve_system_prompt,
 )
 from echo_pipeline.infra import schemas
 from echo_pipeline.infra.schemas import IGNORE_INDEX
@@ -361,8 +361,7 @@ def build_template_dataset(
 
     check_template(template)
     me_names = tuple(me_names)
-    if system_prompt is None:
-        system_prompt = default_system_prompt(me_name or "")
+    system_prompt = resolve_system_prompt(system_prompt, me_name or "")
     if examples is None:
         examples = [()] * len(pairs)
     if len(examples) != len(pairs):

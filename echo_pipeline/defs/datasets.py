@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from echo_pipeline.datasets.checks import check_template_dataset, example_lengths
+from echo_pipeline.datasets.checks import example_lengths
 from echo_pipeline.datasets.tokenization import DEFAULT_MAX_TOKENS
 from echo_pipeline.defs.check_results import asset_check_results
 from echo_pipeline.defs.conditions import DATASET_AUTOMATION
@@ -18,13 +18,8 @@ from echo_pipeline.defs.provenance import (
     provenance_metadata,
 )
 from echo_pipeline.defs.resources import BaseModelResource
-from echo_pipeline.infra.schemas import TOKEN_COLUMNS
 
 DATASETS = "datasets"
-TOKEN_FIELDS = [
-    pa.field("input_ids", pa.list_(pa.int32())),
-    pa.field("labels", pa.list_(pa.int32())),
-]
 #: Reply-memory examples per prompt unless the config says otherwise: none, so a dataset
 #: never waits for the index unless asked to.
 DEFAULT_MEMORY_K = 0
@@ -99,119 +94,73 @@ def template_dataset(
     conversation_pairs: pa.Table,
 ):
     """Per-template training data, plus JSONL in the seed's {"inputs": ...} shape for hosted tuning."""
-    from echo_pipeline.datasets.templates import default_system_prompt, is_group_chat
-    from echo_pipeline.datasets.tokenization import (
-        build_template_dataset,
-        stop_token_id,
-        write_jsonl,
-    )
-    from echo_pipeline.infra.records import DatasetManifest
+    from echo_pipeline.datasets.prompt import PromptSpec
+    from echo_pipeline.datasets.render import dataset_manifest, render_dataset
+    from echo_pipeline.datasets.tokenization import write_jsonl
     from echo_pipeline.pairs.conversations import pairs_identity
-    from echo_pipeline.pairs.memory import MemoryIndex, ReplyMemory, load_encoder
-    from echo_pipeline.training.adapters import dataset_digest
+    from echo_pipeline.pairs.memory import load_reply_memory
     from echo_pipeline.training.base_model import load_tokenizer
 
     template = context.partition_key
     layout = io_manager.layout()
     resolved = base_model.resolve()
     tokenizer = load_tokenizer(resolved)
-    pairs = conversation_pairs.to_pandas()
-    me = pairs_identity(conversation_pairs)
-    system_prompt = config.system_prompt
-    if system_prompt is None:
-        system_prompt = default_system_prompt(next(iter(me.names), ""))
-    memory, memory_path, shown = None, layout.asset_path(["reply_memory"]), None
-    if config.memory_k > 0:
-        try:
-            index = MemoryIndex.load(memory_path)
-        except (OSError, ValueError) as error:
-            raise dg.Failure(description=str(error), allow_retries=False) from error
-        encode = load_encoder()
-        memory = ReplyMemory(index, encode, config.memory_k)
-        shown = memory.examples_for(
-            pairs["prompt"].astype(str).tolist(), pairs["session_id"].astype(str).tolist()
-        )
-    group = is_group_chat(pairs)
-    frame, examples = build_template_dataset(
-        pairs,
+    spec = PromptSpec.for_pairs(
         template,
-        tokenizer,
-        system_prompt=system_prompt,
+        conversation_pairs,
+        system_prompt=config.system_prompt,
         max_tokens=config.max_tokens,
-        examples=shown,
-        is_group=True if group else None,
+        memory_k=config.memory_k,
     )
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.append_column(
-        TOKEN_FIELDS[0], pa.array([e.input_ids for e in examples], pa.list_(pa.int32()))
-    )
-    table = table.append_column(
-        TOKEN_FIELDS[1], pa.array([e.labels for e in examples], pa.list_(pa.int32()))
-    )
-
+    memory_path = layout.asset_path(["reply_memory"])
+    try:
+        memory = load_reply_memory(memory_path, spec.memory_k) if spec.memory_k > 0 else None
+    except (OSError, ValueError) as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
+    rendered = render_dataset(conversation_pairs, spec, tokenizer, memory)
     out_dir = layout.jsonl_dir(template)
     line_counts = write_jsonl(
-        frame, {split: out_dir / f"{split}.jsonl" for split in ("train", "val", "test")}
+        rendered.frame, {split: out_dir / f"{split}.jsonl" for split in ("train", "val", "test")}
     )
-
-    # Checked here, where the tokenizer is loaded.
-    checks = check_template_dataset(
-        template,
-        tokenizer,
-        pairs,
-        examples,
-        system_prompt=system_prompt,
-        max_tokens=config.max_tokens,
-        # a fresh cache: each sampled prompt is embedded again, alone, as chat embeds it
-        memory=None if memory is None else ReplyMemory(memory.index, memory.encode, memory.k),
-        is_group=True if group else None,
-    )
-    lengths = example_lengths(examples)
-    truncated = int(frame["truncated"].sum())
-
+    lengths = example_lengths(rendered.examples)
     provenance = dataset_provenance(context.instance, config, resolved.fingerprint)
     yield dg.Output(
-        table,
+        rendered.table,
         data_version=data_version(provenance),
         metadata={
             **provenance_metadata(provenance),
-            "dagster/row_count": table.num_rows,
-            "rows_by_split": frame["split"].value_counts().to_dict(),
+            "dagster/row_count": rendered.table.num_rows,
+            "rows_by_split": rendered.frame["split"].value_counts().to_dict(),
             "tokens_mean": float(lengths.mean()),
             "tokens_p95": float(np.percentile(lengths, 95)),
             "tokens_max": int(lengths.max()),
-            "reply_tokens_total": int(sum(e.completion_len for e in examples)),
-            "truncated": truncated,
+            "reply_tokens_total": int(sum(e.completion_len for e in rendered.examples)),
+            "truncated": int(rendered.frame["truncated"].sum()),
             "jsonl": dg.MetadataValue.path(str(out_dir)),
             "jsonl_lines": line_counts,
             "base_model": resolved.source,
             **_base_choice_metadata(base_model),
-            "memory_k": config.memory_k,
-            "group_chat": group,
-            "memory_examples_mean": float(np.mean([len(s) for s in shown])) if shown else 0.0,
+            "memory_k": spec.memory_k,
+            "group_chat": spec.group_chat,
+            "context_turns": spec.context_turns,
+            "memory_examples_mean": float(np.mean([len(s) for s in rendered.shown]))
+            if rendered.shown
+            else 0.0,
         },
     )
     # After the Parquet is stored (Dagster stores a yielded output before resuming): the
     # manifest never describes a dataset that failed to write.
-    manifest = DatasetManifest(
-        template=template,
-        system_prompt=system_prompt,
-        eos_id=int(stop_token_id(template, tokenizer)),
-        me_ids=me.ids,
-        me_names=me.names,
-        max_tokens=config.max_tokens,
-        base_model=resolved.source,
-        base_model_fingerprint=resolved.fingerprint,
-        memory_k=config.memory_k,
-        memory_index=str(memory_path) if memory is not None else "",
-        memory_digest=memory.index.digest() if memory is not None else "",
-        dataset_digest=dataset_digest(
-            table.select(["pair_id", "split", *TOKEN_COLUMNS]).to_pandas()
-        ),
-        group_chat=group,
+    manifest = dataset_manifest(
+        rendered,
+        spec,
+        tokenizer,
+        me_ids=pairs_identity(conversation_pairs).ids,
+        base_model=resolved,
+        memory=memory,
+        memory_path=memory_path,
     )
     manifest.write(layout.dataset_manifest_path(template))
-    yield from asset_check_results(checks)
+    yield from asset_check_results(rendered.checks)
 
 
 dataset_assets = [template_dataset]

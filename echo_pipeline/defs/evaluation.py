@@ -1,12 +1,10 @@
 """Evaluation stage: does each adapter sound like me, and which one does best?"""
 
-from typing import Literal
-
 import dagster as dg
-from pydantic import Field
 
 from echo_pipeline.defs.check_results import asset_check_results
 from echo_pipeline.defs.conditions import REPORT_AUTOMATION
+from echo_pipeline.defs.configs import core_values, derived_config
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.provenance import (
@@ -17,6 +15,8 @@ from echo_pipeline.defs.provenance import (
     report_provenance,
 )
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
+from echo_pipeline.evaluation.config import EvaluationConfig
+from echo_pipeline.evaluation.generation import GenerationSettings
 
 EVALUATION = "evaluation"
 EVALUATION_CODE_VERSION = CODE_VERSIONS["evaluation_report"]
@@ -60,106 +60,21 @@ HEADLINE_METRICS = (
 )
 
 
-class EvaluationReportConfig(dg.Config):
-    """What the report measures, and how the replies it shows are generated."""
+class _EvaluationSettings(dg.Config):
+    def evaluation_config(self) -> EvaluationConfig:
+        """The core config these fields make: :class:`EvaluationConfig` with its
+        :class:`GenerationSettings`."""
+        generation = GenerationSettings(**core_values(self, GenerationSettings))
+        return EvaluationConfig(generation=generation, **core_values(self, EvaluationConfig))
 
-    num_prompts: int = Field(
-        default=100,
-        ge=2,
-        description="Cap on held-out prompts answered; all of them when the split is smaller.",
-    )
-    samples_per_prompt: int = Field(
-        default=2, ge=1, description="Sampled adapter replies per prompt (draw k uses seed + k)."
-    )
-    base_samples_per_prompt: int = Field(
-        default=1, ge=1, description="Sampled base-model replies per prompt."
-    )
-    discriminator_prompts: int = Field(
-        default=48,
-        ge=0,
-        description="Train prompts each model answers to fit the real-vs-generated discriminator "
-        "(0: no discriminator).",
-    )
-    batch_size: int = Field(
-        default=32, ge=1, description="Prompts generated together (left-padded)."
-    )
-    max_new_tokens: int = Field(
-        default=48, ge=1, description="Bound on reply length; a reply that hits it did not stop."
-    )
-    do_sample: bool = Field(
-        default=True,
-        description="Sample, as people chat (off: greedy, one most-likely reply per prompt).",
-    )
-    temperature: float | None = Field(
-        default=None,
-        gt=0,
-        description="Sampling temperature (only with do_sample). Unset: the adapter's own, the "
-        "one that best predicted my validation replies in training (1.0 where it has none).",
-    )
-    top_p: float = Field(
-        default=0.9, gt=0, le=1, description="Nucleus sampling mass (only with do_sample)."
-    )
-    repetition_penalty: float = Field(
-        default=1.1, ge=1, description="Penalty on tokens already written (1: off)."
-    )
-    penalty_scope: Literal["prompt", "reply"] = Field(
-        default="reply",
-        description="Tokens the repetition penalty falls on: 'prompt' (the prompt's and the "
-        "reply's, as transformers does: the stop token and the conversation's names too) or "
-        "'reply' (only the reply's own).",
-    )
-    seed: int = Field(default=0, description="Seeds the choice of prompts and the sampling.")
-    max_prompt_tokens: int = Field(
-        default=512,
-        ge=32,
-        description="Longest prompt; longer ones lose their oldest context first, as in training.",
-    )
-    max_loss_examples: int = Field(
-        default=256, ge=0, description="Held-out pairs scored for reply loss (0: all)."
-    )
-    similarity: bool = Field(
-        default=True,
-        description="Score relevance with all-MiniLM-L6-v2 (loaded offline from its package).",
-    )
-    baselines: list[str] = Field(
-        default=["replay"],
-        description="Sides no training made, scored and judged beside base and adapter "
-        "('replay': my real reply to the most similar train prompt, verbatim).",
-    )
 
-    torch_threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="CPU threads for the models (unset: the cores idle when the evaluation starts, "
-        "at most torch's default, so a busy machine does not collapse it).",
-    )
-
-    def evaluation_config(self):
-        from echo_pipeline.evaluation.evaluate import EvaluationConfig
-        from echo_pipeline.evaluation.generation import GenerationSettings
-
-        generation = GenerationSettings(
-            max_new_tokens=self.max_new_tokens,
-            batch_size=self.batch_size,
-            do_sample=self.do_sample,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty,
-            penalty_scope=self.penalty_scope,
-            seed=self.seed,
-        )
-        return EvaluationConfig(
-            num_prompts=self.num_prompts,
-            samples_per_prompt=self.samples_per_prompt,
-            base_samples_per_prompt=self.base_samples_per_prompt,
-            discriminator_prompts=self.discriminator_prompts,
-            generation=generation,
-            max_prompt_tokens=self.max_prompt_tokens,
-            max_loss_examples=self.max_loss_examples,
-            similarity=self.similarity,
-            baselines=tuple(self.baselines),
-            torch_threads=self.torch_threads,
-        )
+#: Every EvaluationConfig and GenerationSettings setting, flat, as the launchpad shows them.
+EvaluationReportConfig = derived_config(
+    "EvaluationReportConfig",
+    (EvaluationConfig, GenerationSettings),
+    base=_EvaluationSettings,
+    doc="What the report measures, and how the replies it shows are generated.",
+)
 
 
 def summary_markdown(metrics: dict, sides: tuple[str, ...] = ("real", "base", "adapter")) -> str:

@@ -2,15 +2,14 @@
 and the reply memory built from the train pairs."""
 
 import json
-from typing import Any
 
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from echo_pipeline.pairs.checks import check_pairs
 from echo_pipeline.defs.check_results import asset_check_results
 from echo_pipeline.defs.conditions import DATASET_AUTOMATION
+from echo_pipeline.defs.configs import core_values, derived_config
 from echo_pipeline.defs.exports import INGEST, input_failure
 from echo_pipeline.defs.provenance import (
     CODE_VERSIONS,
@@ -20,52 +19,28 @@ from echo_pipeline.defs.provenance import (
     provenance_metadata,
 )
 from echo_pipeline.pairs import pairing_config
+from echo_pipeline.pairs.checks import check_pairs
 
 
-def _core(name: str, **limits: Any) -> Any:
-    """A Dagster config field with the default and description of the core setting."""
-    default, description = pairing_config.setting(name)
-    return Field(default=default, description=description, **limits)
-
-
-class PairsConfig(dg.Config):
-    """Who "me" is and how turns become pairs (the settings of :class:`PairingConfig`)."""
-
+class _Pairing(dg.Config):
     me: list[str] = Field(
         default_factory=pairing_config.default_me,
-        description=f"{pairing_config.setting('me')[1]} Env {pairing_config.ME_ENV} "
+        description=f"{pairing_config.described('me')[1]} Env {pairing_config.ME_ENV} "
         f"(comma-separated) sets the default; '{pairing_config.SAMPLE_ME}' is 'me' in the "
         "bundled sample.",
     )
-    merge_gap_s: float = _core("merge_gap_s")
-    session_gap_s: float = _core("session_gap_s")
-    context_turns: int = _core("context_turns", ge=0, le=32)
-    attachments: str = _core("attachments")
-    redact: bool = _core("redact")
-    min_reply_chars: int = _core("min_reply_chars", ge=1)
-    max_reply_chars: int = _core("max_reply_chars", ge=1)
-    max_prompt_chars: int = _core("max_prompt_chars", ge=1)
-    drop_link_only: bool = _core("drop_link_only")
-    drop_placeholder_replies: bool = _core("drop_placeholder_replies")
-    max_same_reply: int = _core("max_same_reply", ge=0)
-    val_fraction: float = _core("val_fraction", ge=0, lt=1)
-    test_fraction: float = _core("test_fraction", ge=0, lt=1)
-    test_min_pairs: int = _core("test_min_pairs", ge=0)
-    min_train_fraction: float = _core("min_train_fraction", gt=0, lt=1)
-    split_method: str = _core("split_method")
-    train_share: float = _core("train_share", gt=0, le=1)
 
     def to_core(self) -> pairing_config.PairingConfig:
-        if self.attachments not in ("placeholder", "drop"):
-            raise ValueError(
-                f"attachments must be 'placeholder' or 'drop', got {self.attachments!r}"
-            )
-        if self.split_method not in ("hash", "chronological"):
-            raise ValueError(
-                f"split_method must be 'hash' or 'chronological', got {self.split_method!r}"
-            )
-        settings = {name: getattr(self, name) for name in pairing_config.SETTINGS}
-        return pairing_config.PairingConfig(me=tuple(self.me), **settings)
+        return pairing_config.PairingConfig(**core_values(self, pairing_config.PairingConfig))
+
+
+#: Who "me" is and how turns become pairs: every setting of :class:`PairingConfig`.
+PairsConfig = derived_config(
+    "PairsConfig",
+    pairing_config.PairingConfig,
+    base=_Pairing,
+    doc='Who "me" is and how turns become pairs (the settings of PairingConfig).',
+)
 
 
 def _short(text: str, limit: int = 80) -> str:

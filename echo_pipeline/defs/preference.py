@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from echo_pipeline.defs.conditions import REPORT_AUTOMATION
+from echo_pipeline.defs.configs import derived_config
 from echo_pipeline.defs.evaluation import HEADLINE_METRICS, EvaluationReportConfig
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions
@@ -21,13 +22,13 @@ from echo_pipeline.defs.provenance import (
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
 from echo_pipeline.evaluation.feedback import adapter_partition
 from echo_pipeline.infra.provenance import Provenance, provenance_config
+from echo_pipeline.infra.settings import speed_only
+from echo_pipeline.training.dpo import PreferenceConfig
 
 PREFERENCE = "preference"
 PAIRS_CODE_VERSION = CODE_VERSIONS["preference_pairs"]
 ADAPTER_CODE_VERSION = CODE_VERSIONS["preference_adapter"]
 REPORT_CODE_VERSION = CODE_VERSIONS["preference_report"]
-#: Fields that change how fast a step runs or how it is observed, not what it makes.
-_NOT_IN_PROVENANCE = frozenset({"torch_threads", "checkpoint_every", "log_every"})
 #: What each asset's output depends on in the recipe (sampling for the pairs; all for the adapter).
 _SAMPLING_FIELDS = (
     "samples_per_prompt",
@@ -41,53 +42,29 @@ _SAMPLING_FIELDS = (
 )
 
 
-class PreferenceStageConfig(dg.Config):
-    """Overrides of the preference recipe (``PREFERENCE_RECIPES`` in experiments.py); unset
-    fields keep the recipe's value. Give both steps the same values."""
-
-    beta: float | None = Field(default=None, gt=0, description="DPO beta (default 0.1).")
-    samples_per_prompt: int | None = Field(
-        default=None, ge=1, description="Replies sampled per train prompt (rejected candidates)."
-    )
-    max_prompts: int | None = Field(
-        default=None, ge=0, description="Train prompts sampled (0: all)."
-    )
-    max_new_tokens: int | None = Field(default=None, ge=1, description="Bound on a sampled reply.")
-    temperature: float | None = Field(default=None, gt=0, description="Sampling temperature.")
-    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling mass.")
-    repetition_penalty: float | None = Field(default=None, ge=1, description="1: off.")
-    penalty_scope: str | None = Field(
-        default=None, description="'prompt' or 'reply': the tokens the penalty falls on."
-    )
-    batch_size: int | None = Field(default=None, ge=1, description="Prompts sampled together.")
-    max_steps: int | None = Field(
-        default=None, ge=0, description="DPO steps per round (0: from epochs)."
-    )
-    epochs: float | None = Field(default=None, gt=0, description="Passes over the pairs.")
-    pairs_per_step: int | None = Field(default=None, ge=1, description="Pairs per DPO step.")
-    learning_rate: float | None = Field(default=None, gt=0, description="Peak learning rate.")
-    sft_weight: float | None = Field(
-        default=None, ge=0, description="Weight of my replies' token loss beside DPO (RPO; 0: off)."
-    )
-    rounds: int | None = Field(
-        default=None,
-        ge=1,
-        description="Rounds of sample-then-train; round 2 samples from round 1's adapter.",
-    )
-    seed: int | None = Field(default=None, description="Seeds sampling and the pair order.")
-    checkpoint_every: int | None = Field(default=None, ge=0, description="Steps per checkpoint.")
-    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch.")
+class _PreferenceStage(dg.Config):
     human_pairs: list[str] = Field(
         default_factory=list,
         description="Preference files (Parquet or JSONL, PREFERENCE_PAIRS columns) written by a "
         "person rating replies: trained on beside the sampled pairs (train-split prompts only).",
     )
 
-    def recipe(self, experiment: str):
+    def recipe(self, experiment: str) -> PreferenceConfig:
         from echo_pipeline.training.experiments import preference_config
 
         values = self.model_dump(exclude={"human_pairs"})
         return preference_config(experiment, values)
+
+
+#: Every PreferenceConfig field, as an override of the recipe (unset: the recipe's).
+PreferenceStageConfig = derived_config(
+    "PreferenceStageConfig",
+    PreferenceConfig,
+    base=_PreferenceStage,
+    overrides=True,
+    doc="Overrides of the preference recipe (PREFERENCE_RECIPES in experiments.py); unset "
+    "fields keep the recipe's value. Give both steps the same values.",
+)
 
 
 def preference_paths(layout, template: str, experiment: str) -> dict:
@@ -246,7 +223,7 @@ def preference_adapter(
             "lora_adapter": latest_data_version(instance, "lora_adapter", partition) or "",
             "human_pairs": ",".join(sorted(config.human_pairs)),
         },
-        provenance_config(recipe.to_dict(), _NOT_IN_PROVENANCE),
+        provenance_config(recipe.to_dict(), speed_only(PreferenceConfig)),
     )
     return dg.MaterializeResult(
         metadata={

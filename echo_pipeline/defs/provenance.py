@@ -13,6 +13,8 @@ from typing import Any
 
 import dagster as dg
 
+from echo_pipeline.evaluation.config import EvaluationConfig
+from echo_pipeline.evaluation.generation import GenerationSettings
 from echo_pipeline.infra.provenance import (
     PROVENANCE_METADATA_KEY,
     Provenance,
@@ -20,6 +22,8 @@ from echo_pipeline.infra.provenance import (
     function_code_version,
     provenance_config,
 )
+from echo_pipeline.infra.settings import speed_only
+from echo_pipeline.training.loop import TrainingConfig
 
 # Where each asset's function is (``defs.<module>.<asset>``). Its code version is every module
 # that function reaches (provenance.reached_modules), its own included: found, not listed, so
@@ -41,12 +45,12 @@ CODE_VERSIONS: Mapping[str, str] = {
     asset: function_code_version(f"echo_pipeline.defs.{module}", asset)
     for asset, module in ASSET_MODULES.items()
 }
-# Config fields that change how fast or where an output is computed, not what it is.
+# Config fields that change how fast or where an output is computed, not what it is: marked
+# once, on the core settings (infra.settings.speed_only); how a step is launched
+# (out_of_process, processes...) is not part of a recipe at all.
 NOT_IN_PROVENANCE: Mapping[str, frozenset[str]] = {
-    "lora_adapter": frozenset(
-        {"torch_threads", "checkpoint_every", "keep_checkpoints", "log_every", "out_of_process"}
-    ),
-    "evaluation_report": frozenset({"torch_threads"}),
+    "lora_adapter": speed_only(TrainingConfig),
+    "evaluation_report": speed_only(EvaluationConfig) | speed_only(GenerationSettings),
 }
 
 

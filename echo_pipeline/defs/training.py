@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from echo_pipeline.defs.conditions import ADAPTER_AUTOMATION
+from echo_pipeline.defs.configs import derived_config
 from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions, dataset_for_adapter
 from echo_pipeline.defs.pipes_client import TrainingPipesClient
@@ -14,83 +15,15 @@ from echo_pipeline.defs.provenance import (
     provenance_metadata,
 )
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource, dagster_lineage_tags
+from echo_pipeline.training.loop import TrainingConfig
 
 TRAINING = "training"
 TRAINING_CODE_VERSION = CODE_VERSIONS["lora_adapter"]
 
 
-class LoraConfig(dg.Config):
-    """Overrides of the experiment's recipe; unset fields keep the recipe's value.
+class _TrainingLaunch(dg.Config):
+    """How the training step is launched (not part of the recipe, nor of what it makes)."""
 
-    The recipes (partition dimension ``experiment``) live in ``echo_pipeline/training/experiments.py``.
-    """
-
-    lora_r: int | None = Field(default=None, ge=1, description="LoRA rank (default 16).")
-    lora_alpha: int | None = Field(default=None, ge=1, description="LoRA alpha (default 32).")
-    lora_dropout: float | None = Field(
-        default=None,
-        ge=0,
-        lt=1,
-        description="LoRA dropout (default 0: measured no better at 0.05, and slower).",
-    )
-    learning_rate: float | None = Field(
-        default=None, gt=0, description="Peak learning rate of the cosine schedule."
-    )
-    max_steps: int | None = Field(
-        default=None, ge=0, description="Optimizer steps; 0 derives them from epochs."
-    )
-    epochs: float | None = Field(
-        default=None, gt=0, description="Passes over the train split when max_steps is 0."
-    )
-    max_steps_cap: int | None = Field(
-        default=None,
-        ge=0,
-        description="With epochs: never more than this many steps (a compute budget); 0: no cap.",
-    )
-    pack_tokens: int | None = Field(
-        default=None,
-        ge=64,
-        description="Tokens per packed row (samples never attend to each other).",
-    )
-    grad_accum: int | None = Field(
-        default=None, ge=1, description="Packed rows per optimizer step."
-    )
-    eval_every: int | None = Field(
-        default=None, ge=0, description="Steps between validation losses (0: end only)."
-    )
-    eval_max_pairs: int | None = Field(
-        default=None,
-        ge=0,
-        description="Validation pairs scored per pass (a seeded sample, the same each time); 0: all.",
-    )
-    early_stopping_patience: int | None = Field(
-        default=None, ge=0, description="Evaluations without improvement before stopping (0: off)."
-    )
-    checkpoint_every: int | None = Field(
-        default=None, ge=0, description="Steps between resumable checkpoints."
-    )
-    quantization: str | None = Field(
-        default=None,
-        description="'auto' (4-bit QLoRA on CUDA, none on CPU), '4bit', '8bit' or 'none'.",
-    )
-    dtype: str | None = Field(
-        default=None,
-        description="'auto' (default): bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16 or "
-        "AMX; env ECHO_CPU_BF16=0/1 overrides), fp32 on other CPUs; or 'float32', 'bfloat16', "
-        "'float16'. The dtype used is logged as train.resolved_dtype.",
-    )
-    gradient_checkpointing: bool | None = Field(
-        default=None, description="Trade compute for memory (long packs, big models)."
-    )
-    seed: int | None = Field(
-        default=None, description="Random seed (training is deterministic on CPU)."
-    )
-    torch_threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="CPU threads for torch (unset: the cores free when training starts, at most "
-        "one per core; on a busy machine more threads than free cores is several times slower).",
-    )
     out_of_process: bool = Field(
         default=True,
         description="Train in a subprocess through Dagster Pipes (keeps the Dagster process light; "
@@ -117,12 +50,22 @@ class LoraConfig(dg.Config):
 
     def overrides(self) -> dict:
         """The recipe fields set here (how the step is launched is not part of the recipe)."""
-        return {
-            k: v for k, v in self.model_dump().items() if v is not None and k not in _LAUNCH_FIELDS
-        }
+        launch = set(_TrainingLaunch.model_fields)
+        found = {k: v for k, v in self.model_dump().items() if v is not None and k not in launch}
+        if found.get("target_modules") == ["all-linear"]:  # peft's keyword, not a module name
+            found["target_modules"] = "all-linear"
+        return found
 
 
-_LAUNCH_FIELDS = frozenset({"out_of_process", "processes", "nnodes", "rdzv_endpoint"})
+#: Every TrainingConfig field, as an override of the experiment's recipe (unset: the recipe's).
+LoraConfig = derived_config(
+    "LoraConfig",
+    TrainingConfig,
+    base=_TrainingLaunch,
+    overrides=True,
+    doc="Overrides of the experiment's recipe; unset fields keep the recipe's value. The "
+    "recipes (partition dimension ``experiment``) live in echo_pipeline/training/experiments.py.",
+)
 
 
 @dg.asset(
@@ -144,6 +87,7 @@ def lora_adapter(
     io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Trains, measures held-out reply loss against the base model, and registers the adapter."""
+    from echo_pipeline.datasets.prompt import PromptSpec
     from echo_pipeline.infra.records import DatasetManifest
     from echo_pipeline.infra.tracking import TrackingUnavailableError
     from echo_pipeline.training.adapters import AdapterJob, run_adapter_job
@@ -177,8 +121,7 @@ def lora_adapter(
         work_dir=layout.training_work_dir(template, experiment),
         base_model=resolved,
         training=experiment_config(experiment, config.overrides()),
-        system_prompt=manifest.system_prompt,
-        me_names=list(manifest.me_names),
+        prompt=PromptSpec.from_manifest(manifest).to_dict(),
         tracking_uri=mlflow_tracking.uri(),
         experiment_name=mlflow_tracking.experiment_name,
         tags=tags,

@@ -42,6 +42,7 @@ from echo_pipeline.evaluation.attribution import (
     hashed_char_ngrams,
 )
 from echo_pipeline.evaluation.baselines import BaselineInputs, SideReplies, baseline
+from echo_pipeline.evaluation.config import EvaluationConfig
 from echo_pipeline.evaluation.echo_quality import (
     Interval,
     TrainReplyIndex,
@@ -110,30 +111,6 @@ SCORECARD: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
     ("Similarity to my reply", "similarity_to_real", "higher", ("base", "adapter")),
     ("Similarity to the prompt", "similarity_to_prompt", None, SIDES),
 )
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """What is evaluated and how replies are generated."""
-
-    num_prompts: int = 100  # cap on held-out prompts answered (all of them when fewer)
-    samples_per_prompt: int = 2  # adapter replies per prompt, one seed per draw
-    base_samples_per_prompt: int = 1  # the base rambles to the bound: one draw costs enough
-    discriminator_prompts: int = 48  # train prompts answered to fit the real-vs-generated model
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-    thresholds: VerdictThresholds = field(default_factory=VerdictThresholds)
-    max_prompt_tokens: int = 512
-    # held-out rows for reply loss when it is scored here (0: all); training's own, over the
-    # whole split, is taken where it recorded one (recorded_reply_losses)
-    max_loss_examples: int = 256
-    heldout_split: str = "test"  # "val" is used when the test split is empty
-    similarity: bool = True  # MiniLM relevance; off skips loading it
-    baselines: tuple[str, ...] = ("replay",)  # names in baselines.BASELINES
-    attribution_l2: float = 1e-3
-    torch_threads: int | None = None  # CPU intra-op threads (None: torch's default)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -361,7 +338,7 @@ def load_heldout(
 def _lineage(
     data: HeldOut, adapter_dir: Path, dataset_path: Path, pairs_path: Path
 ) -> dict[str, Any]:
-    from echo_pipeline.training.adapters import dataset_digest
+    from echo_pipeline.datasets.render import dataset_digest
 
     meta, digest = data.meta, dataset_digest(data.frame)
     recorded, tracked = meta.dataset.digest, meta.mlflow
@@ -372,6 +349,7 @@ def _lineage(
         "adapter_fingerprint": meta.fingerprint,
         "base_model": dataclasses.asdict(meta.base_model),
         "system_prompt": meta.system_prompt,
+        "prompt": dict(meta.prompt),
         "dataset_path": str(dataset_path),
         "dataset_digest": digest,
         "adapter_dataset_digest": recorded,
@@ -399,13 +377,10 @@ def _loss_examples(data: HeldOut, config: EvaluationConfig) -> list[dict[str, li
     return examples
 
 
-def _inference_prompts(
-    session: Any, rows: pd.DataFrame, config: EvaluationConfig
-) -> list[list[int]]:
-    """Each row's prompt as the adapter was trained to see it: with its reply-memory examples
-    (from the train index, never the row's own session) when the session has memory."""
-    from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
-
+def _inference_prompts(session: Any, rows: pd.DataFrame) -> list[list[int]]:
+    """Each row's prompt as the adapter was trained to see it (its prompt spec), with its
+    reply-memory examples (from the train index, never the row's own session) when the session
+    has memory."""
     memory = getattr(session, "memory", None)
     shown = (
         memory.examples_for(
@@ -416,15 +391,11 @@ def _inference_prompts(
         else [()] * len(rows)
     )
     return [
-        tokenize_inference_prompt(
-            session.template,
+        session.prompt.prompt_ids(
             session.tokenizer,
             row.context,
             str(row.prompt),
-            session.system_prompt,
             prompt_author=str(row.prompt_author or ""),
-            is_group=getattr(session, "is_group", None),
-            max_tokens=config.max_prompt_tokens,
             examples=examples,
         )
         for row, examples in zip(rows.itertuples(index=False), shown, strict=True)
@@ -478,10 +449,10 @@ def _generate_and_score_loss(
     reply losses training ``recorded`` for this split are taken as they are."""
     from echo_pipeline.training.loop import reply_loss
 
-    prompt_ids = _inference_prompts(session, data.chosen, config)
+    prompt_ids = _inference_prompts(session, data.chosen)
     train = data.pairs[data.pairs["split"] == "train"]
     train_prompts = select_prompts(train, config.discriminator_prompts, config.generation.seed + 1)
-    train_ids = _inference_prompts(session, train_prompts, config)
+    train_ids = _inference_prompts(session, train_prompts)
     examples = [] if recorded else _loss_examples(data, config)
     loss_pairs = len(data.heldout) if recorded else len(examples)
     settings = config.generation

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from echo_pipeline.infra.settings import setting
 from echo_pipeline.training.loop import torch_threads  # noqa: F401 (re-exported for the evaluation)
 
 #: Which tokens a repetition penalty may fall on (GenerationSettings.penalty_scope).
@@ -41,19 +42,31 @@ class GenerationSettings:
     deterministic look at the single most likely reply.
     """
 
-    max_new_tokens: int = 48
-    batch_size: int = 32
-    do_sample: bool = True
-    # None: the adapter's calibrated temperature (for_adapter), else DEFAULT_TEMPERATURE.
-    temperature: float | None = None
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
-    # Which tokens the penalty falls on. "prompt": every token in the prompt and the reply, as
-    # transformers' ``repetition_penalty`` does, which also penalises the template's stop token
-    # (``<|im_end|>`` closes every prompt turn) and the conversation's own names and words.
+    max_new_tokens: int = setting(
+        48, "Bound on reply length; a reply that hits it did not stop.", ge=1
+    )
+    batch_size: int = setting(32, "Prompts generated together (left-padded).", ge=1)
+    do_sample: bool = setting(
+        True, "Sample, as people chat (off: greedy, one most-likely reply per prompt)."
+    )
+    temperature: float | None = setting(
+        None,
+        "Sampling temperature (only with do_sample). Unset: the adapter's own, the one that "
+        "best predicted my validation replies in training (1.0 where it has none).",
+        gt=0,
+    )
+    top_p: float = setting(0.9, "Nucleus sampling mass (only with do_sample).", gt=0, le=1)
+    repetition_penalty: float = setting(1.1, "Penalty on tokens already written (1: off).", ge=1)
+    # "prompt", as transformers' ``repetition_penalty`` does, also penalises the template's stop
+    # token (``<|im_end|>`` closes every prompt turn) and the conversation's own names and words.
     # "reply": only the tokens the reply has written so far, the loop guard it is meant to be.
-    penalty_scope: Literal["prompt", "reply"] = "reply"
-    seed: int = 0
+    penalty_scope: Literal["prompt", "reply"] = setting(
+        "reply",
+        "Tokens the repetition penalty falls on: 'prompt' (the prompt's and the reply's, as "
+        "transformers does: the stop token and the conversation's names too) or 'reply' (only "
+        "the reply's own).",
+    )
+    seed: int = setting(0, "Seeds the choice of prompts and the sampling.")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:

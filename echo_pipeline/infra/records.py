@@ -65,6 +65,7 @@ class DatasetManifest:
     memory_digest: str = ""  # MemoryIndex.digest() of that index
     dataset_digest: str = ""  # adapters.dataset_digest of the dataset: ties an adapter to this file
     group_chat: bool = False  # every speaker named in every prompt (templates.is_group_chat)
+    context_turns: int | None = None  # earlier turns a pair keeps (None: not recorded)
 
     @property
     def me_name(self) -> str:
@@ -91,6 +92,7 @@ class DatasetManifest:
             memory_digest=str(data.get("memory_digest") or ""),
             dataset_digest=str(data.get("dataset_digest") or ""),
             group_chat=bool(data.get("group_chat") or False),
+            context_turns=None if data.get("context_turns") is None else int(data["context_turns"]),
         )
 
     def write(self, path: str | Path) -> Path:
@@ -151,6 +153,8 @@ class AdapterMetadata:
     experiment: str = ""
     system_prompt: str = ""
     me_names: tuple[str, ...] = ()
+    # datasets.prompt.PromptSpec.to_dict(): how to prompt the adapter ({}: written before it)
+    prompt: dict[str, Any] = field(default_factory=dict)
     dataset: DatasetRecord = field(default_factory=DatasetRecord)
     training: dict[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None
@@ -178,6 +182,7 @@ class AdapterMetadata:
             "experiment": self.experiment,
             "system_prompt": self.system_prompt,
             "me_names": list(self.me_names),
+            "prompt": dict(self.prompt),
             "dataset": asdict(self.dataset),
             "training": dict(self.training),
             "fingerprint": self.fingerprint,
@@ -205,6 +210,7 @@ class AdapterMetadata:
             experiment=str(data.get("experiment") or ""),
             system_prompt=str(data.get("system_prompt") or ""),
             me_names=tuple(str(n) for n in data.get("me_names") or ()),
+            prompt=dict(data.get("prompt") or {}),
             dataset=DatasetRecord(
                 path=dataset.get("path"),
                 digest=dataset.get("digest"),

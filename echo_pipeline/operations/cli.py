@@ -206,7 +206,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(
             f"demo: a test split of {DEMO_PAIRS['test_fraction']:.0%} of the pairs, evaluated "
             f"on {DEMO_EVALUATION['num_prompts']} prompts with one draw each (your own export: "
-            f"{pairing_config.setting('test_fraction')[0]:.0%}, "
+            f"{pairing_config.described('test_fraction')[0]:.0%}, "
             f"{full['num_prompts'].default} prompts, {full['samples_per_prompt'].default} draws "
             "each)",
             flush=True,
@@ -323,13 +323,12 @@ def _load_pairs(path: str | None):
 
 
 def _cmd_show_labels(args: argparse.Namespace) -> int:
-    from echo_pipeline.datasets.templates import default_system_prompt
+    from echo_pipeline.datasets.prompt import PromptSpec
     from echo_pipeline.datasets.tokenization import (
         DEFAULT_MAX_TOKENS,
         format_labels_debug,
         tokenize_pair,
     )
-    from echo_pipeline.pairs.conversations import pairs_identity
     from echo_pipeline.training.base_model import (
         default_base_model,
         load_tokenizer,
@@ -340,10 +339,15 @@ def _cmd_show_labels(args: argparse.Namespace) -> int:
     table = _load_pairs(args.pairs)
     pairs = table.to_pandas()
     tokenizer = load_tokenizer(resolve_base_model(args.base_model or default_base_model()))
-    system_prompt = default_system_prompt(next(iter(pairs_identity(table).names), ""))
+    spec = PromptSpec.for_pairs(args.template, table, max_tokens=max_tokens)
     for row in pairs.head(args.n).to_dict("records"):
         example = tokenize_pair(
-            args.template, tokenizer, row, system_prompt=system_prompt, max_tokens=max_tokens
+            spec.template,
+            tokenizer,
+            row,
+            system_prompt=spec.system_prompt,
+            max_tokens=spec.max_tokens,
+            me_names=spec.me_names,
         )
         print(f"# pair {row['pair_id']}  template {args.template}  tokens {len(example.input_ids)}")
         print(format_labels_debug(tokenizer, example, max_rows=args.max_rows))
@@ -499,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--session-gap", "session_gap_s", float),
         ("--context-turns", "context_turns", int),
     ):
-        default, description = pairing_config.setting(name)
+        default, description = pairing_config.described(name)
         p.add_argument(flag, type=kind, default=default, help=f"{description} Default: {default}.")
     p.add_argument(
         "--no-redact", action="store_true", help="Keep emails, phones, tokens... as they are."

@@ -26,6 +26,7 @@ from echo_pipeline.pairs.redaction import redact_series
 ME_IDS_METADATA_KEY = b"echo.me_ids"  # Parquet schema metadata: who "me" resolved to
 ME_NAMES_METADATA_KEY = b"echo.me_names"  # ...and my display names, most used first
 REDACTED_METADATA_KEY = b"echo.redacted"  # whether redaction ran (the user may turn it off)
+CONTEXT_TURNS_METADATA_KEY = b"echo.context_turns"  # earlier turns each pair keeps at most
 SPLITS = ("train", "val", "test")
 
 _RAW_USER_MENTION = r"<@!?\d+>"
@@ -575,6 +576,7 @@ def build_pairs(messages: pd.DataFrame, config: PairingConfig) -> tuple[pa.Table
             ME_IDS_METADATA_KEY: json.dumps(me_ids),
             ME_NAMES_METADATA_KEY: json.dumps(report.me_names),
             REDACTED_METADATA_KEY: json.dumps(config.redact),
+            CONTEXT_TURNS_METADATA_KEY: json.dumps(config.context_turns),
         }
     )
 
@@ -614,3 +616,15 @@ def pairs_identity(pairs: pa.Table) -> MeIdentity:
         return MeIdentity(ids, tuple(json.loads(raw_names)))
     guessed = infer_me_name(pairs.column("context").to_pylist())
     return MeIdentity(ids, () if guessed == "me" else (guessed,))
+
+
+def pairs_context_turns(pairs: pa.Table) -> int:
+    """How many earlier turns the pairing kept per pair: what a prompt keeps in chat too.
+    Pairs written before it was stored: the most any pair carries."""
+    import pyarrow.compute as pc
+
+    raw = (pairs.schema.metadata or {}).get(CONTEXT_TURNS_METADATA_KEY)
+    if raw is not None:
+        return int(json.loads(raw))
+    most = pc.max(pc.list_value_length(pairs.column("context"))).as_py() if len(pairs) else None
+    return int(most or 0)

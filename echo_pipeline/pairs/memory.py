@@ -248,3 +248,18 @@ def load_encoder() -> Encode:
     from echo_pipeline.evaluation.relevance import SentenceEmbedder
 
     return fixed_shape_encoder(SentenceEmbedder.load())
+
+
+def load_reply_memory(
+    path: str | Path, k: int, encode: Encode | None = None, *, digest: str = ""
+) -> ReplyMemory:
+    """The reply memory stored at ``path``, retrieving ``k`` examples per prompt. ``digest``
+    (a dataset manifest's ``memory_digest``): the index must still be that one, else its
+    examples differ from the ones the dataset was rendered with."""
+    index = MemoryIndex.load(path)
+    if digest and index.digest() != digest:
+        raise ValueError(
+            f"{path}: the reply memory changed since the dataset was rendered (digest {digest} "
+            f"-> {index.digest()}); re-materialise template_dataset and lora_adapter"
+        )
+    return ReplyMemory(index, encode or load_encoder(), k)

@@ -1,10 +1,11 @@
-"""Talk to an adapter with the exact template it was trained with.
+"""Talk to an adapter with the exact prompt it was trained with.
 
-The prompt goes through the same tokenisation code as training (token for token), generation
-stops at the template's EOS id, and the conversation so far is kept as context turns, the way
-the pairs were built. With reply memory (the dataset's ``memory_k`` > 0), each typed message
-retrieves its examples from the same train index the dataset used, and they go before the
-conversation as they did in training.
+The adapter's :class:`~echo_pipeline.datasets.prompt.PromptSpec` (recorded with it) builds the
+prompt through the same tokenisation code as training (token for token): its template, system
+prompt, speaker naming and token bound, and as many earlier turns of the conversation as its
+pairs kept. Generation stops at the template's EOS id. With reply memory (``memory_k`` > 0),
+each typed message retrieves its examples from the same train index the dataset used, and they
+go before the conversation as they did in training.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from echo_pipeline.datasets.prompt import PromptSpec
 from echo_pipeline.infra.records import AdapterMetadata, DatasetManifest
 from echo_pipeline.training.adapters import base_model_config, validate_adapter_dir
 from echo_pipeline.training.base_model import ResolvedBaseModel, resolve_base_model
@@ -38,9 +40,7 @@ def replies_counted(listener: Callable[[int], None]) -> Iterator[None]:
 class ChatSession:
     model: Any
     tokenizer: Any
-    template: str
-    system_prompt: str
-    context_turns: int = 3
+    prompt: PromptSpec  # how the adapter was trained to be prompted
     max_new_tokens: int = 64
     history: list[dict[str, Any]] = field(default_factory=list)
     partner: str = "friend"
@@ -49,7 +49,10 @@ class ChatSession:
     # the MLflow model sample, as the evaluation does, since greedy collapses small clones.
     decoding: dict[str, Any] = field(default_factory=dict)
     memory: Any = None  # a ReplyMemory: examples per typed message (None: the adapter has none)
-    is_group: bool | None = None  # True: every speaker named, as the adapter's group chat was
+
+    @property
+    def template(self) -> str:
+        return self.prompt.template
 
     @classmethod
     def from_adapter(
@@ -81,28 +84,22 @@ class ChatSession:
         base = load_causal_lm(base_model, quantization="none", purpose="inference")
         model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
         model.eval()
-        options.setdefault("me", meta.me_name or "me")
+        spec = adapter_prompt(adapter_dir, meta)
+        options.setdefault("me", spec.me_name or "me")
         if "memory" not in options:
             options["memory"] = adapter_memory(adapter_dir, meta)
-        options.setdefault("is_group", adapter_group_chat(adapter_dir, meta))
-        return cls(model, tokenizer, meta.template, meta.system_prompt, **options)
+        return cls(model, tokenizer, spec, **options)
 
     def examples(self, prompt: str) -> tuple:
         """The reply-memory examples ``prompt`` gets (none without memory)."""
         return self.memory.examples_for([prompt])[0] if self.memory is not None else ()
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
-
-        context = self.history[-self.context_turns :] if self.context_turns else []
-        return tokenize_inference_prompt(
-            self.template,
+        return self.prompt.prompt_ids(
             self.tokenizer,
-            context,
+            self.history,
             prompt,
-            self.system_prompt,
             prompt_author=self.partner,
-            is_group=self.is_group,
             examples=self.examples(prompt),
         )
 
@@ -183,11 +180,16 @@ def adapter_manifest(adapter_dir: str | Path, meta: AdapterMetadata) -> DatasetM
     return manifest
 
 
-def adapter_group_chat(adapter_dir: str | Path, meta: AdapterMetadata) -> bool | None:
-    """True when the adapter's dataset named every speaker (a group chat), else None (each
-    prompt's speakers decide, as its dataset's rows did)."""
+def adapter_prompt(adapter_dir: str | Path, meta: AdapterMetadata) -> PromptSpec:
+    """How to prompt the adapter: the spec recorded with it; for adapters trained before it
+    was recorded, the one its dataset's manifest gives, else its template and system prompt
+    with the defaults."""
+    if meta.prompt:
+        return PromptSpec.from_dict(meta.prompt)
     manifest = adapter_manifest(adapter_dir, meta)
-    return True if manifest is not None and manifest.group_chat else None
+    if manifest is not None:
+        return PromptSpec.from_manifest(manifest)
+    return PromptSpec(meta.template, meta.system_prompt, me_names=meta.me_names)
 
 
 def adapter_memory(adapter_dir: str | Path, meta: AdapterMetadata, encode: Any = None) -> Any:
@@ -196,16 +198,11 @@ def adapter_memory(adapter_dir: str | Path, meta: AdapterMetadata, encode: Any =
     ``k`` and the index come from the dataset manifest; the index must be the one the dataset
     recorded (same digest), else its examples differ from training's.
     """
-    from echo_pipeline.pairs.memory import MemoryIndex, ReplyMemory, load_encoder
+    from echo_pipeline.pairs.memory import load_reply_memory
 
     manifest = adapter_manifest(adapter_dir, meta)
     if manifest is None or manifest.memory_k <= 0:
         return None
-    index = MemoryIndex.load(manifest.memory_index)
-    if index.digest() != manifest.memory_digest:
-        raise ValueError(
-            f"{manifest.memory_index}: the reply memory changed since {adapter_dir} was trained "
-            f"(digest {manifest.memory_digest} -> {index.digest()}); re-materialise "
-            "template_dataset and lora_adapter"
-        )
-    return ReplyMemory(index, encode or load_encoder(), manifest.memory_k)
+    return load_reply_memory(
+        manifest.memory_index, manifest.memory_k, encode, digest=manifest.memory_digest
+    )

@@ -122,14 +122,14 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     from transformers import AutoTokenizer
 
     from echo_pipeline.datasets.tokenization import stop_token_id
-    from echo_pipeline.serving.chat import adapter_manifest
+    from echo_pipeline.serving.chat import adapter_prompt
     from echo_pipeline.training.adapters import base_model_config, validate_adapter_dir
     from echo_pipeline.training.base_model import load_causal_lm, resolve_base_model
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     meta = AdapterMetadata.load(adapter_dir)
-    manifest = adapter_manifest(adapter_dir, meta)
-    memory_k = manifest.memory_k if manifest is not None else 0
+    spec = adapter_prompt(adapter_dir, meta)
+    memory_k = spec.memory_k
     if memory_k:
         logger.warning("%s: %s", adapter_dir, memory_note(memory_k))
     base = resolve_base_model(meta.base_model.source, revision=meta.base_model.revision)
@@ -137,7 +137,7 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
     model = load_causal_lm(base, quantization="none", dtype="float32", device="cpu")
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    stop = tokenizer.decode([stop_token_id(meta.template, tokenizer)])
+    stop = tokenizer.decode([stop_token_id(spec.template, tokenizer)])
     with atomic_directory(out_dir) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
@@ -152,9 +152,9 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
         )
         (staging / "Modelfile").write_text(
             modelfile_text(
-                meta.template,
+                spec.template,
                 tokenizer,
-                meta.system_prompt,
+                spec.system_prompt,
                 stop,
                 memory_k,
                 meta.calibrated_temperature,

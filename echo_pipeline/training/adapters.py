@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from echo_pipeline.datasets.render import dataset_digest
 from echo_pipeline.datasets.templates import jinja_chat_template
 from echo_pipeline.infra import tracking
 from echo_pipeline.infra.records import (
@@ -61,12 +62,20 @@ class AdapterJob:
     work_dir: Path  # checkpoints survive here between attempts
     base_model: ResolvedBaseModel
     training: TrainingConfig
-    system_prompt: str = ""
-    me_names: list[str] = field(default_factory=list)  # from the dataset manifest
+    # the dataset manifest's PromptSpec.to_dict(): recorded with the adapter, how to prompt it
+    prompt: dict[str, Any] = field(default_factory=dict)
     tracking_uri: str = field(default_factory=tracking.default_tracking_uri)
     experiment_name: str = tracking.DEFAULT_EXPERIMENT
     tags: dict[str, str] = field(default_factory=dict)
     register_model: bool = True
+
+    @property
+    def system_prompt(self) -> str:
+        return str(self.prompt.get("system_prompt") or "")
+
+    @property
+    def me_names(self) -> list[str]:
+        return [str(n) for n in self.prompt.get("me_names") or ()]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for handing the job to another process (Dagster Pipes)."""
@@ -125,18 +134,6 @@ def split_examples(frame: pd.DataFrame, split: str) -> list[dict[str, list[int]]
         {"input_ids": list(map(int, ids)), "labels": list(map(int, labels))}
         for ids, labels in zip(rows["input_ids"], rows["labels"], strict=True)
     ]
-
-
-def dataset_digest(frame: pd.DataFrame) -> str:
-    """Content digest of the tokens and split of every row: what the adapter actually saw."""
-    digest = hashlib.sha256()
-    for pair_id, split, ids, labels in zip(
-        frame["pair_id"], frame["split"], frame["input_ids"], frame["labels"], strict=True
-    ):
-        digest.update(f"{pair_id}|{split}|".encode())
-        digest.update(bytes(memoryview(pd.array(ids, dtype="int32").to_numpy()).cast("B")))
-        digest.update(bytes(memoryview(pd.array(labels, dtype="int32").to_numpy()).cast("B")))
-    return digest.hexdigest()[:16]
 
 
 def _flat_params(job: AdapterJob, rows: dict[str, int]) -> dict[str, Any]:
@@ -332,6 +329,7 @@ def run_adapter_job(
             experiment=job.experiment,
             system_prompt=job.system_prompt,
             me_names=tuple(job.me_names),
+            prompt=dict(job.prompt),
             dataset=DatasetRecord(path=str(job.dataset_path), digest=digest, rows=rows),
             training=job.training.to_dict() | {"resolved_dtype": dtype},
             fingerprint=fingerprint,

@@ -43,10 +43,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from echo_pipeline.evaluation.generation import PENALTY_SCOPES
 from echo_pipeline.infra.schemas import PREFERENCE_PAIRS, PREFERENCE_SOURCES
+from echo_pipeline.infra.settings import setting, speed_only
 from echo_pipeline.training.packing import IGNORE_INDEX, pack_examples
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,6 @@ logger = logging.getLogger(__name__)
 SELF_SAMPLE = "self_sample"
 REFERENCE_FILE = "reference_logprobs.json"
 PREFERENCE_CHECKPOINTS = "checkpoints"
-# Fields that change how a run is observed or how fast, not what it computes.
-_NOT_FINGERPRINTED = frozenset({"log_every", "checkpoint_every", "torch_threads"})
 
 OnLog = Callable[[int, dict[str, float]], None]
 
@@ -71,29 +70,41 @@ class PreferenceConfig:
     replies are the ones the report judges.
     """
 
-    beta: float = 0.1
-    samples_per_prompt: int = 2
-    max_prompts: int = 0  # train prompts sampled (0: all)
-    max_new_tokens: int = 48
-    temperature: float | None = None  # None: the supervised adapter's calibrated temperature
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
-    penalty_scope: str = "reply"  # GenerationSettings.penalty_scope: "prompt" or "reply"
-    batch_size: int = 16  # prompts generated together
-    max_steps: int = 0  # 0: derived from epochs
-    epochs: float = 1.0
-    pairs_per_step: int = 8
-    learning_rate: float = 1e-4
-    warmup_steps: int = 2
-    min_lr_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    sft_weight: float = 0.0
-    pack_tokens: int = 1024
-    rounds: int = 1  # rounds > 1 sample again from the improved adapter and train on
-    seed: int = 0
-    checkpoint_every: int = 10  # 0: only when asked to stop
-    log_every: int = 2
-    torch_threads: int | None = None
+    beta: float = setting(0.1, "DPO beta: how far from the reference a margin may move it.", gt=0)
+    samples_per_prompt: int = setting(
+        2, "Replies sampled per train prompt (rejected candidates).", ge=1
+    )
+    max_prompts: int = setting(0, "Train prompts sampled (0: all).", ge=0)
+    max_new_tokens: int = setting(48, "Bound on a sampled reply.", ge=1)
+    temperature: float | None = setting(
+        None, "Sampling temperature (unset: the supervised adapter's calibrated one).", gt=0
+    )
+    top_p: float = setting(0.9, "Nucleus sampling mass.", gt=0, le=1)
+    repetition_penalty: float = setting(1.1, "Penalty on tokens already written (1: off).", ge=1)
+    penalty_scope: Literal["prompt", "reply"] = setting(
+        "reply", "'prompt' or 'reply': the tokens the repetition penalty falls on."
+    )
+    batch_size: int = setting(16, "Prompts sampled together.", ge=1)
+    max_steps: int = setting(0, "DPO steps per round (0: from epochs).", ge=0)
+    epochs: float = setting(1.0, "Passes over the pairs.", gt=0)
+    pairs_per_step: int = setting(8, "Pairs per DPO step.", ge=1)
+    learning_rate: float = setting(1e-4, "Peak learning rate.", gt=0)
+    warmup_steps: int = setting(2, "Warm-up steps.", ge=0)
+    min_lr_ratio: float = setting(0.1, "The cosine decays to learning_rate times this.", ge=0, le=1)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm (0: none).", ge=0)
+    sft_weight: float = setting(
+        0.0, "Weight of my replies' token loss beside DPO (RPO; 0: off).", ge=0
+    )
+    pack_tokens: int = setting(1024, "Tokens per packed row.", ge=64)
+    rounds: int = setting(
+        1, "Rounds of sample-then-train; round 2 samples from round 1's adapter.", ge=1
+    )
+    seed: int = setting(0, "Seeds sampling and the pair order.")
+    checkpoint_every: int = setting(
+        10, "Steps per checkpoint (0: only when asked to stop).", ge=0, speed_only=True
+    )
+    log_every: int = setting(2, "Steps between logged losses.", ge=1, speed_only=True)
+    torch_threads: int | None = setting(None, "CPU threads for torch.", ge=1, speed_only=True)
 
     def __post_init__(self) -> None:
         positive = {
@@ -562,7 +573,7 @@ def fingerprint_preference(
     config: PreferenceConfig, examples: Sequence[PreferenceExample], reference: str
 ) -> str:
     """What determines the trained weights: the recipe, the pairs and the reference adapter."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    settings = {k: v for k, v in config.to_dict().items() if k not in speed_only(PreferenceConfig)}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(reference.encode())
     digest.update(examples_digest(examples).encode())

@@ -128,35 +128,25 @@ def sample_pairs(
         )
 
 
-#: The longest prompt rendered for a message typed on the chat page (the evaluation's bound).
-TYPED_PROMPT_TOKENS = 512
-
-
 def _typed_prompts(job: Any, sft_meta: Any, tokenizer: Any) -> dict[str, Any]:
     """``preference_examples``' arguments for pairs rated on messages typed on the chat page:
-    their prompt rendered as the chat rendered it (the adapter's system prompt, my names, its
-    reply memory), and the held-out prompts, which no typed message may train on."""
+    their prompt rendered as the chat rendered it (the adapter's prompt spec and reply memory),
+    and the held-out prompts, which no typed message may train on."""
     import pyarrow.parquet as pq
 
-    from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
-    from echo_pipeline.serving.chat import adapter_group_chat, adapter_memory
+    from echo_pipeline.serving.chat import adapter_memory, adapter_prompt
 
     memory = adapter_memory(job.sft_adapter_dir, sft_meta)
-    is_group = adapter_group_chat(job.sft_adapter_dir, sft_meta)
+    spec = adapter_prompt(job.sft_adapter_dir, sft_meta)
     pairs = pq.read_table(job.pairs_path, columns=["prompt", "split"]).to_pandas()
 
     def render(row: Any) -> list[int]:
         examples = memory.examples_for([row["prompt"]])[0] if memory is not None else ()
-        return tokenize_inference_prompt(
-            job.template,
+        return spec.prompt_ids(
             tokenizer,
             row.get("context") or [],
             row["prompt"],
-            sft_meta.system_prompt,
             prompt_author=row.get("prompt_author") or "",
-            me_names=sft_meta.me_names,
-            is_group=is_group,
-            max_tokens=TYPED_PROMPT_TOKENS,
             examples=examples,
         )
 
@@ -195,15 +185,15 @@ def run_preference_job(
     import pyarrow.parquet as pq
     from safetensors.torch import load_file, save_file
 
+    from echo_pipeline.datasets.render import dataset_digest
     from echo_pipeline.evaluation.generation import adapter_disabled
     from echo_pipeline.infra.records import METADATA_FILE, AdapterMetadata, TrackingRecord
     from echo_pipeline.infra.storage import atomic_path, write_parquet
     from echo_pipeline.pairs.conversations import heldout_split
-    from echo_pipeline.serving.chat import ChatSession, adapter_group_chat, adapter_memory
+    from echo_pipeline.serving.chat import ChatSession, adapter_memory, adapter_prompt
     from echo_pipeline.training import dpo as pref
     from echo_pipeline.training.adapters import (
         TrainingStopped,
-        dataset_digest,
         load_dataset,
         package_version,
         resolved_training_dtype,
@@ -300,14 +290,13 @@ def run_preference_job(
                     sampled = pq.read_table(round_pairs_path)
                 else:
                     # prompted as the supervised adapter was trained: its memory, its naming
+                    spec = adapter_prompt(job.sft_adapter_dir, sft_meta)
                     session = ChatSession(
                         model,
                         tokenizer,
-                        job.template,
-                        sft_meta.system_prompt,
-                        me=sft_meta.me_name or "me",
+                        spec,
+                        me=spec.me_name or "me",
                         memory=adapter_memory(job.sft_adapter_dir, sft_meta),
-                        is_group=adapter_group_chat(job.sft_adapter_dir, sft_meta),
                     )
                     prompts = pref.train_prompts(
                         frame,
@@ -407,6 +396,7 @@ def run_preference_job(
             experiment=name,
             system_prompt=sft_meta.system_prompt,
             me_names=sft_meta.me_names,
+            prompt=dict(sft_meta.prompt),
             dataset=sft_meta.dataset,
             training=training,
             fingerprint=fingerprint,

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from echo_pipeline.infra.settings import setting, speed_only
 from echo_pipeline.infra.storage import atomic_directory
 from echo_pipeline.training import distributed
 from echo_pipeline.training.packed_attention import segment_attention
@@ -53,11 +54,6 @@ _OPTIMIZER_FILE = "optimizer.pt"
 _RNG_FILE = "rng.pt"
 _BEST_FILE = "best_trainable.safetensors"
 
-# Fields that change how a run is observed, not what it computes: editing them keeps checkpoints.
-# packed_attention picks a kernel for the same mathematics.
-_NOT_FINGERPRINTED = frozenset(
-    {"log_every", "checkpoint_every", "keep_checkpoints", "torch_threads", "packed_attention"}
-)
 
 OnLog = Callable[[int, dict[str, float]], None]
 ShouldStop = Callable[[int], bool]
@@ -67,46 +63,90 @@ ShouldStop = Callable[[int], bool]
 class TrainingConfig:
     """Hyper-parameters of one adapter. Defaults suit a small chat dataset on SmolLM2-135M."""
 
-    lora_r: int = 16
-    lora_alpha: int = 32
-    # No LoRA dropout (peft's own default): on the sample's held-out test split 0.0 scored a
-    # reply loss of 3.152 against 3.160 for 0.05, and trains ~15 % faster on CPU (one mask per
-    # adapted module and step). benchmarks/RESULTS.md, bench_recipe_quality.py.
-    lora_dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
-    learning_rate: float = 2e-4
-    warmup_ratio: float = 0.05
-    warmup_steps: int | None = None  # overrides warmup_ratio when set
-    min_lr_ratio: float = 0.0  # the cosine decays to learning_rate * min_lr_ratio
-    max_steps: int = 0  # 0: derived from epochs
-    epochs: float = 1.0
-    # With epochs: at most this many steps (a compute budget that holds on a big export); 0: none.
-    max_steps_cap: int = 0
-    pack_tokens: int = 1024
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still reported)
-    weight_decay: float = 0.0
-    eval_every: int = 50  # 0: evaluate only at the end
-    # Validation pairs scored per pass, the same seeded sample every time; 0: all of them. The
-    # split grows with the export while the step budget does not (RESULTS section 16).
-    eval_max_pairs: int = 0
-    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: off
-    early_stopping_min_delta: float = 0.0
-    restore_best: bool = True  # the final adapter is the one with the lowest eval loss
-    checkpoint_every: int = 50  # 0: checkpoint only when asked to stop
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 42
+    lora_r: int = setting(16, "LoRA rank.", ge=1)
+    lora_alpha: int = setting(32, "LoRA alpha (the update is scaled by alpha / rank).", ge=1)
+    # peft's own default: on the sample's held-out test split 0.0 scored a reply loss of 3.152
+    # against 3.160 for 0.05, and trains ~15 % faster on CPU (one mask per adapted module and
+    # step). benchmarks/RESULTS.md, bench_recipe_quality.py.
+    lora_dropout: float = setting(
+        0.0, "LoRA dropout (0: measured no better at 0.05, and slower).", ge=0, lt=1
+    )
+    target_modules: str | list[str] = setting(
+        "all-linear", "Modules that get an adapter: 'all-linear', or their names."
+    )
+    learning_rate: float = setting(2e-4, "Peak learning rate of the cosine schedule.", gt=0)
+    warmup_ratio: float = setting(0.05, "Share of the steps spent warming up.", ge=0, lt=1)
+    warmup_steps: int | None = setting(None, "Warm-up steps; overrides warmup_ratio.", ge=0)
+    min_lr_ratio: float = setting(0.0, "The cosine decays to learning_rate times this.", ge=0, le=1)
+    max_steps: int = setting(0, "Optimizer steps; 0 derives them from epochs.", ge=0)
+    epochs: float = setting(1.0, "Passes over the train split when max_steps is 0.", gt=0)
+    max_steps_cap: int = setting(
+        0, "With epochs: never more than this many steps (a compute budget); 0: no cap.", ge=0
+    )
+    pack_tokens: int = setting(
+        1024, "Tokens per packed row (samples never attend to each other).", ge=64
+    )
+    grad_accum: int = setting(1, "Packed rows per optimizer step.", ge=1)
+    max_grad_norm: float = setting(
+        1.0, "Gradient clipping norm (0: none; the norm is still reported).", ge=0
+    )
+    weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0)
+    eval_every: int = setting(50, "Steps between validation losses (0: end only).", ge=0)
+    # The split grows with the export while the step budget does not (RESULTS section 16).
+    eval_max_pairs: int = setting(
+        0,
+        "Validation pairs scored per pass (a seeded sample, the same each time); 0: all.",
+        ge=0,
+    )
+    early_stopping_patience: int = setting(
+        0, "Evaluations without improvement before stopping (0: off).", ge=0
+    )
+    early_stopping_min_delta: float = setting(
+        0.0, "The least drop in validation loss that counts as an improvement.", ge=0
+    )
+    restore_best: bool = setting(
+        True, "The final adapter is the one with the lowest validation loss."
+    )
+    checkpoint_every: int = setting(
+        50,
+        "Steps between resumable checkpoints (0: only when asked to stop).",
+        ge=0,
+        speed_only=True,
+    )
+    keep_checkpoints: int = setting(2, "Checkpoints kept on disk.", ge=1, speed_only=True)
+    log_every: int = setting(10, "Steps between logged training losses.", ge=1, speed_only=True)
+    seed: int = setting(42, "Random seed (training is deterministic on CPU).")
     # quantization and dtype are for the caller's base_model.load_causal_lm(); train_lora reads
     # the loaded model itself (bf16/fp32 weights keep their dtype; fp16 k-bit gets peft's fp32 prep).
-    quantization: Literal["auto", "4bit", "8bit", "none"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    gradient_checkpointing: bool = False
-    adapter_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    torch_threads: int | None = None
-    # "segments": each packed sample attends in its own sdpa call (packed_attention.py);
-    # "model": the model's own implementation (sdpa then builds a dense block-diagonal mask).
-    packed_attention: Literal["segments", "model"] = "segments"
+    quantization: Literal["auto", "4bit", "8bit", "none"] = setting(
+        "auto", "'auto' (4-bit QLoRA on CUDA, none on CPU), '4bit', '8bit' or 'none'."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto",
+        "'auto': bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX; env "
+        "ECHO_CPU_BF16=0/1 overrides), fp32 on other CPUs; or 'float32', 'bfloat16', "
+        "'float16'. The dtype used is logged as train.resolved_dtype.",
+    )
+    gradient_checkpointing: bool = setting(
+        False, "Trade compute for memory (long packs, big models)."
+    )
+    adapter_dtype: Literal["auto", "float32", "bfloat16"] = setting(
+        "auto", "The saved adapter's weights: 'auto' keeps the compute dtype's precision."
+    )
+    torch_threads: int | None = setting(
+        None,
+        "CPU threads for torch (unset: the cores free when training starts, at most one per "
+        "core; on a busy machine more threads than free cores is several times slower).",
+        ge=1,
+        speed_only=True,
+    )
+    # the same mathematics either way, a different kernel
+    packed_attention: Literal["segments", "model"] = setting(
+        "segments",
+        "'segments': each packed sample attends in its own sdpa call (packed_attention.py); "
+        "'model': the model's own implementation (a dense block-diagonal mask).",
+        speed_only=True,
+    )
 
     def __post_init__(self) -> None:
         positive = {"lora_r": self.lora_r, "pack_tokens": self.pack_tokens}
@@ -219,7 +259,7 @@ def fingerprint_run(
     2 processes x ``grad_accum`` 1 resumes under 1 process x ``grad_accum`` 2 (the same run).
     """
     digest = hashlib.sha256()
-    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    settings = {k: v for k, v in config.to_dict().items() if k not in speed_only(TrainingConfig)}
     settings["grad_accum"] = config.grad_accum * world_size
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(base_model_id.encode())

@@ -13,6 +13,7 @@ from echo_pipeline.datasets.checks import (
     check_template_dataset,
     parity_sample,
 )
+from echo_pipeline.datasets.prompt import PromptSpec
 from echo_pipeline.datasets.tokenization import (
     IGNORE_INDEX,
     TokenizedExample,
@@ -148,14 +149,8 @@ def test_a_real_template_dataset_passes_and_fails_once_tampered(sample_pairs, sm
     )
 
     def checked(examples, max_tokens=512):
-        return check_template_dataset(
-            "chatml",
-            smollm2_tokenizer,
-            pairs,
-            examples,
-            system_prompt="You are alex.",
-            max_tokens=max_tokens,
-        )
+        spec = PromptSpec("chatml", "You are alex.", max_tokens=max_tokens)
+        return check_template_dataset(spec, smollm2_tokenizer, pairs, examples)
 
     good = checked(examples)
     assert good.passed, good.failed
@@ -203,12 +198,10 @@ def test_template_parity_covers_the_memory_examples(sample_pairs, smollm2_tokeni
 
     def checked(examples, k):
         return check_template_dataset(
-            "chatml",
+            PromptSpec("chatml", "You are alex.", memory_k=k),
             smollm2_tokenizer,
             pairs,
             examples,
-            system_prompt="You are alex.",
-            max_tokens=512,
             memory=ReplyMemory(index, trigram_encoder, k),
         )
 

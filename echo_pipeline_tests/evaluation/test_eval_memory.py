@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pandas as pd
 
+from echo_pipeline.datasets.prompt import PromptSpec
 from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
-from echo_pipeline.evaluation.evaluate import EvaluationConfig, _inference_prompts
+from echo_pipeline.evaluation.evaluate import _inference_prompts
 from echo_pipeline.pairs.memory import ReplyMemory, build_index
 from echo_pipeline_tests.pairs.test_memory import bag_of_words, pairs_frame
 
@@ -21,10 +22,10 @@ def test_held_out_and_train_prompts_get_their_examples_never_from_their_own_sess
     pairs["context"] = [[] for _ in range(len(pairs))]
     memory = ReplyMemory(build_index(pairs, bag_of_words), bag_of_words, k=2)
     session = SimpleNamespace(
-        template="chatml", tokenizer=smollm2_tokenizer, system_prompt=SYSTEM, memory=memory
+        prompt=PromptSpec("chatml", SYSTEM), tokenizer=smollm2_tokenizer, memory=memory
     )
     rows = pairs[pairs["pair_id"].isin(["p1", "p6"])]  # a train prompt and a held-out one
-    ids = _inference_prompts(session, rows, EvaluationConfig())
+    ids = _inference_prompts(session, rows)
     shown = memory.examples_for(rows["prompt"].tolist(), rows["session_id"].tolist())
     for row, got, examples in zip(rows.itertuples(), ids, shown, strict=True):
         assert got == tokenize_inference_prompt(
@@ -43,5 +44,5 @@ def test_held_out_and_train_prompts_get_their_examples_never_from_their_own_sess
     assert "always" in smollm2_tokenizer.decode(ids[1])  # held out: any train session, s1 too
 
     without = SimpleNamespace(**{**vars(session), "memory": None})
-    plain = _inference_prompts(without, pd.DataFrame(rows), EvaluationConfig())
+    plain = _inference_prompts(without, pd.DataFrame(rows))
     assert all(len(p) < len(m) for p, m in zip(plain, ids, strict=True))

@@ -59,11 +59,9 @@ def package_copy(tmp_path):
 def test_a_changed_default_changes_the_code_version(package_copy):
     before = code_version("loop", root=package_copy)
     source = (package_copy / "loop.py").read_text(encoding="utf-8")
-    assert "    lora_dropout: float = 0.0\n" in source
-    (package_copy / "loop.py").write_text(
-        source.replace("    lora_dropout: float = 0.0\n", "    lora_dropout: float = 0.1\n"),
-        "utf-8",
-    )
+    line = '    lora_r: int = setting(16, "LoRA rank.", ge=1)\n'
+    assert line in source
+    (package_copy / "loop.py").write_text(source.replace(line, line.replace("16", "8")), "utf-8")
     assert code_version("loop", root=package_copy) != before
 
 
@@ -74,7 +72,9 @@ def test_a_reworded_docstring_or_comment_keeps_the_code_version(package_copy):
     old_doc = '    """Hyper-parameters of one adapter.'
     assert old_doc in source
     edited = source.replace(old_doc, '    """The hyper-parameters of one LoRA adapter.')
-    edited = edited.replace("    lora_r: int = 16\n", "    lora_r: int = 16  # the rank\n\n")
+    line = '    lora_r: int = setting(16, "LoRA rank.", ge=1)\n'
+    assert line in edited
+    edited = edited.replace(line, line.rstrip("\n") + "  # the rank\n\n")
     path.write_text(edited, encoding="utf-8")
     assert code_version("loop", root=package_copy) == before
 
@@ -86,7 +86,7 @@ def test_same_bytes_same_size_edit_is_seen(package_copy):
     before = code_version("loop", root=package_copy)
     stat = path.stat()
     source = path.read_text(encoding="utf-8")
-    path.write_text(source.replace("lora_r: int = 16", "lora_r: int = 32"), encoding="utf-8")
+    path.write_text(source.replace("setting(16, ", "setting(32, "), encoding="utf-8")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size
     assert code_version("loop", root=package_copy) != before

@@ -150,7 +150,7 @@ def test_chat_one_shot_with_an_adapter(tmp_path, capsys, monkeypatch, base_model
     printed = capsys.readouterr().out
 
     (session,) = sessions
-    assert session.template == "chatml" and session.system_prompt == ""
+    assert session.template == "chatml" and session.prompt.system_prompt == ""
     tokenizer = load_tokenizer(base_model)
     expected = sampled_reply(session.model, tokenizer, prompt, max_new_tokens=8, seed=4)
     assert expected and printed == expected + "\n"

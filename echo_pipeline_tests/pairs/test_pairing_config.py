@@ -25,7 +25,7 @@ from echo_pipeline.pairs.pairing_config import SAMPLE_ME, SETTINGS, PairingConfi
 
 def test_every_core_setting_is_a_dagster_setting_with_the_same_default_and_description():
     for name in SETTINGS:
-        default, description = pairing_config.setting(name)
+        default, description = pairing_config.described(name)
         dagster_field = PairsConfig.model_fields[name]
         assert (dagster_field.default, dagster_field.description) == (default, description), name
     assert set(PairsConfig.model_fields) == {f.name for f in dataclasses.fields(PairingConfig)}
@@ -56,7 +56,7 @@ def test_the_cli_pairs_flags_default_to_the_core_settings():
         "context_turns": args.context_turns,
         "redact": not args.no_redact,
     }
-    assert flags == {name: pairing_config.setting(name)[0] for name in flags}
+    assert flags == {name: pairing_config.described(name)[0] for name in flags}
 
 
 def test_max_tokens_has_one_default_for_the_asset_the_cli_and_the_core():

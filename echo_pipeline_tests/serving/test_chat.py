@@ -7,6 +7,7 @@ import dataclasses
 import pyarrow.parquet as pq
 import pytest
 
+from echo_pipeline.datasets.prompt import PromptSpec
 from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
 from echo_pipeline.infra.records import (
     AdapterMetadata,
@@ -15,7 +16,7 @@ from echo_pipeline.infra.records import (
     DatasetRecord,
 )
 from echo_pipeline.pairs.memory import build_index
-from echo_pipeline.serving.chat import ChatSession, adapter_group_chat, adapter_memory
+from echo_pipeline.serving.chat import ChatSession, adapter_memory, adapter_prompt
 from echo_pipeline_tests.pairs.test_memory import bag_of_words, pairs_frame
 
 SYSTEM = "You are ana."
@@ -56,7 +57,7 @@ def test_chat_reads_k_back_and_prompts_with_the_examples(tmp_path, smollm2_token
     meta, _ = trained_with(tmp_path, 2)
     memory = adapter_memory(tmp_path / "adapter", meta, encode=bag_of_words)
     assert memory is not None and memory.k == 2
-    session = ChatSession(None, smollm2_tokenizer, "chatml", SYSTEM, memory=memory)
+    session = ChatSession(None, smollm2_tokenizer, PromptSpec("chatml", SYSTEM), memory=memory)
     shown = session.examples("pizza for dinner tonight?")
     # p2 and p3 both hold all three words (a tie: p2, the earlier, is nearest, so last)
     assert [e.reply for e in shown] == ["sure thing", "always"]
@@ -75,11 +76,12 @@ def test_chat_reads_k_back_and_prompts_with_the_examples(tmp_path, smollm2_token
 
 def test_an_adapter_of_a_group_chat_names_the_person_typing(tmp_path, smollm2_tokenizer):
     meta, _ = trained_with(tmp_path, 0, group_chat=True)
-    assert adapter_group_chat(tmp_path, meta) is True
-    session = ChatSession(None, smollm2_tokenizer, "chatml", SYSTEM, is_group=True)
+    spec = adapter_prompt(tmp_path, meta)
+    assert spec.group_chat is True and spec.is_group is True
+    session = ChatSession(None, smollm2_tokenizer, spec)
     assert "friend: anyone up?" in smollm2_tokenizer.decode(session.prompt_ids("anyone up?"))
     meta, _ = trained_with(tmp_path, 0)
-    assert adapter_group_chat(tmp_path, meta) is None  # each prompt's speakers decide
+    assert adapter_prompt(tmp_path, meta).is_group is None  # each prompt's speakers decide
 
 
 def test_an_adapter_without_memory_or_a_manifest_gets_none(tmp_path):

@@ -6,14 +6,11 @@ import json
 import os
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from echo_pipeline.evaluation.generation import GenerationSettings
 from echo_pipeline.infra.layout import Layout
 from echo_pipeline.infra.records import write_adapter_metadata
-from echo_pipeline.infra.schemas import CONTEXT_TURN
 from echo_pipeline.serving.web.models import decoding_settings, discover_voices
 
 
@@ -29,6 +26,13 @@ def _adapter(
             "base_model": {"source": "smollm2-135m-instruct", "fingerprint": "f1"},
             "system_prompt": f"You are Sam ({template}).",
             "me_names": ["Sam"],
+            "prompt": {
+                "template": template,
+                "system_prompt": f"You are Sam ({template}).",
+                "me_names": ["Sam"],
+                "context_turns": 2,
+                "max_tokens": 300,
+            },
             "results": results or {},
         },
     )
@@ -42,14 +46,9 @@ def _adapter(
 
 def test_voices_come_from_the_records_newest_first(tmp_path):
     layout = Layout(tmp_path)
-    contexts = [[], [{"speaker": "a", "text": "x", "is_me": False}] * 2]
-    pq.write_table(
-        pa.table({"context": pa.array(contexts, pa.list_(CONTEXT_TURN))}), layout.pairs_path()
-    )
     report = {
         "config": {
             "generation": {"temperature": 0.5, "top_p": 0.8, "max_new_tokens": 20, "seed": 3},
-            "max_prompt_tokens": 300,
         },
         "metrics": {"adapter_reply_loss": 2.25, "base_reply_loss": 3.5},
         "verdicts": {"adapter": {"label": "sounds like you"}, "base": {"label": "unlike you"}},
@@ -68,9 +67,11 @@ def test_voices_come_from_the_records_newest_first(tmp_path):
     # Not evaluated yet: the evaluation's defaults, at the temperature training measured for it.
     assert newest.decoding == GenerationSettings(temperature=0.96).__dict__
     assert (evaluated.verdict, evaluated.reply_loss) == ("sounds like you", 2.25)
-    assert evaluated.decoding["temperature"] == 0.5 and evaluated.max_prompt_tokens == 300
-    assert evaluated.system_prompt == "You are Sam (chatml)." and evaluated.me == "Sam"
-    assert evaluated.context_turns == 2  # what the pairs it learnt from carry
+    assert evaluated.decoding["temperature"] == 0.5
+    # how it is prompted: the spec recorded with it (context turns and bound included)
+    assert evaluated.prompt.system_prompt == "You are Sam (chatml)." and evaluated.me == "Sam"
+    assert (evaluated.prompt.context_turns, evaluated.prompt.max_tokens) == (2, 300)
+    assert evaluated.as_json()["max_prompt_tokens"] == 300
     assert base.is_base and base.adapter == "demo|chatml"
     assert (base.verdict, base.reply_loss) == ("unlike you", 3.5)  # the report's base numbers
     assert base.label.startswith("base model") and base.decoding == evaluated.decoding

@@ -286,7 +286,7 @@ def test_chat_prompts_as_the_adapter_was_trained_and_knows_my_name(
         me_names=("alex",),
     ).write(folder)
     session = ChatSession.from_adapter(folder, base_model=chat_base, max_new_tokens=2)
-    assert session.system_prompt == system and session.me == "alex"
+    assert session.prompt.system_prompt == system and session.me == "alex"
     assert smollm2_tokenizer.decode(session.prompt_ids("hey")).startswith(
         f"<|im_start|>system\n{system}<|im_end|>"
     )

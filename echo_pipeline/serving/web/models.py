@@ -1,12 +1,11 @@
 """The adapters a person can talk to, and how each one is prompted and decoded.
 
-Everything about a voice is read from the adapter's own records, never typed here again:
-template, system prompt and my name from ``echo_metadata.json``; decoding (temperature, top-p,
-repetition penalty, reply length) and the prompt bound from its last evaluation report's
-config (``metrics.json``; the evaluation's defaults when it has none); the number of context
-turns from the pairs it was trained on (the most any pair carries: the pairing's
-``context_turns``). The prompt goes through the same builder as training and evaluation
-(:func:`~echo_pipeline.datasets.tokenization.tokenize_inference_prompt`).
+Everything about a voice is read from the adapter's own records, never typed here again: how
+it is prompted (its :class:`~echo_pipeline.datasets.prompt.PromptSpec`: template, system prompt,
+my name, context turns, token bound) from ``echo_metadata.json``, and decoding (temperature,
+top-p, repetition penalty, reply length) from its last evaluation report's config
+(``metrics.json``; the evaluation's defaults when it has none). The prompt goes through the
+same builder as training and evaluation (:meth:`PromptSpec.prompt_ids`).
 
 One base model is loaded per base (by fingerprint) and every adapter of it is loaded onto that
 one PEFT model by name; "the base model" is the same weights with the adapter switched off, as
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from echo_pipeline.datasets.prompt import PromptSpec
 from echo_pipeline.evaluation.feedback import adapter_partition
 from echo_pipeline.infra.layout import Layout
 from echo_pipeline.infra.records import METADATA_FILE, AdapterMetadata
@@ -41,18 +41,22 @@ class Voice:
 
     id: str  # the adapter's partition key, or "base:" + it
     adapter_dir: Path
-    template: str
     experiment: str
-    system_prompt: str
-    me: str
+    prompt: PromptSpec  # how the adapter was trained to be prompted (the base borrows it)
     base_source: str
     base_fingerprint: str
     decoding: dict[str, Any]  # GenerationSettings fields
-    max_prompt_tokens: int
-    context_turns: int
     verdict: str | None
     reply_loss: float | None
     trained_at: float  # mtime of echo_metadata.json
+
+    @property
+    def template(self) -> str:
+        return self.prompt.template
+
+    @property
+    def me(self) -> str:
+        return self.prompt.me_name or "me"
 
     @property
     def is_base(self) -> bool:
@@ -81,8 +85,8 @@ class Voice:
             "verdict": self.verdict,
             "reply_loss": self.reply_loss,
             "decoding": self.decoding,
-            "context_turns": self.context_turns,
-            "max_prompt_tokens": self.max_prompt_tokens,
+            "context_turns": self.prompt.context_turns,
+            "max_prompt_tokens": self.prompt.max_tokens,
         }
 
 
@@ -96,36 +100,25 @@ def _report(layout: Layout, template: str, experiment: str) -> dict[str, Any]:
         return {}
 
 
-def _context_turns(layout: Layout) -> int:
-    """The most context turns a training pair carries: what the pairing kept (3 by default)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from echo_pipeline.pairs.pairing_config import PairingConfig
-
-    default = PairingConfig.__dataclass_fields__["context_turns"].default
-    try:
-        lengths = pc.list_value_length(pq.read_table(layout.pairs_path(), columns=["context"])[0])
-    except (OSError, KeyError, ValueError):
-        return int(default)
-    most = pc.max(lengths).as_py()
-    return int(most) if most is not None else int(default)
-
-
 def discover_voices(layout: Layout) -> list[Voice]:
     """Every trained adapter, newest first, each followed by its base model (same prompt)."""
     from echo_pipeline.evaluation.evaluate import EvaluationConfig
     from echo_pipeline.evaluation.generation import GenerationSettings
+    from echo_pipeline.serving.chat import adapter_prompt
 
     defaults = EvaluationConfig()
     setting_names = {f.name for f in dataclasses.fields(GenerationSettings)}
-    context_turns = _context_turns(layout)
     voices: list[Voice] = []
     base_numbers: dict[str, tuple[str | None, float | None]] = {}
     for meta_path in (layout.root / "lora_adapter").glob(f"*/{METADATA_FILE}"):
         try:
             meta = AdapterMetadata.load(meta_path.parent)
         except (OSError, ValueError) as error:
+            logger.warning("skipping %s: %s", meta_path.parent, error)
+            continue
+        try:
+            spec = adapter_prompt(meta_path.parent, meta)
+        except ValueError as error:  # a memory that cannot be known: chat would refuse it too
             logger.warning("skipping %s: %s", meta_path.parent, error)
             continue
         report = _report(layout, meta.template, meta.experiment)
@@ -139,19 +132,13 @@ def discover_voices(layout: Layout) -> list[Voice]:
             Voice(
                 id=adapter_partition(meta.template, meta.experiment),
                 adapter_dir=meta_path.parent,
-                template=meta.template,
                 experiment=meta.experiment,
-                system_prompt=meta.system_prompt,
-                me=meta.me_name or "me",
+                prompt=spec,
                 base_source=meta.base_model.source,
                 base_fingerprint=str(meta.base_model.fingerprint),
                 # the temperature resolved, so the page shows the one it samples at
                 decoding=dataclasses.asdict(settings)
                 | {"temperature": settings.sampling_temperature},
-                max_prompt_tokens=int(
-                    config.get("max_prompt_tokens") or defaults.max_prompt_tokens
-                ),
-                context_turns=context_turns,
                 verdict=(verdicts.get("adapter") or {}).get("label"),
                 reply_loss=_number(metrics.get("adapter_reply_loss")),
                 trained_at=meta_path.stat().st_mtime,
@@ -192,8 +179,8 @@ class ModelPool:
     def __init__(self) -> None:
         self._models: dict[str, Any] = {}  # base fingerprint -> PeftModel
         self._tokenizers: dict[str, Any] = {}  # adapter id -> tokenizer
-        # adapter id -> (reply memory or None, speaker naming): the prompt it was trained on
-        self._prompting: dict[str, tuple[Any, bool | None]] = {}
+        # adapter id -> its reply memory (None: it has none), as it was trained with
+        self._memories: dict[str, Any] = {}
         self._loading = threading.Lock()
         self.generating = threading.Lock()
 
@@ -210,7 +197,7 @@ class ModelPool:
             from peft import PeftModel
             from transformers import AutoTokenizer
 
-            from echo_pipeline.serving.chat import adapter_group_chat, adapter_memory
+            from echo_pipeline.serving.chat import adapter_memory
             from echo_pipeline.training.base_model import load_causal_lm
 
             recorded = AdapterMetadata.load(voice.adapter_dir).base_model
@@ -223,10 +210,7 @@ class ModelPool:
             validate_adapter_dir(voice.adapter_dir, base_model_config(base))
             tokenizer = AutoTokenizer.from_pretrained(voice.adapter_dir, local_files_only=True)
             meta = AdapterMetadata.load(voice.adapter_dir)
-            self._prompting[voice.adapter] = (
-                adapter_memory(voice.adapter_dir, meta),
-                adapter_group_chat(voice.adapter_dir, meta),
-            )
+            self._memories[voice.adapter] = adapter_memory(voice.adapter_dir, meta)
             if model is None:
                 loaded = load_causal_lm(base, quantization="none", purpose="inference")
                 model = PeftModel.from_pretrained(
@@ -248,21 +232,14 @@ class ModelPool:
         prompt: str,
         prompt_author: str,
     ) -> list[int]:
-        """The evaluation's prompt: recorded template and system prompt, last context turns,
-        the adapter's reply memory and speaker naming (the base borrows its adapter's prompt)."""
-        from echo_pipeline.datasets.tokenization import tokenize_inference_prompt
-
-        kept = list(context)[-voice.context_turns :] if voice.context_turns else []
-        memory, is_group = self._prompting.get(voice.adapter, (None, None))
-        return tokenize_inference_prompt(
-            voice.template,
+        """The training prompt, by the adapter's spec, with its reply memory's examples (the
+        base borrows its adapter's prompt)."""
+        memory = self._memories.get(voice.adapter)
+        return voice.prompt.prompt_ids(
             tokenizer,
-            kept,
+            context,
             prompt,
-            voice.system_prompt,
             prompt_author=prompt_author,
-            is_group=is_group,
-            max_tokens=voice.max_prompt_tokens,
             examples=memory.examples_for([prompt])[0] if memory is not None else (),
         )
 
