@@ -42,7 +42,7 @@ WEBUI_PAD_ID = 0
 
 def _project_lora(**changes: Any) -> dict[str, Any]:
     """The adapter the project trains by default (TrainingConfig's own defaults), changed."""
-    from echo_pipeline.training.loop import TrainingConfig
+    from echo_pipeline.training.config import TrainingConfig
 
     defaults = TrainingConfig()
     preset = {
@@ -120,7 +120,8 @@ def run_packed(
     """
     import torch
 
-    from echo_pipeline.training.loop import TrainingConfig, train_lora
+    from echo_pipeline.training.config import TrainingConfig
+    from echo_pipeline.training.loop import train_lora
     from echo_pipeline.training.packing import pack_examples, padding_waste
 
     packs = pack_examples(examples, max_tokens=pack_tokens, seed=42, shuffle=False)

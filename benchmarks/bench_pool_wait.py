@@ -17,7 +17,7 @@ after it:
 ``busy``            an unrelated process spinning one core (``while True: pass``).
 
 Each trainer runs with torch's default threads (one per core, what training did before) and
-with ``auto`` (``echo_pipeline.training.loop.auto_threads``: the cores free when training starts).
+with ``auto`` (``echo_pipeline.training.threads.auto_threads``: the cores free when training starts).
 The waiter's own CPU use over the training is reported too. The machine may be shared: the
 load average at each start is printed and recorded.
 """
@@ -48,7 +48,7 @@ def trainer(threads: str, real_tokens: int) -> dict:
     import torch
     from bench_train_cpu import load_model, training_examples
 
-    from echo_pipeline.training.loop import auto_threads
+    from echo_pipeline.training.threads import auto_threads
 
     examples, _info = training_examples("chatml", real_tokens)
     model = load_model()

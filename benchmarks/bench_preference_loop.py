@@ -89,7 +89,8 @@ def main() -> None:
     from echo_pipeline.training import dpo as pref
     from echo_pipeline.training.adapters import load_dataset
     from echo_pipeline.training.base_model import load_causal_lm, load_tokenizer, resolve_base_model
-    from echo_pipeline.training.loop import TrainingConfig, _attach_lora
+    from echo_pipeline.training.config import TrainingConfig
+    from echo_pipeline.training.lora import attach_lora
 
     torch.set_num_threads(args.threads)
     base = resolve_base_model()
@@ -98,7 +99,7 @@ def main() -> None:
     examples, _ = pref.preference_examples(
         pq.read_table(args.pairs), frame, args.template, tokenizer
     )
-    model = _attach_lora(load_causal_lm(base, dtype="float32"), TrainingConfig())
+    model = attach_lora(load_causal_lm(base, dtype="float32"), TrainingConfig())
     model.train()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results = {}

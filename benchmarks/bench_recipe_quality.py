@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from echo_pipeline.training.experiments import experiment_config
-    from echo_pipeline.training.loop import reply_loss, train_lora
+    from echo_pipeline.training.loop import train_lora
+    from echo_pipeline.training.losses import reply_loss
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("echo_pipeline").setLevel(logging.WARNING)

@@ -57,8 +57,8 @@ def build_dataset(path: Path, max_tokens: int) -> Path:
 def run(args: argparse.Namespace, tmp: Path, dataset: Path, processes: int) -> dict:
     from echo_pipeline.training.adapters import AdapterJob
     from echo_pipeline.training.base_model import resolve_base_model
+    from echo_pipeline.training.config import TrainingConfig
     from echo_pipeline.training.distributed import launch_command
-    from echo_pipeline.training.loop import TrainingConfig
 
     name = f"dp{processes}"
     job = AdapterJob(

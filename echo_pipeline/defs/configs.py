@@ -8,6 +8,7 @@ one field per core setting, so every core setting can be set from the launchpad.
 
 from __future__ import annotations
 
+import collections.abc
 import types
 import typing
 from collections.abc import Iterable
@@ -28,6 +29,8 @@ def launchpad_type(annotation: Any) -> Any:
         return str
     if origin is tuple:
         return list[typing.get_args(annotation)[0]]
+    if origin is collections.abc.Mapping:
+        return dict[typing.get_args(annotation)]
     if origin in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         optional = len(members) < len(typing.get_args(annotation))
@@ -58,7 +61,7 @@ def derived_config(
     core: type | Iterable[type],
     *,
     doc: str,
-    base: type[dg.Config] = dg.Config,
+    base: type[dg.Config] | type[dg.ConfigurableResource] = dg.Config,
     overrides: bool = False,
     exclude: Iterable[str] = (),
 ) -> type[dg.Config]:

@@ -127,54 +127,24 @@ def evaluation_report(
     as a child of the adapter's training run.
     """
     from echo_pipeline.evaluation.checks import check_beats_base
-    from echo_pipeline.evaluation.evaluate import evaluate_adapter
-    from echo_pipeline.evaluation.report import write_report
-    from echo_pipeline.evaluation.runs import log_evaluation_run, training_history, training_run
-    from echo_pipeline.infra.records import METADATA_FILE
-    from echo_pipeline.infra.tracking import TrackingUnavailableError, run_url
-    from echo_pipeline.training.base_choice import CHOICE_TAG
+    from echo_pipeline.evaluation.runs import report_adapter
+    from echo_pipeline.infra.tracking import TrackingUnavailableError
 
     keys = context.partition_key.keys_by_dimension
-    template, experiment = keys["template"], keys["experiment"]
-    layout = io_manager.layout()
-    adapter = layout.adapter_dir(template, experiment)
-    if not (adapter / METADATA_FILE).exists():
-        raise dg.Failure(
-            f"{adapter}: lora_adapter[{context.partition_key}] is not materialised; materialise it first"
-        )
     try:
         mlflow_tracking.ensure_experiment()  # fail before minutes of generation, not after
-    except TrackingUnavailableError as error:
-        raise dg.Failure(description=str(error), allow_retries=False) from error
-
-    result = evaluate_adapter(
-        adapter,
-        layout.dataset_path(template),
-        layout.pairs_path(),
-        config=config.evaluation_config(),
-        log=context.log.info,
-    )
-    _add_human_reader(result, layout.root, str(context.partition_key))
-    uri = mlflow_tracking.uri()
-    parent = training_run(uri, result.lineage.get("training_run_id"))
-    if parent is not None and CHOICE_TAG in parent.data.tags:  # trained with --base-model auto
-        result.lineage["base_model_choice"] = parent.data.tags[CHOICE_TAG]
-    history = training_history(uri, parent.info.run_id) if parent else {}
-    parent_url = run_url(uri, parent.info.experiment_id, parent.info.run_id) if parent else None
-    out = layout.report_dir(template, experiment)
-
-    def write_files(evaluation_url: str):
-        return write_report(
-            result, out, history, training_run_url=parent_url, evaluation_run_url=evaluation_url
+        result, run, files = report_adapter(
+            io_manager.layout(),
+            keys["template"],
+            keys["experiment"],
+            config.evaluation_config(),
+            tracking_uri=mlflow_tracking.uri(),
+            experiment_name=mlflow_tracking.experiment_name,
+            tags=dagster_lineage_tags(context, EVALUATION_CODE_VERSION),
+            log=context.log.info,
         )
-
-    run, files = log_evaluation_run(
-        result,
-        write_files,
-        tracking_uri=uri,
-        experiment_name=mlflow_tracking.experiment_name,
-        tags=dagster_lineage_tags(context, EVALUATION_CODE_VERSION),
-    )
+    except (FileNotFoundError, TrackingUnavailableError) as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
 
     metrics = result.metrics
     adapter_verdict, base_verdict = result.verdicts["adapter"], result.verdicts["base"]
@@ -209,22 +179,6 @@ def evaluation_report(
         check_results=list(asset_check_results([check])),
         data_version=data_version(provenance),
     )
-
-
-def _add_human_reader(result, root, partition: str) -> None:
-    """The report's "fooled a human reader: x of n", from the rounds of "which one is me?"
-    played so far, beside the discriminator's verdict (metrics too once someone has played)."""
-    from echo_pipeline.defs.feedback import FOOLED, FOOLED_SHARE, ROUNDS
-    from echo_pipeline.evaluation.feedback import fooled_score, load_judgements
-
-    score = fooled_score(load_judgements(root, partition))
-    result.lineage["human_reader"] = score.as_dict() | {"sentence": score.sentence()}
-    if score.rounds:  # the names human_judgements logs to the same run
-        result.metrics |= {
-            ROUNDS: float(score.rounds),
-            FOOLED: float(score.fooled),
-            FOOLED_SHARE: score.share,
-        }
 
 
 @dg.asset(

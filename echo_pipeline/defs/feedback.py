@@ -10,10 +10,9 @@ from echo_pipeline.defs.io_manager import ParquetIOManager
 from echo_pipeline.defs.partitions import adapter_partitions
 from echo_pipeline.defs.provenance import CODE_VERSIONS
 from echo_pipeline.defs.resources import MlflowResource
+from echo_pipeline.evaluation.feedback import FOOLED, FOOLED_SHARE, ROUNDS
 
 FEEDBACK = "feedback"
-#: Metrics added to the adapter's newest evaluation run.
-FOOLED_SHARE, ROUNDS, FOOLED = "human_fooled_share", "human_judgements", "human_fooled"
 
 
 def latest_evaluation_run(tracking_uri: str, experiment_name: str, template: str, experiment: str):

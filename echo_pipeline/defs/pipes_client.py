@@ -15,6 +15,9 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
+from echo_pipeline.defs.configs import core_values, derived_config
+from echo_pipeline.training.pod_spec import PodSettings
+
 PIPES_ENV = "ECHO_PIPES"
 K8S_EXTRA = "pip install 'echo_pipeline[k8s]'"
 #: Env vars that preset the k8s fields (the launchpad can still override each).
@@ -30,12 +33,13 @@ Backend = Literal["subprocess", "k8s"]
 BACKENDS: tuple[str, ...] = ("subprocess", "k8s")
 
 
-class TrainingPipesClient(dg.ConfigurableResource):
+class _PipesBackend(dg.ConfigurableResource):
     """Starts the training child through Dagster Pipes and returns what it reported.
 
     ``subprocess`` runs the command on this machine (``PipesSubprocessClient``). ``k8s`` runs it
-    in one pod (``PipesK8sClient``) built by :func:`echo_pipeline.training.pod_spec.training_pod_spec`:
-    the data volume mounted where this process sees ``ECHO_DATA_DIR``, one GPU per process.
+    in one pod (``PipesK8sClient``) built by :func:`echo_pipeline.training.pod_spec.training_pod_spec`
+    from the :class:`~echo_pipeline.training.pod_spec.PodSettings` fields (derived below): the
+    data volume mounted where this process sees ``ECHO_DATA_DIR``, one GPU per process.
     """
 
     backend: Backend = Field(
@@ -43,47 +47,8 @@ class TrainingPipesClient(dg.ConfigurableResource):
         description="'subprocess' (this machine) or 'k8s' (a pod; needs the k8s extra). "
         f"Env {PIPES_ENV} sets the default.",
     )
-    image: str = Field(default="", description="k8s: image with echo_pipeline installed.")
     namespace: str = Field(
         default="", description="k8s: namespace (empty: the current one, else 'default')."
-    )
-    gpus: int | None = Field(
-        default=None,
-        ge=0,
-        description="k8s: nvidia.com/gpu limit (unset: one per training process; 0: CPU pod).",
-    )
-    cpu_per_process: int = Field(default=4, ge=1, description="k8s: CPUs requested per process.")
-    memory_gib_per_process: int = Field(
-        default=16, ge=1, description="k8s: memory (GiB) requested and limited per process."
-    )
-    shm_gib: int = Field(default=8, ge=1, description="k8s: size of /dev/shm (GiB).")
-    termination_grace_s: int = Field(
-        default=300,
-        ge=1,
-        description="k8s: seconds between SIGTERM and SIGKILL when the run is stopped (training "
-        "checkpoints after the step in flight).",
-    )
-    data_volume_claim: str = Field(
-        default="",
-        description="k8s: PersistentVolumeClaim holding the data dir (ReadWriteMany: the Dagster "
-        "process reads what the pod writes).",
-    )
-    data_mount_path: str = Field(
-        default="/data",
-        description="k8s: where the claim is mounted, in the pod and in the Dagster process; "
-        "ECHO_DATA_DIR must lie under it.",
-    )
-    service_account: str = Field(default="", description="k8s: the pod's service account.")
-    run_as_user: int = Field(default=1000, ge=1, description="k8s: non-root uid in the pod.")
-    run_as_group: int = Field(
-        default=1000, ge=1, description="k8s: gid, also the volume's fsGroup."
-    )
-    python: str = Field(default="python", description="k8s: the image's Python interpreter.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="k8s: node labels the pod must match (GPU type)."
-    )
-    env: dict[str, str] = Field(
-        default_factory=dict, description="k8s: extra env for the training container."
     )
     kubeconfig_file: str = Field(
         default="", description="k8s: kubeconfig (empty: in-cluster config, else ~/.kube/config)."
@@ -91,7 +56,7 @@ class TrainingPipesClient(dg.ConfigurableResource):
     kube_context: str = Field(default="", description="k8s: kubeconfig context.")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainingPipesClient:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> _PipesBackend:
         """The client ``ECHO_PIPES`` and ``ECHO_K8S_*`` ask for; subprocess when unset."""
         environ = os.environ if environ is None else environ
         backend = environ.get(PIPES_ENV, "").strip() or "subprocess"
@@ -123,13 +88,44 @@ class TrainingPipesClient(dg.ConfigurableResource):
             return dg.PipesSubprocessClient().run(command=command, context=context, extras=extras)
         return self._run_in_pod(context=context, command=command, extras=extras)
 
+    def run_training(
+        self,
+        *,
+        context: dg.AssetExecutionContext,
+        job: Any,
+        processes: int = 1,
+        nnodes: int = 1,
+        rdzv_endpoint: str | None = None,
+    ) -> dg.MaterializeResult:
+        """Train ``job`` (an :class:`~echo_pipeline.training.adapters.AdapterJob`) in a child
+        and return its materialisation. A child that fails writes its error to a file in the
+        work dir, and the step fails with that line (Pipes itself only says "exit code 1")."""
+        from echo_pipeline.training.distributed import launch_command
+        from echo_pipeline.training.job import failure_file
+
+        failure = failure_file(job.work_dir)
+        failure.unlink(missing_ok=True)
+        try:
+            return self.run(
+                command=launch_command(processes, nnodes, rdzv_endpoint=rdzv_endpoint),
+                context=context,
+                extras={"job": job.to_dict()},
+            ).get_materialize_result()
+        except Exception as error:  # Pipes' error class is not public API
+            if not failure.exists():
+                raise  # killed, or failed before the job started: Pipes' own message
+            reason = failure.read_text(encoding="utf-8").strip()
+            raise dg.Failure(
+                description=f"training subprocess failed: {reason}",
+                metadata={"work_dir": dg.MetadataValue.path(str(job.work_dir))},
+            ) from error
+
     def _run_in_pod(
         self, *, context: dg.AssetExecutionContext, command: list[str], extras: dict[str, Any]
     ) -> dg.PipesClientCompletedInvocation:
         from echo_pipeline.infra.paths import data_dir
         from echo_pipeline.training.pod_spec import (
             POD_LABELS,
-            PodSettings,
             PodSpecError,
             training_pod_spec,
             unreachable_from_pod,
@@ -137,22 +133,7 @@ class TrainingPipesClient(dg.ConfigurableResource):
 
         job = extras["job"]
         try:
-            settings = PodSettings(
-                image=self.image,
-                data_claim=self.data_volume_claim,
-                data_mount_path=self.data_mount_path,
-                gpus=self.gpus,
-                cpu_per_process=self.cpu_per_process,
-                memory_gib_per_process=self.memory_gib_per_process,
-                shm_gib=self.shm_gib,
-                termination_grace_s=self.termination_grace_s,
-                service_account=self.service_account,
-                run_as_user=self.run_as_user,
-                run_as_group=self.run_as_group,
-                python=self.python,
-                node_selector=self.node_selector,
-                env=self.env,
-            )
+            settings = PodSettings(**core_values(self, PodSettings))
             problems = unreachable_from_pod(job, str(data_dir()), settings.data_mount_path)
             if problems:
                 raise PodSpecError("; ".join(problems))
@@ -178,3 +159,9 @@ class TrainingPipesClient(dg.ConfigurableResource):
             base_pod_meta={"labels": dict(POD_LABELS)},
             base_pod_spec=spec,
         )
+
+
+#: The Pipes client resource: the backend's fields and every PodSettings field.
+TrainingPipesClient = derived_config(
+    "TrainingPipesClient", PodSettings, base=_PipesBackend, doc=_PipesBackend.__doc__ or ""
+)

@@ -23,7 +23,7 @@ from echo_pipeline.infra.provenance import (
     provenance_config,
 )
 from echo_pipeline.infra.settings import speed_only
-from echo_pipeline.training.loop import TrainingConfig
+from echo_pipeline.training.config import TrainingConfig
 
 # Where each asset's function is (``defs.<module>.<asset>``). Its code version is every module
 # that function reaches (provenance.reached_modules), its own included: found, not listed, so

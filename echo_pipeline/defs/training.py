@@ -1,6 +1,7 @@
 """Training stage: a LoRA/QLoRA adapter per template and experiment, tracked in MLflow."""
 
 import dagster as dg
+import pydantic
 from pydantic import Field
 
 from echo_pipeline.defs.conditions import ADAPTER_AUTOMATION
@@ -15,7 +16,7 @@ from echo_pipeline.defs.provenance import (
     provenance_metadata,
 )
 from echo_pipeline.defs.resources import BaseModelResource, MlflowResource, dagster_lineage_tags
-from echo_pipeline.training.loop import TrainingConfig
+from echo_pipeline.training.config import TrainingConfig
 
 TRAINING = "training"
 TRAINING_CODE_VERSION = CODE_VERSIONS["lora_adapter"]
@@ -42,6 +43,14 @@ class _TrainingLaunch(dg.Config):
         default=None,
         description="host:port where the nodes meet (torch c10d rendezvous); with nnodes > 1.",
     )
+
+    @pydantic.model_validator(mode="after")
+    def _torchrun_starts_the_processes(self) -> "_TrainingLaunch":
+        if self.processes * self.nnodes > 1 and not self.out_of_process:
+            raise ValueError(
+                "processes/nnodes > 1 need out_of_process: torchrun starts the processes"
+            )
+        return self
 
     @property
     def world_size(self) -> int:
@@ -87,98 +96,60 @@ def lora_adapter(
     io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Trains, measures held-out reply loss against the base model, and registers the adapter."""
-    from echo_pipeline.datasets.prompt import PromptSpec
-    from echo_pipeline.infra.records import DatasetManifest
     from echo_pipeline.infra.tracking import TrackingUnavailableError
-    from echo_pipeline.training.adapters import AdapterJob, run_adapter_job
-    from echo_pipeline.training.distributed import launch_command
+    from echo_pipeline.training.adapters import adapter_job_for, run_adapter_job
     from echo_pipeline.training.experiments import experiment_config
-    from echo_pipeline.training.job import failure_file, outcome_metadata
+    from echo_pipeline.training.job import outcome_metadata
 
     keys = context.partition_key.keys_by_dimension
-    template, experiment = keys["template"], keys["experiment"]
-    layout = io_manager.layout()
-    data = layout.dataset_path(template)
-    if not data.exists():
-        raise dg.Failure(
-            f"{data}: template_dataset[{template}] is not materialised; materialise it first"
-        )
-    try:
-        manifest = DatasetManifest.load(layout.dataset_manifest_path(template))
-    except (OSError, ValueError) as error:
-        raise dg.Failure(description=str(error), allow_retries=False) from error
     tags = dagster_lineage_tags(context, TRAINING_CODE_VERSION)
     if base_model.is_auto():  # measured on my replies: the scores go to MLflow with the run
         resolved, choice = base_model.choice()
         tags |= choice.tags()
     else:
         resolved = base_model.resolve()
-    job = AdapterJob(
-        template=template,
-        experiment=experiment,
-        dataset_path=data,
-        adapter_dir=layout.adapter_dir(template, experiment),
-        work_dir=layout.training_work_dir(template, experiment),
-        base_model=resolved,
-        training=experiment_config(experiment, config.overrides()),
-        prompt=PromptSpec.from_manifest(manifest).to_dict(),
-        tracking_uri=mlflow_tracking.uri(),
-        experiment_name=mlflow_tracking.experiment_name,
-        tags=tags,
-    )
-
-    try:  # fail fast, before a subprocess loads torch and the model
-        mlflow_tracking.ensure_experiment()
-    except TrackingUnavailableError as error:
+    recipe = experiment_config(keys["experiment"], config.overrides())
+    try:
+        job = adapter_job_for(
+            io_manager.layout(),
+            keys["template"],
+            keys["experiment"],
+            resolved,
+            recipe,
+            tracking_uri=mlflow_tracking.uri(),
+            experiment_name=mlflow_tracking.experiment_name,
+            tags=tags,
+        )
+        mlflow_tracking.ensure_experiment()  # fail fast, before a child loads torch and the model
+    except (OSError, ValueError, TrackingUnavailableError) as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
-    provenance = adapter_provenance(
-        context.instance,
-        template,
-        job.training,
-        job.base_model.fingerprint,
-        world_size=config.world_size,
-    )
 
-    def versioned(result: dg.MaterializeResult) -> dg.MaterializeResult:
-        """The adapter's data version is its provenance: same dataset, base, recipe and code."""
-        return dg.MaterializeResult(
-            metadata={**(result.metadata or {}), **provenance_metadata(provenance)},
-            data_version=data_version(provenance),
-            check_results=result.check_results,
-        )
-
-    if config.world_size > 1 and not config.out_of_process:
-        raise dg.Failure(
-            description="processes/nnodes > 1 need out_of_process: torchrun starts the processes",
-            allow_retries=False,
-        )
     if config.out_of_process:
-        failure = failure_file(job.work_dir)
-        failure.unlink(missing_ok=True)
-        try:
-            return versioned(
-                pipes_client.run(
-                    command=launch_command(
-                        config.processes, config.nnodes, rdzv_endpoint=config.rdzv_endpoint
-                    ),
-                    context=context,
-                    extras={"job": job.to_dict()},
-                ).get_materialize_result()
+        result = pipes_client.run_training(
+            context=context,
+            job=job,
+            processes=config.processes,
+            nnodes=config.nnodes,
+            rdzv_endpoint=config.rdzv_endpoint,
+        )
+    else:
+
+        def progress(step: int, metrics: dict[str, float]) -> None:
+            context.log.info(
+                f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             )
-        except Exception as error:  # Pipes' error class is not public API
-            if not failure.exists():
-                raise  # killed, or failed before the job started: Pipes' own message
-            reason = failure.read_text(encoding="utf-8").strip()
-            raise dg.Failure(
-                description=f"training subprocess failed: {reason}",
-                metadata={"work_dir": dg.MetadataValue.path(str(job.work_dir))},
-            ) from error
 
-    def progress(step: int, metrics: dict[str, float]) -> None:
-        context.log.info(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-
-    outcome = run_adapter_job(job, on_progress=progress)
-    return versioned(dg.MaterializeResult(metadata=_as_dagster_metadata(outcome_metadata(outcome))))
+        outcome = run_adapter_job(job, on_progress=progress)
+        result = dg.MaterializeResult(metadata=_as_dagster_metadata(outcome_metadata(outcome)))
+    # The adapter's data version is its provenance: same dataset, base, recipe and code.
+    provenance = adapter_provenance(
+        context.instance, job.template, recipe, resolved.fingerprint, world_size=config.world_size
+    )
+    return dg.MaterializeResult(
+        metadata={**(result.metadata or {}), **provenance_metadata(provenance)},
+        data_version=data_version(provenance),
+        check_results=result.check_results,
+    )
 
 
 def _as_dagster_metadata(raw: dict) -> dict:

@@ -447,7 +447,7 @@ def _generate_and_score_loss(
 ) -> tuple[pd.DataFrame, dict[str, float], Generated]:
     """Reply loss and replies of the adapter, then of the base (adapter switched off); the
     reply losses training ``recorded`` for this split are taken as they are."""
-    from echo_pipeline.training.loop import reply_loss
+    from echo_pipeline.training.losses import reply_loss
 
     prompt_ids = _inference_prompts(session, data.chosen)
     train = data.pairs[data.pairs["split"] == "train"]

@@ -33,6 +33,9 @@ from typing import Any, Literal
 
 from echo_pipeline.infra.layout import partition_slug
 
+#: The metrics a reader's rounds of "which one is me?" add to an adapter's evaluation run.
+FOOLED_SHARE, ROUNDS, FOOLED = "human_fooled_share", "human_judgements", "human_fooled"
+
 FEEDBACK_DIR = "human_feedback"
 SIDES = ("left", "right")
 RATINGS = ("sounds_like_me", "not_me")

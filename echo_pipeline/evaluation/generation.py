@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from echo_pipeline.infra.settings import setting
-from echo_pipeline.training.loop import torch_threads  # noqa: F401 (re-exported for the evaluation)
+from echo_pipeline.training.threads import torch_threads  # noqa: F401 (re-exported for the evaluation)
 
 #: Which tokens a repetition penalty may fall on (GenerationSettings.penalty_scope).
 PENALTY_SCOPES = ("prompt", "reply")

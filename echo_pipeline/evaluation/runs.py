@@ -173,3 +173,77 @@ def log_evaluation_run(
         mlflow.log_table(result.samples, artifact_file="samples.json")
         mlflow.log_dict(json.loads(json.dumps(result.lineage, default=str)), "lineage.json")
     return EvaluationRun(run_id, experiment_id, url, parent_id if parent else None, model_id), files
+
+
+def add_human_reader(result: EvaluationResult, root: Path, partition: str) -> None:
+    """The report's "fooled a human reader: x of n", from the rounds of "which one is me?"
+    played so far, beside the discriminator's verdict (metrics too once someone has played)."""
+    from echo_pipeline.evaluation.feedback import (
+        FOOLED,
+        FOOLED_SHARE,
+        ROUNDS,
+        fooled_score,
+        load_judgements,
+    )
+
+    score = fooled_score(load_judgements(root, partition))
+    result.lineage["human_reader"] = score.as_dict() | {"sentence": score.sentence()}
+    if score.rounds:  # the names human_judgements logs to the same run
+        result.metrics |= {
+            ROUNDS: float(score.rounds),
+            FOOLED: float(score.fooled),
+            FOOLED_SHARE: score.share,
+        }
+
+
+def report_adapter(
+    layout: Any,
+    template: str,
+    experiment: str,
+    config: Any,
+    *,
+    tracking_uri: str,
+    experiment_name: str = tracking.DEFAULT_EXPERIMENT,
+    tags: dict[str, str] | None = None,
+    log: Any = None,
+) -> tuple[EvaluationResult, EvaluationRun, ReportFiles]:
+    """Evaluate the adapter ``template`` x ``experiment`` of ``layout`` (an
+    :class:`~echo_pipeline.infra.layout.Layout`) with ``config`` (an EvaluationConfig), write
+    its report and log it as a child of its training run, with the training's history.
+    Raises FileNotFoundError where the adapter is not trained."""
+    from echo_pipeline.evaluation.evaluate import evaluate_adapter
+    from echo_pipeline.evaluation.feedback import adapter_partition
+    from echo_pipeline.evaluation.report import write_report
+    from echo_pipeline.infra.records import METADATA_FILE
+    from echo_pipeline.training.base_choice import CHOICE_TAG
+
+    adapter = layout.adapter_dir(template, experiment)
+    partition = adapter_partition(template, experiment)
+    if not (adapter / METADATA_FILE).exists():
+        raise FileNotFoundError(
+            f"{adapter}: lora_adapter[{partition}] is not materialised; materialise it first"
+        )
+    result = evaluate_adapter(
+        adapter, layout.dataset_path(template), layout.pairs_path(), config=config, log=log
+    )
+    add_human_reader(result, layout.root, partition)
+    parent = training_run(tracking_uri, result.lineage.get("training_run_id"))
+    if parent is not None and CHOICE_TAG in parent.data.tags:  # trained with --base-model auto
+        result.lineage["base_model_choice"] = parent.data.tags[CHOICE_TAG]
+    history = training_history(tracking_uri, parent.info.run_id) if parent else {}
+    parent_url = (
+        tracking.run_url(tracking_uri, parent.info.experiment_id, parent.info.run_id)
+        if parent
+        else None
+    )
+    out = layout.report_dir(template, experiment)
+
+    def write_files(evaluation_url: str) -> ReportFiles:
+        return write_report(
+            result, out, history, training_run_url=parent_url, evaluation_run_url=evaluation_url
+        )
+
+    run, files = log_evaluation_run(
+        result, write_files, tracking_uri=tracking_uri, experiment_name=experiment_name, tags=tags
+    )
+    return result, run, files

@@ -18,7 +18,7 @@ from typing import Any
 
 from echo_pipeline.datasets.prompt import PromptSpec
 from echo_pipeline.infra.records import AdapterMetadata, DatasetManifest
-from echo_pipeline.training.adapters import base_model_config, validate_adapter_dir
+from echo_pipeline.training.adapter_files import base_model_config, validate_adapter_dir
 from echo_pipeline.training.base_model import ResolvedBaseModel, resolve_base_model
 
 #: Told how many replies each ``ChatSession.generate`` call wrote: how the shell runner's progress

@@ -123,7 +123,7 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
 
     from echo_pipeline.datasets.tokenization import stop_token_id
     from echo_pipeline.serving.chat import adapter_prompt
-    from echo_pipeline.training.adapters import base_model_config, validate_adapter_dir
+    from echo_pipeline.training.adapter_files import base_model_config, validate_adapter_dir
     from echo_pipeline.training.base_model import load_causal_lm, resolve_base_model
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)

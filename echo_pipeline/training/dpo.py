@@ -17,7 +17,7 @@ Here, in order:
 * :func:`dpo_loss`, :func:`reference_logprobs` and :func:`train_preference`: the objective on
   the project's own packed loop (chosen and rejected are separate packed segments; log-probs of
   reply tokens and their EOS only), reference log-probs computed once before the first update
-  and cached on disk, checkpoints and resume as in :mod:`echo_pipeline.training.loop`.
+  and cached on disk, checkpoints and resume as in :mod:`echo_pipeline.training.checkpoints`.
 
 Why our loop and not TRL's ``DPOTrainer``: TRL is not installed (it would add trl and its
 transitive deps to the pins and to CI's install), and on the sample's self-sampled pairs TRL's
@@ -488,12 +488,13 @@ def sequence_logprobs(
     model's graph: packed rows, every sample in its own attention segment."""
     import torch
 
-    from echo_pipeline.training.loop import _input_device, packed_logprobs
+    from echo_pipeline.training.lora import input_device
+    from echo_pipeline.training.losses import packed_logprobs
     from echo_pipeline.training.packed_attention import segment_attention
 
     longest = max(len(s["input_ids"]) for s in sequences)
     rows = pack_examples(sequences, max_tokens=max(pack_tokens, longest), shuffle=False, seed=0)
-    device = _input_device(model)
+    device = input_device(model)
     out = torch.zeros(len(sequences), device=device, dtype=torch.float32)
     with segment_attention(model):
         for row in rows:
@@ -603,7 +604,7 @@ def train_preference(
     rejected sequences into rows and backpropagates the mean DPO loss once. Checkpoints of a
     run with the same ``fingerprint`` in ``work_dir`` are resumed; others are discarded.
     """
-    from echo_pipeline.training.loop import torch_threads
+    from echo_pipeline.training.threads import torch_threads
 
     with torch_threads(config.torch_threads):
         return _train_preference(
@@ -622,7 +623,15 @@ def _train_preference(
 ) -> PreferenceResult:
     import torch
 
-    from echo_pipeline.training import loop as training
+    from echo_pipeline.training.checkpoints import (
+        STATE_FILE,
+        RunState,
+        latest_checkpoint,
+        load_checkpoint,
+        prune_checkpoints,
+        save_checkpoint,
+    )
+    from echo_pipeline.training.config import lr_at
 
     if not examples:
         raise ValueError("no preference pair to train on")
@@ -640,15 +649,15 @@ def _train_preference(
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
 
     checkpoints = work_dir / PREFERENCE_CHECKPOINTS
-    state = training._RunState()
+    state = RunState()
     resumed_from = None
     margins: list[float] = []
     accuracies: list[float] = []
-    latest = training._latest_checkpoint(checkpoints)
+    latest = latest_checkpoint(checkpoints)
     if latest is not None:
-        saved = json.loads((latest / training._STATE_FILE).read_text())
+        saved = json.loads((latest / STATE_FILE).read_text())
         if saved.get("fingerprint") == fingerprint and saved.get("total_steps") == total_steps:
-            state, _ = training._load_checkpoint(latest, model, optimizer, saved)
+            state, _ = load_checkpoint(latest, model, optimizer, saved)
             margins, accuracies = list(saved["margins"]), list(saved["accuracies"])
             resumed_from = state.step
             logger.info("resuming the preference run at step %d", state.step)
@@ -669,7 +678,7 @@ def _train_preference(
     interrupted = False
     model.train()
     while state.step < total_steps:
-        lr = training.lr_at(
+        lr = lr_at(
             state.step,
             peak=config.learning_rate,
             warmup_steps=config.warmup_steps,
@@ -723,14 +732,14 @@ def _train_preference(
         interrupted = should_stop is not None and not last and should_stop(state.step)
         due = config.checkpoint_every and state.step % config.checkpoint_every == 0
         if interrupted or (due and not last):
-            path = training._save_checkpoint(
+            path = save_checkpoint(
                 checkpoints, model, optimizer, state, None, fingerprint, total_steps
             )
-            state_file = path / training._STATE_FILE
+            state_file = path / STATE_FILE
             saved = json.loads(state_file.read_text())
             saved |= {"margins": margins, "accuracies": accuracies}
             state_file.write_text(json.dumps(saved))
-            training._prune_checkpoints(checkpoints, 2)
+            prune_checkpoints(checkpoints, 2)
         if interrupted:
             logger.info("preference training stopped at step %d; checkpoint saved", state.step)
             break
@@ -756,7 +765,7 @@ def load_trainable_adapter(adapter_dir: Path, base_model: Any, dtype: str) -> An
     (validated first: safetensors only, shapes that fit the base)."""
     from peft import PeftModel
 
-    from echo_pipeline.training.adapters import validate_adapter_dir
+    from echo_pipeline.training.adapter_files import validate_adapter_dir
     from echo_pipeline.training.base_model import load_causal_lm
 
     base = load_causal_lm(base_model, dtype=dtype, quantization="none")

@@ -115,7 +115,7 @@ def sample_pairs(
     from echo_pipeline.serving.chat import ChatSession
     from echo_pipeline.training.adapters import load_dataset
     from echo_pipeline.training.dpo import sample_preference_pairs, train_prompts
-    from echo_pipeline.training.loop import torch_threads
+    from echo_pipeline.training.threads import torch_threads
 
     frame = load_dataset(dataset_path)
     pairs = pq.read_table(pairs_path).to_pandas()
@@ -192,16 +192,17 @@ def run_preference_job(
     from echo_pipeline.pairs.conversations import heldout_split
     from echo_pipeline.serving.chat import ChatSession, adapter_memory, adapter_prompt
     from echo_pipeline.training import dpo as pref
+    from echo_pipeline.training.adapter_files import write_adapter_dir
     from echo_pipeline.training.adapters import (
         TrainingStopped,
         load_dataset,
         package_version,
         resolved_training_dtype,
         split_examples,
-        write_adapter_dir,
     )
     from echo_pipeline.training.base_model import load_tokenizer
-    from echo_pipeline.training.loop import measure_temperature, reply_loss, torch_threads
+    from echo_pipeline.training.losses import measure_temperature, reply_loss
+    from echo_pipeline.training.threads import torch_threads
 
     config = job.preference
     experiment_id = tracking.ensure_experiment(job.tracking_uri, job.experiment_name)

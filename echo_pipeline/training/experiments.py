@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from echo_pipeline.training.loop import TrainingConfig
+from echo_pipeline.training.config import TrainingConfig
 
 EXPERIMENTS: dict[str, dict[str, Any]] = {
     # About a minute and a half per template on 2 idle CPU cores: enough to move the style on

@@ -13,11 +13,13 @@ of the job's paths and URIs a pod could not reach.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
+
+from echo_pipeline.infra.settings import setting
 
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER_NAME = "echo-train"
@@ -40,25 +42,47 @@ class PodSettings:
     process, so a 4-process job asks for four times as much.
     """
 
-    image: str
-    data_claim: str  # PersistentVolumeClaim holding ECHO_DATA_DIR (ReadWriteMany in practice)
-    data_mount_path: str = "/data"
-    gpus: int | None = None
-    cpu_per_process: int = 4
-    memory_gib_per_process: int = 16
-    shm_gib: int = 8
-    termination_grace_s: int = 300  # SIGTERM stops after the step in flight, with a checkpoint
-    service_account: str = ""
-    run_as_user: int = 1000
-    run_as_group: int = 1000
-    python: str = "python"  # the image's (the Dagster process's path means nothing in a pod)
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    env: Mapping[str, str] = field(default_factory=dict)
+    image: str = setting("", "k8s: image with echo_pipeline installed.")
+    data_volume_claim: str = setting(
+        "",
+        "k8s: PersistentVolumeClaim holding the data dir (ReadWriteMany: the Dagster process "
+        "reads what the pod writes).",
+    )
+    data_mount_path: str = setting(
+        "/data",
+        "k8s: where the claim is mounted, in the pod and in the Dagster process; ECHO_DATA_DIR "
+        "must lie under it.",
+    )
+    gpus: int | None = setting(
+        None, "k8s: nvidia.com/gpu limit (unset: one per training process; 0: CPU pod).", ge=0
+    )
+    cpu_per_process: int = setting(4, "k8s: CPUs requested per process.", ge=1)
+    memory_gib_per_process: int = setting(
+        16, "k8s: memory (GiB) requested and limited per process.", ge=1
+    )
+    shm_gib: int = setting(8, "k8s: size of /dev/shm (GiB).", ge=1)
+    termination_grace_s: int = setting(
+        300,
+        "k8s: seconds between SIGTERM and SIGKILL when the run is stopped (training "
+        "checkpoints after the step in flight).",
+        ge=1,
+    )
+    service_account: str = setting("", "k8s: the pod's service account.")
+    run_as_user: int = setting(1000, "k8s: non-root uid in the pod.", ge=1)
+    run_as_group: int = setting(1000, "k8s: gid, also the volume's fsGroup.", ge=1)
+    # the image's (the Dagster process's path means nothing in a pod)
+    python: str = setting("python", "k8s: the image's Python interpreter.")
+    node_selector: Mapping[str, str] = setting(
+        default_factory=dict, description="k8s: node labels the pod must match (GPU type)."
+    )
+    env: Mapping[str, str] = setting(
+        default_factory=dict, description="k8s: extra env for the training container."
+    )
 
     def __post_init__(self) -> None:
         if not self.image.strip():
             raise PodSpecError("no image: the pod needs one with echo_pipeline installed")
-        if not self.data_claim.strip():
+        if not self.data_volume_claim.strip():
             raise PodSpecError(
                 "no data volume claim: the pod reads the dataset and writes the adapter through it"
             )
@@ -196,7 +220,7 @@ def training_pod_spec(
         "volumes": [
             {
                 "name": DATA_VOLUME,
-                "persistentVolumeClaim": {"claimName": settings.data_claim},
+                "persistentVolumeClaim": {"claimName": settings.data_volume_claim},
             },
             {
                 "name": SHM_VOLUME,

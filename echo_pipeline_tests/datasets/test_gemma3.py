@@ -165,7 +165,9 @@ def test_a_short_lora_run_in_bf16_trains_evaluates_and_generates(
 ):
     """dtype auto on a CPU with native bf16 (forced here): two steps, the vocabulary projection
     at labelled positions only, held-out loss, then greedy replies."""
-    from echo_pipeline.training.loop import TrainingConfig, reply_loss, train_lora
+    from echo_pipeline.training.config import TrainingConfig
+    from echo_pipeline.training.loop import train_lora
+    from echo_pipeline.training.losses import reply_loss
 
     monkeypatch.setenv(bm.CPU_BF16_ENV, "1")
     tok = gemma3_tokenizer

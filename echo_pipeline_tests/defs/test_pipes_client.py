@@ -235,7 +235,7 @@ def test_pipes_k8s_client_posts_the_pod_that_was_built(tmp_path, monkeypatch):
     pipes_env = [e for e in container["env"] if e["name"].startswith("DAGSTER_PIPES_")]
     assert [e["name"] for e in pipes_env] == ["DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"]
     container["env"] = [e for e in container["env"] if e not in pipes_env]
-    settings = PodSettings(image=K8S_CONFIG["image"], data_claim="echo-data")
+    settings = PodSettings(image=K8S_CONFIG["image"], data_volume_claim="echo-data")
     built = training_pod_spec(
         settings, TORCHRUN_2, tracking_uri=JOB["tracking_uri"], data_dir="/data/echo"
     )

@@ -258,7 +258,7 @@ def test_a_server_lost_mid_run_keeps_the_adapter_and_fails_the_step_with_what_to
     import threading
     import time
 
-    from echo_pipeline.training.adapters import base_model_config, validate_adapter_dir
+    from echo_pipeline.training.adapter_files import base_model_config, validate_adapter_dir
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # inherited by the Pipes child
     layout = Layout.default()

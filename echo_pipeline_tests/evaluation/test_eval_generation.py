@@ -66,7 +66,7 @@ def test_batched_greedy_equals_one_by_one(session, prompt_ids):
 
 
 def test_a_zero_effect_adapter_writes_what_the_base_writes(session, prompt_ids):
-    from echo_pipeline.training.loop import reply_loss
+    from echo_pipeline.training.losses import reply_loss
 
     settings = GenerationSettings(max_new_tokens=8, batch_size=2)
     adapter = generate_replies(session, prompt_ids, settings)

@@ -49,25 +49,25 @@ def test_provenance_config_leaves_out_what_only_changes_speed():
 
 @pytest.fixture
 def package_copy(tmp_path):
-    """The training loop's module, as a package of its own to edit."""
+    """The training config's module, as a package of its own to edit."""
     root = tmp_path / "pkg"
     root.mkdir()
-    shutil.copy(PACKAGE_ROOT / "training" / "loop.py", root / "loop.py")
+    shutil.copy(PACKAGE_ROOT / "training" / "config.py", root / "config.py")
     return root
 
 
 def test_a_changed_default_changes_the_code_version(package_copy):
-    before = code_version("loop", root=package_copy)
-    source = (package_copy / "loop.py").read_text(encoding="utf-8")
+    before = code_version("config", root=package_copy)
+    source = (package_copy / "config.py").read_text(encoding="utf-8")
     line = '    lora_r: int = setting(16, "LoRA rank.", ge=1)\n'
     assert line in source
-    (package_copy / "loop.py").write_text(source.replace(line, line.replace("16", "8")), "utf-8")
-    assert code_version("loop", root=package_copy) != before
+    (package_copy / "config.py").write_text(source.replace(line, line.replace("16", "8")), "utf-8")
+    assert code_version("config", root=package_copy) != before
 
 
 def test_a_reworded_docstring_or_comment_keeps_the_code_version(package_copy):
-    before = code_version("loop", root=package_copy)
-    path = package_copy / "loop.py"
+    before = code_version("config", root=package_copy)
+    path = package_copy / "config.py"
     source = path.read_text(encoding="utf-8")
     old_doc = '    """Hyper-parameters of one adapter.'
     assert old_doc in source
@@ -76,20 +76,20 @@ def test_a_reworded_docstring_or_comment_keeps_the_code_version(package_copy):
     assert line in edited
     edited = edited.replace(line, line.rstrip("\n") + "  # the rank\n\n")
     path.write_text(edited, encoding="utf-8")
-    assert code_version("loop", root=package_copy) == before
+    assert code_version("config", root=package_copy) == before
 
 
 def test_same_bytes_same_size_edit_is_seen(package_copy):
     """A one-character edit within the same second keeps size and mtime: the cache must not
     hide it (it is keyed by the source's hash)."""
-    path = package_copy / "loop.py"
-    before = code_version("loop", root=package_copy)
+    path = package_copy / "config.py"
+    before = code_version("config", root=package_copy)
     stat = path.stat()
     source = path.read_text(encoding="utf-8")
     path.write_text(source.replace("setting(16, ", "setting(32, "), encoding="utf-8")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size
-    assert code_version("loop", root=package_copy) != before
+    assert code_version("config", root=package_copy) != before
 
 
 def test_code_version_is_the_same_in_another_process():

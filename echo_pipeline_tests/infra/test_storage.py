@@ -30,7 +30,8 @@ from echo_pipeline.infra.storage import (
     write_parquet,
     write_text,
 )
-from echo_pipeline.training.adapters import METADATA_FILE, write_adapter_dir
+from echo_pipeline.training.adapter_files import write_adapter_dir
+from echo_pipeline.training.adapters import METADATA_FILE
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -7,7 +7,9 @@ import pytest
 import torch
 from test_packing import make_examples, packed_and_solo_logits, segments, tiny_llama
 
-from echo_pipeline.training.loop import TrainingConfig, reply_loss, train_lora
+from echo_pipeline.training.config import TrainingConfig
+from echo_pipeline.training.loop import train_lora
+from echo_pipeline.training.losses import reply_loss
 from echo_pipeline.training.packed_attention import (
     ATTENTION_NAME,
     segment_attention,

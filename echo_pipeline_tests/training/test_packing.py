@@ -216,7 +216,7 @@ def test_negative_control_packed_examples_leak_without_the_right_call(mistake):
 
 
 def test_packed_reply_loss_equals_the_padded_per_example_loss():
-    from echo_pipeline.training.loop import reply_loss
+    from echo_pipeline.training.losses import reply_loss
 
     model = tiny_llama("sdpa")
     examples = make_examples(10, mean_tokens=40, seed=5)

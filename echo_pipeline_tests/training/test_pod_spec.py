@@ -29,7 +29,7 @@ TORCHRUN_4 = [  # launch_command(4) from the Dagster process's venv
     "-m",
     "echo_pipeline.training.job",
 ]
-SETTINGS = PodSettings(image="registry.example/echo:cuda", data_claim="echo-data")
+SETTINGS = PodSettings(image="registry.example/echo:cuda", data_volume_claim="echo-data")
 URI = "http://mlflow.ml.svc:5000"
 
 
@@ -97,7 +97,7 @@ def test_torchrun_on_four_processes_gets_four_gpus_and_four_times_the_cpu_and_me
 def test_optional_fields_land_where_kubernetes_reads_them():
     settings = PodSettings(
         image="i",
-        data_claim="c",
+        data_volume_claim="c",
         data_mount_path="/mnt/echo",
         service_account="echo-train",
         node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
@@ -114,7 +114,7 @@ def test_optional_fields_land_where_kubernetes_reads_them():
 
 
 def test_a_cpu_pod_asks_for_no_gpu_and_tolerates_no_gpu_taint():
-    settings = PodSettings(image="i", data_claim="c", gpus=0)
+    settings = PodSettings(image="i", data_volume_claim="c", gpus=0)
     spec = training_pod_spec(settings, TORCHRUN_4, tracking_uri=URI, data_dir="/data")
     assert spec["containers"][0]["resources"]["limits"] == {"memory": "64Gi"}
     assert "tolerations" not in spec
@@ -157,7 +157,11 @@ def test_the_commands_the_step_launches_are_the_shapes_tested_here():
             ["p", "-m", "torch.distributed.run", "--nproc-per-node", "gpu", "-m", "m"],
             "--nproc-per-node gpu",
         ),
-        (PodSettings(image="i", data_claim="c", gpus=2), TORCHRUN_4, "gpus=2 for 4 processes"),
+        (
+            PodSettings(image="i", data_volume_claim="c", gpus=2),
+            TORCHRUN_4,
+            "gpus=2 for 4 processes",
+        ),
         (SETTINGS, ["python", "train.py"], "python -m module"),
     ],
 )
@@ -169,10 +173,10 @@ def test_commands_a_single_pod_cannot_run_are_refused(settings, command, message
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"image": " ", "data_claim": "c"}, "no image"),
-        ({"image": "i", "data_claim": ""}, "no data volume claim"),
-        ({"image": "i", "data_claim": "c", "data_mount_path": "data"}, "not absolute"),
-        ({"image": "i", "data_claim": "c", "gpus": -1}, "gpus=-1"),
+        ({"image": " ", "data_volume_claim": "c"}, "no image"),
+        ({"image": "i", "data_volume_claim": ""}, "no data volume claim"),
+        ({"image": "i", "data_volume_claim": "c", "data_mount_path": "data"}, "not absolute"),
+        ({"image": "i", "data_volume_claim": "c", "gpus": -1}, "gpus=-1"),
     ],
 )
 def test_settings_that_cannot_work_are_refused(fields, message):

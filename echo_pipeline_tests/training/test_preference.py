@@ -190,10 +190,11 @@ def test_a_message_typed_on_the_chat_page_trains_as_the_chat_rendered_it(smollm2
 def tiny_model(base_model):
     """The real base model with a fresh rank-4 LoRA (equal to the base until trained)."""
     from echo_pipeline.training.base_model import load_causal_lm
-    from echo_pipeline.training.loop import TrainingConfig, _attach_lora
+    from echo_pipeline.training.config import TrainingConfig
+    from echo_pipeline.training.lora import attach_lora
 
     model = load_causal_lm(base_model, dtype="float32")
-    return _attach_lora(model, TrainingConfig(lora_r=4, lora_alpha=8))
+    return attach_lora(model, TrainingConfig(lora_r=4, lora_alpha=8))
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +229,7 @@ def _restore(model, snapshot):
 def test_packed_logprobs_equal_each_sequence_alone(tiny_model, tiny_examples):
     import torch
 
-    from echo_pipeline.training.loop import packed_logprobs
+    from echo_pipeline.training.losses import packed_logprobs
 
     sequences = [e.chosen for e in tiny_examples[:2]] + [tiny_examples[0].rejected]
     with torch.inference_mode():

@@ -17,13 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from echo_pipeline.infra.paths import PROJECT_ROOT
-from echo_pipeline.training.adapters import (
+from echo_pipeline.training.adapter_files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
-    METADATA_FILE,
     AdapterValidationError,
     validate_adapter_dir,
 )
+from echo_pipeline.training.adapters import METADATA_FILE
 from echo_pipeline.training.base_model import ResolvedBaseModel
 
 PACKAGE = PROJECT_ROOT / "echo_pipeline"

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from echo_pipeline.training.adapters import METADATA_FILE, AdapterJob
-from echo_pipeline.training.loop import CHECKPOINTS_DIR, TrainingConfig
+from echo_pipeline.training.checkpoints import CHECKPOINTS_DIR
+from echo_pipeline.training.config import TrainingConfig
 
 MAX_STEPS = 6
 CHECKPOINT_EVERY = 2

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from echo_pipeline.training import loop as training
-from echo_pipeline.training.loop import auto_threads, free_cores, torch_threads
+from echo_pipeline.training import threads as training
+from echo_pipeline.training.threads import auto_threads, free_cores, torch_threads
 
 
 def test_free_cores_is_within_this_process_cpu_set():

@@ -13,15 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from echo_pipeline.infra.storage import AtomicWriteError
-from echo_pipeline.training.loop import (
-    CHECKPOINTS_DIR,
-    TrainingConfig,
-    lr_at,
-    measure_temperature,
-    reply_loss,
-    train_lora,
-    validation_sample,
-)
+from echo_pipeline.training.checkpoints import CHECKPOINTS_DIR
+from echo_pipeline.training.config import TrainingConfig, lr_at
+from echo_pipeline.training.loop import train_lora, validation_sample
+from echo_pipeline.training.losses import measure_temperature, reply_loss
 from echo_pipeline.training.packing import IGNORE_INDEX, pack_examples
 
 BOS, EOS = 1, 2
@@ -390,7 +385,7 @@ def test_qlora_on_a_bf16_compute_base_keeps_bf16_weights_and_adapters(tmp_path):
     them, make fp32 adapters; a bf16 QLoRA run keeps both in bf16."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from echo_pipeline.training.loop import compute_dtype_of, resolve_adapter_dtype
+    from echo_pipeline.training.lora import compute_dtype_of, resolve_adapter_dtype
 
     tiny_llama().save_pretrained(tmp_path / "base")
     quantised = AutoModelForCausalLM.from_pretrained(
@@ -421,7 +416,7 @@ def test_qlora_on_a_bf16_compute_base_keeps_bf16_weights_and_adapters(tmp_path):
 def test_the_calibrated_temperature_is_the_vertex_between_grid_points():
     """Losses from a parabola with its lowest point between two grid temperatures: the vertex
     comes back, not the nearest grid point; a minimum at the grid's end stays at the end."""
-    from echo_pipeline.training.loop import TEMPERATURE_GRID, calibrated_temperature
+    from echo_pipeline.training.losses import TEMPERATURE_GRID, calibrated_temperature
 
     for vertex in (0.63, 0.97, 1.18):
         losses = [3.0 + 2.0 * (t - vertex) ** 2 for t in TEMPERATURE_GRID]

@@ -186,7 +186,7 @@ class ModelPool:
 
     def _load(self, voice: Voice) -> tuple[Any, Any, str]:
         """(model, tokenizer, adapter name) for ``voice``; loads what is missing."""
-        from echo_pipeline.training.adapters import base_model_config, validate_adapter_dir
+        from echo_pipeline.training.adapter_files import base_model_config, validate_adapter_dir
         from echo_pipeline.training.base_model import resolve_base_model
 
         name = voice.adapter.replace("|", "__").replace(".", "_")
