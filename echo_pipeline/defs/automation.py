@@ -1,6 +1,5 @@
 """Schedules, sensors and jobs: re-train on a calendar, re-ingest when a new export lands."""
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -9,6 +8,7 @@ import dagster as dg
 
 from echo_pipeline.defs.exports import default_export_location
 from echo_pipeline.defs.partitions import adapter_partitions
+from echo_pipeline.defs.provenance import export_set_digest
 from echo_pipeline.defs.resources import build_resources
 from echo_pipeline.defs.staleness import stale_reasons
 from echo_pipeline.infra.storage import file_sha256
@@ -71,9 +71,7 @@ def export_folder_sensor(context: dg.SensorEvaluationContext):
     context.update_cursor(json.dumps(current))
     if {p: v[2] for p, v in current.items()} == {p: v[2] for p, v in previous.items()}:
         return dg.SkipReason("no new or changed export files")
-    combined = hashlib.sha256(
-        "".join(f"{p}:{v[2]}" for p, v in sorted(current.items())).encode()
-    ).hexdigest()[:16]
+    combined = export_set_digest([v[2] for v in current.values()])
     return dg.RunRequest(
         run_key=combined,
         run_config={"ops": {"read_chat_exports": {"config": {"path": location}}}},

@@ -1,6 +1,5 @@
 """Ingest stage: export files -> their manifest and one message table (``chat_messages``)."""
 
-import hashlib
 import os
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -102,7 +101,6 @@ def read_chat_exports(context: dg.AssetExecutionContext, config: ExportConfig):
         table = read_exports(paths)
     except ExportError as error:
         raise input_failure(error) from error
-    combined = hashlib.sha256("".join(manifest.column("sha256").to_pylist()).encode()).hexdigest()
     provenance = ingest_provenance(manifest.column("sha256").to_pylist())
     formats = dict(Counter(manifest.column("format").to_pylist()).most_common())
     context.log.info("read %d messages from %d files", table.num_rows, len(paths))
@@ -116,7 +114,7 @@ def read_chat_exports(context: dg.AssetExecutionContext, config: ExportConfig):
             "files": manifest.num_rows,
             "bytes": int(sum(manifest.column("bytes").to_pylist())),
             "formats": formats,
-            "sha256": combined,
+            "export_set_digest": provenance.inputs["export_files"],
         },
     )
     yield dg.Output(

@@ -65,9 +65,18 @@ def data_version(provenance: Provenance) -> dg.DataVersion:
 # --- what each asset is made from ------------------------------------------------------------
 
 
+def export_set_digest(file_sha256s: list[str]) -> str:
+    """The one digest of a set of export files: their contents in discovery order (where they
+    live does not matter). The ingest's provenance, its metadata and the folder sensor's run
+    key are all this."""
+    return digest_of(list(file_sha256s))
+
+
 def ingest_provenance(file_sha256s: list[str]) -> Provenance:
-    """The export files' contents (where they live does not matter) and the readers' code."""
-    return Provenance(CODE_VERSIONS["read_chat_exports"], {"export_files": digest_of(file_sha256s)})
+    """The export files' contents and the readers' code."""
+    return Provenance(
+        CODE_VERSIONS["read_chat_exports"], {"export_files": export_set_digest(file_sha256s)}
+    )
 
 
 def pairs_provenance(instance: dg.DagsterInstance, config: dg.Config) -> Provenance:

@@ -57,25 +57,40 @@ class SentenceEmbedder:
         model.eval()
         return cls(model, tokenizer)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        max_length: int = MAX_SEQ_LENGTH,
+        fixed_shape: bool = False,
+    ) -> np.ndarray:
+        """Unit mean-pooled MiniLM vectors of ``texts``. ``fixed_shape``: every batch padded to
+        ``batch_size`` texts of ``max_length`` tokens, so a text's vector is the same bits in
+        any batch (what the reply memory's digest needs)."""
         import torch
 
+        size = batch_size or self.batch_size
         device = next(self.model.parameters()).device
         chunks = []
         with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    [str(t) for t in texts[start : start + self.batch_size]],
-                    padding=True,
+            for start in range(0, len(texts), size):
+                batch = [str(t) for t in texts[start : start + size]]
+                count = len(batch)
+                encoded = self.tokenizer(
+                    batch + [""] * (size - count) if fixed_shape else batch,
+                    padding="max_length" if fixed_shape else True,
                     truncation=True,
-                    max_length=MAX_SEQ_LENGTH,
+                    max_length=max_length,
                     return_tensors="pt",
                 ).to(device)
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                hidden = self.model(**encoded).last_hidden_state
+                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.model.config.hidden_size))
+                unit = torch.nn.functional.normalize(pooled, dim=-1)[:count]
+                chunks.append(unit.float().cpu().numpy())
+        dim = int(self.model.config.hidden_size)
+        return np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
 
     def paired_similarity(self, left: Sequence[str], right: Sequence[str]) -> np.ndarray:
         """Cosine similarity of ``left[i]`` and ``right[i]``; 0 where either text is empty.

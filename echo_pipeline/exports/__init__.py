@@ -5,7 +5,7 @@ Pure logic, no Dagster: ``read_exports(paths)`` is what the ``chat_messages`` as
 whose one-line message names the file, the problem and, where there is one, the fix.
 """
 
-from echo_pipeline.exports.detect import FORMATS, detect_format
+from echo_pipeline.exports.detect import detect_format
 from echo_pipeline.exports.discover import (
     LOOKED_FOR,
     NoExportFilesError,
@@ -13,7 +13,13 @@ from echo_pipeline.exports.discover import (
     require_export_files,
 )
 from echo_pipeline.exports.errors import ExportError
-from echo_pipeline.exports.reader import HUMAN_KINDS, inspect_export, read_export, read_exports
+from echo_pipeline.exports.reader import (
+    FORMATS,
+    HUMAN_KINDS,
+    inspect_export,
+    read_export,
+    read_exports,
+)
 
 __all__ = [
     "FORMATS",

@@ -16,18 +16,6 @@ from echo_pipeline.exports.slack import sniff_slack
 from echo_pipeline.exports.telegram import sniff_telegram
 from echo_pipeline.exports.whatsapp import MARKS, parse_line
 
-FORMATS = (
-    "discord_json",
-    "discord_csv",
-    "discord_csv_legacy",
-    "discord_txt",
-    "whatsapp",
-    "telegram",
-    "meta_legacy",
-    "meta_e2ee",
-    "slack",
-)
-
 _HEAD_BYTES = 64 * 1024
 # Top-level keys of a DCE export; the lookbehind skips quotes escaped inside message text.
 _CHANNEL_KEY = re.compile(r'(?<!\\)"channel"\s*:\s*\{')
@@ -50,7 +38,7 @@ JSON_SNIFFERS: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
 
 
 def detect_format(path: str | ExportPath) -> str:
-    """One of FORMATS for a readable chat export; ExportError saying why for anything else."""
+    """One of ``reader.FORMATS`` for a readable chat export; ExportError saying why for anything else."""
     path = as_export_path(path)
     head, complete = _read_head(path)
     if not head:

@@ -44,6 +44,8 @@ _READERS: dict[str, Callable[[Path], pa.Table]] = {
     "meta_e2ee": read_meta_e2ee,
     "slack": read_slack,
 }
+#: Every format an export is read as (detect_format names one of them).
+FORMATS: tuple[str, ...] = tuple(_READERS)
 
 #: What an export says of itself beyond its messages: its shape and, where it names its owner,
 #: the suggested ``--me``. Formats without one get their fixed description and no owner.

@@ -216,29 +216,11 @@ class ReplyMemory:
 def fixed_shape_encoder(embedder: Any) -> Encode:
     """``embedder`` (a :class:`~echo_pipeline.evaluation.relevance.SentenceEmbedder`) encoding in
     batches of one fixed shape, so a text's vector is the same bits in any batch."""
-    import torch
 
     def encode(texts: Sequence[str]) -> np.ndarray:
-        device = next(embedder.model.parameters()).device
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), EMBED_BATCH):
-                batch = [str(t) for t in texts[start : start + EMBED_BATCH]]
-                count = len(batch)
-                encoded = embedder.tokenizer(
-                    batch + [""] * (EMBED_BATCH - count),
-                    padding="max_length",
-                    truncation=True,
-                    max_length=EMBED_TOKENS,
-                    return_tensors="pt",
-                ).to(device)
-                hidden = embedder.model(**encoded).last_hidden_state
-                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                unit = torch.nn.functional.normalize(pooled, dim=-1)[:count]
-                chunks.append(unit.float().cpu().numpy())
-        dim = int(embedder.model.config.hidden_size)
-        return np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+        return embedder.encode(
+            texts, batch_size=EMBED_BATCH, max_length=EMBED_TOKENS, fixed_shape=True
+        )
 
     return encode
 
