@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--corpora", default="ece722,amulius")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_gates.json"))
     args = parser.parse_args()
-    from echo_pipeline.evaluation.relevance import SentenceEmbedder
+    from echo_pipeline.pairs.embedder import SentenceEmbedder
 
     embedder = SentenceEmbedder.load()
     results = []

@@ -79,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     info = _common.machine("torch", "transformers", "peft")
     _common.print_machine(info)
 
-    from echo_pipeline.evaluation.generation import (
+    from echo_pipeline.serving.chat import ChatSession
+    from echo_pipeline.serving.generation import (
         GenerationSettings,
         generate_replies,
         torch_threads,
     )
-    from echo_pipeline.serving.chat import ChatSession
     from echo_pipeline.training.base_model import resolve_base_model
 
     sys.path.insert(0, str(_common.REPO / "echo_pipeline_tests"))  # the untrained control

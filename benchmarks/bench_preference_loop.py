@@ -42,7 +42,7 @@ def token_accounting(args: argparse.Namespace) -> dict:
     """Tokens each way for every step of one pass over the pairs: what TRL's padded batch
     feeds the model and projects onto the vocabulary, against the packed rows and the labelled
     positions only."""
-    from echo_pipeline.training import dpo as pref
+    from echo_pipeline.preference import dpo as pref
     from echo_pipeline.training.adapters import load_dataset
     from echo_pipeline.training.base_model import load_tokenizer, resolve_base_model
 
@@ -86,7 +86,7 @@ def main() -> None:
 
     import torch
 
-    from echo_pipeline.training import dpo as pref
+    from echo_pipeline.preference import dpo as pref
     from echo_pipeline.training.adapters import load_dataset
     from echo_pipeline.training.base_model import load_causal_lm, load_tokenizer, resolve_base_model
     from echo_pipeline.training.config import TrainingConfig

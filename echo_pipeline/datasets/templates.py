@@ -39,10 +39,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import weakref
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+
+from echo_pipeline.pairs.memory import Example
 
 TEMPLATE_NAMES = ("llama2_chat", "nous_hermes", "chatml", "model_default")
 DEFAULT_SYSTEM_PROMPT = "You are {me}. Reply the way {me} would in a casual chat."
@@ -75,15 +76,6 @@ class ContextTurn:
     speaker: str
     text: str
     is_me: bool = False
-
-
-@dataclass(frozen=True)
-class Example:
-    """An earlier exchange of mine shown before the conversation: how I answer (reply memory)."""
-
-    prompt: str
-    reply: str
-    prompt_author: str = ""
 
 
 @dataclass(frozen=True)
@@ -453,14 +445,6 @@ def render_inference_prompt(
     return render(
         template, replace(pair, reply=None), system_prompt=system_prompt, tokenizer=tokenizer
     ).prompt_text
-
-
-def infer_me_name(contexts: Sequence[Any]) -> str:
-    """My most frequent speaker name in context turns (``is_me``), for the default system prompt."""
-    names: Counter[str] = Counter()
-    for raw in contexts:
-        names.update(t.speaker for t in context_turns(raw) if t.is_me and t.speaker)
-    return names.most_common(1)[0][0] if names else "me"
 
 
 def _jinja_literals(tokenizer: Any) -> tuple[str, str]:

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 from echo_pipeline.datasets.templates import (
     ChatPair,
-    Example,
     Rendering,
     Segment,
     Special,
@@ -45,6 +44,7 @@ from echo_pipeline.datasets.templates import (
 )
 from echo_pipeline.infra import schemas
 from echo_pipeline.infra.schemas import IGNORE_INDEX
+from echo_pipeline.pairs.memory import Example
 
 if TYPE_CHECKING:
     import pandas as pd

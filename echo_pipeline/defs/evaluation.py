@@ -16,7 +16,7 @@ from echo_pipeline.defs.provenance import (
 )
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
 from echo_pipeline.evaluation.config import EvaluationConfig
-from echo_pipeline.evaluation.generation import GenerationSettings
+from echo_pipeline.serving.generation import GenerationSettings
 
 EVALUATION = "evaluation"
 EVALUATION_CODE_VERSION = CODE_VERSIONS["evaluation_report"]

@@ -1,6 +1,6 @@
 """Human feedback stage: what people said in "which one is me?", per adapter.
 
-The judgements are written by the chat page (echo_pipeline.serving.web), one atomic file each, and
+The judgements are written by the chat page (echo_pipeline.operations.web), one atomic file each, and
 read here through echo_pipeline.evaluation.feedback only: the code location never imports the page.
 """
 

@@ -23,7 +23,7 @@ from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
 from echo_pipeline.evaluation.feedback import adapter_partition
 from echo_pipeline.infra.provenance import Provenance, provenance_config
 from echo_pipeline.infra.settings import speed_only
-from echo_pipeline.training.dpo import PreferenceConfig
+from echo_pipeline.preference.dpo import PreferenceConfig
 
 PREFERENCE = "preference"
 PAIRS_CODE_VERSION = CODE_VERSIONS["preference_pairs"]
@@ -50,7 +50,7 @@ class _PreferenceStage(dg.Config):
     )
 
     def recipe(self, experiment: str) -> PreferenceConfig:
-        from echo_pipeline.training.experiments import preference_config
+        from echo_pipeline.preference.recipes import preference_config
 
         values = self.model_dump(exclude={"human_pairs"})
         return preference_config(experiment, values)
@@ -62,7 +62,7 @@ PreferenceStageConfig = derived_config(
     PreferenceConfig,
     base=_PreferenceStage,
     overrides=True,
-    doc="Overrides of the preference recipe (PREFERENCE_RECIPES in experiments.py); unset "
+    doc="Overrides of the preference recipe (PREFERENCE_RECIPES in preference/recipes.py); unset "
     "fields keep the recipe's value. Give both steps the same values.",
 )
 
@@ -113,8 +113,8 @@ def preference_pairs(
     """What the adapter still gets wrong, in its own words: each sampled reply that is not mine."""
     from echo_pipeline.infra.records import METADATA_FILE
     from echo_pipeline.infra.storage import write_parquet
-    from echo_pipeline.training.dpo import pairs_digest, source_counts
-    from echo_pipeline.training.dpo_job import sample_pairs
+    from echo_pipeline.preference.dpo import pairs_digest, source_counts
+    from echo_pipeline.preference.job import sample_pairs
 
     partition, template, experiment, paths = _partition(context, io_manager)
     if not (paths["sft_adapter"] / METADATA_FILE).exists():
@@ -182,7 +182,7 @@ def preference_adapter(
 ) -> dg.MaterializeResult:
     """Resumable: checkpoints and the cached reference log-probs stay in the work folder."""
     from echo_pipeline.infra.tracking import TrackingUnavailableError
-    from echo_pipeline.training.dpo_job import PreferenceJob, run_preference_job
+    from echo_pipeline.preference.job import PreferenceJob, run_preference_job
 
     partition, template, experiment, paths = _partition(context, io_manager)
     if not paths["preference_pairs"].exists():

@@ -14,7 +14,6 @@ from typing import Any
 import dagster as dg
 
 from echo_pipeline.evaluation.config import EvaluationConfig
-from echo_pipeline.evaluation.generation import GenerationSettings
 from echo_pipeline.infra.provenance import (
     PROVENANCE_METADATA_KEY,
     Provenance,
@@ -23,6 +22,7 @@ from echo_pipeline.infra.provenance import (
     provenance_config,
 )
 from echo_pipeline.infra.settings import speed_only
+from echo_pipeline.serving.generation import GenerationSettings
 from echo_pipeline.training.config import TrainingConfig
 
 # Where each asset's function is (``defs.<module>.<asset>``). Its code version is every module

@@ -8,7 +8,7 @@ Pure logic, no Dagster: each module measures one thing and can be used on its ow
   tells my turns from other people's, to score generations.
 * :mod:`~echo_pipeline.evaluation.relevance`: all-MiniLM-L6-v2 similarity (offline) and
   repetition (distinct-n).
-* :mod:`~echo_pipeline.evaluation.generation`: batched generation with the training template.
+* :mod:`~echo_pipeline.serving.generation`: batched generation with the training template.
 * :mod:`~echo_pipeline.evaluation.echo_quality`: collapse, babble, parroting, memorising,
   relevance, in-context fit, discriminators, and the verdict.
 * :mod:`~echo_pipeline.evaluation.baselines`: sides no training made (replay), judged like

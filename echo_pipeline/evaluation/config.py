@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from echo_pipeline.evaluation.echo_quality import VerdictThresholds
-from echo_pipeline.evaluation.generation import GenerationSettings
 from echo_pipeline.infra.settings import setting
+from echo_pipeline.serving.generation import GenerationSettings
 
 
 @dataclass(frozen=True)

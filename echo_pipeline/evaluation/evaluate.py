@@ -59,7 +59,11 @@ from echo_pipeline.evaluation.echo_quality import (
     verdict,
     vocabulary,
 )
-from echo_pipeline.evaluation.generation import (
+from echo_pipeline.evaluation.relevance import distinct_n
+from echo_pipeline.evaluation.style import compare_style, style_profile, word_counts
+from echo_pipeline.infra.records import AdapterMetadata
+from echo_pipeline.pairs.conversations import heldout_split
+from echo_pipeline.serving.generation import (
     GenerationRun,
     GenerationSettings,
     adapter_disabled,
@@ -67,10 +71,6 @@ from echo_pipeline.evaluation.generation import (
     stop_rate,
     torch_threads,
 )
-from echo_pipeline.evaluation.relevance import distinct_n
-from echo_pipeline.evaluation.style import compare_style, style_profile, word_counts
-from echo_pipeline.infra.records import AdapterMetadata
-from echo_pipeline.pairs.conversations import heldout_split
 
 logger = logging.getLogger(__name__)
 
@@ -702,7 +702,7 @@ def evaluate_adapter(
             session, data, config, say, recorded
         )
         if embedder is None and config.similarity:
-            from echo_pipeline.evaluation.relevance import SentenceEmbedder
+            from echo_pipeline.pairs.embedder import SentenceEmbedder
 
             embedder = SentenceEmbedder.load()
         if embedder is not None and config.similarity:

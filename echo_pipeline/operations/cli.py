@@ -357,7 +357,7 @@ def _cmd_show_labels(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     if args.web:  # every adapter is picked on the page; nothing else of chat applies
-        from echo_pipeline.serving.web.server import serve
+        from echo_pipeline.operations.web.server import serve
 
         try:
             return serve(port=args.port)
@@ -385,7 +385,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{adapter}: no adapter there; train one with `echo-pipeline run` or pass --adapter"
         )
-    from echo_pipeline.evaluation.generation import GenerationSettings
+    from echo_pipeline.serving.generation import GenerationSettings
 
     try:
         settings = GenerationSettings(

@@ -14,6 +14,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -607,8 +608,6 @@ def pairs_identity(pairs: pa.Table) -> MeIdentity:
     Pairs written before names were stored fall back to my most frequent speaker name in the
     context turns (none with ``context_turns=0``).
     """
-    from echo_pipeline.datasets.templates import infer_me_name
-
     metadata = pairs.schema.metadata or {}
     ids = tuple(json.loads(metadata.get(ME_IDS_METADATA_KEY, b"[]")))
     raw_names = metadata.get(ME_NAMES_METADATA_KEY)
@@ -628,3 +627,14 @@ def pairs_context_turns(pairs: pa.Table) -> int:
         return int(json.loads(raw))
     most = pc.max(pc.list_value_length(pairs.column("context"))).as_py() if len(pairs) else None
     return int(most or 0)
+
+
+def infer_me_name(contexts: Sequence[Any]) -> str:
+    """My most frequent speaker name in context turns (``is_me``), for the default system prompt;
+    "me" when no turn says."""
+    names: Counter[str] = Counter()
+    for turns in contexts:
+        for turn in turns if turns is not None else ():
+            if turn.get("is_me") and turn.get("speaker"):
+                names[str(turn["speaker"])] += 1
+    return names.most_common(1)[0][0] if names else "me"

@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from echo_pipeline.datasets.templates import Example
-
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
@@ -52,6 +50,15 @@ def clip(text: str, limit: int = EXAMPLE_CHARS) -> str:
     cut = text[:limit]
     space = cut.rfind(" ")
     return (cut[:space] if space > limit * 2 // 3 else cut).rstrip() + "…"
+
+
+@dataclass(frozen=True)
+class Example:
+    """An earlier exchange of mine shown before the conversation: how I answer (reply memory)."""
+
+    prompt: str
+    reply: str
+    prompt_author: str = ""
 
 
 @dataclass(frozen=True)
@@ -214,7 +221,7 @@ class ReplyMemory:
 
 
 def fixed_shape_encoder(embedder: Any) -> Encode:
-    """``embedder`` (a :class:`~echo_pipeline.evaluation.relevance.SentenceEmbedder`) encoding in
+    """``embedder`` (a :class:`~echo_pipeline.pairs.embedder.SentenceEmbedder`) encoding in
     batches of one fixed shape, so a text's vector is the same bits in any batch."""
 
     def encode(texts: Sequence[str]) -> np.ndarray:
@@ -227,7 +234,7 @@ def fixed_shape_encoder(embedder: Any) -> Encode:
 
 def load_encoder() -> Encode:
     """The shipped MiniLM, on the CPU (a few hundred prompts a minute is plenty)."""
-    from echo_pipeline.evaluation.relevance import SentenceEmbedder
+    from echo_pipeline.pairs.embedder import SentenceEmbedder
 
     return fixed_shape_encoder(SentenceEmbedder.load())
 

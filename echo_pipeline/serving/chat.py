@@ -110,7 +110,7 @@ class ChatSession:
         import torch
 
         from echo_pipeline.datasets.tokenization import stop_token_id
-        from echo_pipeline.evaluation.generation import model_generate_kwargs
+        from echo_pipeline.serving.generation import model_generate_kwargs
 
         eos = stop_token_id(self.template, self.tokenizer)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos

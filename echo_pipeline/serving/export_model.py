@@ -82,7 +82,7 @@ def modelfile_text(
     temperature: float | None = None,
 ) -> str:
     """An Ollama Modelfile; ``temperature`` is the adapter's calibrated one (None: the default)."""
-    from echo_pipeline.evaluation.generation import GenerationSettings
+    from echo_pipeline.serving.generation import GenerationSettings
 
     def quoted(text: str) -> str:
         return '"""' + text.replace('"""', '\\"\\"\\"') + '"""'

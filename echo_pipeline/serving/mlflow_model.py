@@ -17,9 +17,9 @@ import mlflow
 
 class EchoAdapterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
-        from echo_pipeline.evaluation.generation import GenerationSettings
         from echo_pipeline.infra.records import AdapterMetadata
         from echo_pipeline.serving.chat import ChatSession
+        from echo_pipeline.serving.generation import GenerationSettings
 
         self.session_dir = context.artifacts["adapter"]
         # As evaluated: sampled at the adapter's own temperature, with the loop guard.

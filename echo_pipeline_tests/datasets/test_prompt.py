@@ -21,10 +21,10 @@ from echo_pipeline.infra.records import (
     DatasetManifest,
     DatasetRecord,
 )
+from echo_pipeline.operations.web.models import ModelPool, Voice
 from echo_pipeline.pairs import conversations
 from echo_pipeline.pairs.memory import ReplyMemory, build_index
 from echo_pipeline.serving.chat import ChatSession, adapter_prompt
-from echo_pipeline.serving.web.models import ModelPool, Voice
 from echo_pipeline_tests.datasets.test_dataset_checks import trigram_encoder
 
 CONTEXT_TURNS = 1  # the pairing's default is 3

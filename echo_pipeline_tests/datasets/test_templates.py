@@ -15,11 +15,11 @@ from echo_pipeline.datasets.templates import (
     Special,
     conversation_messages,
     default_system_prompt,
-    infer_me_name,
     render,
     render_inference_prompt,
     render_training_text,
 )
+from echo_pipeline.pairs.conversations import infer_me_name
 
 # The two formats exactly as the seed blog post gives them (its JSON lines, verbatim).
 SEED_LLAMA2 = r'{ "inputs": "<s>[INST] <<SYS>>\n{{ system_prompt }}\n<</SYS>>\n\n{{ user_message }} [/INST] {{ response }} </s>" }'

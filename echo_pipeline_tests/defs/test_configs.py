@@ -12,11 +12,11 @@ from echo_pipeline.defs.preference import PreferenceStageConfig
 from echo_pipeline.defs.provenance import NOT_IN_PROVENANCE
 from echo_pipeline.defs.training import LoraConfig
 from echo_pipeline.evaluation.config import EvaluationConfig
-from echo_pipeline.evaluation.generation import GenerationSettings
 from echo_pipeline.infra.settings import settings_of, speed_only
 from echo_pipeline.pairs.pairing_config import PairingConfig
+from echo_pipeline.preference.dpo import PreferenceConfig
+from echo_pipeline.serving.generation import GenerationSettings
 from echo_pipeline.training.config import TrainingConfig, fingerprint_run
-from echo_pipeline.training.dpo import PreferenceConfig
 from echo_pipeline.training.experiments import experiment_config
 
 #: A value off the default for each TrainingConfig field, valid for the core.

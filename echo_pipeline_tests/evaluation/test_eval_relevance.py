@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from echo_pipeline.evaluation.relevance import (
-    CachedEmbedder,
-    SentenceEmbedder,
-    distinct_n,
-    minilm_path,
-)
+from echo_pipeline.evaluation.relevance import CachedEmbedder, distinct_n
+from echo_pipeline.pairs.embedder import SentenceEmbedder, minilm_path
 
 
 def test_distinct_n_on_known_texts():

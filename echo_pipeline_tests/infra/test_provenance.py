@@ -144,7 +144,7 @@ def test_an_asset_reaches_what_its_function_calls_through_other_modules():
     } <= reached
     # not called by it: the web page, the runner, the evaluation; observers do not count
     assert not reached & {
-        "echo_pipeline.serving.web.app",
+        "echo_pipeline.operations.web.app",
         "echo_pipeline.operations.runner",
         "echo_pipeline.evaluation.evaluate",
         "echo_pipeline.infra.tracking",
@@ -166,7 +166,9 @@ def test_editing_a_helper_reached_only_indirectly_makes_the_asset_stale(package_
     assert function_code_version(*PAIRS, root=package_tree) == pairs  # not reached from pairs
     adapter = function_code_version(*ADAPTER, root=package_tree)
     _edit(
-        package_tree / "serving" / "web" / "app.py", "def ", "def _added():\n    return 1\n\n\ndef "
+        package_tree / "operations" / "web" / "app.py",
+        "def ",
+        "def _added():\n    return 1\n\n\ndef ",
     )
     assert function_code_version(*ADAPTER, root=package_tree) == adapter  # the page: not reached
     _edit(package_tree / "training" / "job.py", "def ", "def _added():\n    return 1\n\n\ndef ")

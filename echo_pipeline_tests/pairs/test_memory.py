@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from echo_pipeline.datasets.templates import Example
 from echo_pipeline.pairs.memory import (
     EXAMPLE_CHARS,
+    Example,
     MemoryIndex,
     ReplyMemory,
     build_index,
@@ -120,7 +120,7 @@ def test_long_examples_are_cut_at_a_word():
 
 @pytest.fixture(scope="module")
 def minilm():
-    from echo_pipeline.evaluation.relevance import SentenceEmbedder
+    from echo_pipeline.pairs.embedder import SentenceEmbedder
 
     return fixed_shape_encoder(SentenceEmbedder.load())
 

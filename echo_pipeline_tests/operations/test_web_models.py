@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from echo_pipeline.evaluation.generation import GenerationSettings
 from echo_pipeline.infra.layout import Layout
 from echo_pipeline.infra.records import write_adapter_metadata
-from echo_pipeline.serving.web.models import decoding_settings, discover_voices
+from echo_pipeline.operations.web.models import decoding_settings, discover_voices
+from echo_pipeline.serving.generation import GenerationSettings
 
 
 def _adapter(

@@ -45,9 +45,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from echo_pipeline.evaluation.generation import PENALTY_SCOPES
 from echo_pipeline.infra.schemas import PREFERENCE_PAIRS, PREFERENCE_SOURCES
 from echo_pipeline.infra.settings import setting, speed_only
+from echo_pipeline.serving.generation import PENALTY_SCOPES
 from echo_pipeline.training.packing import IGNORE_INDEX, pack_examples
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class PreferenceConfig:
 
     def generation_settings(self, seed: int, calibrated: float | None = None) -> Any:
         """How replies are sampled; ``calibrated``: the sampled adapter's own temperature."""
-        from echo_pipeline.evaluation.generation import GenerationSettings
+        from echo_pipeline.serving.generation import GenerationSettings
 
         return GenerationSettings(
             max_new_tokens=self.max_new_tokens,
@@ -214,7 +214,7 @@ def sample_preference_pairs(
     """Sample ``config.samples_per_prompt`` replies per prompt from ``session`` (a
     :class:`~echo_pipeline.serving.chat.ChatSession` on the adapter named ``adapter``, whose calibrated
     ``temperature`` is the default) and pair each with my real reply: :func:`pair_rows`."""
-    from echo_pipeline.evaluation.generation import generate_replies
+    from echo_pipeline.serving.generation import generate_replies
 
     seed = config.seed if seed is None else seed
     prompt_ids = [ids for _, ids in prompts]

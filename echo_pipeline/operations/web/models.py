@@ -103,8 +103,8 @@ def _report(layout: Layout, template: str, experiment: str) -> dict[str, Any]:
 def discover_voices(layout: Layout) -> list[Voice]:
     """Every trained adapter, newest first, each followed by its base model (same prompt)."""
     from echo_pipeline.evaluation.evaluate import EvaluationConfig
-    from echo_pipeline.evaluation.generation import GenerationSettings
     from echo_pipeline.serving.chat import adapter_prompt
+    from echo_pipeline.serving.generation import GenerationSettings
 
     defaults = EvaluationConfig()
     setting_names = {f.name for f in dataclasses.fields(GenerationSettings)}
@@ -166,7 +166,7 @@ def _number(value: Any) -> float | None:
 
 def decoding_settings(voice: Voice, overrides: Mapping[str, Any] | None = None) -> Any:
     """The voice's recorded decoding, with what the page's controls changed (validated)."""
-    from echo_pipeline.evaluation.generation import GenerationSettings
+    from echo_pipeline.serving.generation import GenerationSettings
 
     allowed = {"max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty", "seed"}
     changed = {k: v for k, v in (overrides or {}).items() if k in allowed and v is not None}
@@ -256,7 +256,7 @@ class ModelPool:
         from transformers import TextIteratorStreamer
 
         from echo_pipeline.datasets.tokenization import stop_token_id
-        from echo_pipeline.evaluation.generation import adapter_disabled, model_generate_kwargs
+        from echo_pipeline.serving.generation import adapter_disabled, model_generate_kwargs
 
         model, tokenizer, name = self._load(voice)
         ids = self.prompt_ids(voice, tokenizer, context, prompt, prompt_author)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from echo_pipeline.infra.schemas import PREFERENCE_PAIRS
-from echo_pipeline.training import dpo as pref
+from echo_pipeline.preference import dpo as pref
 from echo_pipeline.training.packing import IGNORE_INDEX, pack_examples
 
 NOW = datetime(2026, 12, 6, 6, 0, tzinfo=UTC)

@@ -29,7 +29,7 @@ def serve(port: int = 0) -> int:
     page's requests are nobody's business either."""
     import uvicorn
 
-    from echo_pipeline.serving.web.app import create_app
+    from echo_pipeline.operations.web.app import create_app
 
     sock = bind(port)
     url = f"http://{HOST}:{sock.getsockname()[1]}"

@@ -76,7 +76,7 @@ def test_the_page_listens_on_localhost_and_answers_bad_requests_clearly(page_ser
 
 
 def test_a_taken_port_is_one_clear_line(tmp_path):
-    from echo_pipeline.serving.web.server import bind
+    from echo_pipeline.operations.web.server import bind
 
     taken = bind()
     try:
@@ -110,7 +110,7 @@ def test_the_code_location_imports_nothing_of_the_page():
     probe = (
         "import sys, echo_pipeline.definitions\n"
         "print([m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn')"
-        " or m.startswith('echo_pipeline.serving.web')])"
+        " or m.startswith('echo_pipeline.operations.web')])"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120

@@ -34,8 +34,8 @@ from echo_pipeline.evaluation.feedback import (
     record_rating,
 )
 from echo_pipeline.infra.layout import Layout
-from echo_pipeline.serving.web.game import Game
-from echo_pipeline.serving.web.models import ModelPool, Voice, decoding_settings, discover_voices
+from echo_pipeline.operations.web.game import Game
+from echo_pipeline.operations.web.models import ModelPool, Voice, decoding_settings, discover_voices
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ def create_app(layout: Layout | None = None, pool: ModelPool | None = None) -> S
         return data
 
     async def page(request: Request) -> HTMLResponse:
-        html = resources.files("echo_pipeline.serving.web").joinpath("page.html").read_text("utf-8")
+        html = (
+            resources.files("echo_pipeline.operations.web").joinpath("page.html").read_text("utf-8")
+        )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def list_voices(request: Request) -> JSONResponse:

@@ -20,7 +20,7 @@ from typing import Any
 
 from echo_pipeline.evaluation.feedback import adapter_partition
 from echo_pipeline.infra import tracking
-from echo_pipeline.training.dpo import PreferenceConfig
+from echo_pipeline.preference.dpo import PreferenceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,9 @@ def sample_pairs(
     import pyarrow.parquet as pq
 
     from echo_pipeline.infra.records import AdapterMetadata
+    from echo_pipeline.preference.dpo import sample_preference_pairs, train_prompts
     from echo_pipeline.serving.chat import ChatSession
     from echo_pipeline.training.adapters import load_dataset
-    from echo_pipeline.training.dpo import sample_preference_pairs, train_prompts
     from echo_pipeline.training.threads import torch_threads
 
     frame = load_dataset(dataset_path)
@@ -186,12 +186,12 @@ def run_preference_job(
     from safetensors.torch import load_file, save_file
 
     from echo_pipeline.datasets.render import dataset_digest
-    from echo_pipeline.evaluation.generation import adapter_disabled
     from echo_pipeline.infra.records import METADATA_FILE, AdapterMetadata, TrackingRecord
     from echo_pipeline.infra.storage import atomic_path, write_parquet
     from echo_pipeline.pairs.conversations import heldout_split
+    from echo_pipeline.preference import dpo as pref
     from echo_pipeline.serving.chat import ChatSession, adapter_memory, adapter_prompt
-    from echo_pipeline.training import dpo as pref
+    from echo_pipeline.serving.generation import adapter_disabled
     from echo_pipeline.training.adapter_files import write_adapter_dir
     from echo_pipeline.training.adapters import (
         TrainingStopped,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from echo_pipeline.evaluation.generation import (
+from echo_pipeline.serving.generation import (
     GenerationSettings,
     adapter_disabled,
     generate_replies,
