@@ -21,7 +21,7 @@ from echo_pipeline.defs.provenance import (
 )
 from echo_pipeline.defs.resources import MlflowResource, dagster_lineage_tags
 from echo_pipeline.evaluation.feedback import adapter_partition
-from echo_pipeline.infra.provenance import Provenance, provenance_config
+from echo_pipeline.infra.provenance import Provenance, digest_of, provenance_config
 from echo_pipeline.infra.settings import speed_only
 from echo_pipeline.preference.dpo import PreferenceConfig
 
@@ -181,6 +181,7 @@ def preference_adapter(
     io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.MaterializeResult:
     """Resumable: checkpoints and the cached reference log-probs stay in the work folder."""
+    from echo_pipeline.infra.storage import file_sha256
     from echo_pipeline.infra.tracking import TrackingUnavailableError
     from echo_pipeline.preference.job import PreferenceJob, run_preference_job
 
@@ -192,6 +193,7 @@ def preference_adapter(
     except TrackingUnavailableError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
     recipe = config.recipe(experiment)
+    human = [*config.human_pairs, *_page_ratings(io_manager, partition, paths)]
     job = PreferenceJob(
         template=template,
         experiment=experiment,
@@ -202,7 +204,7 @@ def preference_adapter(
         adapter_dir=paths["adapter"],
         work_dir=paths["work"],
         preference=recipe,
-        human_pairs_paths=[*config.human_pairs, *_page_ratings(io_manager, partition, paths)],
+        human_pairs_paths=human,
         tracking_uri=mlflow_tracking.uri(),
         experiment_name=mlflow_tracking.experiment_name,
         tags=dagster_lineage_tags(context, ADAPTER_CODE_VERSION),
@@ -221,7 +223,8 @@ def preference_adapter(
         {
             "preference_pairs": latest_data_version(instance, "preference_pairs", partition) or "",
             "lora_adapter": latest_data_version(instance, "lora_adapter", partition) or "",
-            "human_pairs": ",".join(sorted(config.human_pairs)),
+            # what the ratings say, not where they are: a new rating on the page re-makes it
+            "human_pairs": digest_of(sorted(file_sha256(path) for path in human)),
         },
         provenance_config(recipe.to_dict(), speed_only(PreferenceConfig)),
     )

@@ -20,7 +20,9 @@ from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.preference import preference_paths
 from echo_pipeline.evaluation.feedback import Rating, record_rating
 from echo_pipeline.infra.layout import Layout
+from echo_pipeline.infra.provenance import PROVENANCE_METADATA_KEY, Provenance, digest_of
 from echo_pipeline.infra.schemas import PREFERENCE_PAIRS
+from echo_pipeline.infra.storage import file_sha256
 
 TINY_PREFERENCE = {
     "max_prompts": 4,
@@ -100,6 +102,11 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     assert lineage["experiment"] == "demo+dpo"
     assert lineage["training"]["sft_adapter"] == str(layout.adapter_dir("chatml", "demo"))
     assert lineage["training"]["preference_pairs"]["human_rating"] == 2
+    # its provenance holds what both rating files say (the page's found without a setting),
+    # so a new rating on the page makes a new adapter
+    recorded = Provenance.from_json(meta[PROVENANCE_METADATA_KEY])
+    page = paths["work"] / "chat_page_ratings.parquet"
+    assert recorded.inputs["human_pairs"] == digest_of(sorted(map(file_sha256, [ratings, page])))
 
     client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(meta["mlflow_run_id"])
