@@ -17,6 +17,11 @@ TINY_TRAINING = {
         }
     }
 }
+#: The same, trained inside the Dagster step: for tests where an adapter is only the setting
+#: (the Pipes child costs a torch import and a model load; its own tests keep it).
+TINY_TRAINING_IN_STEP = {
+    "lora_adapter": {"config": {**TINY_TRAINING["lora_adapter"]["config"], "out_of_process": False}}
+}
 QUICK_EVALUATION = {
     "evaluation_report": {
         "config": {

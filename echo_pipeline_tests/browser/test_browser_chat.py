@@ -47,7 +47,7 @@ def _materialize(selection, partition_key=None, ops=None):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, base_model):
     """chatml/demo trained for two steps and evaluated quickly; yields the environment."""
-    from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
+    from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING_IN_STEP
 
     from echo_pipeline.defs.partitions import adapter_key
 
@@ -63,7 +63,7 @@ def trained(tmp_path_factory, base_model):
         key = adapter_key("chatml", "demo")
         _materialize(["raw_chat_export", "chat_messages", "conversation_pairs"], ops=SMALL_HELDOUT)
         _materialize(["template_dataset"], "chatml")
-        _materialize(["lora_adapter"], key, ops=TINY_TRAINING)
+        _materialize(["lora_adapter"], key, ops=TINY_TRAINING_IN_STEP)
         _materialize(["evaluation_report"], key, ops=QUICK_EVALUATION)
         yield env | {"root": str(root)}
 

@@ -13,7 +13,7 @@ import os
 import mlflow
 import pyarrow.parquet as pq
 import pytest
-from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
+from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING_IN_STEP
 from test_training_assets import materialize
 
 from echo_pipeline.defs.partitions import adapter_key
@@ -47,7 +47,7 @@ def test_preference_chain_trains_on_sampled_and_rated_pairs(pipeline_env):
     ).success
     assert materialize(["template_dataset"], "chatml").success
     key = adapter_key("chatml", "demo")
-    assert materialize(["lora_adapter"], key, ops=TINY_TRAINING).success
+    assert materialize(["lora_adapter"], key, ops=TINY_TRAINING_IN_STEP).success
 
     pairs = materialize(
         ["preference_pairs"], key, ops={"preference_pairs": {"config": TINY_PREFERENCE}}

@@ -164,7 +164,10 @@ def wait_for_line(
 def test_sigterm_on_a_waiting_runner_exits_at_once_and_frees_everything(pipeline_env):
     instance = _instance()
     holder = hold_pool(instance)
-    proc, lines = start_runner(pipeline_env, "--max-steps", "1")
+    # the base named: choosing one (--base-model auto) is tested where it is the subject
+    proc, lines = start_runner(
+        pipeline_env, "--max-steps", "1", "--base-model", "smollm2-135m-instruct"
+    )
     line = wait_for_line(lines, "waiting for pool 'gpu'", proc)
     assert holder.run_id[:8] in line and "since " in line
 

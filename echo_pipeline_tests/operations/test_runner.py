@@ -9,14 +9,17 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING
+from run_configs import QUICK_EVALUATION, SMALL_HELDOUT, TINY_TRAINING_IN_STEP
 
 from echo_pipeline.infra.layout import Layout
 from echo_pipeline.infra.paths import data_dir, sample_export_dir
 from echo_pipeline.infra.records import AdapterMetadata
 from echo_pipeline.operations.runner import run_pipeline
 
-TINY_RUN = {"ops": {**SMALL_HELDOUT, **TINY_TRAINING, **QUICK_EVALUATION}}
+# Training inside the step and no MiniLM: this is about the runner; the Pipes child and the
+# relevance scores have their own tests.
+NO_MINILM = {"config": {**QUICK_EVALUATION["evaluation_report"]["config"], "similarity": False}}
+TINY_RUN = {"ops": {**SMALL_HELDOUT, **TINY_TRAINING_IN_STEP, "evaluation_report": NO_MINILM}}
 
 
 def test_the_runner_takes_one_template_through_every_stage(pipeline_env):
