@@ -385,10 +385,10 @@ def dataset_tokens_digest(template: str) -> str | None:
 
     import pyarrow.parquet as pq
 
+    from echo_pipeline.datasets.render import dataset_digest
     from echo_pipeline.infra.layout import Layout
     from echo_pipeline.infra.records import DatasetManifest
     from echo_pipeline.infra.schemas import TOKEN_COLUMNS
-    from echo_pipeline.training.adapters import dataset_digest
 
     layout = Layout.default()
     try:

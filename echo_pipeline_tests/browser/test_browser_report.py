@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from echo_pipeline.evaluation.attribution import AuthorshipClassifier
-from echo_pipeline.evaluation.evaluate import EvaluationConfig, EvaluationResult, score_replies
+from echo_pipeline.evaluation.config import EvaluationConfig
+from echo_pipeline.evaluation.evaluate import EvaluationResult, score_replies
 from echo_pipeline.evaluation.report import write_report
 from echo_pipeline.infra.paths import data_dir
 

@@ -11,7 +11,6 @@ from echo_pipeline.datasets.templates import (
     TEMPLATE_NAMES,
     ChatPair,
     ContextTurn,
-    Example,
     Special,
     conversation_messages,
     default_system_prompt,
@@ -20,6 +19,7 @@ from echo_pipeline.datasets.templates import (
     render_training_text,
 )
 from echo_pipeline.pairs.conversations import infer_me_name
+from echo_pipeline.pairs.memory import Example
 
 # The two formats exactly as the seed blog post gives them (its JSON lines, verbatim).
 SEED_LLAMA2 = r'{ "inputs": "<s>[INST] <<SYS>>\n{{ system_prompt }}\n<</SYS>>\n\n{{ user_message }} [/INST] {{ response }} </s>" }'

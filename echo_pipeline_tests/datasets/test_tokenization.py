@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from echo_pipeline.datasets.templates import TEMPLATE_NAMES, ChatPair, ContextTurn, Example, render
+from echo_pipeline.datasets.templates import TEMPLATE_NAMES, ChatPair, ContextTurn, render
 from echo_pipeline.datasets.tokenization import (
     IGNORE_INDEX,
     build_template_dataset,
@@ -22,6 +22,7 @@ from echo_pipeline.datasets.tokenization import (
     write_jsonl,
 )
 from echo_pipeline.infra import schemas
+from echo_pipeline.pairs.memory import Example
 
 SYSTEM = "You are ana. Reply the way ana would in a casual chat."
 PAIRS = {

@@ -59,9 +59,9 @@ def _untrained_chatml_adapter(base_model, pairs_ops):
     import pyarrow.parquet as pq
     from untrained import write_untrained_adapter
 
+    from echo_pipeline.datasets.render import dataset_digest
     from echo_pipeline.infra.records import DatasetManifest
     from echo_pipeline.infra.tracking import default_tracking_uri, ensure_experiment
-    from echo_pipeline.training.adapters import dataset_digest
 
     assert materialize(
         ["raw_chat_export", "chat_messages", "conversation_pairs"], ops=pairs_ops

@@ -23,9 +23,9 @@ from echo_pipeline.evaluation.baselines import (
     baseline,
     nearest_replies,
 )
+from echo_pipeline.evaluation.config import EvaluationConfig
 from echo_pipeline.evaluation.echo_quality import BABBLING, MEMORISED
 from echo_pipeline.evaluation.evaluate import (
-    EvaluationConfig,
     Generated,
     HeldOut,
     answer_with_baselines,

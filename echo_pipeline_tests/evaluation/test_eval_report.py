@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from echo_pipeline.evaluation.attribution import AuthorshipClassifier
+from echo_pipeline.evaluation.config import EvaluationConfig
 from echo_pipeline.evaluation.evaluate import (
-    EvaluationConfig,
     EvaluationResult,
     adapter_vs_base,
     score_replies,

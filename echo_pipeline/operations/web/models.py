@@ -102,7 +102,7 @@ def _report(layout: Layout, template: str, experiment: str) -> dict[str, Any]:
 
 def discover_voices(layout: Layout) -> list[Voice]:
     """Every trained adapter, newest first, each followed by its base model (same prompt)."""
-    from echo_pipeline.evaluation.evaluate import EvaluationConfig
+    from echo_pipeline.evaluation.config import EvaluationConfig
     from echo_pipeline.serving.chat import adapter_prompt
     from echo_pipeline.serving.generation import GenerationSettings
 
