@@ -82,13 +82,48 @@ def pipeline_env(tmp_path, monkeypatch, base_model):
 
 
 @pytest.fixture(scope="session")
-def tracking_server(tmp_path_factory):
-    """A real ``mlflow server`` (sqlite, proxied artifacts, 127.0.0.1, free port) shared by every
-    test that needs one (it takes 20-40 s to answer here); stopped at the end of the session with
-    no process of it left (see tracking_server.py)."""
+def postgres():
+    """A real PostgreSQL server (a throw-away cluster on 127.0.0.1, see postgres_server.py)
+    shared by the session; stopped and removed at the end with no process of it left.
+
+    Skipped in one line where the server binaries are absent (a developer's machine without
+    Debian's ``postgresql`` package); ``ECHO_REQUIRE_POSTGRES=1`` (CI) makes that a failure.
+    """
+    from postgres_server import postgres_binaries, start_postgres
+
+    if postgres_binaries() is None:
+        missing = "PostgreSQL server binaries not found (apt-get install postgresql)"
+        if os.environ.get("ECHO_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"Postgres tests required but {missing}")
+        pytest.skip(missing)
+    server = start_postgres()
+    yield server
+    server.stop()
+    left = server.survivors()
+    assert not left, f"postgres processes outlived the stop: {left}"
+
+
+@pytest.fixture
+def team_database(postgres, monkeypatch):
+    """A new, empty database on the session's server, named in the variables that
+    deploy/dagster.yaml reads (DAGSTER_PG_*), for this test only."""
+    import uuid
+
+    name = postgres.create_database(f"team_{uuid.uuid4().hex[:12]}")
+    for variable, value in postgres.dagster_env(name).items():
+        monkeypatch.setenv(variable, value)
+    return name
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory, postgres):
+    """A real ``mlflow server`` (its store in a Postgres database, proxied artifacts, 127.0.0.1,
+    free port) shared by every test that needs one (it takes 20-40 s to answer here); stopped
+    at the end of the session with no process of it left (see tracking_server.py)."""
     from tracking_server import start_tracking_server
 
-    server = start_tracking_server(tmp_path_factory.mktemp("mlflow_server"))
+    store = postgres.url(postgres.create_database("mlflow"))
+    server = start_tracking_server(tmp_path_factory.mktemp("mlflow_server"), store)
     yield server
     server.stop()
     left = server.survivors()

@@ -1,6 +1,7 @@
 """A real ``mlflow server`` for tests: what a team runs, in a temporary folder.
 
-sqlite backend and proxied artifacts (``--serve-artifacts``) under one folder, one worker, bound
+A backend store (a Postgres database from postgres_server.py, as a team's; sqlite in the
+folder by default) and proxied artifacts (``--serve-artifacts``) under one folder, one worker, bound
 to 127.0.0.1 on a free port. It runs in its own process group, so stopping it reaches uvicorn's
 workers too; :meth:`TrackingServer.survivors` shows whether any process of it outlived the stop.
 MLflow's job runner (seven huey consumers, about 1 GB) is switched off: the pipeline submits no
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from echo_pipeline.operations.servers import tracking_server_command
 
-#: The server imports MLflow and migrates a fresh sqlite store: 10-20 s on 2 busy cores.
+#: The server imports MLflow and migrates a fresh store: 10-20 s on 2 busy cores.
 START_TIMEOUT_S = 180.0
 
 
@@ -37,6 +38,7 @@ class TrackingServer:
     root: Path
     port: int
     process: subprocess.Popen
+    store: str  # its --backend-store-uri
 
     @property
     def uri(self) -> str:
@@ -106,16 +108,18 @@ class TrackingServer:
         return True
 
 
-def start_tracking_server(root: Path, timeout_s: float = START_TIMEOUT_S) -> TrackingServer:
-    """Start ``mlflow server`` with its store in ``root`` and wait until ``/health`` answers.
+def start_tracking_server(
+    root: Path, backend_store_uri: str | None = None, timeout_s: float = START_TIMEOUT_S
+) -> TrackingServer:
+    """Start ``mlflow server`` on ``backend_store_uri`` (default: sqlite in ``root``), its
+    artifacts in ``root``, and wait until ``/health`` answers.
 
     Raises RuntimeError with the end of the server's log if it exits or does not answer in time.
     """
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    command = tracking_server_command(
-        port, f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"), workers=1
-    )
+    store = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
+    command = tracking_server_command(port, store, str(root / "artifacts"), workers=1)
     env = {
         **os.environ,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
@@ -131,7 +135,7 @@ def start_tracking_server(root: Path, timeout_s: float = START_TIMEOUT_S) -> Tra
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = TrackingServer(root=root, port=port, process=process)
+    server = TrackingServer(root=root, port=port, process=process, store=store)
     deadline = time.monotonic() + timeout_s
     while not server.answers():
         if process.poll() is not None or time.monotonic() > deadline:

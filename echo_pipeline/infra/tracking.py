@@ -59,7 +59,8 @@ def retry_when_locked(fn: Callable[[], T], attempts: int = 10, delay_s: float = 
 
 
 class TrackingLostError(RuntimeError):
-    """The tracking server went away mid-run, after the adapter was written locally.
+    """The tracking server, or the database behind it, went away mid-run, after the adapter
+    was written locally.
 
     One line: the server, the run, where the adapter is and what to rerun.
     """
@@ -70,18 +71,28 @@ def is_server(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://"))
 
 
-def server_gone(tracking_uri: str, timeout_s: float = 5.0) -> bool:
-    """True when ``tracking_uri`` is a server that no longer answers (never for local stores).
+def server_lost(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why logging through ``tracking_uri`` cannot go on now, or None if it can (always None
+    for local stores): the server no longer answers, or it answers but cannot read its own
+    database (a team's Postgres restarting or down: its ``/health`` does not touch it).
 
     Asked after a logging call failed, to tell a lost server from an error worth raising as is.
     """
     if not is_server(tracking_uri):
-        return False
+        return None
     try:
         check_tracking(tracking_uri, timeout_s=timeout_s)
     except TrackingUnavailableError:
-        return True
-    return False
+        return "went away"
+    # A read that needs the database; any answer below 500 (even "not found") means it works.
+    probe = tracking_uri.rstrip("/") + "/api/2.0/mlflow/experiments/get?experiment_id=0"
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout_s):  # the user's own server
+            return None
+    except urllib.error.HTTPError as error:
+        return f"cannot reach its database (HTTP {error.code})" if error.code >= 500 else None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError):
+        return "went away"
 
 
 def end_run_without_server(status: str = "FAILED") -> None:
@@ -104,17 +115,19 @@ def end_run_without_server(status: str = "FAILED") -> None:
 
 @contextlib.contextmanager
 def report_server_loss(tracking_uri: str, run_id: str, safe: str, rerun: str) -> Iterator[None]:
-    """Inside: logging that must reach the server. If it fails because the server went away,
-    end the run locally and raise :class:`TrackingLostError` saying what is ``safe`` and what
-    to ``rerun``; any other error (the server still answers) propagates unchanged."""
+    """Inside: logging that must reach the server. If it fails because the server (or its
+    database) went away, end the run locally and raise :class:`TrackingLostError` saying what
+    is ``safe`` and what to ``rerun``; any other error (the server still works) propagates
+    unchanged."""
     try:
         yield
     except Exception as error:
-        if not server_gone(tracking_uri):
+        lost = server_lost(tracking_uri)
+        if lost is None:
             raise
         end_run_without_server()
         raise TrackingLostError(
-            f"MLflow server {tracking_uri} went away during run {run_id} "
+            f"MLflow server {tracking_uri} {lost} during run {run_id} "
             f"({_first_line(error, 160)}); {safe}; {rerun}"
         ) from error
 

@@ -1,6 +1,6 @@
 """Waiting for the ``gpu`` pool without burning a core.
 
-Dagster 1.13.28's executors poll a pending pool claim without sleeping (see
+Dagster 1.13.27's executors poll a pending pool claim without sleeping (see
 docs/upstream-dagster-pending-claim-busy-loop.md): a step queued behind the ``gpu`` pool spins
 at ~90% of a core and slows the training it waits for about tenfold on 2 cores. So nothing here
 lets a step wait inside an executor:

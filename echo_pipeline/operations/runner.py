@@ -65,7 +65,7 @@ def ensure_dagster_home() -> Path:
 
 def _create_gpu_pool() -> None:
     """The ``gpu`` pool of a new instance, at the default limit. The daemon of `dagster dev`
-    (dagster 1.13.28) launches every queued run of a pool it has never seen in its first pass
+    (dagster 1.13.27) launches every queued run of a pool it has never seen in its first pass
     over it, so two trainings queued from the UI on a fresh instance would start together."""
     import dagster as dg
 

@@ -303,7 +303,7 @@ def run_adapter_job(
         if base_loss is not None:
             mlflow.log_metric(f"base_{heldout_name}_reply_loss", base_loss)
 
-        server_lost_at: list[int] = []  # the step the server went away: training goes on
+        server_lost_at: list[int] = []  # the step the server (or its DB) went: training goes on
 
         def log_progress(step: int, metrics: dict[str, float]) -> None:
             clean = {k: float(v) for k, v in metrics.items() if v is not None}
@@ -311,13 +311,15 @@ def run_adapter_job(
                 if not server_lost_at:
                     tracking.retry_when_locked(lambda: mlflow.log_metrics(clean, step=step))
             except Exception:
-                if not tracking.server_gone(job.tracking_uri):
+                lost = tracking.server_lost(job.tracking_uri)
+                if lost is None:
                     raise
                 server_lost_at.append(step)
                 logger.warning(
-                    "MLflow server %s went away at step %d; training goes on and writes the "
-                    "adapter locally",
+                    "MLflow server %s %s at step %d; training goes on and writes the adapter "
+                    "locally",
                     job.tracking_uri,
+                    lost,
                     step,
                 )
             if on_progress is not None:

@@ -1,8 +1,10 @@
 """The pipeline against a real ``mlflow server``: what a teammate sees from another process, a
-server that is not there when a step starts, and one that goes away mid-run.
+server that is not there when a step starts, one that goes away mid-run; the server's database
+restarting mid-training.
 
-The server (tracking_server.py) keeps its runs in sqlite and its artifacts in a folder it
-proxies (``--serve-artifacts``), as a team's server does with Postgres and object storage.
+The server (tracking_server.py) keeps its runs in a real Postgres database (postgres_server.py)
+and its artifacts in a folder it proxies (``--serve-artifacts``), as a team's server does with
+object storage.
 Training is one or two 256-token steps; the evaluation generates 8 tokens for 2 prompts.
 """
 
@@ -15,6 +17,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -27,6 +30,7 @@ from echo_pipeline.defs.evaluation import evaluation_assets
 from echo_pipeline.defs.partitions import adapter_key
 from echo_pipeline.defs.resources import MlflowResource
 from echo_pipeline.infra.layout import Layout
+from echo_pipeline.operations.runner import which
 
 ASSETS = [*ALL_ASSETS, *[a for a in evaluation_assets if a not in ALL_ASSETS], *ALL_CHECKS]
 KEY = adapter_key("chatml", "demo")
@@ -150,29 +154,89 @@ def metadata_of(result: dg.ExecuteInProcessResult, node: str) -> dict:
     return {k: v.value for k, v in materialization.metadata.items()}
 
 
+@contextlib.contextmanager
+def database_restart_at_the_first_metric(postgres) -> Iterator[list[float]]:
+    """Inside: the tracking server's Postgres is shut down as soon as a running run's first
+    metric is in it (a training's base-model held-out loss, logged before training starts),
+    kept down for 3 s, then started again. Yields the outage's epoch seconds: [down, up]."""
+    import threading
+    import time
+
+    outage: list[float] = []
+    done = threading.Event()
+    running_metrics = (
+        "SELECT count(*) FROM metrics JOIN runs ON metrics.run_uuid = runs.run_uuid "
+        "WHERE runs.status = 'RUNNING'"
+    )
+
+    def restart_at_the_first_metric() -> None:
+        while not done.is_set():
+            with contextlib.suppress(Exception):
+                if postgres.query("mlflow", running_metrics)[0][0]:
+                    postgres.shutdown()
+                    outage.append(time.time())
+                    time.sleep(3)
+                    postgres.start()
+                    outage.append(time.time())
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=restart_at_the_first_metric, daemon=True)
+    watcher.start()
+    try:
+        yield outage
+    finally:
+        done.set()
+        watcher.join(timeout=30)
+        if postgres.postmaster_pid() is None:
+            postgres.start()
+
+
 @pytest.mark.slow
 def test_a_teammate_sees_the_run_the_model_and_its_evaluation_through_the_server(
-    chatml_dataset, tracking_server, monkeypatch
+    chatml_dataset, tracking_server, postgres, monkeypatch
 ):
     """Training reaches the server through the resource field (the env still names a local
     store, which stays empty); the evaluation through MLFLOW_TRACKING_URI. Both runs, the
-    registered model and the adapter's files are then read back from another process."""
+    registered model and the adapter's files are then read back from another process.
+
+    The server's database restarts in the middle of the training: the client retries what the
+    server refuses meanwhile (503), so it costs nothing, not the adapter, not a metric. (A
+    database down for longer than those retries is a lost server: training goes on and keeps
+    the adapter, as in test_a_server_lost_mid_run_keeps_the_adapter...)"""
     local_store = Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
-    trained = materialize(
-        ["lora_adapter"],
-        KEY,
-        ops=ONE_STEP,
-        resources={"mlflow_tracking": MlflowResource(tracking_uri=tracking_server.uri)},
-    )
+    with database_restart_at_the_first_metric(postgres) as outage:
+        trained = materialize(
+            ["lora_adapter"],
+            KEY,
+            ops=ONE_STEP,
+            resources={"mlflow_tracking": MlflowResource(tracking_uri=tracking_server.uri)},
+        )
     training = metadata_of(trained, "lora_adapter")
     assert training["mlflow_run"].startswith(f"{tracking_server.uri}/#/experiments/")
     assert not local_store.exists()  # the field wins over the environment
+    [(started_ms, ended_ms)] = postgres.query(
+        "mlflow",
+        "SELECT start_time, end_time FROM runs WHERE run_uuid = %s",
+        training["mlflow_run_id"],
+    )
+    down, up = outage
+    assert started_ms / 1000 < down < up < ended_ms / 1000  # in the middle of the training
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
     evaluated = materialize(["evaluation_report"], KEY, ops=NO_MINILM)
     evaluation = metadata_of(evaluated, "evaluation_report")
     assert evaluation["training_run_id"] == training["mlflow_run_id"]
 
+    # An upgrade's step on this store, made by the pinned MLflow: it must find nothing to
+    # break (docs/scaling.md says when to run it), and the teammate below reads after it.
+    upgraded = subprocess.run(
+        [which("mlflow"), "db", "upgrade", tracking_server.store],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr[-3000:]
     seen = teammate_view(
         tracking_server.uri, training["mlflow_run_id"], chatml_dataset / "teammate"
     )
@@ -181,6 +245,7 @@ def test_a_teammate_sees_the_run_the_model_and_its_evaluation_through_the_server
     assert seen["params"]["template"] == "chatml" and seen["params"]["train.max_steps"] == "1"
     assert seen["params"]["train.pack_tokens"] == "256"
     assert seen["metrics"]["adapter_test_reply_loss"] == training["adapter_test_reply_loss"]
+    assert {"base_test_reply_loss", "loss", "grad_norm"} <= set(seen["metrics"])
     inputs = {d["name"]: d for d in seen["inputs"]}
     assert {name: d["context"] for name, d in inputs.items()} == {
         "chatml-train": "training",

@@ -1,9 +1,11 @@
-"""The team instance (deploy/dagster.yaml) with a real ``dagster-daemon``: two adapter
-partitions queued at once train one after the other (pool ``gpu``, limit 1) and both succeed.
+"""The team instance (deploy/dagster.yaml) on a real PostgreSQL server with a real
+``dagster-daemon``: two adapter partitions queued at once train one after the other (pool
+``gpu``, limit 1) and both succeed; a teammate's process reads it all back from the database.
 
 The daemon, the launches and the run workers are real processes on a temporary
-``DAGSTER_HOME`` that holds an unmodified copy of deploy/dagster.yaml, so the file the docs
-point to is the file tested. Training is one 256-token step per run.
+``DAGSTER_HOME`` that holds an unmodified copy of deploy/dagster.yaml, its database a fresh one
+on the session's Postgres (conftest.py: ``team_database``), so the file the docs point to is
+the file tested. Training is one 256-token step per run.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,8 +29,10 @@ import pytest
 
 from echo_pipeline.definitions import ALL_ASSETS, ALL_CHECKS, build_resources
 from echo_pipeline.defs.partitions import adapter_key
+from echo_pipeline.defs.provenance import CODE_VERSIONS
 from echo_pipeline.infra.layout import Layout
 from echo_pipeline.infra.paths import PROJECT_ROOT
+from echo_pipeline.infra.provenance import PROVENANCE_METADATA_KEY, Provenance
 from echo_pipeline.operations.pool import POOL, pool_limit, run_granularity
 from echo_pipeline.operations.runner import ensure_dagster_home, which
 
@@ -77,10 +84,12 @@ def team_instance(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def test_team_instance_queues_runs_and_limits_the_gpu_pool_per_run(pipeline_env):
+def test_team_instance_queues_runs_and_limits_the_gpu_pool_per_run(pipeline_env, team_database):
     from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_postgres import PostgresRunStorage
 
     instance = team_instance(pipeline_env / "dagster_home")
+    assert isinstance(instance.run_storage, PostgresRunStorage)
     assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
     assert run_granularity(instance) and pool_limit(instance) == 1
     # The pool, not the run queue, keeps trainings apart: the queue admits more runs.
@@ -117,9 +126,11 @@ def launched_in_one_queue_pass(instance: dg.DagsterInstance) -> int:
     return launched
 
 
-def test_a_pool_set_before_the_first_queue_pass_holds_back_the_second_run(pipeline_env):
+def test_a_pool_set_before_the_first_queue_pass_holds_back_the_second_run(
+    pipeline_env, team_database
+):
     """Why deploy/dagster.yaml asks for `dagster instance concurrency set gpu 1`: dagster
-    1.13.28's first queue pass over a pool that only ``default_limit`` covers launches every
+    1.13.27's first queue pass over a pool that only ``default_limit`` covers launches every
     run in it."""
     shutil.copy(TEAM_INSTANCE, pipeline_env / "dagster_home" / "dagster.yaml")
     instance = dg.DagsterInstance.get()
@@ -211,8 +222,70 @@ def _times(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
     return times
 
 
+#: A teammate's view of the instance: a DAGSTER_HOME of their own holding only
+#: deploy/dagster.yaml, and the database's address in DAGSTER_PG_*; none of our files.
+TEAMMATE = textwrap.dedent(
+    """
+    import json, sys
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    runs = [instance.get_run_by_id(run_id) for run_id in sys.argv[1:]]
+
+    def materialisations(asset):
+        found = {}
+        for record in instance.fetch_materializations(dg.AssetKey(asset), limit=50).records:
+            event = record.asset_materialization  # newest first: keep each partition's latest
+            found.setdefault(event.partition, {
+                "run_id": record.run_id,
+                "data_version": event.tags.get("dagster/data_version"),
+                "metadata": {k: v.value for k, v in event.metadata.items()},
+            })
+        return found
+
+    pool = instance.event_log_storage.get_concurrency_info("gpu")
+    print(json.dumps({
+        "run_storage": type(instance.run_storage).__name__,
+        "runs": [
+            {
+                "run_id": run.run_id,
+                "status": run.status.value,
+                "partition": run.tags.get("dagster/partition"),
+                "pools": sorted(run.run_op_concurrency.all_pools or []),
+            }
+            for run in runs
+        ],
+        "adapters": materialisations("lora_adapter"),
+        "datasets": materialisations("template_dataset"),
+        "pool": {
+            "limit": pool.slot_count,
+            "claimed": pool.active_slot_count,
+            "pending": pool.pending_step_count,
+        },
+    }, default=str))
+    """
+)
+
+
+def teammate_view(home: Path, run_ids: list[str]) -> dict:
+    """TEAMMATE in a new process with a new DAGSTER_HOME: what the database alone holds."""
+    home.mkdir()
+    shutil.copy(TEAM_INSTANCE, home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "MLFLOW_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", TEAMMATE, *run_ids],
+        cwd=home,
+        env=env | {"DAGSTER_HOME": str(home), "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
-def test_the_daemon_trains_two_queued_partitions_one_after_the_other(pipeline_env):
+def test_the_daemon_trains_two_queued_partitions_one_after_the_other(pipeline_env, team_database):
     home = pipeline_env / "dagster_home"
     instance = team_instance(home)
     # The datasets first, in this instance, without training (as the ingest job makes them).
@@ -267,6 +340,34 @@ def test_the_daemon_trains_two_queued_partitions_one_after_the_other(pipeline_en
         assert (adapter / "adapter_config.json").exists()
     materialised = instance.get_materialized_partitions(dg.AssetKey("lora_adapter"))
     assert {str(key) for key in PARTITIONS} <= materialised
+
+    # An upgrade's step on this database, made by the pinned dagster: it must find nothing to
+    # break (docs/scaling.md says when to run it), and the teammate below reads after it.
+    migrated = _dagster("instance", "migrate")
+    after = migrated.split("Storage schema state after migration", 1)[-1]
+    states = re.findall(r"current: (\S+)\s+latest: (\S+)", after)
+    assert len(states) == 3 and all(now == latest for now, latest in states), migrated
+    seen = teammate_view(pipeline_env / "teammate_home", run_ids)
+    assert seen["run_storage"] == "PostgresRunStorage"
+    assert [(r["run_id"], r["status"], r["pools"]) for r in seen["runs"]] == [
+        (run_id, "SUCCESS", [POOL]) for run_id in run_ids
+    ]
+    assert [r["partition"] for r in seen["runs"]] == [str(key) for key in PARTITIONS]
+    # The pool: its limit, and no slot still held or step still waiting after both runs.
+    assert seen["pool"] == {"limit": 1, "claimed": 0, "pending": 0}
+    [dataset_version] = [d["data_version"] for d in seen["datasets"].values()]
+    for key, run_id in zip(PARTITIONS, run_ids, strict=True):
+        adapter = seen["adapters"][str(key)]
+        assert adapter["run_id"] == run_id
+        provenance = json.loads(adapter["metadata"][PROVENANCE_METADATA_KEY])
+        # Lineage in the database: the adapter was made from the dataset version it names.
+        assert provenance["inputs"]["template_dataset"] == dataset_version
+        assert provenance["code_version"] == CODE_VERSIONS["lora_adapter"]
+        assert (
+            adapter["data_version"]
+            == Provenance.from_json(adapter["metadata"][PROVENANCE_METADATA_KEY]).digest()
+        )
+        assert adapter["metadata"]["mlflow_run_id"] and adapter["metadata"]["dataset_digest"]
 
     deadline = time.monotonic() + 30  # the daemon's code server and run workers are gone too
     while _processes_using(home) and time.monotonic() < deadline:

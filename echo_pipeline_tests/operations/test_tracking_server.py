@@ -40,10 +40,11 @@ def test_the_server_command_binds_localhost_and_proxies_artifacts():
 
 
 def test_a_run_logged_through_the_server_lands_in_its_store_and_artifact_folder(
-    tracking_server, tmp_path
+    tracking_server, postgres, tmp_path
 ):
-    """The server listens on 127.0.0.1 only; artifacts go through it (mlflow-artifacts:/) into
-    its --artifacts-destination, and come back through it byte for byte."""
+    """The server listens on 127.0.0.1 only; the run is a row of its Postgres database;
+    artifacts go through it (mlflow-artifacts:/) into its --artifacts-destination, and come
+    back through it byte for byte."""
     import mlflow
 
     assert _listening_addresses(tracking_server.port) == {"0100007F"}  # 127.0.0.1, nothing else
@@ -55,6 +56,9 @@ def test_a_run_logged_through_the_server_lands_in_its_store_and_artifact_folder(
     client.log_artifact(run.info.run_id, str(payload))
     client.set_terminated(run.info.run_id)
 
+    assert postgres.query(
+        "mlflow", "SELECT status FROM runs WHERE run_uuid = %s", run.info.run_id
+    ) == [("FINISHED",)]
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     stored = list(tracking_server.artifacts.rglob("notes.txt"))
     assert len(stored) == 1 and stored[0].read_bytes() == payload.read_bytes()
@@ -73,10 +77,17 @@ def test_a_closed_port_is_refused_in_one_line_naming_the_uri():
     assert "\n" not in message and "start it" in message
 
 
-def test_server_gone_tells_a_lost_server_from_one_that_answers(tracking_server):
-    assert not tracking.server_gone(tracking_server.uri)
-    assert tracking.server_gone(f"http://127.0.0.1:{free_port()}", timeout_s=2)
-    assert not tracking.server_gone("sqlite:////nowhere/mlflow.db")  # local stores never "go"
+def test_server_lost_tells_a_lost_server_or_database_from_one_that_works(tracking_server, postgres):
+    assert tracking.server_lost(tracking_server.uri) is None
+    assert tracking.server_lost(f"http://127.0.0.1:{free_port()}", timeout_s=2) == "went away"
+    assert tracking.server_lost("sqlite:////nowhere/mlflow.db") is None  # local stores never go
+    postgres.shutdown()  # the server still answers /health, but cannot read its runs
+    try:
+        lost = tracking.server_lost(tracking_server.uri)
+        assert lost == "cannot reach its database (HTTP 503)"  # MLflow: temporarily unavailable
+    finally:
+        postgres.start()
+    assert tracking.server_lost(tracking_server.uri) is None  # it reconnects by itself
 
 
 def test_echo_pipeline_ui_opens_a_tracking_server_rather_than_starting_mlflow_ui(
