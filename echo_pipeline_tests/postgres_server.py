@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracking_server import free_port
+from echo_pipeline.operations.servers import free_port
 
 SUPERUSER = "echo"
 #: Where Debian puts each major version's server binaries (not on PATH by default).

@@ -13,24 +13,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from echo_pipeline.operations.servers import tracking_server_command
+from echo_pipeline.operations.servers import free_port, tracking_server_command
 
 #: The server imports MLflow and migrates a fresh store: 10-20 s on 2 busy cores.
 START_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the kernel's pick), on 127.0.0.1."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

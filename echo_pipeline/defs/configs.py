@@ -9,6 +9,7 @@ one field per core setting, so every core setting can be set from the launchpad.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import types
 import typing
 from collections.abc import Iterable
@@ -63,15 +64,14 @@ def derived_config(
     doc: str,
     base: type[dg.Config] | type[dg.ConfigurableResource] = dg.Config,
     overrides: bool = False,
-    exclude: Iterable[str] = (),
 ) -> type[dg.Config]:
     """A ``dg.Config`` subclass of ``base`` named ``name`` with a field per setting of the
-    dataclass(es) ``core`` (those in ``exclude`` and those ``base`` declares left out).
+    dataclass(es) ``core`` (those ``base`` already declares left out).
 
     ``overrides``: every field defaults to None, meaning "keep the core's value" (a recipe's
     overrides), and the core's own default shows in the description instead."""
     cores = (core,) if isinstance(core, type) else tuple(core)
-    skip = set(exclude) | set(base.model_fields)
+    skip = set(base.model_fields)
     fields: dict[str, Any] = {}
     for each in cores:
         for setting in settings_of(each):
@@ -86,8 +86,6 @@ def derived_config(
 
 
 def _with_default_said(setting: Setting) -> Setting:
-    import dataclasses
-
     said = f"{setting.description} (Default {setting.default!r}.)"
     return dataclasses.replace(setting, description=said)
 

@@ -10,21 +10,48 @@
 
 Both are written atomically through :mod:`echo_pipeline.infra.storage` and read back with a clear
 error naming the file when it is missing or malformed.
+
+Jobs and their outcomes handed between processes (``AdapterJob``, ``PreferenceJob`` as Dagster
+Pipes extras) go as JSON through :func:`to_json_dict` and come back through
+:func:`from_json_dict`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 METADATA_FILE = "echo_metadata.json"
 
 
 class RecordError(ValueError):
     """A record file that is missing or unreadable; the message names the file and the fix."""
+
+
+def to_json_dict(record: Any) -> dict[str, Any]:
+    """A dataclass as JSON-ready values: nested dataclasses as dicts, paths as strings."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(record).items()}
+
+
+def from_json_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """The dataclass :func:`to_json_dict` wrote: each field annotated ``Path`` a path again, and each
+    annotated with a dataclass rebuilt from its dict (the annotations say which)."""
+    values = dict(data)
+    for name, kind in typing.get_type_hints(cls).items():
+        if name not in values:
+            continue
+        if kind is Path:
+            values[name] = Path(values[name])
+        elif dataclasses.is_dataclass(kind) and isinstance(values[name], dict):
+            values[name] = kind(**values[name])
+    return cls(**values)
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict[str, Any]:

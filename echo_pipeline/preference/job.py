@@ -20,6 +20,7 @@ from typing import Any
 
 from echo_pipeline.evaluation.feedback import adapter_partition
 from echo_pipeline.infra import tracking
+from echo_pipeline.infra.records import from_json_dict, to_json_dict
 from echo_pipeline.preference.dpo import PreferenceConfig
 
 logger = logging.getLogger(__name__)
@@ -54,23 +55,12 @@ class PreferenceJob:
     tags: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+        """JSON-ready, for handing the job to another process (Dagster Pipes)."""
+        return to_json_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreferenceJob:
-        data = dict(data)
-        for key in (
-            "dataset_path",
-            "pairs_path",
-            "sft_adapter_dir",
-            "preference_pairs_path",
-            "adapter_dir",
-            "work_dir",
-        ):
-            data[key] = Path(data[key])
-        data["preference"] = PreferenceConfig(**data["preference"])
-        return cls(**data)
+        return from_json_dict(cls, data)
 
 
 @dataclass

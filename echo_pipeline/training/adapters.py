@@ -9,7 +9,6 @@ an adapter directory that any PEFT user can load and that says where it came fro
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import shutil
@@ -29,6 +28,8 @@ from echo_pipeline.infra.records import (
     BaseModelRecord,
     DatasetRecord,
     TrackingRecord,
+    from_json_dict,
+    to_json_dict,
 )
 from echo_pipeline.infra.schemas import TOKEN_COLUMNS
 from echo_pipeline.pairs.conversations import heldout_split
@@ -70,19 +71,11 @@ class AdapterJob:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for handing the job to another process (Dagster Pipes)."""
-        data = dataclasses.asdict(self)
-        for key in ("dataset_path", "adapter_dir", "work_dir"):
-            data[key] = str(data[key])
-        return data
+        return to_json_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterJob:
-        data = dict(data)
-        for key in ("dataset_path", "adapter_dir", "work_dir"):
-            data[key] = Path(data[key])
-        data["base_model"] = ResolvedBaseModel(**data["base_model"])
-        data["training"] = TrainingConfig(**data["training"])
-        return cls(**data)
+        return from_json_dict(cls, data)
 
 
 @dataclass
@@ -498,9 +491,3 @@ def base_model_record(base: ResolvedBaseModel) -> BaseModelRecord:
     return BaseModelRecord(
         source=base.source, path=base.path, fingerprint=base.fingerprint, revision=base.revision
     )
-
-
-def job_summary(outcome: AdapterOutcome) -> dict[str, Any]:
-    return {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(outcome).items()
-    }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -15,12 +14,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from echo_pipeline.infra.paths import PROJECT_ROOT
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from echo_pipeline.operations.servers import free_port as free_port  # the tests' one
 
 
 def _default_sigint() -> None:

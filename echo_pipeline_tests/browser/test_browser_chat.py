@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -20,6 +19,7 @@ import pytest
 from browser_support import free_port, log_tail, server
 
 from echo_pipeline.infra import paths
+from echo_pipeline.operations.servers import chat_page_command
 
 pytestmark = pytest.mark.browser
 
@@ -73,15 +73,7 @@ def chat_page(trained, log: Path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "ECHO_DATA_DIR"}
     env |= {k: v for k, v in trained.items() if k != "root"}
-    command = [
-        sys.executable,
-        "-m",
-        "echo_pipeline.operations.cli",
-        "chat",
-        "--web",
-        "--port",
-        str(port),
-    ]
+    command = chat_page_command(port)
     return server(command, env, f"http://127.0.0.1:{port}/", log, timeout_s=90), port
 
 

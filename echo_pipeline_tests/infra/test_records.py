@@ -139,3 +139,44 @@ def test_pairs_from_before_names_were_stored_fall_back_to_the_context(sample_mes
     assert pairs_identity(pairs.replace_schema_metadata({})).names == ("alex",)
     bare, _ = build_pairs(sample_messages, PairingConfig(me=("alex",), context_turns=0))
     assert pairs_identity(bare.replace_schema_metadata({})).names == ()
+
+
+def test_a_job_crosses_to_another_process_as_json_and_comes_back_equal(tmp_path):
+    """AdapterJob and PreferenceJob go to the training child as JSON (Pipes extras): paths as
+    strings, nested configs as dicts, and back to the same dataclass on the other side."""
+    from echo_pipeline.preference.dpo import PreferenceConfig
+    from echo_pipeline.preference.job import PreferenceJob
+    from echo_pipeline.training.adapters import AdapterJob
+    from echo_pipeline.training.base_model import ResolvedBaseModel
+    from echo_pipeline.training.config import TrainingConfig
+
+    adapter_job = AdapterJob(
+        template="chatml",
+        experiment="demo",
+        dataset_path=tmp_path / "dataset.parquet",
+        adapter_dir=tmp_path / "adapter",
+        work_dir=tmp_path / "work",
+        base_model=ResolvedBaseModel(
+            source="smollm2-135m-instruct", path=str(tmp_path / "base"), fingerprint="gguf:abc"
+        ),
+        training=TrainingConfig(max_steps=3),
+        prompt={"system_prompt": "You are alex.", "me_names": ["alex"]},
+        tags={"dagster.run_id": "r1"},
+    )
+    preference_job = PreferenceJob(
+        template="chatml",
+        experiment="demo",
+        dataset_path=tmp_path / "dataset.parquet",
+        pairs_path=tmp_path / "pairs.parquet",
+        sft_adapter_dir=tmp_path / "adapter",
+        preference_pairs_path=tmp_path / "preference_pairs.parquet",
+        adapter_dir=tmp_path / "dpo",
+        work_dir=tmp_path / "dpo_work",
+        preference=PreferenceConfig(),
+        human_pairs_paths=[str(tmp_path / "ratings.jsonl")],
+    )
+    for job in (adapter_job, preference_job):
+        sent = json.loads(json.dumps(job.to_dict()))  # what the child reads
+        assert sent["adapter_dir"] == str(job.adapter_dir)
+        back = type(job).from_dict(sent)
+        assert back == job and isinstance(back.work_dir, type(job.work_dir))

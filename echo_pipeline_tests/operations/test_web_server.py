@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from echo_pipeline.infra.paths import PROJECT_ROOT
+from echo_pipeline.operations.servers import chat_page_command
 
 
 def _post(url: str, payload: object) -> tuple[int, dict]:
@@ -82,15 +83,7 @@ def test_a_taken_port_is_one_clear_line(tmp_path):
     try:
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "echo_pipeline.operations.cli",
-                "chat",
-                "--web",
-                "--port",
-                str(port),
-            ],
+            chat_page_command(port),
             cwd=PROJECT_ROOT,
             env=os.environ | {"ECHO_DATA_DIR": str(tmp_path)},
             capture_output=True,
